@@ -1,0 +1,1 @@
+"""Entities, evaluation, quotas, counter stores and usage: the engine behind every transport."""

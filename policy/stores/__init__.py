@@ -1,0 +1,1 @@
+"""Counter stores: where quota counters live (memory or Redis)."""

@@ -14,8 +14,14 @@ from .ast import Default, Quota, Rule, Schema, TestCase, Value
 from .diagnostics import Diagnostic
 
 __all__ = [
-    "EvalContext", "Predicate", "CompiledRoute", "CompiledRule", "RuleIndex",
-    "TestTrace", "RuleTrace", "CompiledRuleset",
+    "EvalContext",
+    "Predicate",
+    "CompiledRoute",
+    "CompiledRule",
+    "RuleIndex",
+    "TestTrace",
+    "RuleTrace",
+    "CompiledRuleset",
 ]
 
 

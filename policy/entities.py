@@ -51,8 +51,10 @@ def merge_metadata(
 class EntityStore(Protocol):
     blocking: bool  # True when calls may do network I/O
 
-    def observe(self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None) -> Mapping[str, Value]:
-        """Merge ``patch`` into the stored metadata (writing only on change); return the merged view.
+    def observe(
+        self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
+    ) -> Mapping[str, Value]:
+        """Merge ``patch`` into the stored metadata (written only on change); return the merge.
 
         The hot path of every decision: served from an in-process cache where the store is remote.
         The returned mapping must not be mutated by the caller.
@@ -68,10 +70,14 @@ class EntityStore(Protocol):
         ...
 
     def put(
-        self, kind: EntityKind, id: str, metadata: Mapping[str, Value] | None, *, replace: bool = False
+        self,
+        kind: EntityKind,
+        id: str,
+        metadata: Mapping[str, Value] | None,
+        *,
+        replace: bool = False,
     ) -> EntityView:
         """Admin write (``UpsertEntity``): merge, or with ``replace`` overwrite, the metadata."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...

@@ -17,9 +17,18 @@ from tollway.dsl.ast import Value
 from tollway.dsl.compiled import RuleTrace
 
 __all__ = [
-    "MAX_ID_BYTES", "MAX_METADATA_BYTES", "MAX_METADATA_DEPTH",
-    "EntityRef", "Estimate", "DecideRequest", "UsageReport",
-    "QuotaStatus", "ShadowOutcome", "Decision", "ReportAck", "Explanation",
+    "MAX_ID_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "EntityRef",
+    "Estimate",
+    "DecideRequest",
+    "UsageReport",
+    "QuotaStatus",
+    "ShadowOutcome",
+    "Decision",
+    "ReportAck",
+    "Explanation",
 ]
 
 MAX_ID_BYTES = 256
@@ -205,10 +214,21 @@ class DecideRequest:
         )
 
 
-_REPORT_FIELDS = frozenset({
-    "request_id", "decision_id", "user", "group", "model", "input_tokens", "output_tokens",
-    "cost_usd", "duration_seconds", "status", "attributes",
-})
+_REPORT_FIELDS = frozenset(
+    {
+        "request_id",
+        "decision_id",
+        "user",
+        "group",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "duration_seconds",
+        "status",
+        "attributes",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +253,7 @@ class UsageReport:
 
     @classmethod
     def parse(cls, data: Any) -> UsageReport:
-        """Validate a JSON-shaped report; ``request_id`` is required (it makes reports idempotent)."""
+        """Validate a JSON-shaped report; ``request_id`` is required: it makes reports idempotent."""
         if isinstance(data, UsageReport):
             return data
         data = _need_mapping(data, "report")

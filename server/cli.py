@@ -43,34 +43,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     serve = sub.add_parser("serve", help="run the gRPC and HTTP server")
-    serve.add_argument("--rules", default=_env("rules"), help="rule file or directory [TOLLWAY_RULES]")
     serve.add_argument(
-        "--listen", default=_env("listen", "127.0.0.1:50051"),
+        "--rules", default=_env("rules"), help="rule file or directory [TOLLWAY_RULES]"
+    )
+    serve.add_argument(
+        "--listen",
+        default=_env("listen", "127.0.0.1:50051"),
         help="gRPC address, HOST:PORT or unix:PATH [TOLLWAY_LISTEN]",
     )
     serve.add_argument(
-        "--http", default=_env("http", "127.0.0.1:9464"),
+        "--http",
+        default=_env("http", "127.0.0.1:9464"),
         help="HTTP address for /metrics, /healthz, /readyz and /v1/usage; 'off' disables [TOLLWAY_HTTP]",
     )
     serve.add_argument(
-        "--store", default=_env("store", "memory"),
+        "--store",
+        default=_env("store", "memory"),
         help="counter store: memory or redis://HOST:PORT/DB [TOLLWAY_STORE]",
     )
     serve.add_argument(
-        "--key-prefix", default=_env("key-prefix", "tollway:"),
+        "--key-prefix",
+        default=_env("key-prefix", "tollway:"),
         help="prefix of every Redis key [TOLLWAY_KEY_PREFIX]",
     )
     serve.add_argument(
-        "--grace", type=float, default=float(_env("grace", "10") or 10),
+        "--grace",
+        type=float,
+        default=float(_env("grace", "10") or 10),
         help="seconds to drain in-flight calls on SIGTERM [TOLLWAY_GRACE]",
     )
     serve.add_argument(
-        "--reload-interval", type=float, default=float(_env("reload-interval", "1") or 1),
+        "--reload-interval",
+        type=float,
+        default=float(_env("reload-interval", "1") or 1),
         help="seconds between checks of the rules path for changes; 0 disables [TOLLWAY_RELOAD_INTERVAL]",
     )
     serve.add_argument(
-        "--log-level", default=_env("log-level", "info"),
-        choices=["debug", "info", "warning", "error"], help="[TOLLWAY_LOG_LEVEL]",
+        "--log-level",
+        default=_env("log-level", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="[TOLLWAY_LOG_LEVEL]",
     )
 
     check = sub.add_parser("check", help="compile rule files and report errors and warnings")
@@ -95,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     usage = sub.add_parser("usage", help="show per-user usage from a running server")
-    usage.add_argument("--server", default=_env("server", "127.0.0.1:50051"), help="[TOLLWAY_SERVER]")
+    usage.add_argument(
+        "--server", default=_env("server", "127.0.0.1:50051"), help="[TOLLWAY_SERVER]"
+    )
     usage.add_argument("--sort", default=_env("sort", "-total_cost"))
     usage.add_argument("--limit", type=int, default=int(_env("limit", "25") or 25))
     usage.add_argument("--user", default=_env("user"), help="show one user's detail")

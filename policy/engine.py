@@ -1,0 +1,456 @@
+"""The engine: one object that decides, reports and explains (SPEC §10).
+
+Every transport (gRPC, HTTP, the CLI, an embedding gateway) calls the same methods, so
+there is one behaviour. The engine holds one immutable ``CompiledRuleset`` reference;
+``reload`` swaps it in one assignment, and every call works on the snapshot it took at
+its start, so in-flight decisions finish on the rules they began with.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tollway import dsl
+from tollway.dsl.ast import Value
+from tollway.dsl.compiled import CompiledRule, CompiledRuleset, EvalContext
+
+from .entities import EntityKind, EntityStore, EntityView, merge_metadata
+from .evaluation import Verdict, combine, combine_shadow
+from .model import (
+    MAX_ID_BYTES,
+    DecideRequest,
+    Decision,
+    EntityRef,
+    Explanation,
+    QuotaStatus,
+    ReportAck,
+    ShadowOutcome,
+    UsageReport,
+)
+from .observer import NullObserver, Observer
+from .quotas import Unresolved, counters_for, metric_amounts
+from .stores import open_entity_store, open_store
+from .stores.base import (
+    CounterSpec,
+    CounterState,
+    CounterStore,
+    ReportOutcome,
+    StoreUnavailable,
+)
+
+__all__ = ["Engine"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Evaluated:
+    """A request evaluated against one ruleset snapshot, before any counter is touched."""
+
+    request: DecideRequest
+    ruleset: CompiledRuleset
+    ctx: EvalContext
+    verdict: Verdict
+    shadow: ShadowOutcome
+
+
+def _fmt_number(value: float) -> str:
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+class Engine:
+    """Decides requests against a compiled ruleset with quotas on a counter store."""
+
+    def __init__(
+        self,
+        ruleset: CompiledRuleset,
+        *,
+        store: CounterStore | str = "memory",
+        entities: EntityStore | None = None,
+        key_prefix: str = "tollway:",
+        clock: Callable[[], float] | None = None,
+        observer: Observer | None = None,
+        rules_path: str | Path | None = None,
+    ) -> None:
+        self._ruleset = ruleset
+        url = store if isinstance(store, str) else None
+        self._store: CounterStore = (
+            open_store(store, key_prefix=key_prefix, clock=clock)
+            if isinstance(store, str)
+            else store
+        )
+        if entities is None:
+            entities = open_entity_store(url or "memory", key_prefix=key_prefix, clock=clock)
+        self._entities = entities
+        self._observer: Observer = observer or NullObserver()
+        self._rules_path = Path(rules_path) if rules_path is not None else None
+        self._perf = time.perf_counter
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        store: CounterStore | str = "memory",
+        **options: Any,
+    ) -> Engine:
+        """Compile the rules at ``path`` (file or directory); raises ``RulesError``."""
+        return cls(dsl.load(path), store=store, rules_path=path, **options)
+
+    @classmethod
+    def from_text(cls, text: str, store: CounterStore | str = "memory", **options: Any) -> Engine:
+        """An engine over rules held in a string (tests, embedding)."""
+        return cls(dsl.load_text(text), store=store, **options)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def ruleset(self) -> CompiledRuleset:
+        return self._ruleset
+
+    @property
+    def store(self) -> CounterStore:
+        return self._store
+
+    @property
+    def blocking(self) -> bool:
+        """True when decisions may wait on the network (the server then keeps them off its loop)."""
+        return bool(self._store.blocking or self._entities.blocking)
+
+    def swap(self, ruleset: CompiledRuleset) -> None:
+        """Replace the ruleset atomically; calls already running keep their snapshot."""
+        self._ruleset = ruleset
+
+    def reload(self) -> CompiledRuleset:
+        """Recompile from the rules path; on ``RulesError`` the current rules stay in force."""
+        if self._rules_path is None:
+            raise RuntimeError("this engine was not loaded from a path; use swap()")
+        ruleset = dsl.load(self._rules_path)
+        self.swap(ruleset)
+        return ruleset
+
+    def close(self) -> None:
+        self._store.close()
+        self._entities.close()
+
+    # --------------------------------------------------------------- entities
+
+    def _metadata(self, kind: EntityKind, ref: EntityRef, persist: bool) -> Mapping[str, Value]:
+        if persist:
+            return self._entities.observe(kind, ref.id, ref.metadata)
+        # explain and dry runs write nothing: merge into a copy
+        stored = self._entities.get(kind, ref.id)
+        base = stored.metadata if stored is not None else {}
+        merged = merge_metadata(base, ref.metadata)
+        return base if merged is None else merged
+
+    def _context(
+        self,
+        user: EntityRef | None,
+        group: EntityRef | None,
+        model: str,
+        attributes: Mapping[str, str],
+        persist: bool,
+    ) -> EvalContext:
+        user_meta = self._metadata("user", user, persist) if user is not None else {}
+        group_meta = self._metadata("group", group, persist) if group is not None else {}
+        if persist and user is not None and group is not None:
+            self._entities.link(user.id, group.id)
+        request: dict[str, Value] = dict(attributes)
+        request["model"] = model
+        return EvalContext(
+            user_id=user.id if user is not None else None,
+            user=user_meta,
+            group_id=group.id if group is not None else None,
+            group=group_meta,
+            request=request,
+        )
+
+    def upsert_entity(
+        self,
+        kind: str,
+        id: str,
+        metadata: Mapping[str, Value] | None = None,
+        *,
+        groups: Sequence[str] = (),
+        replace: bool = False,
+    ) -> EntityView:
+        """Set an entity's metadata ahead of time (admin); ``groups`` links a user to groups."""
+        entity_kind = _need_kind(kind)
+        ref = EntityRef.parse({"id": id, "metadata": metadata}, entity_kind)
+        assert ref is not None
+        if groups and entity_kind != "user":
+            raise ValueError("groups: only a user can be linked to groups")
+        for i, group_id in enumerate(groups):
+            EntityRef.parse({"id": group_id}, f"groups[{i}]")
+        view = self._entities.put(entity_kind, ref.id, ref.metadata, replace=replace)
+        for group_id in groups:
+            self._entities.link(ref.id, group_id)
+        if groups:
+            return self._entities.get(entity_kind, ref.id) or view
+        return view
+
+    def get_entity(self, kind: str, id: str) -> EntityView | None:
+        entity_kind = _need_kind(kind)
+        if not id or len(id.encode()) > MAX_ID_BYTES:
+            raise ValueError(f"id: must be 1..{MAX_ID_BYTES} bytes")
+        return self._entities.get(entity_kind, id)
+
+    # -------------------------------------------------------------- decisions
+
+    def _evaluate(self, request: DecideRequest, persist: bool) -> _Evaluated:
+        ruleset = self._ruleset  # one snapshot for the whole call
+        ctx = self._context(request.user, request.group, request.model, request.attributes, persist)
+        matched = ruleset.match(ctx)
+        enforced = [r for r in matched if not r.shadow]
+        shadows = [r for r in matched if r.shadow]
+        return _Evaluated(
+            request=request,
+            ruleset=ruleset,
+            ctx=ctx,
+            verdict=combine(enforced, ruleset.default, ctx, request.model),
+            shadow=combine_shadow(shadows, ctx, request.model),
+        )
+
+    def _store_call(self, op: str, call: Callable[[], Any]) -> Any:
+        start = self._perf()
+        try:
+            result = call()
+        except StoreUnavailable:
+            self._observer.store_call(self._store.name, op, self._perf() - start, True)
+            raise
+        self._observer.store_call(self._store.name, op, self._perf() - start, False)
+        return result
+
+    def _decide(self, ev: _Evaluated, consume: bool) -> tuple[Decision, tuple[str, ...]]:
+        """Apply the combining algorithm's quota step; returns the decision and exceeded names."""
+        verdict, request, ruleset = ev.verdict, ev.request, ev.ruleset
+        base = {
+            "model": verdict.model,
+            "routed": verdict.routed,
+            "checks": verdict.checks,
+            "matched_rules": verdict.matched,
+            "annotations": verdict.annotations,
+            "ruleset_version": ruleset.version,
+            "shadow": ev.shadow,
+        }
+        decision_id = uuid.uuid4().hex
+        if verdict.reason:
+            return Decision(
+                allowed=False,
+                reason=verdict.reason,
+                message=verdict.message,
+                decision_id=decision_id,
+                **base,
+            ), ()
+        amounts = metric_amounts(
+            request.estimate.input_tokens,
+            request.estimate.output_tokens,
+            request.estimate.cost_usd,
+            1.0,
+        )
+        specs, unresolved = counters_for(
+            verdict.quotas, ruleset.quotas, ev.ctx, verdict.model, amounts
+        )
+        if unresolved:
+            return Decision(
+                allowed=False,
+                reason="QUOTA_UNRESOLVED",
+                message=_unresolved_message(unresolved),
+                quotas=tuple(_unresolved_status(u) for u in unresolved),
+                decision_id=decision_id,
+                **base,
+            ), ()
+        if not specs:
+            return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
+        consume = consume and not request.dry_run
+        try:
+            states: list[CounterState] = self._store_call(
+                "consume" if consume else "peek",
+                lambda: self._store.check_and_consume(
+                    specs, consume=consume, hold_id=decision_id if consume else None
+                ),
+            )
+        except StoreUnavailable as exc:
+            return self._store_down(specs, base, decision_id, exc), ()
+        exceeded = tuple(s.quota for s, st in zip(specs, states, strict=True) if st.exceeded)
+        taken = consume and not exceeded
+        statuses = tuple(_status(s, st, taken) for s, st in zip(specs, states, strict=True))
+        if exceeded:
+            return Decision(
+                allowed=False,
+                reason="QUOTA_EXCEEDED",
+                quotas=statuses,
+                message=_exceeded_message(statuses),
+                decision_id=decision_id,
+                **base,
+            ), exceeded
+        return Decision(
+            allowed=True, reason="ALLOWED", quotas=statuses, decision_id=decision_id, **base
+        ), ()
+
+    def _store_down(
+        self, specs: list[CounterSpec], base: dict[str, Any], decision_id: str, exc: Exception
+    ) -> Decision:
+        """The store is unreachable: quotas marked ``on_store_error deny`` fail closed."""
+        strict = [s.quota for s in specs if s.on_store_error == "deny"]
+        quotas = tuple(
+            QuotaStatus(
+                name=s.quota,
+                metric=s.metric,
+                scope=_scope_of(s),
+                key=s.key,
+                limit=s.limit,
+                used=0.0,
+                remaining=0.0,
+                exceeded=False,
+            )
+            for s in specs
+        )
+        if strict:
+            return Decision(
+                allowed=False,
+                reason="STORE_UNAVAILABLE",
+                quotas=quotas,
+                message=f"counter store unavailable ({exc}); quota {strict[0]} fails closed",
+                decision_id=decision_id,
+                **base,
+            )
+        return Decision(
+            allowed=True,
+            reason="ALLOWED",
+            quotas=quotas,
+            message=f"counter store unavailable ({exc}); quotas not enforced",
+            decision_id=decision_id,
+            **base,
+        )
+
+    def decide(self, request: Mapping[str, Any] | DecideRequest) -> Decision:
+        """Decide one request: rules, then quotas checked and consumed all-or-nothing.
+
+        Raises ``ValueError`` naming the field for a malformed request (nothing is
+        consumed or stored then).
+        """
+        start = self._perf()
+        req = DecideRequest.parse(request)
+        ev = self._evaluate(req, persist=not req.dry_run)
+        decision, exceeded = self._decide(ev, consume=True)
+        self._observer.decision(decision, req.model, exceeded, self._perf() - start)
+        return decision
+
+    def explain(self, request: Mapping[str, Any] | DecideRequest) -> Explanation:
+        """The decision ``decide`` would give, with the rule trace; nothing consumed or stored."""
+        req = DecideRequest.parse(request)
+        ev = self._evaluate(req, persist=False)
+        decision, _ = self._decide(ev, consume=False)
+        candidates = len(ev.ruleset.index.candidates(ev.ctx))
+        return Explanation(
+            decision=decision,
+            trace=tuple(ev.ruleset.trace(ev.ctx)),
+            candidates=candidates,
+            total_rules=len(ev.ruleset.rules),
+        )
+
+    # ---------------------------------------------------------------- reports
+
+    def report(self, report: Mapping[str, Any] | UsageReport) -> ReportAck:
+        """Record what a request really used; idempotent per ``request_id``.
+
+        With a live ``decision_id`` the reservation made by ``decide`` is replaced by
+        the actuals. Without one (or once it expired), the actual tokens and cost are
+        added to the quotas that apply to the reported user, group and model; requests
+        are not counted again, since ``decide`` counted them.
+        """
+        rep = UsageReport.parse(report)
+        ruleset = self._ruleset
+        ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
+        actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
+        # used only when no live reservation matches (no decision_id, or it expired)
+        fallback = self._report_counters(ruleset, ctx, rep)
+        outcome: ReportOutcome = self._store_call(
+            "report",
+            lambda: self._store.record_report(
+                rep.request_id, rep.decision_id or None, actual, fallback
+            ),
+        )
+        self._observer.report(rep, outcome)
+        return ReportAck(
+            request_id=rep.request_id, outcome=outcome, duplicate=outcome == "duplicate"
+        )
+
+    def _report_counters(
+        self, ruleset: CompiledRuleset, ctx: EvalContext, rep: UsageReport
+    ) -> list[CounterSpec]:
+        enforced: list[CompiledRule] = [r for r in ruleset.match(ctx) if not r.shadow]
+        verdict = combine(enforced, ruleset.default, ctx, rep.model)
+        amounts = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 0.0)
+        # the report names the model that served, which is what per-model counters track
+        specs, _ = counters_for(verdict.quotas, ruleset.quotas, ctx, rep.model, amounts)
+        return [s for s in specs if s.amount > 0]
+
+
+def _need_kind(kind: str) -> EntityKind:
+    if kind == "user":
+        return "user"
+    if kind == "group":
+        return "group"
+    raise ValueError(f"kind: must be 'user' or 'group', got {kind!r}")
+
+
+def _scope_of(spec: CounterSpec) -> str:
+    head = spec.key.split("+m=", 1)[0]
+    if head == "*":
+        scope = "everyone"
+    elif head.startswith("g=") and "/u=" in head:
+        scope = "user_in_group"
+    elif head.startswith("g="):
+        scope = "group"
+    else:
+        scope = "user"
+    return scope + ("+model" if "+m=" in spec.key else "")
+
+
+def _status(spec: CounterSpec, state: CounterState, taken: bool) -> QuotaStatus:
+    used = state.used + (spec.amount if taken else 0.0)
+    return QuotaStatus(
+        name=spec.quota,
+        metric=spec.metric,
+        scope=_scope_of(spec),
+        key=spec.key,
+        limit=spec.limit,
+        used=used,
+        remaining=max(spec.limit - used, 0.0),
+        exceeded=state.exceeded,
+        retry_after=state.retry_after if state.exceeded else 0.0,
+        resets_at=state.resets_at,
+    )
+
+
+def _unresolved_status(u: Unresolved) -> QuotaStatus:
+    return QuotaStatus(
+        name=u.quota.name,
+        metric=u.quota.metric,
+        scope=u.quota.scope.name,
+        key=u.key,
+        limit=0.0,
+        used=0.0,
+        remaining=0.0,
+        exceeded=False,
+    )
+
+
+def _unresolved_message(unresolved: list[Unresolved]) -> str:
+    u = unresolved[0]
+    return f"quota {u.quota.name}: limit {u.quota.limit.path} is not set for {u.key}"
+
+
+def _exceeded_message(statuses: tuple[QuotaStatus, ...]) -> str:
+    parts = [
+        f"{s.name} ({_fmt_number(s.used)}/{_fmt_number(s.limit)} {s.metric}, "
+        f"retry in {s.retry_after:.0f}s)"
+        for s in statuses
+        if s.exceeded
+    ]
+    return "quota exceeded: " + ", ".join(parts)

@@ -1,0 +1,125 @@
+"""From quota declarations to the counters one decision touches.
+
+A quota names a metric, a limit, a window and a scope; for a concrete request it becomes
+a ``CounterSpec``: whose counter (the scope key), how much is allowed (the limit resolved
+against the entities' metadata) and how much this request adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from tollway.dsl.ast import Limit, Quota, Scope
+from tollway.dsl.compiled import EvalContext
+from tollway.dsl.values import resolve
+
+from .stores.base import CounterSpec
+
+__all__ = ["scope_key", "resolve_limit", "metric_amounts", "Unresolved", "counters_for"]
+
+
+def _enc(ident: str) -> str:
+    # ids are opaque; encoding keeps the separators below unambiguous
+    return quote(ident, safe="")
+
+
+def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: str) -> str | None:
+    """The counter key inside a quota, or None when the request lacks the scope's entity.
+
+    ``u=<user>``, ``g=<group>``, ``g=<group>/u=<user>``, ``*``; ``+m=<model>`` appended
+    for ``and model`` scopes. A user-only request has no group key: group quotas do not
+    apply to it (SPEC §2).
+    """
+    if scope.subject == "user":
+        if user_id is None:
+            return None
+        key = f"u={_enc(user_id)}"
+    elif scope.subject == "group":
+        if group_id is None:
+            return None
+        key = f"g={_enc(group_id)}"
+    elif scope.subject == "user_in_group":
+        if user_id is None or group_id is None:
+            return None
+        key = f"g={_enc(group_id)}/u={_enc(user_id)}"
+    else:
+        key = "*"
+    if scope.per_model:
+        key += f"+m={_enc(model)}"
+    return key
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def resolve_limit(limit: Limit, ctx: EvalContext) -> float | None:
+    """The limit for this request, or None when its path is missing and there is no fallback."""
+    if limit.path is None:
+        return limit.value
+    base = _number(resolve(ctx, limit.path))
+    if base is None:
+        base = limit.fallback
+    if base is None:
+        return None
+    if limit.percent is not None:
+        return base * limit.percent / 100.0
+    return base
+
+
+def metric_amounts(
+    input_tokens: int, output_tokens: int, cost_usd: float, requests: float
+) -> dict[str, float]:
+    """What one request counts for each metric."""
+    return {
+        "requests": requests,
+        "tokens": float(input_tokens + output_tokens),
+        "input_tokens": float(input_tokens),
+        "output_tokens": float(output_tokens),
+        "cost": cost_usd,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """A quota whose limit could not be resolved for this request (fail closed)."""
+
+    quota: Quota
+    key: str
+
+
+def counters_for(
+    names: tuple[str, ...],
+    quotas: Mapping[str, Quota],
+    ctx: EvalContext,
+    model: str,
+    amounts: Mapping[str, float],
+) -> tuple[list[CounterSpec], list[Unresolved]]:
+    """The counters of the named quotas that apply to this request, and those unresolved."""
+    specs: list[CounterSpec] = []
+    unresolved: list[Unresolved] = []
+    for name in names:
+        quota = quotas[name]
+        key = scope_key(quota.scope, ctx.user_id, ctx.group_id, model)
+        if key is None:
+            continue
+        limit = resolve_limit(quota.limit, ctx)
+        if limit is None:
+            unresolved.append(Unresolved(quota, key))
+            continue
+        specs.append(
+            CounterSpec(
+                quota=name,
+                metric=quota.metric,
+                key=key,
+                window=quota.window,
+                limit=limit,
+                amount=amounts[quota.metric],
+                on_store_error=quota.on_store_error,
+            )
+        )
+    return specs, unresolved

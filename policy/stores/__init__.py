@@ -1,1 +1,61 @@
-"""Counter stores: where quota counters live (memory or Redis)."""
+"""Counter stores: where quota counters live (memory or Redis).
+
+``open_store`` and ``open_entity_store`` are the one place where a backend is chosen
+from a URL; the Redis modules are imported only when a Redis URL is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .base import CounterSpec, CounterState, CounterStore, ReportOutcome, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ..entities import EntityStore
+
+__all__ = [
+    "CounterSpec",
+    "CounterState",
+    "CounterStore",
+    "ReportOutcome",
+    "StoreUnavailable",
+    "open_store",
+    "open_entity_store",
+]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _kind(url: str) -> str:
+    if url == "memory":
+        return "memory"
+    if isinstance(url, str) and url.startswith(_REDIS_SCHEMES):
+        return "redis"
+    raise ValueError(
+        f"store: {url!r} is not a store; use 'memory' or a redis://, rediss:// or unix:// URL"
+    )
+
+
+def open_store(
+    url: str, *, key_prefix: str = "tollway:", clock: Callable[[], float] | None = None
+) -> CounterStore:
+    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME)."""
+    if _kind(url) == "memory":
+        from .memory import MemoryCounterStore
+
+        return MemoryCounterStore(clock) if clock is not None else MemoryCounterStore()
+    from .redis_store import RedisCounterStore
+
+    return RedisCounterStore(url, key_prefix=key_prefix)
+
+
+def open_entity_store(
+    url: str, *, key_prefix: str = "tollway:", clock: Callable[[], float] | None = None
+) -> EntityStore:
+    """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
+    from ..entity_stores import MemoryEntityStore, RedisEntityStore
+
+    if _kind(url) == "memory":
+        return MemoryEntityStore()
+    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock)

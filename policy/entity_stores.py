@@ -1,0 +1,301 @@
+"""Where users, groups, their metadata and memberships live: memory or Redis.
+
+Both stores implement ``EntityStore`` (``policy.entities``) with the same merge rules.
+The Redis store keeps one hash per entity, one field per top-level metadata key (JSON
+value), so a merge is a handful of ``HSET``/``HDEL`` on the keys that changed: two
+replicas merging different keys never undo each other. Reads on the decision path come
+from a short-lived in-process cache, and nothing is written unless the merge changed
+something, so a steady stream of identical requests costs no Redis calls beyond one
+cache refresh per entity every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from cachetools import TTLCache
+from redis.exceptions import RedisError
+
+from tollway.dsl.ast import Value
+
+from .entities import EntityKind, EntityView, merge_metadata
+from .stores.base import StoreUnavailable
+from .stores.redis_store import redis_client
+
+__all__ = ["MemoryEntityStore", "RedisEntityStore", "CACHE_TTL", "LINK_TTL"]
+
+MAX_ID_BYTES = 256
+CACHE_TTL = 5.0  # seconds another replica's metadata change may take to be seen here
+LINK_TTL = 600.0  # links are only ever added, so a known link can be trusted for longer
+_KINDS = ("user", "group")
+# Marks an entity that exists with empty metadata. Metadata keys are valid UTF-8, which
+# never contains the byte 0xff, so it cannot collide with one.
+_EXISTS = b"\xff"
+
+
+def _check(kind: str, id: str) -> None:
+    if kind not in _KINDS:
+        raise ValueError(f"kind: must be 'user' or 'group', got {kind!r}")
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"{kind}.id: must be a non-empty string")
+    size = len(id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise ValueError(f"{kind}.id: {size} bytes is over the limit of {MAX_ID_BYTES}")
+
+
+def _same(a: Value, b: Value) -> bool:
+    """Equal and of the same type (``1 == 1.0 == True`` must still count as a change)."""
+    return type(a) is type(b) and a == b
+
+
+def _diff(old: Mapping[str, Value], new: Mapping[str, Value]) -> tuple[dict[str, Value], list[str]]:
+    """What to set and what to remove to turn ``old`` into ``new``."""
+    changed = {k: v for k, v in new.items() if k not in old or not _same(old[k], v)}
+    return changed, [k for k in old if k not in new]
+
+
+# ------------------------------------------------------------------------ memory
+
+
+class MemoryEntityStore:
+    """Entities in this process's memory (the ``memory`` store)."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._meta: dict[tuple[str, str], dict[str, Value]] = {}
+        self._links: dict[tuple[str, str], set[str]] = {}
+
+    def observe(
+        self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
+    ) -> Mapping[str, Value]:
+        _check(kind, id)
+        with self._lock:
+            stored = self._meta.get((kind, id), {})
+            merged = merge_metadata(stored, patch)
+            if merged is None:
+                return stored
+            self._meta[(kind, id)] = merged
+            return merged
+
+    def link(self, user_id: str, group_id: str) -> None:
+        _check("user", user_id)
+        _check("group", group_id)
+        with self._lock:
+            self._links.setdefault(("user", user_id), set()).add(group_id)
+            self._links.setdefault(("group", group_id), set()).add(user_id)
+
+    def get(self, kind: EntityKind, id: str) -> EntityView | None:
+        _check(kind, id)
+        with self._lock:
+            meta = self._meta.get((kind, id))
+            links = self._links.get((kind, id))
+            if meta is None and not links:
+                return None
+            return EntityView(kind, id, dict(meta or {}), tuple(sorted(links or ())))
+
+    def put(
+        self,
+        kind: EntityKind,
+        id: str,
+        metadata: Mapping[str, Value] | None,
+        *,
+        replace: bool = False,
+    ) -> EntityView:
+        _check(kind, id)
+        new: dict[str, Value]
+        with self._lock:
+            if replace:
+                new = {k: v for k, v in (metadata or {}).items() if v is not None}
+            else:
+                stored = self._meta.get((kind, id), {})
+                new = merge_metadata(stored, metadata) or dict(stored)
+            self._meta[(kind, id)] = new
+        view = self.get(kind, id)
+        assert view is not None
+        return view
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------- redis
+
+
+def _encode_id(id: str) -> str:
+    return quote(id, safe="", encoding="utf-8", errors="surrogatepass")
+
+
+def _raw(id: str) -> bytes:
+    return id.encode("utf-8", "surrogatepass")
+
+
+def _dumps(value: Value) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"metadata: {exc}") from exc
+
+
+class RedisEntityStore:
+    """Entities in Redis, shared by replicas, with an in-process read cache.
+
+    Keys: ``{prefix}e:{kind}:{id}`` (hash: metadata key -> JSON value),
+    ``{prefix}m:user:{id}`` (set of the user's groups), ``{prefix}m:group:{id}`` (set of
+    the group's members); ids are percent-encoded in key names and raw in set members.
+    """
+
+    blocking = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "tollway:",
+        clock: Callable[[], float] | None = None,
+        cache_ttl: float = CACHE_TTL,
+        cache_size: int = 100_000,
+        link_ttl: float = LINK_TTL,
+        client: redis.Redis | None = None,
+        timeout: float = 0.1,
+    ) -> None:
+        self._client = client or redis_client(url, timeout=timeout)
+        self._prefix = key_prefix
+        timer = clock or time.monotonic
+        self._lock = threading.Lock()  # TTLCache is not thread-safe; I/O stays outside it
+        self._meta: TTLCache[tuple[str, str], dict[str, Value]] = TTLCache(
+            cache_size, cache_ttl, timer=timer
+        )
+        self._links: TTLCache[tuple[str, str], bool] = TTLCache(cache_size, link_ttl, timer=timer)
+
+    def observe(
+        self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
+    ) -> Mapping[str, Value]:
+        _check(kind, id)
+        with self._lock:
+            cached = self._meta.get((kind, id))
+        if cached is None:
+            cached = self._decode(self._run(lambda: self._client.hgetall(self._key(kind, id))))
+            with self._lock:
+                self._meta[(kind, id)] = cached
+        merged = merge_metadata(cached, patch)
+        if merged is None:
+            return cached
+        changed, removed = _diff(cached, merged)
+        self._write(kind, id, changed, removed)
+        with self._lock:
+            self._meta[(kind, id)] = merged
+        return merged
+
+    def link(self, user_id: str, group_id: str) -> None:
+        _check("user", user_id)
+        _check("group", group_id)
+        with self._lock:
+            if (user_id, group_id) in self._links:
+                return
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.sadd(self._links_key("user", user_id), _raw(group_id))
+            pipe.sadd(self._links_key("group", group_id), _raw(user_id))
+            pipe.execute()
+
+        self._run(write)
+        with self._lock:
+            self._links[(user_id, group_id)] = True
+
+    def get(self, kind: EntityKind, id: str) -> EntityView | None:
+        _check(kind, id)
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self._key(kind, id))
+            pipe.smembers(self._links_key(kind, id))
+            return pipe.execute()
+
+        raw, members = self._run(read)
+        if not raw and not members:
+            return None
+        meta = self._decode(raw)
+        with self._lock:
+            self._meta[(kind, id)] = meta
+        links = sorted(m.decode("utf-8", "surrogatepass") for m in members)
+        return EntityView(kind, id, dict(meta), tuple(links))
+
+    def put(
+        self,
+        kind: EntityKind,
+        id: str,
+        metadata: Mapping[str, Value] | None,
+        *,
+        replace: bool = False,
+    ) -> EntityView:
+        _check(kind, id)
+        patch = dict(metadata or {})
+        setting = {k: v for k, v in patch.items() if v is not None}
+        removing = [k for k, v in patch.items() if v is None]
+        self._write(kind, id, setting, removing, replace=replace)
+        with self._lock:
+            self._meta.pop((kind, id), None)
+        view = self.get(kind, id)
+        assert view is not None  # the write just created it
+        return view
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _key(self, kind: str, id: str) -> str:
+        return f"{self._prefix}e:{kind}:{_encode_id(id)}"
+
+    def _links_key(self, kind: str, id: str) -> str:
+        return f"{self._prefix}m:{kind}:{_encode_id(id)}"
+
+    def _write(
+        self,
+        kind: str,
+        id: str,
+        setting: Mapping[str, Value],
+        removing: Iterable[str],
+        *,
+        replace: bool = False,
+    ) -> None:
+        """One MULTI: optionally clear, then set and remove top-level keys."""
+        mapping: dict[Any, str | bytes] = {k: _dumps(v) for k, v in setting.items()}
+        mapping[_EXISTS] = b"1"
+        gone = list(removing)
+        key = self._key(kind, id)
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            if replace:
+                pipe.delete(key)
+            elif gone:
+                pipe.hdel(key, *gone)
+            pipe.hset(key, mapping=mapping)
+            pipe.execute()
+
+        self._run(write)
+
+    @staticmethod
+    def _decode(raw: Mapping[bytes, bytes]) -> dict[str, Value]:
+        return {
+            k.decode("utf-8"): json.loads(v) for k, v in raw.items() if k != _EXISTS
+        }
+
+    @staticmethod
+    def _run(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc

@@ -1,0 +1,112 @@
+-- Shared by consume.lua and report.lua (prepended to each when the store loads them).
+-- Mirrors tollway.policy.windows: bucket indices and calendar periods depend only on
+-- the whole unix second, so this file and windows.py agree exactly.
+
+-- The whole unix second the call runs at: Redis TIME, or the test-only override.
+local function now_parts(override)
+  if override ~= '' then
+    return tonumber(override), 0
+  end
+  local tm = redis.call('TIME')
+  return tonumber(tm[1]), tonumber(tm[2])
+end
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- The date of a day number (inverse of days_from_civil).
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+-- Label and end (unix seconds) of the UTC day / ISO week / month holding second `sec`.
+local function calendar_period(kind, sec)
+  local days = math.floor(sec / 86400)
+  if kind == 'day' then
+    local y, m, d = civil_from_days(days)
+    return string.format('%04d-%02d-%02d', y, m, d), (days + 1) * 86400
+  elseif kind == 'week' then
+    local monday = days - (days + 3) % 7   -- 1970-01-01 was a Thursday
+    local ty = civil_from_days(monday + 3)  -- the ISO year is the year of the week's Thursday
+    local week = math.floor((monday + 3 - days_from_civil(ty, 1, 1)) / 7) + 1
+    return string.format('%04d-W%02d', ty, week), (monday + 7) * 86400
+  end
+  local y, m = civil_from_days(days)
+  local ny, nm = y, m + 1
+  if nm == 13 then ny, nm = y + 1, 1 end
+  return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
+end
+
+-- Where window `code` ('<seconds>' or 'day'/'week'/'month') writes at `sec`:
+-- field, oldest counted bucket (nil for calendar), finish (second it stops counting).
+local function slot(code, bucket, sec)
+  local w = tonumber(code)
+  if w then
+    local current = math.floor(sec / bucket)
+    return tostring(current), math.floor((sec - w) / bucket), (current + 1) * bucket + w
+  end
+  local label, finish = calendar_period(code, sec)
+  return label, nil, finish
+end
+
+-- Integers as Redis arguments: tostring() would print 1e+15 for large doubles.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Make sure `key` lives at least until second `finish` (relative, so test-time overrides are safe).
+local function keep_until(key, finish, sec)
+  local want = finish - sec
+  local ttl = redis.call('TTL', key)
+  if ttl < want then redis.call('EXPIRE', key, want) end
+end
+
+-- Add `delta` units to one field, never below zero (a field at zero is removed).
+local function add(key, field, delta)
+  if delta == 0 then return end
+  local value = redis.call('HINCRBY', key, field, int(delta))
+  if value <= 0 then redis.call('HDEL', key, field) end
+end
+
+-- Every field of the hash that can never count again.
+local function stale_fields(pairs_list, field, first)
+  local stale = {}
+  for j = 1, #pairs_list, 2 do
+    local f = pairs_list[j]
+    if first then
+      local idx = tonumber(f)
+      if idx == nil or idx < first then stale[#stale + 1] = f end
+    elseif f ~= field then
+      stale[#stale + 1] = f
+    end
+  end
+  return stale
+end
+
+-- Fail before any write when a key holds something other than a hash (no partial updates).
+local function need_hash(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a counter hash')
+  end
+  return nil
+end

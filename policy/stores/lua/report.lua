@@ -1,0 +1,71 @@
+-- report.lua: apply one usage report, once per request_id.
+-- KEYS[1]     report marker {prefix}r:{request_id}
+-- KEYS[2]     reservation record {prefix}h:{hold_id}, only when ARGV[3] == '1'
+-- KEYS[..]    fallback counter hashes, after those
+-- ARGV[1]     '' to use Redis TIME, or a unix second (test-only override)
+-- ARGV[2]     marker TTL in seconds (how long a request_id is remembered)
+-- ARGV[3]     '1' when KEYS[2] is a reservation record
+-- ARGV[4]     m, then m pairs: metric, actual units
+-- then        3 values per fallback counter: window code, bucket seconds, amount units
+-- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals) or
+-- 'added' (no live reservation: the fallback amounts were added).
+local sec = now_parts(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
+local has_hold = ARGV[3] == '1'
+local m = tonumber(ARGV[4])
+local actual = {}
+for j = 1, m do actual[ARGV[3 + 2 * j]] = tonumber(ARGV[4 + 2 * j]) end
+local first_counter = has_hold and 3 or 2
+
+-- Reads first (the record and the type of every key to write), then writes.
+local held = nil
+if has_hold then
+  local raw = redis.call('GET', KEYS[2])
+  if raw then held = cjson.decode(raw) end
+end
+if held then
+  for _, h in ipairs(held) do
+    local err = need_hash(h[1])
+    if err then return err end
+  end
+else
+  for i = first_counter, #KEYS do
+    local err = need_hash(KEYS[i])
+    if err then return err end
+  end
+end
+
+redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
+if held then
+  redis.call('DEL', KEYS[2])
+  for _, h in ipairs(held) do
+    local key, field, metric = h[1], h[2], h[3]
+    local reserved, finish = tonumber(h[4]), tonumber(h[5])
+    -- A metric the report does not mention keeps its reservation; an expired bucket is left.
+    if actual[metric] ~= nil and sec < finish then
+      local delta = actual[metric] - reserved
+      add(key, field, delta)
+      if delta > 0 then keep_until(key, finish, sec) end
+    end
+  end
+  return 'settled'
+end
+
+local base = 4 + 2 * m
+for i = first_counter, #KEYS do
+  local code, bucket = ARGV[base + 1], tonumber(ARGV[base + 2])
+  local amount = tonumber(ARGV[base + 3])
+  base = base + 3
+  if amount > 0 then
+    local key = KEYS[i]
+    local field, first, finish = slot(code, bucket, sec)
+    -- Counters only reports touch are pruned here, once they hold more than a window.
+    if redis.call('HLEN', key) > 64 then
+      local stale = stale_fields(redis.call('HGETALL', key), field, first)
+      if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+    end
+    add(key, field, amount)
+    keep_until(key, finish, sec)
+  end
+end
+return 'added'

@@ -1,0 +1,205 @@
+"""Counters in Redis, shared by every replica: one Lua script call per decision.
+
+Every counter of a decision is read, checked and (all or none) consumed by one
+``EVALSHA`` of ``lua/consume.lua``; a report is one call of ``lua/report.lua``. Both
+take the time from Redis ``TIME`` so that replicas with skewed clocks still agree on
+windows and periods. The scripts are registered once (``register_script``): a Redis
+that lost its script cache costs one ``SCRIPT LOAD``, not an error.
+
+Timeouts are short (100 ms by default) so that a dead or stalled Redis turns into
+``StoreUnavailable`` quickly and the engine can apply ``on_store_error``. How hard to
+try again is a separate decision, kept in a redis-py ``Retry`` (``default_retry``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .. import windows
+from ..windows import Checked
+from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
+
+__all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
+
+HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
+REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
+DEFAULT_TIMEOUT = 0.1
+
+
+def default_retry() -> Retry:
+    """One immediate retry on a broken connection, none on a timeout.
+
+    A connection the server closed (Redis restarted) fails on first use; retrying at
+    once on a fresh connection makes recovery invisible. A timeout is never retried: the
+    script may have run, and running it twice would consume twice.
+    """
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+def redis_client(
+    url: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    connect_timeout: float | None = None,
+    retry: Retry | None = None,
+    max_connections: int | None = None,
+) -> redis.Redis:
+    """A client with short socket timeouts; the pool reconnects by itself after an outage."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout if connect_timeout is not None else timeout,
+        retry=retry if retry is not None else default_retry(),
+        health_check_interval=0,  # no PING on the hot path
+        max_connections=max_connections,
+    )
+
+
+def load_script(name: str) -> str:
+    """The source of ``lua/<name>.lua`` with the shared ``lua/common.lua`` in front."""
+    lua = files("tollway.policy.stores").joinpath("lua")
+    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+
+
+class RedisCounterStore:
+    """A ``CounterStore`` in Redis (``redis://``, ``rediss://``, ``unix://`` URLs).
+
+    ``honour_now``: pass ``now=`` through to the scripts instead of using Redis TIME. For
+    tests only (they cannot move Redis's clock); a deployment must leave it off so that
+    replicas agree on one clock.
+    """
+
+    name = "redis"
+    blocking = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "tollway:",
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        retry: Retry | None = None,
+        max_connections: int | None = None,
+        hold_ttl: int = HOLD_TTL,
+        report_ttl: int = REPORT_TTL,
+        honour_now: bool = False,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self._client = client or redis_client(
+            url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry=retry,
+            max_connections=max_connections,
+        )
+        self._prefix = key_prefix
+        self._hold_ttl = str(int(hold_ttl))
+        self._report_ttl = str(int(report_ttl))
+        self._honour_now = honour_now
+        self._consume = self._client.register_script(load_script("consume"))
+        self._report = self._client.register_script(load_script("report"))
+
+    # ------------------------------------------------------------------ protocol
+
+    def check_and_consume(
+        self,
+        counters: Sequence[CounterSpec],
+        *,
+        consume: bool,
+        hold_id: str | None = None,
+        now: float | None = None,
+    ) -> list[CounterState]:
+        checked = windows.check_counters(self._prefix, counters)
+        if not checked:
+            return []
+        keys = [c.key for c in checked]
+        hold = consume and hold_id is not None
+        if hold:
+            assert hold_id is not None
+            keys.append(windows.hold_key(self._prefix, hold_id))
+        args: list[str] = [
+            self._override(now),
+            "1" if consume else "0",
+            self._hold_ttl if hold else "0",
+        ]
+        for c in checked:
+            args += (*_window_args(c), str(c.limit), str(c.amount), c.spec.metric)
+        reply = self._call(self._consume, keys, args)
+        sec, usec = int(reply[0]), int(reply[1])
+        t = now if now is not None and self._honour_now else sec + usec / 1_000_000
+        states = []
+        for c, raw in zip(checked, reply[3:], strict=True):
+            fields = _counted_fields(c, raw)
+            states.append(windows.counter_state(c.spec, t, fields, c.amount, c.limit))
+        return states
+
+    def record_report(
+        self,
+        request_id: str,
+        hold_id: str | None,
+        actual: Mapping[str, float],
+        fallback: Sequence[CounterSpec],
+        *,
+        now: float | None = None,
+    ) -> ReportOutcome:
+        units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
+        checked = windows.check_counters(self._prefix, fallback)
+        keys = [windows.report_key(self._prefix, request_id)]
+        if hold_id is not None:
+            keys.append(windows.hold_key(self._prefix, hold_id))
+        keys += [c.key for c in checked]
+        args = [
+            self._override(now),
+            self._report_ttl,
+            "1" if hold_id is not None else "0",
+            str(len(units)),
+        ]
+        for metric, value in units.items():
+            args += (metric, str(value))
+        for c in checked:
+            args += (*_window_args(c), str(c.amount))
+        outcome = self._call(self._report, keys, args)
+        text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        if text not in ("duplicate", "settled", "added"):
+            raise StoreUnavailable(f"redis report script answered {text!r}")
+        return text  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _override(self, now: float | None) -> str:
+        return str(math.floor(now)) if now is not None and self._honour_now else ""
+
+    def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        except OSError as exc:  # a socket error redis-py did not wrap
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+
+def _window_args(c: Checked) -> tuple[str, str]:
+    """Window code and bucket seconds of one counter, as the scripts read them."""
+    w = c.spec.window
+    bucket = windows.bucket_seconds(w.seconds) if w.seconds is not None else 0
+    return windows.window_code(w), str(bucket)
+
+
+def _counted_fields(c: Checked, raw: list[int]) -> dict[int | str, int]:
+    """The fields a counter counted, from the script's ``{used, idx, units, ...}``."""
+    if c.spec.window.seconds is None:
+        return {"": int(raw[0])}  # one period: only its total matters
+    return {int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)}

@@ -1,0 +1,300 @@
+"""Window and key arithmetic shared by every counter store, so that they agree exactly.
+
+A sliding window of ``W`` seconds is split into buckets of ``b = max(1, W // 60)``
+seconds (rounded *down*, so there are at least 60 buckets and the early refusal the
+bucketing allows stays under ``W / 60``). Bucket ``i`` holds what was consumed during
+``[i*b, (i+1)*b)``. At time ``t`` a window counts buckets ``floor((t-W)/b) .. floor(t/b)``:
+the oldest one, partly expired, counts whole, so a quota never admits more than its limit.
+Calendar windows (``day``, ``week``, ``month``; UTC, ISO weeks starting Monday) are one
+counter per period, labelled ``2026-11-23``, ``2026-W48``, ``2026-11``.
+
+Bucket indices and periods depend only on the whole second ``floor(t)`` (``b`` is an
+integer), which is what lets the Redis script compute them from ``TIME`` exactly as
+this module does (``stores/lua/common.lua`` mirrors ``slot`` and ``calendar_period``).
+
+Amounts are kept as integer *units*: ``cost`` in micro-USD (1e-6), every other metric
+in whole units. Integer sums are exact and associative, so memory and Redis, and any
+order of concurrent updates, give the same totals (no float drift across millions of
+``HINCRBYFLOAT``s). Amounts round *up* to a unit and limits *down*, so rounding can
+never admit more than a limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from tollway.dsl.ast import Window
+
+from .stores.base import CounterSpec, CounterState
+
+__all__ = [
+    "BUCKETS_PER_WINDOW",
+    "MAX_UNITS",
+    "Period",
+    "Slot",
+    "bucket_seconds",
+    "bucket_index",
+    "bucket_until",
+    "covered_buckets",
+    "calendar_period",
+    "slot",
+    "window_code",
+    "metric_scale",
+    "amount_units",
+    "limit_units",
+    "from_units",
+    "fits",
+    "counter_key",
+    "hold_key",
+    "report_key",
+    "counter_state",
+    "Checked",
+    "check_counters",
+]
+
+BUCKETS_PER_WINDOW = 60
+# Lua numbers are doubles: integers stay exact up to 2**53.
+MAX_UNITS = 2**53 - 1
+# Tolerance (in units) for float noise when converting: 0.0031 * 1e6 is 3100.0000000000005.
+_EPSILON = 1e-6
+_SCALES = {"cost": 1_000_000}
+_CALENDARS = ("day", "week", "month")
+
+
+# ------------------------------------------------------------------ sliding windows
+
+
+def bucket_seconds(window_seconds: int) -> int:
+    """Bucket length of a sliding window: ``W // 60`` whole seconds, at least 1."""
+    return max(1, window_seconds // BUCKETS_PER_WINDOW)
+
+
+def bucket_index(t: float, bucket: int) -> int:
+    """Index of the bucket holding time ``t`` (``floor(t / b)``, exact for integer ``b``)."""
+    return math.floor(t) // bucket
+
+
+def covered_buckets(t: float, window_seconds: int, bucket: int) -> tuple[int, int]:
+    """First and last bucket index a window counts at time ``t`` (both inclusive)."""
+    sec = math.floor(t)
+    return (sec - window_seconds) // bucket, sec // bucket
+
+
+def bucket_until(index: int, window_seconds: int, bucket: int) -> int:
+    """The first unix second at which bucket ``index`` no longer counts in the window."""
+    return (index + 1) * bucket + window_seconds
+
+
+# ---------------------------------------------------------------- calendar windows
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One calendar period: its label and ``[start, end)`` in unix seconds."""
+
+    label: str
+    start: int
+    end: int
+
+
+def _unix(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def calendar_period(kind: str, t: float) -> Period:
+    """The UTC ``day``, ISO ``week`` (Monday 00:00) or ``month`` holding time ``t``."""
+    today = datetime.fromtimestamp(math.floor(t), tz=UTC).date()
+    if kind == "day":
+        return Period(today.isoformat(), _unix(today), _unix(today + timedelta(days=1)))
+    if kind == "week":
+        year, week, weekday = today.isocalendar()
+        monday = today - timedelta(days=weekday - 1)
+        return Period(f"{year:04d}-W{week:02d}", _unix(monday), _unix(monday + timedelta(days=7)))
+    if kind == "month":
+        first = today.replace(day=1)
+        following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        return Period(f"{first.year:04d}-{first.month:02d}", _unix(first), _unix(following))
+    raise ValueError(f"unknown calendar window {kind!r}: expected one of {', '.join(_CALENDARS)}")
+
+
+# ------------------------------------------------------------------------- slots
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where a window writes at one instant and which fields it counts.
+
+    ``field`` is the bucket index (sliding) or period label (calendar) that receives new
+    usage; ``first`` the oldest counted bucket (sliding only); ``until`` the unix second
+    after which what is written to ``field`` no longer counts (when the key may expire).
+    """
+
+    field: int | str
+    first: int | None
+    until: int
+
+    def counts(self, field: int | str) -> bool:
+        """Whether a stored field is part of the window's usage now."""
+        if self.first is None:
+            return field == self.field
+        return isinstance(field, int) and self.first <= field <= int(self.field)
+
+    def stale(self, field: int | str) -> bool:
+        """Whether a stored field can never count again (safe to delete)."""
+        if self.first is None:
+            return field != self.field
+        return not isinstance(field, int) or field < self.first
+
+
+def _check_window(window: Window) -> None:
+    if window.seconds is not None:
+        if window.seconds < 1:
+            raise ValueError(f"window {window.text or window.seconds!r}: must be at least 1s")
+    elif window.calendar not in _CALENDARS:
+        raise ValueError(f"window {window.text!r}: neither a duration nor day/week/month")
+
+
+def slot(window: Window, t: float) -> Slot:
+    """The slot of ``window`` at time ``t``."""
+    _check_window(window)
+    if window.seconds is not None:
+        size = bucket_seconds(window.seconds)
+        first, current = covered_buckets(t, window.seconds, size)
+        return Slot(current, first, bucket_until(current, window.seconds, size))
+    assert window.calendar is not None
+    period = calendar_period(window.calendar, t)
+    return Slot(period.label, None, period.end)
+
+
+def window_code(window: Window) -> str:
+    """How a window is named to the Redis script: seconds (``"3600"``) or ``"month"``…"""
+    _check_window(window)
+    return str(window.seconds) if window.seconds is not None else str(window.calendar)
+
+
+# ------------------------------------------------------------------------- units
+
+
+def metric_scale(metric: str) -> int:
+    """Units per metric unit: 1e6 for ``cost`` (micro-USD), 1 for counts."""
+    return _SCALES.get(metric, 1)
+
+
+def amount_units(amount: float, metric: str, what: str = "amount") -> int:
+    """An amount in integer units, rounded up. Raises ValueError for NaN, negatives, overflow."""
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"{what}: must be a finite number >= 0, got {amount!r}")
+    units = max(0, math.ceil(amount * metric_scale(metric) - _EPSILON))
+    if units > MAX_UNITS:
+        raise ValueError(f"{what}: {amount!r} is too large for a {metric} counter")
+    return units
+
+
+def limit_units(limit: float, metric: str, what: str = "limit") -> int:
+    """A limit in integer units, rounded down and clamped to ``[0, MAX_UNITS]``."""
+    if math.isnan(limit):
+        raise ValueError(f"{what}: must be a number, got NaN")
+    scaled = limit * metric_scale(metric) + _EPSILON
+    if scaled >= MAX_UNITS:
+        return MAX_UNITS
+    return max(0, math.floor(scaled))
+
+
+def from_units(units: int, metric: str) -> float:
+    return units / metric_scale(metric)
+
+
+def fits(used: int, amount: int, limit: int) -> bool:
+    """The admission rule: ``used + amount <= limit``; a zero amount needs ``used < limit``."""
+    return used < limit if amount == 0 else used + amount <= limit
+
+
+# -------------------------------------------------------------------------- keys
+
+
+def counter_key(prefix: str, quota: str, key: str) -> str:
+    """``{prefix}q:{quota}:{key}``: one hash per counter, fields are buckets or periods."""
+    return f"{prefix}q:{quota}:{key}"
+
+
+def hold_key(prefix: str, hold_id: str) -> str:
+    """Where a reservation is remembered until its report settles it."""
+    return f"{prefix}h:{hold_id}"
+
+
+def report_key(prefix: str, request_id: str) -> str:
+    """The marker that makes a report count once."""
+    return f"{prefix}r:{request_id}"
+
+
+# ------------------------------------------------------------------------ states
+
+
+def counter_state(
+    spec: CounterSpec, t: float, buckets: Mapping[int | str, int], amount: int, limit: int
+) -> CounterState:
+    """The state of one counter given the fields it counts at ``t`` (units, non-empty or not).
+
+    ``retry_after`` walks the oldest buckets forward as they leave the window until the
+    amount fits; an amount larger than the limit never fits and gets the window length.
+    A calendar window frees its usage only at the period end.
+    """
+    used = sum(buckets.values())
+    exceeded = not fits(used, amount, limit)
+    window = spec.window
+    used_f = from_units(used, spec.metric)
+    if window.seconds is None:
+        assert window.calendar is not None
+        end = calendar_period(window.calendar, t).end
+        return CounterState(used_f, spec.limit, exceeded, end - t if exceeded else 0.0, float(end))
+    size = bucket_seconds(window.seconds)
+    live = sorted((i, v) for i, v in buckets.items() if isinstance(i, int) and v > 0)
+    resets_at = float(bucket_until(live[0][0], window.seconds, size)) if live else t + size
+    retry_after = 0.0
+    if exceeded:
+        retry_after = float(window.seconds)
+        if amount <= limit and not (amount == 0 and limit == 0):
+            remaining = used
+            for index, value in live:
+                remaining -= value
+                if fits(remaining, amount, limit):
+                    retry_after = bucket_until(index, window.seconds, size) - t
+                    break
+    return CounterState(used_f, spec.limit, exceeded, retry_after, resets_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A counter spec validated and converted once: its key and amounts in units."""
+
+    spec: CounterSpec
+    key: str
+    amount: int
+    limit: int
+
+
+def check_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Checked]:
+    """Validate and convert a decision's counters; ValueError before anything is touched."""
+    out: list[Checked] = []
+    seen: set[str] = set()
+    for spec in counters:
+        if not isinstance(spec, CounterSpec):
+            raise ValueError(f"counters: expected CounterSpec, got {type(spec).__name__}")
+        _check_window(spec.window)
+        key = counter_key(prefix, spec.quota, spec.key)
+        if key in seen:
+            raise ValueError(f"counters: {spec.quota!r} for {spec.key!r} appears twice")
+        seen.add(key)
+        what = f"quota {spec.quota}"
+        out.append(
+            Checked(
+                spec,
+                key,
+                amount_units(spec.amount, spec.metric, f"{what}: amount"),
+                limit_units(spec.limit, spec.metric, f"{what}: limit"),
+            )
+        )
+    return out

@@ -138,13 +138,26 @@ class Engine:
     # --------------------------------------------------------------- entities
 
     def _metadata(self, kind: EntityKind, ref: EntityRef, persist: bool) -> Mapping[str, Value]:
-        if persist:
-            return self._entities.observe(kind, ref.id, ref.metadata)
-        # explain and dry runs write nothing: merge into a copy
-        stored = self._entities.get(kind, ref.id)
+        try:
+            if persist:
+                return self._entities.observe(kind, ref.id, ref.metadata)
+            # explain and dry runs write nothing: merge into a copy
+            stored = self._entities.get(kind, ref.id)
+        except StoreUnavailable:
+            # degrade to what the request itself says; the counter store, unreachable
+            # too, then decides by each quota's on_store_error
+            self._observer.store_call(self._store.name, "entity", 0.0, True)
+            return {k: v for k, v in (ref.metadata or {}).items() if v is not None}
         base = stored.metadata if stored is not None else {}
         merged = merge_metadata(base, ref.metadata)
         return base if merged is None else merged
+
+    def _link(self, user_id: str, group_id: str) -> None:
+        try:
+            self._entities.link(user_id, group_id)
+        except StoreUnavailable:
+            # a lost link only affects what GetEntity shows; the decision needs none
+            self._observer.store_call(self._store.name, "entity", 0.0, True)
 
     def _context(
         self,
@@ -157,7 +170,7 @@ class Engine:
         user_meta = self._metadata("user", user, persist) if user is not None else {}
         group_meta = self._metadata("group", group, persist) if group is not None else {}
         if persist and user is not None and group is not None:
-            self._entities.link(user.id, group.id)
+            self._link(user.id, group.id)
         request: dict[str, Value] = dict(attributes)
         request["model"] = model
         return EvalContext(

@@ -1,4 +1,4 @@
-"""The engine end to end, in process: rules, entities, quotas, reports (SPEC §2–4, §10)."""
+"""The engine end to end, in process: rules, entities, quotas, reports, reload."""
 
 from __future__ import annotations
 

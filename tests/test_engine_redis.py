@@ -123,7 +123,7 @@ def test_dead_redis_with_uncached_entity_is_a_store_error_not_a_crash(
 def test_bad_request_touches_nothing(store: str, redis_url: str, redis_prefix: str) -> None:
     e = Engine.from_text(RULES, store=redis_url if store == "redis" else "memory", key_prefix=redis_prefix)
     try:
-        with pytest.raises(ValueError, match="estimate.cost_usd"):
+        with pytest.raises(ValueError, match=r"estimate\.cost_usd"):
             e.decide({"user": {"id": "b", "metadata": {"tier": "free"}}, "estimate": {"cost_usd": -1}})
         assert e.get_entity("user", "b") is None
         d = e.decide({"user": {"id": "b", "metadata": {"tier": "free"}}})

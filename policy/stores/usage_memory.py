@@ -44,7 +44,7 @@ class _Index:
     Ties order by id, as Redis sorted sets do, so both stores page identically.
     """
 
-    __slots__ = ("field", "order", "values", "dirty")
+    __slots__ = ("dirty", "field", "order", "values")
 
     def __init__(self, field: str) -> None:
         self.field = field
@@ -90,7 +90,11 @@ class MemoryUsage:
 
     def apply(self, event: UsageEvent) -> None:
         with self._lock:
-            for kind, ident in (("user", event.user_id), ("group", event.group_id)):
+            named: tuple[tuple[EntityKind, str], ...] = (
+                ("user", event.user_id),
+                ("group", event.group_id),
+            )
+            for kind, ident in named:
                 if ident:
                     self._apply_entity(kind, ident, event)
             self._log.append(event)  # maxlen drops the oldest past max_reports
@@ -147,9 +151,10 @@ class MemoryUsage:
                     page = [order[i][1] for i in range(offset, min(offset + limit, count))]
             else:
                 count = 0
+                matches = query.matcher()
                 for _, ident in reversed(order) if query.descending else order:
                     t = totals[ident]
-                    if query.matches(ident, t.first_seen_us, t.last_seen_us):
+                    if matches(ident, t.first_seen_us, t.last_seen_us):
                         if offset <= count < offset + limit:
                             page.append(ident)
                         count += 1

@@ -22,10 +22,11 @@ event's milliseconds so ``start``/``end`` are ID ranges, and ``XADD … MAXLEN``
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -59,6 +60,9 @@ USAGE_ARGC = 14
 _APPLY_LUA = USAGE_LUA + "\n" + _lua("usage_apply.lua")
 _LIST_LUA = _lua("usage_list.lua")
 _ACTIVITY_CHUNK = 500
+# An event from a replica whose clock is behind is filed after the newest entry, so its
+# ID may be later than its time by the clock skew; ``end`` reads this far past it.
+MAX_CLOCK_SKEW = 300.0
 
 
 def entity_key(prefix: str, kind: EntityKind, ident: str) -> str:
@@ -121,6 +125,10 @@ def _totals(fields: dict[Any, Any]) -> Totals:
         elif name == "last_seen":
             totals.last_seen_us = value
     return totals
+
+
+_Rows = list[dict[Any, Any]]  # HGETALL replies (``list`` is a method name in the class)
+_Entries = list[tuple[Any, dict[Any, Any]]]  # XREVRANGE replies
 
 
 class RedisUsage:
@@ -212,7 +220,7 @@ class RedisUsage:
         results = tuple(_totals(f).record(kind, i) for i, f in zip(ids, rows, strict=True) if f)
         return UsagePage.build(query, results, int(count))
 
-    def _hashes(self, kind: EntityKind, ids: Sequence[str]) -> list[dict[Any, Any]]:
+    def _hashes(self, kind: EntityKind, ids: Sequence[str]) -> _Rows:
         if not ids:
             return []
         pipe = self._redis.pipeline(transaction=False)
@@ -229,22 +237,39 @@ class RedisUsage:
         key = activity_key(self.prefix)
         # IDs are the event's milliseconds (or later, when filed after a newer entry), so
         # these bounds are loose on purpose; each event's own time is checked exactly.
-        upper = "+" if query.end is None else str(time_units(query.end) // 1000)
+        upper = (
+            "+" if query.end is None else str(time_units(query.end + MAX_CLOCK_SKEW) // 1000)
+        )
         lower = "-" if query.start is None else str(time_units(query.start) // 1000)
+        # cheap test on the raw JSON before parsing: our writer's exact encoding of each
+        # wanted field (``UsageEvent.to_json``); the parsed event is still checked exactly
+        needles = [
+            json.dumps({name: value}, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()
+            for name, value in (
+                ("user_id", query.user), ("group_id", query.group), ("model", query.model)
+            )
+            if value
+        ]
         left = query.limit
         while left is None or left > 0:
             try:
-                chunk = self._redis.xrevrange(key, upper, lower, count=_ACTIVITY_CHUNK)
+                chunk = cast(
+                    _Entries, self._redis.xrevrange(key, upper, lower, count=_ACTIVITY_CHUNK)
+                )
             except redis.RedisError as exc:
                 raise StoreUnavailable(str(exc)) from exc
             for entry_id, fields in chunk:
-                event = UsageEvent.from_json(fields.get(b"e") or fields.get("e"))
+                upper = "(" + _text(entry_id)
+                raw = fields.get(b"e") or fields["e"]
+                raw = raw.encode() if isinstance(raw, str) else raw
+                if not all(n in raw for n in needles):
+                    continue
+                event = UsageEvent.from_json(raw)
                 if query.matches(event):
                     yield event
                     if left is not None:
                         left -= 1
                         if left <= 0:
                             return
-                upper = "(" + _text(entry_id)
             if len(chunk) < _ACTIVITY_CHUNK:
                 return

@@ -33,12 +33,12 @@ local function usage_entity(p, kind, id, a, i)
   local key = p .. 'usage:' .. kind .. ':' .. id
   local idx = p .. 'usage:' .. kind .. 's:by:'
   local tn = tonumber(t)
-  local first = redis.call('HGET', key, 'first_seen')
+  local seen = redis.call('HMGET', key, 'first_seen', 'last_seen')
+  local first, last = seen[1], seen[2]
   if not first or tn < tonumber(first) then
     redis.call('HSET', key, 'first_seen', t)
     redis.call('ZADD', idx .. 'first_seen', t, id)
   end
-  local last = redis.call('HGET', key, 'last_seen')
   if not last or tn > tonumber(last) then
     redis.call('HSET', key, 'last_seen', t)
     redis.call('ZADD', idx .. 'last_seen', t, id)

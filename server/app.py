@@ -1,0 +1,112 @@
+"""Build, start and stop the grpc.aio server: the Tollway service, health and reflection.
+
+Health and reflection are wired in one function; shutdown turns health to NOT_SERVING
+before ``server.stop(grace)`` drains in-flight calls, so load balancers stop sending
+new calls while the old ones finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tollway.policy.engine import Engine
+from tollway.v1 import tollway_pb2 as pb
+from tollway.v1 import tollway_pb2_grpc as pb_grpc
+
+from .grpc_service import TollwayService
+
+__all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
+
+log = logging.getLogger("tollway.server")
+
+# Requests are small (ids, a model name, metadata ≤ 64 KiB); anything bigger is refused
+# by gRPC with RESOURCE_EXHAUSTED before it reaches the engine.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # never share a port silently with another process (gRPC enables it by default)
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """Register health (SERVING for "" and the Tollway service) and reflection."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    services = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+    for name in ("", *services):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
+    )
+    return servicer
+
+
+def _bound_address(listen: str, port: int) -> str:
+    if listen.startswith("unix:"):
+        return listen
+    host = listen.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
+@dataclass(slots=True)
+class GrpcServer:
+    """A started server and what shutting it down needs."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service: TollwayService
+    address: str  # as bound: the real port when ``listen`` asked for port 0
+
+    async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
+        """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
+
+        gRPC core cancels calls it has received but not yet handed to the server when
+        ``stop`` begins (they reach the client as CANCELLED, which clients do not retry).
+        So calls keep being served until none started for ``quiet`` seconds (at most
+        ``max_delay``, and half the grace): queued calls get answered and well-behaved
+        clients, watching health, move away; what arrives after ``stop`` is refused
+        with UNAVAILABLE, which clients retry elsewhere.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self.health.enter_graceful_shutdown()
+        deadline = start + max(0.0, min(max_delay, grace / 2))
+        while loop.time() < deadline and time.monotonic() - self.service.last_call < quiet:
+            await asyncio.sleep(quiet / 4)
+        await self.server.stop(max(0.0, grace - (loop.time() - start)))
+        self.service.close()
+
+
+async def start_grpc(
+    engine: Engine,
+    listen: str,
+    *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_workers: int = 32,
+) -> GrpcServer:
+    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind."""
+    server = grpc.aio.server(options=server_options(max_message_bytes))
+    service = TollwayService(engine, max_workers=max_workers)
+    pb_grpc.add_TollwayServicer_to_server(service, server)
+    health_servicer = await configure_maintenance(server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+        raise OSError(f"cannot listen on {listen}: {exc}") from exc
+    if port == 0 and not listen.startswith("unix:"):
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    return GrpcServer(server, health_servicer, service, _bound_address(listen, port))
+

@@ -1,0 +1,310 @@
+"""Translation between the wire messages (``tollway.v1``) and the engine's values.
+
+Mechanical on purpose: validation lives in ``policy.model`` so that every transport
+rejects the same inputs with the same messages. Requests become the JSON-shaped
+mappings the model parses; results become messages field by field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from tollway.dsl.ast import Value
+from tollway.dsl.compiled import RuleTrace
+from tollway.policy.entities import EntityView
+from tollway.policy.model import Decision, Explanation, QuotaStatus, ReportAck
+from tollway.v1 import tollway_pb2 as pb
+
+__all__ = [
+    "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
+    "decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
+    "explanation_to_proto", "entity_to_proto", "quota_to_proto",
+    "usage_record_to_proto", "usage_detail_to_proto", "list_usage_to_proto",
+]
+
+_MAX_SAFE_INT = 2**53
+_REASONS: dict[str, Any] = dict(pb.Reason.items())
+# deeper than the model's limit by a margin: the model names the field, this only bounds work
+_MAX_CONVERT_DEPTH = 32
+
+
+# ------------------------------------------------------------------ Struct <-> Python
+
+
+def value_to_python(value: struct_pb2.Value, name: str = "value", depth: int = 0) -> Value:
+    """A ``google.protobuf.Value`` as a JSON-shaped Python value.
+
+    Struct numbers are doubles on the wire; whole ones become ``int`` so that rules and
+    stored metadata see ``3`` the way a JSON client sent it. ``name`` is only used to
+    name the field when nesting is absurdly deep (the model enforces the real limit).
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        n = value.number_value
+        if n.is_integer() and -_MAX_SAFE_INT < n < _MAX_SAFE_INT:
+            return int(n)
+        return n  # NaN and infinities are rejected by the model, naming the field
+    if kind == "bool_value":
+        return value.bool_value
+    if depth >= _MAX_CONVERT_DEPTH:
+        raise ValueError(f"{name}: nested too deep")
+    if kind == "struct_value":
+        return {k: value_to_python(v, name, depth + 1) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [value_to_python(v, name, depth + 1) for v in value.list_value.values]
+    return None  # null_value, or unset
+
+
+def struct_to_dict(struct: struct_pb2.Struct, name: str = "metadata") -> dict[str, Value]:
+    return {k: value_to_python(v, name, 1) for k, v in struct.fields.items()}
+
+
+def python_to_value(value: Any, out: struct_pb2.Value | None = None) -> struct_pb2.Value:
+    """A JSON-shaped Python value as a ``google.protobuf.Value``."""
+    out = struct_pb2.Value() if out is None else out
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int | float):
+        out.number_value = float(value)
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, Mapping):
+        dict_to_struct(value, out.struct_value)
+    elif isinstance(value, list | tuple):
+        lv = out.list_value
+        lv.SetInParent()
+        for item in value:
+            python_to_value(item, lv.values.add())
+    else:
+        out.string_value = str(value)
+    return out
+
+
+def dict_to_struct(data: Mapping[str, Any], out: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
+    out = struct_pb2.Struct() if out is None else out
+    out.SetInParent()  # present even when empty
+    for k, v in data.items():
+        python_to_value(v, out.fields[str(k)])
+    return out
+
+
+# ------------------------------------------------------------------ requests
+
+
+def _entity(msg: Any, parent: Any, field: str) -> dict[str, Any] | None:
+    """An unset Entity means "no entity"; a set one keeps its (possibly empty) id."""
+    if not parent.HasField(field):
+        return None
+    out: dict[str, Any] = {"id": msg.id}
+    if msg.HasField("metadata"):
+        out["metadata"] = struct_to_dict(msg.metadata, field + ".metadata")
+    return out
+
+
+def decide_request(msg: pb.DecideRequest) -> dict[str, Any]:
+    """The JSON-shaped request ``Engine.decide``/``explain`` validate."""
+    data: dict[str, Any] = {
+        "request_id": msg.request_id,
+        "user": _entity(msg.user, msg, "user"),
+        "group": _entity(msg.group, msg, "group"),
+        "model": msg.model,
+        "dry_run": msg.dry_run,
+    }
+    if msg.attributes:
+        data["attributes"] = dict(msg.attributes)
+    if msg.HasField("estimate"):
+        e = msg.estimate
+        data["estimate"] = {
+            "input_tokens": e.input_tokens,
+            "output_tokens": e.output_tokens,
+            "cost_usd": e.cost_usd,
+        }
+    return data
+
+
+def usage_report(msg: pb.UsageReport) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "request_id": msg.request_id,
+        "decision_id": msg.decision_id,
+        "user": _entity(msg.user, msg, "user"),
+        "group": _entity(msg.group, msg, "group"),
+        "model": msg.model,
+        "input_tokens": msg.input_tokens,
+        "output_tokens": msg.output_tokens,
+        "cost_usd": msg.cost_usd,
+        "duration_seconds": msg.duration_seconds,
+        "status": msg.status,
+    }
+    if msg.attributes:
+        data["attributes"] = dict(msg.attributes)
+    return data
+
+
+# ------------------------------------------------------------------ results
+
+
+def _set_duration(out: Any, seconds: float) -> None:
+    out.seconds, out.nanos = divmod(round(seconds * 1e9), 1_000_000_000)
+
+
+def _set_timestamp(out: Any, unix: float) -> None:
+    _set_duration(out, unix)  # same (seconds, nanos) layout
+
+
+def quota_to_proto(q: QuotaStatus, out: pb.QuotaStatus | None = None) -> pb.QuotaStatus:
+    out = pb.QuotaStatus() if out is None else out
+    out.name = q.name
+    out.metric = q.metric
+    out.scope = q.scope
+    out.key = q.key
+    out.limit = q.limit
+    out.used = q.used
+    out.remaining = q.remaining
+    out.exceeded = q.exceeded
+    _set_duration(out.retry_after, q.retry_after)
+    if q.resets_at is not None:
+        _set_timestamp(out.resets_at, q.resets_at)
+    return out
+
+
+def decision_to_proto(d: Decision, out: pb.Decision | None = None) -> pb.Decision:
+    out = pb.Decision() if out is None else out
+    out.allowed = d.allowed
+    out.reason = _REASONS[d.reason]
+    out.message = d.message
+    out.model = d.model
+    out.routed = d.routed
+    out.checks.extend(d.checks)
+    for q in d.quotas:
+        quota_to_proto(q, out.quotas.add())
+    out.matched_rules.extend(d.matched_rules)
+    if d.annotations:
+        out.annotations.update(d.annotations)
+    out.decision_id = d.decision_id
+    out.ruleset_version = d.ruleset_version
+    s = d.shadow
+    if s.matched_rules or s.denied or s.routed or s.checks:
+        sh = out.shadow
+        sh.matched_rules.extend(s.matched_rules)
+        sh.denied = s.denied
+        sh.message = s.message
+        sh.model = s.model
+        sh.routed = s.routed
+        sh.checks.extend(s.checks)
+    return out
+
+
+def ack_to_proto(ack: ReportAck) -> pb.ReportAck:
+    return pb.ReportAck(request_id=ack.request_id, outcome=ack.outcome, duplicate=ack.duplicate)
+
+
+def _trace_to_proto(t: RuleTrace, out: pb.RuleTrace) -> None:
+    out.rule = t.rule
+    out.priority = t.priority
+    out.shadow = t.shadow
+    out.candidate = t.candidate
+    out.matched = t.matched
+    for test in t.tests:
+        tt = out.tests.add()
+        tt.text = test.text
+        tt.held = test.held
+        for path, value in test.values:
+            python_to_value(value, tt.values[path])
+
+
+def explanation_to_proto(e: Explanation) -> pb.Explanation:
+    out = pb.Explanation(candidates=e.candidates, total_rules=e.total_rules)
+    decision_to_proto(e.decision, out.decision)
+    for t in e.trace:
+        _trace_to_proto(t, out.trace.add())
+    return out
+
+
+def entity_to_proto(view: EntityView) -> pb.EntityInfo:
+    out = pb.EntityInfo(kind=view.kind, id=view.id, links=list(view.links))
+    dict_to_struct(view.metadata, out.metadata)
+    return out
+
+
+# ------------------------------------------------------------------ usage
+# The usage engine returns records as mappings or objects with the proto's field names;
+# both are read the same way so the wire shape does not depend on the Python one.
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _time(out: Any, value: Any) -> None:
+    """Set a Timestamp from a unix time or a datetime; leave it unset for None."""
+    if value is None or value == "":
+        return
+    if hasattr(value, "timestamp"):
+        value = value.timestamp()
+    _set_timestamp(out, float(value))
+
+
+def usage_record_to_proto(rec: Any, out: pb.UsageRecord | None = None) -> pb.UsageRecord:
+    out = pb.UsageRecord() if out is None else out
+    out.user_id = _get(rec, "user_id") or ""
+    out.group_id = _get(rec, "group_id") or ""
+    for name in ("request_count", "total_tokens", "input_tokens", "output_tokens"):
+        setattr(out, name, int(_get(rec, name, 0) or 0))
+    out.total_cost = float(_get(rec, "total_cost", 0.0) or 0.0)
+    out.total_duration = float(_get(rec, "total_duration", 0.0) or 0.0)
+    _time(out.first_seen, _get(rec, "first_seen"))
+    _time(out.last_seen, _get(rec, "last_seen"))
+    models = _get(rec, "models") or ()
+    items: Iterable[Any] = (
+        ({"model": k, **dict(v)} for k, v in models.items())
+        if isinstance(models, Mapping)
+        else models
+    )
+    for m in items:
+        out.models.add(
+            model=str(_get(m, "model", "")),
+            request_count=int(_get(m, "request_count", 0) or 0),
+            total_tokens=int(_get(m, "total_tokens", 0) or 0),
+            total_cost=float(_get(m, "total_cost", 0.0) or 0.0),
+        )
+    return out
+
+
+def usage_detail_to_proto(detail: Any) -> pb.UsageDetail:
+    out = pb.UsageDetail()
+    usage_record_to_proto(_get(detail, "usage", detail), out.usage)
+    for model, cost in dict(_get(detail, "cost_by_model") or {}).items():
+        out.cost_by_model[str(model)] = float(cost)
+    recent = _get(detail, "recent_reports")
+    if recent is None:
+        recent = _get(detail, "recent") or ()
+    for r in recent:
+        ev = out.recent_reports.add()
+        _time(ev.time, _get(r, "time"))
+        for name in ("request_id", "decision_id", "user_id", "group_id", "model", "status"):
+            setattr(ev, name, str(_get(r, name, "") or ""))
+        ev.input_tokens = int(_get(r, "input_tokens", 0) or 0)
+        ev.output_tokens = int(_get(r, "output_tokens", 0) or 0)
+        ev.cost_usd = float(_get(r, "cost_usd", 0.0) or 0.0)
+        ev.duration_seconds = float(_get(r, "duration_seconds", 0.0) or 0.0)
+    return out
+
+
+def list_usage_to_proto(page: Any) -> pb.ListUsageResponse:
+    out = pb.ListUsageResponse(count=int(_get(page, "count", 0) or 0))
+    for name in ("next", "previous"):
+        offset = _get(page, name)
+        if offset is not None:
+            setattr(out, name, int(offset))
+    for rec in _get(page, "results") or ():
+        usage_record_to_proto(rec, out.results.add())
+    return out

@@ -1,0 +1,192 @@
+"""The ``tollway.v1.Tollway`` servicer: translate, delegate to the one ``Engine``, translate back.
+
+No business logic lives here. Errors become status codes in one place (``_rpc``):
+``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
+an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE, anything else ->
+INTERNAL with a generic message and the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import grpc
+
+from tollway.policy.engine import Engine
+from tollway.policy.stores.base import StoreUnavailable
+from tollway.policy.usage import UsageQuery, need_id
+from tollway.v1 import tollway_pb2 as pb
+from tollway.v1 import tollway_pb2_grpc as pb_grpc
+
+from . import convert
+
+__all__ = ["TollwayService", "NotFound", "Unimplemented", "SERVICE_NAME"]
+
+log = logging.getLogger("tollway.server")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Tollway"].full_name
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class NotFound(LookupError):
+    """The named entity or usage record does not exist."""
+
+
+class Unimplemented(Exception):
+    """This server's engine does not offer the RPC."""
+
+
+def _rpc(
+    method: Callable[Concatenate[S, Any, grpc.aio.ServicerContext, P], Awaitable[R]],
+) -> Callable[Concatenate[S, Any, grpc.aio.ServicerContext, P], Awaitable[R]]:
+    """Map exceptions to status codes; the only try/except of the servicer."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: S, request: Any, context: grpc.aio.ServicerContext, *args: P.args, **kw: P.kwargs
+    ) -> R:
+        self.last_call = time.monotonic()  # type: ignore[attr-defined]
+        try:
+            return await method(self, request, context, *args, **kw)
+        except grpc.aio.AbortError:
+            raise
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except Unimplemented as exc:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except StoreUnavailable:
+            log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+class TollwayService(pb_grpc.TollwayServicer):
+    """The gRPC face of an ``Engine``.
+
+    When ``engine.blocking`` (a networked store), engine calls run in a bounded thread
+    pool so the event loop keeps accepting calls; otherwise they run inline, which is
+    cheaper than a thread hop for microsecond-long decisions.
+    """
+
+    def __init__(self, engine: Engine, *, max_workers: int = 32) -> None:
+        self._engine = engine
+        self.last_call = 0.0  # monotonic time the latest call started (the drain watches it)
+        self._executor: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tollway-engine")
+            if engine.blocking
+            else None
+        )
+
+    async def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        if self._executor is None:
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ RPCs
+
+    @_rpc
+    async def Decide(
+        self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Decision:
+        decision = await self._call(self._engine.decide, convert.decide_request(request))
+        return convert.decision_to_proto(decision)
+
+    @_rpc
+    async def Report(
+        self, request: pb.UsageReport, context: grpc.aio.ServicerContext
+    ) -> pb.ReportAck:
+        ack = await self._call(self._engine.report, convert.usage_report(request))
+        return convert.ack_to_proto(ack)
+
+    @_rpc
+    async def Explain(
+        self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Explanation:
+        explanation = await self._call(self._engine.explain, convert.decide_request(request))
+        return convert.explanation_to_proto(explanation)
+
+    @_rpc
+    async def UpsertEntity(
+        self, request: pb.UpsertEntityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EntityInfo:
+        metadata = (
+            convert.struct_to_dict(request.metadata) if request.HasField("metadata") else None
+        )
+        view = await self._call(
+            self._engine.upsert_entity,
+            request.kind,
+            request.id,
+            metadata,
+            groups=tuple(request.groups),
+            replace=request.replace,
+        )
+        return convert.entity_to_proto(view)
+
+    @_rpc
+    async def GetEntity(
+        self, request: pb.GetEntityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EntityInfo:
+        view = await self._call(self._engine.get_entity, request.kind, request.id)
+        if view is None:
+            raise NotFound(f"no {request.kind} with id {request.id!r}")
+        return convert.entity_to_proto(view)
+
+    @_rpc
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UsageDetail:
+        get_usage = getattr(self._engine, "get_usage", None)
+        if get_usage is None:
+            raise Unimplemented("usage is not available in this server")
+        which = request.WhichOneof("subject")
+        if which is None:
+            raise ValueError("user_id: one of user_id or group_id is required")
+        kind = "user" if which == "user_id" else "group"
+        ident = need_id(getattr(request, which), which)
+        detail = await self._call(get_usage, kind, ident)
+        if detail is None:
+            raise NotFound(f"no usage recorded for {kind} {ident!r}")
+        return convert.usage_detail_to_proto(detail)
+
+    @_rpc
+    async def ListUsage(
+        self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListUsageResponse:
+        list_usage = getattr(self._engine, "list_usage", None)
+        if list_usage is None:
+            raise Unimplemented("usage is not available in this server")
+        params: dict[str, Any] = {
+            "kind": request.kind, "search": request.search, "sort": request.sort,
+            "offset": request.offset, "limit": request.limit or None,
+            "start": _unix(request.start) if request.HasField("start") else None,
+            "end": _unix(request.end) if request.HasField("end") else None,
+        }
+        # empty values mean "the default"; the query names a bad parameter in its ValueError
+        query = UsageQuery.parse({k: v for k, v in params.items() if v not in ("", None)})
+        page = await self._call(list_usage, query)
+        return convert.list_usage_to_proto(page)
+
+
+def _unix(ts: Any) -> float:
+    return float(ts.seconds) + ts.nanos / 1e9

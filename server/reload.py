@@ -1,0 +1,131 @@
+"""Reload the rules when their files change or on SIGHUP; a broken file never replaces good rules.
+
+Polling mtimes and sizes needs no dependency and works on every filesystem (including
+the bind mounts and ConfigMap symlink swaps of containers, where inotify is unreliable).
+A successful compile is swapped into the engine in one assignment; calls already running
+finish on the snapshot they took. A ``RulesError`` keeps the old rules, is counted, and
+every diagnostic is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from tollway.dsl.diagnostics import RulesError
+from tollway.policy.engine import Engine
+
+from .metrics import Metrics
+
+__all__ = ["Fingerprint", "fingerprint", "Reloader"]
+
+log = logging.getLogger("tollway.server.reload")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(path: str | Path) -> Fingerprint:
+    """(name, mtime_ns, size) of the rule file, or of every ``*.rules`` under the directory."""
+    root = Path(path)
+    try:
+        files = sorted(root.rglob("*.rules")) if root.is_dir() else [root]
+    except OSError:
+        return ()
+    out = []
+    for f in files:
+        try:
+            st = f.stat()  # follows symlinks: a swapped link target counts as a change
+        except OSError:
+            out.append((str(f), -1, -1))
+            continue
+        out.append((str(f), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class Reloader:
+    """Watches ``path`` every ``interval`` seconds (0: only on request) and reloads the engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        path: str | Path,
+        metrics: Metrics,
+        *,
+        interval: float = 1.0,
+        initial: Fingerprint | None = None,
+        scan: Callable[[str | Path], Fingerprint] = fingerprint,
+    ) -> None:
+        self._engine = engine
+        self._path = path
+        self._metrics = metrics
+        self._interval = interval
+        self._scan = scan
+        self._seen = scan(path) if initial is None else initial
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[bool]] = set()
+
+    async def reload(self, why: str) -> bool:
+        """Compile and swap; returns whether the new rules are in force. One at a time."""
+        async with self._lock:
+            self._seen = self._scan(self._path)
+            loop = asyncio.get_running_loop()
+            try:  # compiling can take a while: keep it off the event loop
+                ruleset = await loop.run_in_executor(None, self._engine.reload)
+            except RulesError as exc:
+                self._metrics.reload_result(False)
+                log.error(
+                    "reload (%s) failed, keeping ruleset %s: %d error(s)",
+                    why, self._engine.ruleset.version, len(exc.errors),
+                )
+                for d in exc.errors:
+                    log.error("%s", d.render())
+                return False
+            except Exception as exc:
+                self._metrics.reload_result(False)
+                log.error(
+                    "reload (%s) failed, keeping ruleset %s: %s",
+                    why, self._engine.ruleset.version, exc, exc_info=not isinstance(exc, OSError),
+                )
+                return False
+            self._metrics.reload_result(True)
+            self._metrics.ruleset_loaded(ruleset)
+            log.info(
+                "rules reloaded (%s): version %s, %d rules", why, ruleset.version, len(ruleset.rules)
+            )
+            for w in ruleset.warnings:
+                log.warning("%s", w.render())
+            return True
+
+    def request(self, why: str = "SIGHUP") -> None:
+        """Schedule a reload from a signal handler or any code on the event loop."""
+        task = asyncio.get_running_loop().create_task(self.reload(why))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def poll_once(self) -> bool | None:
+        """Reload if the files changed since the last look; None when nothing changed."""
+        if self._scan(self._path) == self._seen:
+            return None
+        return await self.reload("rules changed")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.poll_once()
+            except Exception:  # never let the watcher die
+                log.exception("rules watcher failed")
+
+    def start(self) -> None:
+        if self._interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._pending) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None

@@ -1,0 +1,114 @@
+"""Shared pieces of the server tests: a rule text and an in-process gRPC server on a real socket.
+
+The server runs its own asyncio loop in a thread, exactly as ``tollway serve`` runs it;
+tests talk to it with the ordinary synchronous gRPC client over a real TCP socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tollway.policy.engine import Engine
+from tollway.server.app import GrpcServer, start_grpc
+from tollway.server.metrics import Metrics
+from tollway.v1 import tollway_pb2 as pb
+from tollway.v1 import tollway_pb2_grpc as pb_grpc
+
+RULES = """
+default allow
+
+quota per_user limits requests to 3 per 1h for each user
+quota user_tokens limits tokens to 1000 per 1h for each user
+quota group_cost limits cost to group.credits per 1d for each group
+
+rule blocked priority 100 {
+    when user.status == "blocked"
+    deny "account blocked"
+}
+
+rule limited {
+    when user.tier == "free"
+    enforce per_user, user_tokens
+}
+
+rule grouped {
+    when group.id exists
+    enforce group_cost
+}
+
+rule vip {
+    when "vip" in user.categories
+    route "big-model" if request.model == "small"
+    check "pii-scan"
+    annotate "priority" = "high"
+}
+
+rule trial shadow {
+    when user.tier == "free"
+    route "tiny-model"
+}
+"""
+
+
+def write_rules(directory: Path, text: str = RULES, name: str = "main.rules") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+class ServerThread:
+    """A grpc.aio server over ``engine`` on 127.0.0.1:<free port>, in a background loop."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: GrpcServer | None = None
+
+    def run(self, coro: Any) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout=30)
+
+    def start(self, listen: str = "127.0.0.1:0") -> str:
+        self._thread.start()
+        self.server = self.run(start_grpc(self.engine, listen))
+        return self.server.address
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+@contextmanager
+def serving(
+    rules_path: Path, *, store: Any = "memory", metrics: Metrics | None = None,
+    key_prefix: str = "tollway:",
+) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread, grpc.Channel]]:
+    engine = Engine.from_path(rules_path, store=store, observer=metrics, key_prefix=key_prefix)
+    server = ServerThread(engine)
+    address = server.start()
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        yield pb_grpc.TollwayStub(channel), server, channel
+    finally:
+        channel.close()
+        server.stop()
+        engine.close()
+
+
+def free_user(uid: str, **metadata: Any) -> pb.Entity:
+    entity = pb.Entity(id=uid)
+    entity.metadata.update({"tier": "free", **metadata})
+    return entity

@@ -1,0 +1,210 @@
+"""The HTTP port (metrics, health, readiness, routing) and the Prometheus metrics' names and labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from server_harness import free_user, serving, write_rules
+
+from tollway.policy.engine import Engine
+from tollway.server.http import HttpServer, Readiness, Request, Response, build_router, start_http
+from tollway.server.metrics import Metrics
+from tollway.v1 import tollway_pb2 as pb
+from tollway.v1 import tollway_pb2_grpc as pb_grpc
+
+SPEC_METRICS = {
+    "tollway_decisions", "tollway_decide_seconds", "tollway_rule_matches",
+    "tollway_shadow_matches", "tollway_quota_exceeded", "tollway_routes", "tollway_checks",
+    "tollway_reports", "tollway_usage_tokens", "tollway_usage_cost_usd", "tollway_store_errors",
+    "tollway_store_seconds", "tollway_ruleset_info", "tollway_ruleset_reloads",
+    "tollway_ruleset_rules",
+}
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+@dataclass
+class Stack:
+    stub: pb_grpc.TollwayStub
+    engine: Engine
+    metrics: Metrics
+    readiness: Readiness
+    http: HttpServer
+
+    def url(self, path: str) -> str:
+        return f"http://{self.http.address}{path}"
+
+
+@pytest.fixture()
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    metrics = Metrics()
+    with serving(write_rules(tmp_path), metrics=metrics) as (stub, server, _):
+        engine = server.engine
+        metrics.ruleset_loaded(engine.ruleset)
+        readiness = Readiness(engine)
+        http = start_http("127.0.0.1:0", build_router(engine, metrics, readiness))
+        try:
+            yield Stack(stub, engine, metrics, readiness, http)
+        finally:
+            http.stop()
+
+
+def _traffic(stub: pb_grpc.TollwayStub) -> None:
+    vip = pb.Entity(id="secret-user-42")
+    vip.metadata.update({"categories": ["vip"], "tier": "free"})
+    for _ in range(4):  # the 4th exceeds per_user
+        stub.Decide(pb.DecideRequest(user=vip, group=None, model="small"))
+    group = pb.Entity(id="secret-group-7")
+    group.metadata.update({"credits": 5})
+    stub.Decide(pb.DecideRequest(user=free_user("secret-user-43"), group=group, model="m"))
+    stub.Report(pb.UsageReport(
+        request_id="r1", user=pb.Entity(id="secret-user-42"), model="big-model",
+        input_tokens=10, output_tokens=20, cost_usd=0.25, status="success",
+    ))
+    stub.Report(pb.UsageReport(request_id="r1", user=pb.Entity(id="secret-user-42"), model="x"))
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_names_values_and_no_ids(stack: Stack) -> None:
+    _traffic(stack.stub)
+    status, ctype, text = _get(stack.url("/metrics"))
+    assert status == 200 and ctype.startswith("text/plain")
+    families = {f.name for f in text_string_to_metric_families(text)}
+    # tollway_store_errors has no sample yet, but its HELP/TYPE lines are there
+    assert SPEC_METRICS - {"tollway_store_errors"} <= families
+    assert "# TYPE tollway_store_errors_total counter" in text or "tollway_store_errors" in text
+    assert "secret-user" not in text and "secret-group" not in text
+
+    s = _samples(text)
+    assert s[("tollway_decisions_total", (("reason", "ALLOWED"), ("routed", "true")))] == 3
+    assert s[("tollway_decisions_total", (("reason", "QUOTA_EXCEEDED"), ("routed", "true")))] == 1
+    assert s[("tollway_decide_seconds_count", ())] == 5
+    assert s[("tollway_rule_matches_total", (("rule", "vip"),))] == 4
+    assert s[("tollway_shadow_matches_total", (("rule", "trial"),))] == 5
+    assert s[("tollway_quota_exceeded_total", (("quota", "per_user"),))] == 1
+    routes = ("tollway_routes_total", (("from_model", "small"), ("to_model", "big-model")))
+    assert s[routes] == 3  # the denied 4th request is not counted as routed
+    assert s[("tollway_checks_total", (("check", "pii-scan"),))] == 3  # allowed ones only
+    assert s[("tollway_reports_total", (("status", "success"),))] == 2
+    assert s[("tollway_usage_tokens_total", (("model", "big-model"),))] == 30  # duplicate not counted
+    assert s[("tollway_usage_cost_usd_total", (("model", "big-model"),))] == 0.25
+    assert s[("tollway_store_seconds_count", (("op", "consume"), ("store", "memory")))] >= 4
+    version = stack.engine.ruleset.version
+    assert s[("tollway_ruleset_info", (("version", version),))] == 1
+    assert s[("tollway_ruleset_rules", ())] == 5
+    assert s[("tollway_ruleset_reloads_total", (("result", "error"),))] == 0
+
+
+def test_ruleset_info_shows_only_the_current_version(tmp_path: Path) -> None:
+    metrics = Metrics()
+    first = Engine.from_path(write_rules(tmp_path, "default allow\n", "a.rules"))
+    second = Engine.from_path(write_rules(tmp_path, "default deny \"no\"\n", "b.rules"))
+    metrics.ruleset_loaded(first.ruleset)
+    metrics.ruleset_loaded(second.ruleset)
+    info = [
+        s for f in text_string_to_metric_families(metrics.exposition().decode())
+        if f.name == "tollway_ruleset_info" for s in f.samples
+    ]
+    assert [s.labels["version"] for s in info] == [second.ruleset.version]
+    assert first.ruleset.version != second.ruleset.version
+
+
+def test_health_readiness_and_routing(stack: Stack) -> None:
+    status, _, body = _get(stack.url("/healthz"))
+    assert status == 200 and body.strip() == "ok"
+    status, ctype, body = _get(stack.url("/readyz"))
+    assert status == 200 and ctype == "application/json"
+    assert json.loads(body) == {
+        "ready": True, "reason": "ready", "ruleset_version": stack.engine.ruleset.version
+    }
+    status, _, body = _get(stack.url("/nope"))
+    assert status == 404 and json.loads(body)["error"] == "not found"
+    req = urllib.request.Request(stack.url("/metrics"), method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 405
+
+    stack.readiness.drain()
+    status, _, body = _get(stack.url("/readyz"))
+    assert status == 503 and json.loads(body) == {"ready": False, "reason": "shutting down"}
+    assert _get(stack.url("/healthz"))[0] == 200  # alive while draining
+
+
+def test_readiness_reports_an_unreachable_store(tmp_path: Path) -> None:
+    engine = Engine.from_path(write_rules(tmp_path))
+
+    class _DownStore:
+        def ping(self) -> bool:
+            raise ConnectionError("connection refused")
+
+    class _View:
+        ruleset = engine.ruleset
+        store = _DownStore()
+
+    ok, reason = Readiness(_View()).check()  # type: ignore[arg-type]
+    assert not ok and "connection refused" in reason
+    engine.close()
+
+
+def test_router_params_and_extension_routes(tmp_path: Path) -> None:
+    engine = Engine.from_path(write_rules(tmp_path))
+    router = build_router(engine, Metrics(), Readiness(engine))
+
+    @router.route("GET", "/v1/things/{id}")
+    def _thing(request: Request) -> Response:
+        if request.params["id"] == "bad":
+            raise ValueError("id: bad")
+        if request.params["id"] == "boom":
+            raise RuntimeError("secret detail")
+        return Response.json({"id": request.params["id"], "q": request.arg("q", "none")})
+
+    http = start_http("127.0.0.1:0", router)
+    try:
+        base = f"http://{http.address}"
+        status, _, body = _get(base + "/v1/things/a%20b?q=1")
+        assert status == 200 and json.loads(body) == {"id": "a b", "q": "1"}
+        status, _, body = _get(base + "/v1/things/bad")
+        assert status == 400 and json.loads(body) == {"error": "id: bad"}
+        status, _, body = _get(base + "/v1/things/boom")
+        assert status == 500 and "secret" not in body
+        assert _get(base + "/v1/things")[0] == 404
+    finally:
+        http.stop()
+        engine.close()
+
+
+def test_promtool_accepts_the_exposition(stack: Stack) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is required in CI (Debian package `prometheus`)")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    _traffic(stack.stub)
+    _, _, text = _get(stack.url("/metrics"))
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from .stores.base import (
     ReportOutcome,
     StoreUnavailable,
 )
+from .usage import ActivityQuery, UsageDetail, UsageEvent, UsagePage, UsageQuery
 
 __all__ = ["Engine"]
 
@@ -88,6 +89,7 @@ class Engine:
         self._observer: Observer = observer or NullObserver()
         self._rules_path = Path(rules_path) if rules_path is not None else None
         self._perf = time.perf_counter
+        self._clock = clock or time.time
 
     @classmethod
     def from_path(
@@ -380,18 +382,37 @@ class Engine:
         ruleset = self._ruleset
         ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
+        usage = UsageEvent.from_report(rep, self._clock())
         # used only when no live reservation matches (no decision_id, or it expired)
         fallback = self._report_counters(ruleset, ctx, rep)
         outcome: ReportOutcome = self._store_call(
             "report",
             lambda: self._store.record_report(
-                rep.request_id, rep.decision_id or None, actual, fallback
+                rep.request_id, rep.decision_id or None, actual, fallback, usage=usage
             ),
         )
         self._observer.report(rep, outcome)
         return ReportAck(
             request_id=rep.request_id, outcome=outcome, duplicate=outcome == "duplicate"
         )
+
+    # ------------------------------------------------------------------ usage
+
+    def get_usage(self, kind: str, id: str) -> UsageDetail | None:
+        """One user's or group's usage: aggregates, cost by model, recent reports."""
+        return self._store.usage.get(_need_kind(kind), id)
+
+    def list_usage(
+        self, query: Mapping[str, Any] | UsageQuery | None = None, **params: Any
+    ) -> UsagePage:
+        """A page of users or groups (``kind``) sorted, searched and filtered; raises ValueError."""
+        return self._store.usage.list(UsageQuery.parse(query, **params))
+
+    def activity(
+        self, query: Mapping[str, Any] | ActivityQuery | None = None, **params: Any
+    ) -> Iterator[UsageEvent]:
+        """The report log, newest first, for billing export; raises ValueError."""
+        return self._store.usage.activity(ActivityQuery.parse(query, **params))
 
     def _report_counters(
         self, ruleset: CompiledRuleset, ctx: EvalContext, rep: UsageReport

@@ -26,7 +26,7 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import convert
 
-__all__ = ["TollwayService", "NotFound", "Unimplemented", "SERVICE_NAME"]
+__all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
 
 log = logging.getLogger("tollway.server")
 
@@ -39,10 +39,6 @@ S = TypeVar("S")
 
 class NotFound(LookupError):
     """The named entity or usage record does not exist."""
-
-
-class Unimplemented(Exception):
-    """This server's engine does not offer the RPC."""
 
 
 def _rpc(
@@ -63,8 +59,6 @@ def _rpc(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except Unimplemented as exc:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
         except StoreUnavailable:
             log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
@@ -156,15 +150,12 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
-        get_usage = getattr(self._engine, "get_usage", None)
-        if get_usage is None:
-            raise Unimplemented("usage is not available in this server")
         which = request.WhichOneof("subject")
         if which is None:
             raise ValueError("user_id: one of user_id or group_id is required")
         kind = "user" if which == "user_id" else "group"
         ident = need_id(getattr(request, which), which)
-        detail = await self._call(get_usage, kind, ident)
+        detail = await self._call(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
         return convert.usage_detail_to_proto(detail)
@@ -173,9 +164,6 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def ListUsage(
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
-        list_usage = getattr(self._engine, "list_usage", None)
-        if list_usage is None:
-            raise Unimplemented("usage is not available in this server")
         params: dict[str, Any] = {
             "kind": request.kind, "search": request.search, "sort": request.sort,
             "offset": request.offset, "limit": request.limit or None,
@@ -184,7 +172,7 @@ class TollwayService(pb_grpc.TollwayServicer):
         }
         # empty values mean "the default"; the query names a bad parameter in its ValueError
         query = UsageQuery.parse({k: v for k, v in params.items() if v not in ("", None)})
-        page = await self._call(list_usage, query)
+        page = await self._call(self._engine.list_usage, query)
         return convert.list_usage_to_proto(page)
 
 

@@ -200,27 +200,7 @@ def test_entities_upsert_get_and_links(stub: pb_grpc.TollwayStub) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_usage_rpcs_answer_unimplemented_until_the_engine_has_usage(tmp_path: Path) -> None:
-    engine = Engine.from_path(write_rules(tmp_path))
-    if hasattr(engine, "get_usage"):
-        pytest.skip("the engine keeps usage; covered by the usage tests")
-    engine.close()
-    with serving(write_rules(tmp_path)) as (stub, _, _):
-        for call, request in (
-            (stub.GetUsage, pb.GetUsageRequest(user_id="u")),
-            (stub.ListUsage, pb.ListUsageRequest(kind="users")),
-        ):
-            with pytest.raises(grpc.RpcError) as err:
-                call(request)
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 def test_usage_rpcs(tmp_path: Path) -> None:
-    engine = Engine.from_path(write_rules(tmp_path))
-    has_usage = hasattr(engine, "get_usage") and hasattr(engine, "list_usage")
-    engine.close()
-    if not has_usage:
-        pytest.skip("this engine keeps no usage")
     with serving(write_rules(tmp_path)) as (stub, _, _):
         for i, (uid, cost) in enumerate((("ann", 0.5), ("ann", 0.25), ("ben", 2.0))):
             stub.Report(pb.UsageReport(

@@ -13,6 +13,8 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
+from ..usage import UsageEvent, UsageReader
+
 __all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
 
 
@@ -62,6 +64,7 @@ class StoreUnavailable(Exception):
 class CounterStore(Protocol):
     name: str  # "memory" or "redis": the ``store`` label of tollway_store_* metrics
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
+    usage: UsageReader  # the per-user and per-group usage that ``record_report`` accumulates
 
     def check_and_consume(
         self,
@@ -90,6 +93,7 @@ class CounterStore(Protocol):
         fallback: Sequence[CounterSpec],
         *,
         now: float | None = None,
+        usage: UsageEvent | None = None,
     ) -> ReportOutcome:
         """Apply a usage report once per ``request_id``.
 
@@ -97,7 +101,9 @@ class CounterStore(Protocol):
         reservation, each reserved counter is adjusted by ``actual - reserved`` in the
         bucket it was reserved in (never below zero) -> "settled". Otherwise each
         ``fallback`` counter is increased by its ``amount`` -> "added". A request_id
-        already reported -> "duplicate", nothing changes. Raises ``StoreUnavailable``.
+        already reported -> "duplicate", nothing changes. ``usage``, when given, is added
+        to the usage aggregates in the same atomic step (so it counts exactly once too).
+        Raises ``StoreUnavailable``.
         """
         ...
 

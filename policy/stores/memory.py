@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from .. import windows
+from ..usage import Retention, UsageEvent
 from ..windows import Slot
 from .base import CounterSpec, CounterState, ReportOutcome
+from .usage_memory import MemoryUsage
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
 
@@ -60,8 +62,11 @@ class MemoryCounterStore:
         max_holds: int = 100_000,
         report_ttl: float = REPORT_TTL,
         max_reports: int = 200_000,
+        retention: Retention | None = None,
     ) -> None:
         self._clock = clock
+        self.retention = retention or Retention()
+        self.usage = MemoryUsage(self.retention)
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
         # Both caches expire on the store's clock so that tests moving time see it.
@@ -110,6 +115,7 @@ class MemoryCounterStore:
         fallback: Sequence[CounterSpec],
         *,
         now: float | None = None,
+        usage: UsageEvent | None = None,
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
@@ -119,6 +125,9 @@ class MemoryCounterStore:
             if request_id in self._reports:
                 return "duplicate"
             self._reports[request_id] = True
+            if usage is not None:
+                # under the store's lock: a report and its usage count once, together
+                self.usage.apply(usage)
             held = self._holds.pop(hold_id, None) if hold_id is not None else None
             if held is not None:
                 for h in held:

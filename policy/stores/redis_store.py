@@ -25,8 +25,10 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .. import windows
+from ..usage import Retention, UsageEvent
 from ..windows import Checked
 from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
+from .usage_redis import USAGE_LUA, RedisUsage, usage_args
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
 
@@ -64,10 +66,11 @@ def redis_client(
     )
 
 
-def load_script(name: str) -> str:
-    """The source of ``lua/<name>.lua`` with the shared ``lua/common.lua`` in front."""
+def load_script(name: str, *parts: str) -> str:
+    """The source of ``lua/<name>.lua`` with ``lua/common.lua`` and ``parts`` in front."""
     lua = files("tollway.policy.stores").joinpath("lua")
-    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+    head = [lua.joinpath("common.lua").read_text(), *parts]
+    return "\n".join([*head, lua.joinpath(f"{name}.lua").read_text()])
 
 
 class RedisCounterStore:
@@ -94,6 +97,7 @@ class RedisCounterStore:
         report_ttl: int = REPORT_TTL,
         honour_now: bool = False,
         client: redis.Redis | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self._client = client or redis_client(
             url,
@@ -107,7 +111,9 @@ class RedisCounterStore:
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
         self._consume = self._client.register_script(load_script("consume"))
-        self._report = self._client.register_script(load_script("report"))
+        self._report = self._client.register_script(load_script("report", USAGE_LUA))
+        self.retention = retention or Retention()
+        self.usage = RedisUsage(self._client, key_prefix=key_prefix, retention=self.retention)
 
     # ------------------------------------------------------------------ protocol
 
@@ -151,6 +157,7 @@ class RedisCounterStore:
         fallback: Sequence[CounterSpec],
         *,
         now: float | None = None,
+        usage: UsageEvent | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.check_counters(self._prefix, fallback)
@@ -168,6 +175,8 @@ class RedisCounterStore:
             args += (metric, str(value))
         for c in checked:
             args += (*_window_args(c), str(c.amount))
+        if usage is not None:
+            args += usage_args(self._prefix, usage, self.retention)
         outcome = self._call(self._report, keys, args)
         text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if text not in ("duplicate", "settled", "added"):

@@ -7,6 +7,8 @@
 -- ARGV[3]     '1' when KEYS[2] is a reservation record
 -- ARGV[4]     m, then m pairs: metric, actual units
 -- then        3 values per fallback counter: window code, bucket seconds, amount units
+-- then        optionally the 14 values of usage_apply (lua/usage.lua): the report's usage
+--             aggregates, recorded in this same atomic step, so a duplicate counts once
 -- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals) or
 -- 'added' (no live reservation: the fallback amounts were added).
 local sec = now_parts(ARGV[1])
@@ -36,6 +38,8 @@ else
 end
 
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
+local usage_at = 5 + 2 * m + 3 * (#KEYS - first_counter + 1)
+if #ARGV >= usage_at + 13 then usage_apply(ARGV, usage_at) end
 if held then
   redis.call('DEL', KEYS[2])
   for _, h in ipairs(held) do

@@ -3,85 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from server_harness import free_user, write_rules
+from server_harness import free_user, tollway_serve, write_rules
 
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
-
-READY = re.compile(r"tollway serving: grpc=(?P<grpc>\S+) http=(?P<http>\S+) .*version=(?P<version>\S+)")
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    grpc: str
-    http: str
-    version: str
-    lines: list[str] = field(default_factory=list)
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: str, timeout: float = 20) -> str:
-        """Block until the server logs a line containing ``pattern``."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for line in self.lines[seen:]:
-                if pattern in line:
-                    return line
-            seen = len(self.lines)
-            time.sleep(0.02)
-        raise AssertionError(f"no log line with {pattern!r}:\n{self.log()}")
-
-
-def _pump(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event) -> None:
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        lines.append(line.rstrip("\n"))
-        if READY.search(line):
-            ready.set()
-    ready.set()  # process ended
-
-
-@contextmanager
-def tollway_serve(rules: Path, *extra: str, listen: str = "127.0.0.1:0") -> Iterator[Served]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tollway", "serve", "--rules", str(rules), "--listen", listen,
-         "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-    threading.Thread(target=_pump, args=(proc, lines, ready), daemon=True).start()
-    try:
-        ready.wait(timeout=30)
-        match = next((m for line in lines if (m := READY.search(line))), None)
-        if match is None:
-            raise AssertionError("tollway serve did not start:\n" + "\n".join(lines))
-        yield Served(proc, match["grpc"], match["http"], match["version"], lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_serves_decide_over_a_real_channel_and_exits_0_on_sigterm(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -53,8 +53,10 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """A whole body (``bytes``) or a stream of chunks sent with chunked transfer encoding."""
+
     status: int
-    body: bytes
+    body: bytes | Iterable[bytes]
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -197,12 +199,35 @@ def _handler_class(router: Router) -> type[BaseHTTPRequestHandler]:
                     resp = Response.json({"error": "internal error"}, 500)
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(resp.body)))
+            streamed = not isinstance(resp.body, bytes)
+            if streamed:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(resp.body)))  # type: ignore[arg-type]
             for k, v in resp.headers:
                 self.send_header(k, v)
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(resp.body)
+            if self.command == "HEAD":
+                return
+            if not streamed:
+                self.wfile.write(resp.body)  # type: ignore[arg-type]
+                return
+            self._stream(resp.body)
+
+        def _stream(self, chunks: Iterable[bytes]) -> None:
+            """Chunked transfer: an export of any size without holding it in memory."""
+            try:
+                for chunk in chunks:
+                    if chunk:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away mid-export
+            except Exception:
+                # the status line is gone already: cut the stream short so the client
+                # sees a truncated transfer, never a silently incomplete export
+                log.exception("HTTP %s %s failed while streaming", self.command, self.path)
+                self.close_connection = True
 
         do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve
 

@@ -233,14 +233,14 @@ def _csv_rows(events: Iterable[UsageEvent]) -> Iterator[bytes]:
 def install(router: Any, engine: Any) -> None:
     """Register the usage routes on the HTTP server's ``Router``.
 
-    The router's ``Response`` carries a whole body, so an activity export is joined
-    here; streaming needs only a body that accepts ``HttpResult.body`` chunks.
+    Listings and details are sent whole; the activity export is streamed chunk by chunk.
     """
     from .http import Request, Response  # the transport, imported only when serving
 
-    def respond(result: HttpResult) -> Response:
+    def respond(result: HttpResult, *, stream: bool = False) -> Response:
         headers = tuple((k, v) for k, v in result.headers if k.lower() != "content-type")
-        return Response(result.status, result.read(), result.content_type, headers)
+        body = iter(result.body) if stream else result.read()
+        return Response(result.status, body, result.content_type, headers)
 
     def host(request: Request) -> str | None:
         return next((v for k, v in request.headers.items() if k.lower() == "host"), None)
@@ -258,4 +258,8 @@ def install(router: Any, engine: Any) -> None:
         router.add("GET", f"/v1/usage/{kind}", listing)
         router.add("GET", f"/v1/usage/{kind}/{{id}}", detail)
 
-    router.add("GET", "/v1/activity", lambda request: respond(activity(engine, request.query)))
+    router.add(
+        "GET",
+        "/v1/activity",
+        lambda request: respond(activity(engine, request.query), stream=True),
+    )

@@ -14,7 +14,6 @@ import pytest
 
 from tollway import Engine
 from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.stores.usage_memory import MemoryUsage
 from tollway.policy.usage import ActivityQuery, UsageEvent, UsageQuery
 from tollway.server import usage_http
 from tollway.server.http import Router, start_http
@@ -22,35 +21,22 @@ from tollway.server.http import Router, start_http
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
-def usage_engine(usage: MemoryUsage) -> Engine:
-    """An engine whose usage calls read ``usage`` (the shape the engine exposes)."""
-    engine = Engine.from_text("default allow\n", store="memory")
-    engine.get_usage = usage.get  # type: ignore[attr-defined]
-    engine.list_usage = lambda query=None, **kw: usage.list(  # type: ignore[attr-defined]
-        UsageQuery.parse(query, **kw)
-    )
-    engine.activity = lambda query=None, **kw: usage.activity(  # type: ignore[attr-defined]
-        ActivityQuery.parse(query, **kw)
-    )
-    return engine
-
-
-@pytest.fixture
-def usage() -> MemoryUsage:
-    u = MemoryUsage()
+def fill(engine: Engine) -> None:
+    """Thirty reports' worth of usage, written straight into the engine's store."""
+    usage: Any = engine.store.usage
     for i in range(30):
-        u.apply(UsageEvent(
+        usage.apply(UsageEvent(
             time=T0 + i, request_id=f"r{i}", user_id=f"user{i % 12:02d}",
             group_id="acme" if i % 2 else "initech", model="gpt" if i % 3 else "claude",
             input_tokens=10 * i, output_tokens=i, cost_usd=0.01 * (i % 12),
             duration_seconds=0.5, attributes={"region": "eu"} if i == 29 else {},
         ))
-    return u
 
 
 @pytest.fixture
-def engine(usage: MemoryUsage) -> Iterator[Engine]:
-    e = usage_engine(usage)
+def engine() -> Iterator[Engine]:
+    e = Engine.from_text("default allow\n", store="memory")
+    fill(e)
     yield e
     e.close()
 
@@ -189,9 +175,11 @@ def base_url(engine: Engine) -> Iterator[str]:
         server.stop()
 
 
-def fetch(url: str) -> tuple[int, str, bytes]:
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
+            if headers is not None:
+                headers.update(resp.headers.items())
             return resp.status, resp.headers["Content-Type"], resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.headers["Content-Type"], err.read()
@@ -225,6 +213,8 @@ def test_http_activity_export(base_url: str) -> None:
     assert (status, ctype) == (200, "text/csv; charset=utf-8")
     rows = list(csv.DictReader(io.StringIO(raw.decode())))
     assert len(rows) == 10 and {r["model"] for r in rows} == {"claude"}
-    status, ctype, raw = fetch(f"{base_url}/v1/activity")
+    seen: dict[str, str] = {}
+    status, ctype, raw = fetch(f"{base_url}/v1/activity", seen)
     assert (status, ctype) == (200, "application/x-ndjson")
+    assert seen.get("Transfer-Encoding") == "chunked"  # streamed, not built in memory
     assert len(raw.splitlines()) == 30

@@ -199,20 +199,19 @@ def _handler_class(router: Router) -> type[BaseHTTPRequestHandler]:
                     resp = Response.json({"error": "internal error"}, 500)
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
-            streamed = not isinstance(resp.body, bytes)
-            if streamed:
-                self.send_header("Transfer-Encoding", "chunked")
+            if isinstance(resp.body, bytes):
+                self.send_header("Content-Length", str(len(resp.body)))
             else:
-                self.send_header("Content-Length", str(len(resp.body)))  # type: ignore[arg-type]
+                self.send_header("Transfer-Encoding", "chunked")
             for k, v in resp.headers:
                 self.send_header(k, v)
             self.end_headers()
             if self.command == "HEAD":
                 return
-            if not streamed:
-                self.wfile.write(resp.body)  # type: ignore[arg-type]
-                return
-            self._stream(resp.body)
+            if isinstance(resp.body, bytes):
+                self.wfile.write(resp.body)
+            else:
+                self._stream(resp.body)
 
         def _stream(self, chunks: Iterable[bytes]) -> None:
             """Chunked transfer: an export of any size without holding it in memory."""

@@ -64,7 +64,11 @@ class StoreUnavailable(Exception):
 class CounterStore(Protocol):
     name: str  # "memory" or "redis": the ``store`` label of tollway_store_* metrics
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
-    usage: UsageReader  # the per-user and per-group usage that ``record_report`` accumulates
+
+    @property
+    def usage(self) -> UsageReader:
+        """The per-user and per-group usage that ``record_report`` accumulates."""
+        ...
 
     def check_and_consume(
         self,

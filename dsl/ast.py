@@ -50,6 +50,7 @@ __all__ = [
     "TestCase",
     "RuleFile",
     "RulesetAst",
+    "Comment",
 ]
 
 
@@ -398,6 +399,21 @@ class TestCase:
 
 
 @dataclass(frozen=True, slots=True)
+class Comment:
+    """A ``#`` comment, kept so that ``fmt`` can put it back.
+
+    ``trailing`` is True when code precedes it on its line; ``depth`` is the number of
+    braces open around it (0 at top level), which tells ``fmt`` whether it sat inside a block.
+    """
+
+    line: int
+    column: int
+    text: str
+    trailing: bool = False
+    depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RuleFile:
     """One parsed ``.rules`` file, declarations in source order."""
 
@@ -408,6 +424,7 @@ class RuleFile:
     rules: tuple[Rule, ...] = ()
     tests: tuple[TestCase, ...] = ()
     source: str = field(default="", repr=False, compare=False)
+    comments: tuple[Comment, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from tollway.dsl.compiled import CompiledRuleset, RuleTrace
 from tollway.dsl.diagnostics import Diagnostic, RulesError
 from tollway.dsl.formatter import format_file
 from tollway.dsl.parser import parse_text
+from tollway.dsl.source import read_rule_file, rule_files
 from tollway.policy.engine import Engine
 from tollway.policy.model import Decision, Explanation
 from tollway.policy.testing import run_tests
@@ -189,10 +190,6 @@ def run_explain(args: argparse.Namespace) -> int:
     return OK
 
 
-def _rule_files(path: Path) -> list[Path]:
-    return sorted(path.rglob("*.rules")) if path.is_dir() else [path]
-
-
 def _write_atomically(path: Path, text: str) -> None:
     # a crash mid-write must never leave a half-formatted rule file behind
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -211,14 +208,16 @@ def run_fmt(args: argparse.Namespace) -> int:
         return USAGE
     status = OK
     for root in paths:
-        for path in _rule_files(Path(root)):
+        try:
+            files = rule_files(root)  # the same files `check` and `serve` would read
+        except RulesError as exc:
+            _print_diagnostics(exc.errors, sys.stderr)
+            status = FAILED
+            continue
+        for path in files:
             try:
-                source = path.read_text(encoding="utf-8")
+                source = read_rule_file(path)
                 rule_file = parse_text(source, str(path))
-            except (OSError, UnicodeDecodeError) as exc:
-                print(f"{path}: cannot read: {exc}", file=sys.stderr)
-                status = FAILED
-                continue
             except RulesError as exc:
                 _print_diagnostics(exc.errors, sys.stderr)
                 status = FAILED

@@ -42,7 +42,7 @@ from .stores.base import (
     ReportOutcome,
     StoreUnavailable,
 )
-from .usage import ActivityQuery, UsageDetail, UsageEvent, UsagePage, UsageQuery
+from .usage import ActivityQuery, Retention, UsageDetail, UsageEvent, UsagePage, UsageQuery
 
 __all__ = ["Engine"]
 
@@ -75,11 +75,12 @@ class Engine:
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
         rules_path: str | Path | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self._ruleset = ruleset
         url = store if isinstance(store, str) else None
         self._store: CounterStore = (
-            open_store(store, key_prefix=key_prefix, clock=clock)
+            open_store(store, key_prefix=key_prefix, clock=clock, retention=retention)
             if isinstance(store, str)
             else store
         )
@@ -292,7 +293,11 @@ class Engine:
             return self._store_down(specs, base, decision_id, exc), ()
         exceeded = tuple(s.quota for s, st in zip(specs, states, strict=True) if st.exceeded)
         taken = consume and not exceeded
-        statuses = tuple(_status(s, st, taken) for s, st in zip(specs, states, strict=True))
+        quotas = ruleset.quotas
+        statuses = tuple(
+            _status(s, st, taken, quotas[s.quota].scope.name)
+            for s, st in zip(specs, states, strict=True)
+        )
         if exceeded:
             return Decision(
                 allowed=False,
@@ -446,19 +451,23 @@ def _scope_of(spec: CounterSpec) -> str:
     return scope + ("+model" if "+m=" in spec.key else "")
 
 
-def _status(spec: CounterSpec, state: CounterState, taken: bool) -> QuotaStatus:
-    used = state.used + (spec.amount if taken else 0.0)
+def _status(spec: CounterSpec, state: CounterState, taken: bool, scope: str) -> QuotaStatus:
+    """``scope`` is the quota's ``Scope.name`` (what ``_scope_of`` reads back from the key)."""
+    used = state.used + spec.amount if taken else state.used
+    limit = spec.limit
+    remaining = limit - used
+    exceeded = state.exceeded
     return QuotaStatus(
-        name=spec.quota,
-        metric=spec.metric,
-        scope=_scope_of(spec),
-        key=spec.key,
-        limit=spec.limit,
-        used=used,
-        remaining=max(spec.limit - used, 0.0),
-        exceeded=state.exceeded,
-        retry_after=state.retry_after if state.exceeded else 0.0,
-        resets_at=state.resets_at,
+        spec.quota,
+        spec.metric,
+        scope,
+        spec.key,
+        limit,
+        used,
+        remaining if remaining > 0.0 else 0.0,
+        exceeded,
+        state.retry_after if exceeded else 0.0,
+        state.resets_at,
     )
 
 

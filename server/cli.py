@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the rules path for changes; 0 disables [TOLLWAY_RELOAD_INTERVAL]",
     )
     serve.add_argument(
+        "--activity-max-reports",
+        type=int,
+        default=int(_env("activity-max-reports", "100000") or 100000),
+        help="reports kept in the activity log, newest first [TOLLWAY_ACTIVITY_MAX_REPORTS]",
+    )
+    serve.add_argument(
+        "--activity-max-age",
+        type=float,
+        default=float(_env("activity-max-age", "30") or 30),
+        help="days a report stays in the activity log [TOLLWAY_ACTIVITY_MAX_AGE]",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("log-level", "info"),
         choices=["debug", "info", "warning", "error"],

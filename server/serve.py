@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.usage import Retention
 
 from .app import start_grpc
 from .http import HttpServer, Readiness, build_router, start_http
@@ -58,7 +59,14 @@ async def _serve(args: argparse.Namespace) -> int:
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(
-            args.rules, store=args.store, key_prefix=args.key_prefix, observer=metrics
+            args.rules,
+            store=args.store,
+            key_prefix=args.key_prefix,
+            observer=metrics,
+            retention=Retention(
+                max_reports=args.activity_max_reports,
+                max_age_seconds=args.activity_max_age * 86400.0,
+            ),
         )
     except RulesError as exc:
         for d in exc.errors:

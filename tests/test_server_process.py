@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -147,3 +148,18 @@ def test_flags_read_the_environment(tmp_path: Path, flag: str) -> None:
         capture_output=True, text=True, timeout=60, env=env,
     )
     assert result.returncode == 1 and "nope" in result.stderr
+
+
+def test_activity_retention_flags_bound_the_log(tmp_path: Path) -> None:
+    with (
+        tollway_serve(write_rules(tmp_path), "--activity-max-reports", "3") as served,
+        grpc.insecure_channel(served.grpc) as channel,
+    ):
+        stub = pb_grpc.TollwayStub(channel)
+        for i in range(5):
+            stub.Report(pb.UsageReport(request_id=f"a{i}", user=pb.Entity(id="u"), model="m"))
+        with urllib.request.urlopen(f"http://{served.http}/v1/activity", timeout=10) as resp:
+            lines = resp.read().decode().splitlines()
+        assert [json.loads(line)["request_id"] for line in lines] == ["a4", "a3", "a2"]
+        with urllib.request.urlopen(f"http://{served.http}/v1/usage/users/u", timeout=10) as resp:
+            assert json.loads(resp.read())["request_count"] == 5  # aggregates are kept whole

@@ -13,6 +13,7 @@ from .base import CounterSpec, CounterState, CounterStore, ReportOutcome, StoreU
 
 if TYPE_CHECKING:
     from ..entities import EntityStore
+    from ..usage import Retention
 
 __all__ = [
     "CounterSpec",
@@ -38,16 +39,23 @@ def _kind(url: str) -> str:
 
 
 def open_store(
-    url: str, *, key_prefix: str = "tollway:", clock: Callable[[], float] | None = None
+    url: str,
+    *,
+    key_prefix: str = "tollway:",
+    clock: Callable[[], float] | None = None,
+    retention: Retention | None = None,
 ) -> CounterStore:
-    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME)."""
+    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
+    ``retention`` bounds the activity log the store keeps."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
-        return MemoryCounterStore(clock) if clock is not None else MemoryCounterStore()
+        if clock is not None:
+            return MemoryCounterStore(clock, retention=retention)
+        return MemoryCounterStore(retention=retention)
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(url, key_prefix=key_prefix)
+    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention)
 
 
 def open_entity_store(

@@ -38,7 +38,7 @@ from .spelling import did_you_mean
 
 __all__ = ["check", "REQUEST_FIELDS"]
 
-# the fields of a DecideRequest (SPEC §5) a test request may set
+# the fields of a DecideRequest a test request may set
 REQUEST_FIELDS = ("request_id", "user", "group", "model", "attributes", "estimate", "dry_run")
 _CALENDAR = ("day", "week", "month")
 _Named = TypeVar("_Named", Quota, Rule, TestCase)

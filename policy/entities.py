@@ -1,4 +1,4 @@
-"""Users, groups, their metadata and memberships (SPEC §2).
+"""Users, groups, their metadata and memberships.
 
 Metadata sent with a request is merged into what is stored (top-level keys replace; a
 key set to null is removed) and the merged view is what rules see. Stores write only

@@ -1,4 +1,4 @@
-"""Combining the matched rules into one verdict (SPEC §3, "Combining matching rules").
+"""Combining the matched rules into one verdict (docs/language.md, "Combining matching rules").
 
 Pure: no counters, no I/O. The engine asks for a verdict, then checks the verdict's
 quotas against the store. Shadow rules are combined apart and never enforce.

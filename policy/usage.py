@@ -1,4 +1,4 @@
-"""Per-user and per-group usage (SPEC §6): the values, the query rules and the store contract.
+"""Per-user and per-group usage: the values, the query rules and the store contract.
 
 A usage event is recorded by the counter store in the same atomic step as the report's
 counter update and its ``request_id`` check, so a report repeated (even racing on two
@@ -319,7 +319,7 @@ class UsageRecord:
         return self.id if self.kind == "group" else ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON record of SPEC §6: ``user_id`` (or ``group_id``) and the aggregates."""
+        """The JSON record of a listing: ``user_id`` (or ``group_id``) and the aggregates."""
         return {
             f"{self.kind}_id": self.id,
             "request_count": self.request_count,

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §7): the engine's ``Observer`` plus the ruleset gauges.
+"""Prometheus metrics: the engine's ``Observer`` plus the ruleset gauges.
 
 Each ``Metrics`` owns its ``CollectorRegistry`` so that several servers (and tests) can
 live in one process. No label ever carries a user or group id: their number is unbounded.

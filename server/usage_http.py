@@ -1,4 +1,4 @@
-"""HTTP usage API (SPEC §6): ``/v1/usage/{users,groups}[/{id}]`` and ``/v1/activity``.
+"""HTTP usage API: ``/v1/usage/{users,groups}[/{id}]`` and ``/v1/activity``.
 
 The handlers are pure functions ``(engine, …) -> HttpResult`` (status, headers, body
 chunks) that only translate to and from the engine's usage calls; ``install`` plugs them

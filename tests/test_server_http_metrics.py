@@ -22,7 +22,7 @@ from tollway.server.metrics import Metrics
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
-SPEC_METRICS = {
+DOCUMENTED_METRICS = {
     "tollway_decisions", "tollway_decide_seconds", "tollway_rule_matches",
     "tollway_shadow_matches", "tollway_quota_exceeded", "tollway_routes", "tollway_checks",
     "tollway_reports", "tollway_usage_tokens", "tollway_usage_cost_usd", "tollway_store_errors",
@@ -94,7 +94,7 @@ def test_metrics_names_values_and_no_ids(stack: Stack) -> None:
     assert status == 200 and ctype.startswith("text/plain")
     families = {f.name for f in text_string_to_metric_families(text)}
     # tollway_store_errors has no sample yet, but its HELP/TYPE lines are there
-    assert SPEC_METRICS - {"tollway_store_errors"} <= families
+    assert DOCUMENTED_METRICS - {"tollway_store_errors"} <= families
     assert "# TYPE tollway_store_errors_total counter" in text or "tollway_store_errors" in text
     assert "secret-user" not in text and "secret-group" not in text
 

@@ -1,6 +1,6 @@
 """tollway: a policy decision sidecar for LLM gateways.
 
-The in-process API (SPEC §10): ``Engine`` decides, reports and explains; ``RulesError``
+The in-process API: ``Engine`` decides, reports and explains; ``RulesError``
 carries the diagnostics of a ruleset that does not compile.
 """
 

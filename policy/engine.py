@@ -8,8 +8,8 @@ its start, so in-flight decisions finish on the rules they began with.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +243,7 @@ class Engine:
     def _decide(self, ev: _Evaluated, consume: bool) -> tuple[Decision, tuple[str, ...]]:
         """Apply the combining algorithm's quota step; returns the decision and exceeded names."""
         verdict, request, ruleset = ev.verdict, ev.request, ev.ruleset
-        base = {
+        base: dict[str, Any] = {
             "model": verdict.model,
             "routed": verdict.routed,
             "checks": verdict.checks,
@@ -252,7 +252,7 @@ class Engine:
             "ruleset_version": ruleset.version,
             "shadow": ev.shadow,
         }
-        decision_id = uuid.uuid4().hex
+        decision_id = _new_decision_id()
         if verdict.reason:
             return Decision(
                 allowed=False,
@@ -291,13 +291,11 @@ class Engine:
             )
         except StoreUnavailable as exc:
             return self._store_down(specs, base, decision_id, exc), ()
-        exceeded = tuple(s.quota for s, st in zip(specs, states, strict=True) if st.exceeded)
+        pairs = list(zip(specs, states, strict=True))
+        exceeded = tuple([s.quota for s, st in pairs if st.exceeded])
         taken = consume and not exceeded
         quotas = ruleset.quotas
-        statuses = tuple(
-            _status(s, st, taken, quotas[s.quota].scope.name)
-            for s, st in zip(specs, states, strict=True)
-        )
+        statuses = tuple([_status(s, st, taken, quotas[s.quota].scope.name) for s, st in pairs])
         if exceeded:
             return Decision(
                 allowed=False,
@@ -430,6 +428,17 @@ class Engine:
         return [s for s in specs if s.amount > 0]
 
 
+# The version and variant bits of a random (version 4) UUID, as ``uuid.uuid4`` sets them.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
+
+
+def _new_decision_id() -> str:
+    """``uuid.uuid4().hex``, the same 32 hex digits, without building a ``UUID`` object."""
+    n = int.from_bytes(os.urandom(16), "big")
+    return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 def _need_kind(kind: str) -> EntityKind:
     if kind == "user":
         return "user"
@@ -464,7 +473,7 @@ def _status(spec: CounterSpec, state: CounterState, taken: bool, scope: str) -> 
         spec.key,
         limit,
         used,
-        remaining if remaining > 0.0 else 0.0,
+        0.0 if remaining < 0.0 else remaining,
         exceeded,
         state.retry_after if exceeded else 0.0,
         state.resets_at,

@@ -101,9 +101,58 @@ def _check_json(value: Any, name: str, depth: int) -> None:
     raise ValueError(f"{name}: {type(value).__name__} is not a JSON value")
 
 
+# Bytes a JSON encoding can take per ASCII character (``\u001f``), and at most for a
+# number the fast path below accepts (``-1.2345678901234567e-308``; ints under 2**63).
+_JSON_CHAR_BYTES = 6
+_JSON_NUMBER_BYTES = 24
+_INT_BOUND = 2**63
+
+
+def _surely_small(value: dict[Any, Any]) -> bool:
+    """True when ``value`` is certainly valid metadata within the size limit.
+
+    Decided without encoding, for the usual shape: string keys, and values that are
+    ASCII strings, plain numbers, booleans, nulls or lists of ASCII strings, bounded
+    from above. False means only "not sure": the full checks then run.
+    """
+    size = 2
+    for k, v in value.items():
+        if type(k) is not str or not k.isascii():
+            return False
+        size += _JSON_CHAR_BYTES * len(k) + 4
+        tv = type(v)
+        if tv is str:
+            if not v.isascii():
+                return False
+            size += _JSON_CHAR_BYTES * len(v) + 2
+        elif tv is bool or v is None:
+            size += 5
+        elif tv is int:
+            if not -_INT_BOUND < v < _INT_BOUND:
+                return False
+            size += _JSON_NUMBER_BYTES
+        elif tv is float:
+            if not math.isfinite(v):
+                return False
+            size += _JSON_NUMBER_BYTES
+        elif tv is list:
+            size += 2
+            for item in v:
+                if type(item) is not str or not item.isascii():
+                    return False
+                size += _JSON_CHAR_BYTES * len(item) + 3
+        else:
+            return False
+        if size > MAX_METADATA_BYTES:
+            return False
+    return True
+
+
 def _need_metadata(value: Any, name: str) -> dict[str, Value] | None:
     if value is None:
         return None
+    if type(value) is dict and _surely_small(value):
+        return dict(value)
     if not isinstance(value, Mapping):
         raise ValueError(f"{name}: must be an object, got {type(value).__name__}")
     _check_json(value, name, 1)
@@ -133,6 +182,10 @@ def _need_mapping(data: Any, name: str) -> Mapping[str, Any]:
     return data
 
 
+_ENTITY_FIELDS = frozenset({"id", "metadata"})
+_ESTIMATE_FIELDS = frozenset({"input_tokens", "output_tokens", "cost_usd"})
+
+
 @dataclass(frozen=True, slots=True)
 class EntityRef:
     """A user or group named by a request; ``metadata`` is None when none was sent."""
@@ -148,7 +201,7 @@ class EntityRef:
         if isinstance(data, str):  # shorthand: "user": "alice"
             data = {"id": data}
         data = _need_mapping(data, name)
-        unknown = set(data) - {"id", "metadata"}
+        unknown = () if data.keys() <= _ENTITY_FIELDS else set(data) - _ENTITY_FIELDS
         if unknown:
             raise ValueError(f"{name}: unknown field {sorted(unknown)[0]!r}")
         ident = _need_str(data.get("id"), f"{name}.id", max_bytes=MAX_ID_BYTES, allow_empty=False)
@@ -166,7 +219,7 @@ class Estimate:
         if data is None:
             return cls()
         data = _need_mapping(data, "estimate")
-        unknown = set(data) - {"input_tokens", "output_tokens", "cost_usd"}
+        unknown = () if data.keys() <= _ESTIMATE_FIELDS else set(data) - _ESTIMATE_FIELDS
         if unknown:
             raise ValueError(f"estimate: unknown field {sorted(unknown)[0]!r}")
         return cls(
@@ -197,7 +250,7 @@ class DecideRequest:
         if isinstance(data, DecideRequest):
             return data
         data = _need_mapping(data, "request")
-        unknown = set(data) - _DECIDE_FIELDS
+        unknown = () if data.keys() <= _DECIDE_FIELDS else set(data) - _DECIDE_FIELDS
         if unknown:
             raise ValueError(f"request: unknown field {sorted(unknown)[0]!r}")
         dry_run = data.get("dry_run", False)

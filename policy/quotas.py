@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from tollway.dsl.ast import Limit, Quota, Scope
@@ -20,8 +21,10 @@ from .stores.base import CounterSpec
 __all__ = ["scope_key", "resolve_limit", "metric_amounts", "Unresolved", "counters_for"]
 
 
+@lru_cache(maxsize=16384)
 def _enc(ident: str) -> str:
-    # ids are opaque; encoding keeps the separators below unambiguous
+    # ids are opaque; encoding keeps the separators below unambiguous. The same few
+    # thousand ids and models recur in every decision, hence the cache.
     return quote(ident, safe="")
 
 
@@ -102,24 +105,42 @@ def counters_for(
     """The counters of the named quotas that apply to this request, and those unresolved."""
     specs: list[CounterSpec] = []
     unresolved: list[Unresolved] = []
+    user_id, group_id = ctx.user_id, ctx.group_id
+    # each entity's part of a key, encoded once per call (``scope_key`` spelled out)
+    heads = {
+        "user": None if user_id is None else f"u={_enc(user_id)}",
+        "group": None if group_id is None else f"g={_enc(group_id)}",
+        "user_in_group": (
+            None if user_id is None or group_id is None
+            else f"g={_enc(group_id)}/u={_enc(user_id)}"
+        ),
+        "everyone": "*",
+    }
+    model_part: str | None = None
     for name in names:
         quota = quotas[name]
-        key = scope_key(quota.scope, ctx.user_id, ctx.group_id, model)
+        scope = quota.scope
+        key = heads.get(scope.subject, "*")
         if key is None:
             continue
-        limit = resolve_limit(quota.limit, ctx)
+        if scope.per_model:
+            if model_part is None:
+                model_part = f"+m={_enc(model)}"
+            key += model_part
+        limit_ast = quota.limit
+        limit = limit_ast.value if limit_ast.path is None else resolve_limit(limit_ast, ctx)
         if limit is None:
             unresolved.append(Unresolved(quota, key))
             continue
         specs.append(
             CounterSpec(
-                quota=name,
-                metric=quota.metric,
-                key=key,
-                window=quota.window,
-                limit=limit,
-                amount=amounts[quota.metric],
-                on_store_error=quota.on_store_error,
+                name,
+                quota.metric,
+                key,
+                quota.window,
+                limit,
+                amounts[quota.metric],
+                quota.on_store_error,
             )
         )
     return specs, unresolved

@@ -25,6 +25,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import cast
 
 from tollway.dsl.ast import Window
 
@@ -41,6 +43,8 @@ __all__ = [
     "covered_buckets",
     "calendar_period",
     "slot",
+    "WindowPlan",
+    "window_plan",
     "window_code",
     "metric_scale",
     "amount_units",
@@ -53,6 +57,9 @@ __all__ = [
     "counter_state",
     "Checked",
     "check_counters",
+    "Prepared",
+    "prepare_counters",
+    "state_of",
 ]
 
 BUCKETS_PER_WINDOW = 60
@@ -100,13 +107,22 @@ class Period:
     end: int
 
 
+_EPOCH_DAY = date(1970, 1, 1)
+
+
 def _unix(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
 def calendar_period(kind: str, t: float) -> Period:
     """The UTC ``day``, ISO ``week`` (Monday 00:00) or ``month`` holding time ``t``."""
-    today = datetime.fromtimestamp(math.floor(t), tz=UTC).date()
+    # a period depends only on the UTC day, so it is computed once per day and kind
+    return _period_of_day(kind, math.floor(t) // 86400)
+
+
+@lru_cache(maxsize=64)
+def _period_of_day(kind: str, day_number: int) -> Period:
+    today = _EPOCH_DAY + timedelta(days=day_number)
     if kind == "day":
         return Period(today.isoformat(), _unix(today), _unix(today + timedelta(days=1)))
     if kind == "week":
@@ -159,20 +175,65 @@ def _check_window(window: Window) -> None:
 
 def slot(window: Window, t: float) -> Slot:
     """The slot of ``window`` at time ``t``."""
-    _check_window(window)
-    if window.seconds is not None:
-        size = bucket_seconds(window.seconds)
-        first, current = covered_buckets(t, window.seconds, size)
-        return Slot(current, first, bucket_until(current, window.seconds, size))
-    assert window.calendar is not None
-    period = calendar_period(window.calendar, t)
-    return Slot(period.label, None, period.end)
+    return window_plan(window).slot(t)
 
 
 def window_code(window: Window) -> str:
     """How a window is named to the Redis script: seconds (``"3600"``) or ``"month"``…"""
+    return window_plan(window).code
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPlan:
+    """A validated window with what every decision needs precomputed.
+
+    ``bucket`` is the bucket length in seconds (0 for calendar windows) and ``code`` the
+    window as the Redis scripts name it. Built once per ``Window`` (``window_plan``).
+    """
+
+    seconds: int | None
+    calendar: str | None
+    bucket: int
+    code: str
+
+    def slot(self, t: float) -> Slot:
+        """Where this window writes at time ``t`` and which fields it counts."""
+        return Slot(*self.slot_parts(t))
+
+    def slot_parts(self, t: float) -> tuple[int | str, int | None, int]:
+        """``slot(t)`` as a plain ``(field, first, until)`` tuple, for the stores' hot path."""
+        seconds = self.seconds
+        if seconds is not None:
+            sec = math.floor(t)
+            size = self.bucket
+            current = sec // size
+            return current, (sec - seconds) // size, (current + 1) * size + seconds
+        assert self.calendar is not None
+        period = calendar_period(self.calendar, t)
+        return period.label, None, period.end
+
+
+# id(window) -> (window, plan); holding the window keeps its id from being reused
+_PLANS: dict[int, tuple[Window, WindowPlan]] = {}
+_MAX_PLANS = 4096
+
+
+def window_plan(window: Window) -> WindowPlan:
+    """The plan of a window, validated once (ValueError for a window no store can keep)."""
+    entry = _PLANS.get(id(window))
+    if entry is not None and entry[0] is window:
+        return entry[1]
     _check_window(window)
-    return str(window.seconds) if window.seconds is not None else str(window.calendar)
+    if window.seconds is not None:
+        plan = WindowPlan(
+            window.seconds, None, bucket_seconds(window.seconds), str(window.seconds)
+        )
+    else:
+        plan = WindowPlan(None, window.calendar, 0, str(window.calendar))
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()  # rulesets are few; a reload storm just rebuilds the plans
+    _PLANS[id(window)] = (window, plan)
+    return plan
 
 
 # ------------------------------------------------------------------------- units
@@ -242,28 +303,58 @@ def counter_state(
     amount fits; an amount larger than the limit never fits and gets the window length.
     A calendar window frees its usage only at the period end.
     """
-    used = sum(buckets.values())
-    exceeded = not fits(used, amount, limit)
-    window = spec.window
-    used_f = from_units(used, spec.metric)
-    if window.seconds is None:
-        assert window.calendar is not None
-        end = calendar_period(window.calendar, t).end
+    return state_of(spec, window_plan(spec.window), t, buckets, amount, limit)
+
+
+def state_of(
+    spec: CounterSpec,
+    plan: WindowPlan,
+    t: float,
+    buckets: Mapping[int | str, int],
+    amount: int,
+    limit: int,
+    *,
+    used: int | None = None,
+    clean: bool = False,
+) -> CounterState:
+    """``counter_state`` with the window's plan already at hand (the stores' hot path).
+
+    ``used`` may pass ``sum(buckets.values())`` when the caller has it; ``clean`` says
+    every key of ``buckets`` is a bucket index holding a positive amount (no filtering).
+    """
+    if used is None:
+        used = sum(buckets.values())
+    exceeded = used >= limit if amount == 0 else used + amount > limit  # not fits()
+    scale = _SCALES.get(spec.metric, 1)
+    used_f = used / scale
+    seconds = plan.seconds
+    if seconds is None:
+        assert plan.calendar is not None
+        end = calendar_period(plan.calendar, t).end
         return CounterState(used_f, spec.limit, exceeded, end - t if exceeded else 0.0, float(end))
-    size = bucket_seconds(window.seconds)
+    size = plan.bucket
+    if not exceeded:
+        # only the oldest live bucket matters: when it leaves, the window frees usage
+        oldest: int | None
+        if clean:
+            oldest = cast("int | None", min(buckets, default=None))
+        else:
+            oldest = min(
+                (i for i, v in buckets.items() if isinstance(i, int) and v > 0), default=None
+            )
+        resets_at = float((oldest + 1) * size + seconds) if oldest is not None else t + size
+        return CounterState(used_f, spec.limit, False, 0.0, resets_at)
     live = sorted((i, v) for i, v in buckets.items() if isinstance(i, int) and v > 0)
-    resets_at = float(bucket_until(live[0][0], window.seconds, size)) if live else t + size
-    retry_after = 0.0
-    if exceeded:
-        retry_after = float(window.seconds)
-        if amount <= limit and not (amount == 0 and limit == 0):
-            remaining = used
-            for index, value in live:
-                remaining -= value
-                if fits(remaining, amount, limit):
-                    retry_after = bucket_until(index, window.seconds, size) - t
-                    break
-    return CounterState(used_f, spec.limit, exceeded, retry_after, resets_at)
+    resets_at = float(bucket_until(live[0][0], seconds, size)) if live else t + size
+    retry_after = float(seconds)
+    if amount <= limit and not (amount == 0 and limit == 0):
+        remaining = used
+        for index, value in live:
+            remaining -= value
+            if fits(remaining, amount, limit):
+                retry_after = bucket_until(index, seconds, size) - t
+                break
+    return CounterState(used_f, spec.limit, True, retry_after, resets_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,25 +367,48 @@ class Checked:
     limit: int
 
 
+# Below these, amounts and limits convert without any range check: times the largest
+# scale (1e6) they stay far under MAX_UNITS, and NaN fails the comparison.
+_FAST_AMOUNT = 1e9
+
+
+Prepared = tuple[CounterSpec, str, int, int, WindowPlan]
+
+
 def check_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Checked]:
     """Validate and convert a decision's counters; ValueError before anything is touched."""
-    out: list[Checked] = []
+    return [Checked(spec, key, amount, limit) for spec, key, amount, limit, _ in
+            prepare_counters(prefix, counters)]
+
+
+def prepare_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Prepared]:
+    """``check_counters`` as plain ``(spec, key, amount, limit, plan)`` tuples.
+
+    The same checks and messages; tuples because a decision builds one per counter and
+    the stores only unpack them.
+    """
+    out: list[Prepared] = []
     seen: set[str] = set()
+    ceil, floor, scales, plan_of = math.ceil, math.floor, _SCALES, window_plan
     for spec in counters:
         if not isinstance(spec, CounterSpec):
             raise ValueError(f"counters: expected CounterSpec, got {type(spec).__name__}")
-        _check_window(spec.window)
-        key = counter_key(prefix, spec.quota, spec.key)
+        plan = plan_of(spec.window)  # validates the window (once per window)
+        key = f"{prefix}q:{spec.quota}:{spec.key}"
         if key in seen:
             raise ValueError(f"counters: {spec.quota!r} for {spec.key!r} appears twice")
         seen.add(key)
-        what = f"quota {spec.quota}"
-        out.append(
-            Checked(
-                spec,
-                key,
-                amount_units(spec.amount, spec.metric, f"{what}: amount"),
-                limit_units(spec.limit, spec.metric, f"{what}: limit"),
-            )
-        )
+        metric, amount, limit = spec.metric, spec.amount, spec.limit
+        scale = scales.get(metric, 1)
+        # same arithmetic as amount_units / limit_units, minus their checks where the
+        # range makes them moot; anything else goes through them (and their messages)
+        if 0 <= amount < _FAST_AMOUNT:
+            amount_u = max(0, ceil(amount * scale - _EPSILON))
+        else:
+            amount_u = amount_units(amount, metric, f"quota {spec.quota}: amount")
+        if 0 <= limit < _FAST_AMOUNT:
+            limit_u = floor(limit * scale + _EPSILON)
+        else:
+            limit_u = limit_units(limit, metric, f"quota {spec.quota}: limit")
+        out.append((spec, key, amount_u, limit_u, plan))
     return out

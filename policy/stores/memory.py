@@ -17,7 +17,6 @@ from cachetools import TTLCache
 
 from .. import windows
 from ..usage import Retention, UsageEvent
-from ..windows import Slot
 from .base import CounterSpec, CounterState, ReportOutcome
 from .usage_memory import MemoryUsage
 
@@ -37,15 +36,10 @@ class _Counter:
     until: int  # unix second after which nothing stored here counts
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """One reserved amount: which counter, which bucket or period, until when it counts."""
-
-    key: str
-    field: int | str
-    metric: str
-    units: int
-    until: int
+# One reserved amount: (counter key, bucket or period, metric, units, until when it counts).
+# A plain tuple of strings and ints: the cyclic GC stops tracking such tuples, and up to
+# ``max_holds`` of them wait for their reports, so full collections need not walk them.
+_Held = tuple[str, int | str, str, int, int]
 
 
 class MemoryCounterStore:
@@ -85,26 +79,38 @@ class MemoryCounterStore:
         now: float | None = None,
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
-        checked = windows.check_counters("", counters)
-        slots = [windows.slot(c.spec.window, t) for c in checked]
+        prepared = windows.prepare_counters("", counters)
+        slots = [plan.slot_parts(t) for _, _, _, _, plan in prepared]
+        seen: list[dict[int | str, int]] = []
+        totals: list[int] = []
         with self._lock:
-            self._maybe_sweep(t)
-            seen = [self._read(c.key, s, prune=consume) for c, s in zip(checked, slots, strict=True)]
-            admitted = all(
-                windows.fits(sum(fields.values()), c.amount, c.limit)
-                for c, fields in zip(checked, seen, strict=True)
-            )
+            if t >= self._next_sweep:
+                self._maybe_sweep(t)
+            read = self._read
+            admitted = True
+            for (_, key, amount, limit, _), (field, first, _) in zip(prepared, slots, strict=True):
+                fields = read(key, field, first, consume)
+                seen.append(fields)
+                used = sum(fields.values())
+                totals.append(used)
+                if (used >= limit) if amount == 0 else (used + amount > limit):
+                    admitted = False
             if consume and admitted:
-                for c, s in zip(checked, slots, strict=True):
-                    self._add(c.key, s.field, s.until, c.amount)
-                if hold_id is not None and checked:
+                add = self._add
+                for (_, key, amount, _, _), (field, _, until) in zip(prepared, slots, strict=True):
+                    add(key, field, until, amount)
+                if hold_id is not None and prepared:
                     self._holds[hold_id] = tuple(
-                        _Held(c.key, s.field, c.spec.metric, c.amount, s.until)
-                        for c, s in zip(checked, slots, strict=True)
+                        (key, field, spec.metric, amount, until)
+                        for (spec, key, amount, _, _), (field, _, until)
+                        in zip(prepared, slots, strict=True)
                     )
+        # fields read from this store are bucket indices (or one period) holding amounts > 0
+        state_of = windows.state_of
         return [
-            windows.counter_state(c.spec, t, fields, c.amount, c.limit)
-            for c, fields in zip(checked, seen, strict=True)
+            state_of(spec, plan, t, fields, amount, limit, used=used, clean=True)
+            for (spec, _, amount, limit, plan), fields, used
+            in zip(prepared, seen, totals, strict=True)
         ]
 
     def record_report(
@@ -130,14 +136,15 @@ class MemoryCounterStore:
                 self.usage.apply(usage)
             held = self._holds.pop(hold_id, None) if hold_id is not None else None
             if held is not None:
-                for h in held:
+                for key, field, metric, units, until in held:
                     # A metric the report does not mention keeps its reservation.
-                    if h.metric in actual_units and sec < h.until:
-                        self._add(h.key, h.field, h.until, actual_units[h.metric] - h.units)
+                    if metric in actual_units and sec < until:
+                        self._add(key, field, until, actual_units[metric] - units)
                 return "settled"
             for c in checked:
                 s = windows.slot(c.spec.window, t)
-                self._read(c.key, s, prune=True)  # counters only reports touch are pruned here
+                # counters only reports touch are pruned here
+                self._read(c.key, s.field, s.first, True)
                 self._add(c.key, s.field, s.until, c.amount)
             return "added"
 
@@ -149,15 +156,35 @@ class MemoryCounterStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _read(self, key: str, slot: Slot, *, prune: bool) -> dict[int | str, int]:
-        """The fields of counter ``key`` that count now; with ``prune``, drop dead ones."""
+    def _read(
+        self, key: str, field: int | str, first: int | None, prune: bool
+    ) -> dict[int | str, int]:
+        """The fields of counter ``key`` that count in the slot ``(field, first)`` now.
+
+        With ``prune``, fields that can never count again are dropped (``Slot.stale``).
+        """
         counter = self._counters.get(key)
         if counter is None:
             return {}
+        fields = counter.fields
+        if first is None:  # a calendar period: only its own label counts
+            if prune and (len(fields) > 1 or field not in fields):
+                for f in [f for f in fields if f != field]:
+                    del fields[f]
+            value = fields.get(field)
+            return {} if value is None else {field: value}
+        current = field
         if prune:
-            for f in [f for f in counter.fields if slot.stale(f)]:
-                del counter.fields[f]
-        return {f: v for f, v in counter.fields.items() if slot.counts(f)}
+            stale = [f for f in fields if not isinstance(f, int) or f < first]
+            for f in stale:
+                del fields[f]
+            # every field left is a bucket index >= first
+            return {f: v for f, v in fields.items() if f <= current}  # type: ignore[operator]
+        return {
+            f: v
+            for f, v in fields.items()
+            if isinstance(f, int) and first <= f <= current  # type: ignore[operator]
+        }
 
     def _add(self, key: str, field: int | str, until: int, delta: int) -> None:
         """Add ``delta`` units to one field, never going below zero."""
@@ -168,12 +195,14 @@ class MemoryCounterStore:
             if delta < 0:
                 return
             counter = self._counters[key] = _Counter({}, until)
-        value = counter.fields.get(field, 0) + delta
+        fields = counter.fields
+        value = fields.get(field, 0) + delta
         if value > 0:
-            counter.fields[field] = value
+            fields[field] = value
         else:
-            counter.fields.pop(field, None)
-        counter.until = max(counter.until, until)
+            fields.pop(field, None)
+        if until > counter.until:
+            counter.until = until
 
     def _maybe_sweep(self, t: float) -> None:
         """Drop whole counters whose every field has expired (at most once a minute)."""

@@ -125,10 +125,10 @@ class RedisCounterStore:
         hold_id: str | None = None,
         now: float | None = None,
     ) -> list[CounterState]:
-        checked = windows.check_counters(self._prefix, counters)
-        if not checked:
+        prepared = windows.prepare_counters(self._prefix, counters)
+        if not prepared:
             return []
-        keys = [c.key for c in checked]
+        keys = [key for _, key, _, _, _ in prepared]
         hold = consume and hold_id is not None
         if hold:
             assert hold_id is not None
@@ -138,15 +138,22 @@ class RedisCounterStore:
             "1" if consume else "0",
             self._hold_ttl if hold else "0",
         ]
-        for c in checked:
-            args += (*_window_args(c), str(c.limit), str(c.amount), c.spec.metric)
+        for spec, _, amount, limit, plan in prepared:
+            args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
         reply = self._call(self._consume, keys, args)
         sec, usec = int(reply[0]), int(reply[1])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
+        state_of = windows.state_of
         states = []
-        for c, raw in zip(checked, reply[3:], strict=True):
-            fields = _counted_fields(c, raw)
-            states.append(windows.counter_state(c.spec, t, fields, c.amount, c.limit))
+        for (spec, _, amount, limit, plan), raw in zip(prepared, reply[3:], strict=True):
+            # the script sends the counted total and the live buckets the state needs
+            # (all of them when the amount does not fit, else the oldest one)
+            fields: dict[int | str, int] = {
+                int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
+            }
+            states.append(
+                state_of(spec, plan, t, fields, amount, limit, used=int(raw[0]), clean=True)
+            )
         return states
 
     def record_report(
@@ -202,13 +209,5 @@ class RedisCounterStore:
 
 def _window_args(c: Checked) -> tuple[str, str]:
     """Window code and bucket seconds of one counter, as the scripts read them."""
-    w = c.spec.window
-    bucket = windows.bucket_seconds(w.seconds) if w.seconds is not None else 0
-    return windows.window_code(w), str(bucket)
-
-
-def _counted_fields(c: Checked, raw: list[int]) -> dict[int | str, int]:
-    """The fields a counter counted, from the script's ``{used, idx, units, ...}``."""
-    if c.spec.window.seconds is None:
-        return {"": int(raw[0])}  # one period: only its total matters
-    return {int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)}
+    plan = windows.window_plan(c.spec.window)
+    return plan.code, str(plan.bucket)

@@ -7,8 +7,10 @@
 -- ARGV[4..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
 -- Returns {sec, usec, admitted (1/0), per counter {used, idx, units, idx, units, ...}}:
--- the counted buckets come back so that the caller computes retry_after and resets_at
--- with the same code as the memory store.
+-- the counted total and live buckets (> 0) come back so that the caller computes
+-- retry_after and resets_at with the same code as the memory store. A counter whose
+-- amount fits needs only its oldest live bucket for that, so only that one comes back
+-- (a short reply); an exceeded counter returns them all.
 local sec, usec = now_parts(ARGV[1])
 local consume = ARGV[2] == '1'
 local hold_ttl = tonumber(ARGV[3])
@@ -16,6 +18,7 @@ local n = #KEYS
 if hold_ttl > 0 then n = n - 1 end
 
 -- Reads first: a WRONGTYPE error stops the script before anything was written.
+local tonumber = tonumber
 local plans, states = {}, {}
 local admitted = 1
 for i = 1, n do
@@ -23,26 +26,43 @@ for i = 1, n do
   local field, first, finish = slot(ARGV[base + 1], tonumber(ARGV[base + 2]), sec)
   local limit, amount = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local all = redis.call('HGETALL', KEYS[i])
-  local current = tonumber(field)
-  local used, state = 0, {0}
-  for j = 1, #all, 2 do
-    local value = tonumber(all[j + 1])
-    if first then
+  local used, stale = 0, {}
+  local oldest, oldest_value, current = nil, 0, nil
+  if first then
+    current = tonumber(field)
+    for j = 1, #all, 2 do
       local idx = tonumber(all[j])
-      if idx and idx >= first and idx <= current then
+      if idx == nil or idx < first then
+        stale[#stale + 1] = all[j]
+      elseif idx <= current then
+        local value = tonumber(all[j + 1])
         used = used + value
-        state[#state + 1] = idx
-        state[#state + 1] = value
+        if value > 0 and (oldest == nil or idx < oldest) then oldest, oldest_value = idx, value end
       end
-    elseif all[j] == field then
-      used = used + value
+    end
+  else
+    for j = 1, #all, 2 do
+      if all[j] == field then used = used + tonumber(all[j + 1]) else stale[#stale + 1] = all[j] end
     end
   end
-  state[1] = used
-  if (amount == 0 and used >= limit) or (amount > 0 and used + amount > limit) then
-    admitted = 0
+  local fits = (amount == 0 and used < limit) or (amount > 0 and used + amount <= limit)
+  if not fits then admitted = 0 end
+  local state = {used}
+  if first and fits then
+    if oldest then state[2], state[3] = oldest, oldest_value end
+  elseif first then
+    for j = 1, #all, 2 do
+      local idx = tonumber(all[j])
+      if idx and idx >= first and idx <= current then
+        local value = tonumber(all[j + 1])
+        if value > 0 then
+          state[#state + 1] = idx
+          state[#state + 1] = value
+        end
+      end
+    end
   end
-  plans[i] = {field = field, first = first, finish = finish, amount = amount, all = all,
+  plans[i] = {field = field, finish = finish, amount = amount, stale = stale,
               metric = ARGV[base + 5]}
   states[i] = state
 end
@@ -51,11 +71,15 @@ if consume then
   local held = {}
   for i = 1, n do
     local p = plans[i]
-    local stale = stale_fields(p.all, p.field, p.first)
-    if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
+    if #p.stale > 0 then redis.call('HDEL', KEYS[i], unpack(p.stale)) end
     if admitted == 1 and p.amount > 0 then
-      redis.call('HINCRBY', KEYS[i], p.field, int(p.amount))
-      redis.call('EXPIRE', KEYS[i], p.finish - sec)
+      local value = redis.call('HINCRBY', KEYS[i], p.field, int(p.amount))
+      if value == p.amount then
+        redis.call('EXPIRE', KEYS[i], p.finish - sec)  -- a new field: live as long as it counts
+      else
+        -- an earlier write to this field made the key live that long: no EXPIRE needed
+        keep_until(KEYS[i], p.finish, sec)
+      end
     end
     held[i] = {KEYS[i], p.field, p.metric, int(p.amount), int(p.finish)}
   end

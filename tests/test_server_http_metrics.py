@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import RedisServer
 from prometheus_client.parser import text_string_to_metric_families
 from server_harness import free_user, serving, write_rules
 
@@ -153,20 +154,20 @@ def test_health_readiness_and_routing(stack: Stack) -> None:
     assert _get(stack.url("/healthz"))[0] == 200  # alive while draining
 
 
-def test_readiness_reports_an_unreachable_store(tmp_path: Path) -> None:
-    engine = Engine.from_path(write_rules(tmp_path))
-
-    class _DownStore:
-        def ping(self) -> bool:
-            raise ConnectionError("connection refused")
-
-    class _View:
-        ruleset = engine.ruleset
-        store = _DownStore()
-
-    ok, reason = Readiness(_View()).check()  # type: ignore[arg-type]
-    assert not ok and "connection refused" in reason
-    engine.close()
+def test_readiness_follows_a_real_redis_going_down_and_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    engine = Engine.from_path(write_rules(tmp_path), store=redis_server.url, key_prefix="rz:")
+    readiness = Readiness(engine)
+    try:
+        assert readiness.check() == (True, "ready")
+        redis_server.kill()
+        ok, reason = readiness.check()
+        assert not ok and reason.startswith("counter store unreachable")
+        redis_server.start()
+        assert readiness.check() == (True, "ready")
+    finally:
+        engine.close()
 
 
 def test_router_params_and_extension_routes(tmp_path: Path) -> None:

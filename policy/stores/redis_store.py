@@ -190,6 +190,13 @@ class RedisCounterStore:
             raise StoreUnavailable(f"redis report script answered {text!r}")
         return text  # type: ignore[return-value]
 
+    def ping(self) -> bool:
+        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` when not."""
+        try:
+            return bool(self._client.ping())
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
     def close(self) -> None:
         self._client.close()
 

@@ -3,9 +3,11 @@
     python bench/bench_usage.py [--redis redis://HOST:PORT/DB] [--users 100000]
 
 Without ``--redis`` a private ``redis-server`` is started on a free port (nothing saved)
-and stopped at the end. Events are applied through ``apply`` (what a store runs inside
-its report step); listing is ``list(sort=-total_cost, limit=25)`` with ``--users``
-users in the store. Prints one table; takes about a minute.
+and stopped at the end. Reports are measured twice: whole, through ``Engine.report`` with
+examples/gateway.rules (validation, rule evaluation, counters and usage in one store
+step), and bare, through the usage ``apply`` a store runs inside that step. Listing is
+``list(sort=-total_cost, limit=25)`` with ``--users`` users in the store. Prints one
+table; takes about two minutes.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
 
+from tollway import Engine
 from tollway.policy.stores.usage_memory import MemoryUsage
 from tollway.policy.stores.usage_redis import _APPLY_LUA, RedisUsage, usage_args
 from tollway.policy.usage import ActivityQuery, UsageEvent, UsageQuery
 
+RULES = Path(__file__).resolve().parent.parent / "examples" / "gateway.rules"
 T0 = 1_800_000_000.0
 MODELS = ["openai/gpt-4.1", "openai/gpt-4.1-mini", "anthropic/claude-sonnet-4.6", "azure-eu/gpt-4.1"]
 
@@ -50,6 +55,27 @@ def rate(apply: Callable[[UsageEvent], None], evs: list[UsageEvent]) -> float:
     for e in evs:
         apply(e)
     return len(evs) / (time.perf_counter() - start)
+
+
+def engine_report_rate(store: str, n: int, key_prefix: str = "tollway:") -> float:
+    """Reports/s through ``Engine.report``: the whole report path of the server."""
+    engine = Engine.from_path(RULES, store=store, key_prefix=key_prefix)
+    reports = [
+        {
+            "request_id": f"e{i}", "user": {"id": f"user-{i % 10_000}"},
+            "group": {"id": f"group-{i % 500}"}, "model": MODELS[i % 4],
+            "input_tokens": 120 + i % 50, "output_tokens": 480, "cost_usd": 0.0031,
+        }
+        for i in range(n)
+    ]
+    for r in reports[:200]:  # warm caches (entities, scripts)
+        engine.report(r)
+    start = time.perf_counter()
+    for r in reports[200:]:
+        engine.report(r)
+    rate_ = (n - 200) / (time.perf_counter() - start)
+    engine.close()
+    return rate_
 
 
 def latency_ms(call: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -110,10 +136,11 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
 
     # ---------------------------------------------------------------- memory
+    mem_engine = engine_report_rate("memory", 30_000)
     mem = MemoryUsage()
     evs = list(events(200_000, 10_000))
     r = rate(mem.apply, evs)
-    rows.append(("apply (reports/s), 10k users", f"{r:,.0f}", ""))
+    rows.append(("usage apply alone (reports/s), 10k users", f"{r:,.0f}", ""))
     mem = MemoryUsage()
     for e in events(args.users * 2, args.users):
         mem.apply(e)
@@ -139,6 +166,7 @@ def main() -> None:
         store = RedisUsage(client, key_prefix=f"bench:{uuid.uuid4().hex[:8]}:")
         evs = list(events(20_000, 10_000))
         red_rate = rate(store.apply, evs)
+        red_engine = engine_report_rate(url, 10_000, key_prefix=f"bench:{uuid.uuid4().hex[:8]}:")
         store2 = RedisUsage(client, key_prefix=f"bench:{uuid.uuid4().hex[:8]}:")
         start = time.perf_counter()
         load_redis(client, store2, events(args.users * 2, args.users))
@@ -155,6 +183,14 @@ def main() -> None:
         client.close()
 
     rows[0] = (rows[0][0], rows[0][1], f"{red_rate:,.0f} (1 EVALSHA round trip each)")
+    rows.insert(
+        0,
+        (
+            "Engine.report (reports/s), 10k users",
+            f"{mem_engine:,.0f}",
+            f"{red_engine:,.0f} (1 EVALSHA round trip each)",
+        ),
+    )
     n = f"{args.users:,}"
     rows += [
         (f"bulk load {args.users * 2:,} events (pipelined)", "", f"{load_s:.1f} s"),

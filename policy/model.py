@@ -204,8 +204,13 @@ class EntityRef:
         unknown = () if data.keys() <= _ENTITY_FIELDS else set(data) - _ENTITY_FIELDS
         if unknown:
             raise ValueError(f"{name}: unknown field {sorted(unknown)[0]!r}")
-        ident = _need_str(data.get("id"), f"{name}.id", max_bytes=MAX_ID_BYTES, allow_empty=False)
-        return cls(ident, _need_metadata(data.get("metadata"), f"{name}.metadata"))
+        return cls.of(data.get("id"), data.get("metadata"), name)
+
+    @classmethod
+    def of(cls, id: Any, metadata: Any, name: str) -> EntityRef:
+        """The checks of ``parse`` on an entity whose fields a transport already read apart."""
+        ident = _need_str(id, f"{name}.id", max_bytes=MAX_ID_BYTES, allow_empty=False)
+        return cls(ident, _need_metadata(metadata, f"{name}.metadata"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +227,15 @@ class Estimate:
         unknown = () if data.keys() <= _ESTIMATE_FIELDS else set(data) - _ESTIMATE_FIELDS
         if unknown:
             raise ValueError(f"estimate: unknown field {sorted(unknown)[0]!r}")
+        return cls.of(data.get("input_tokens"), data.get("output_tokens"), data.get("cost_usd"))
+
+    @classmethod
+    def of(cls, input_tokens: Any, output_tokens: Any, cost_usd: Any) -> Estimate:
+        """The checks of ``parse`` on fields a transport already read apart."""
         return cls(
-            _need_count(data.get("input_tokens"), "estimate.input_tokens"),
-            _need_count(data.get("output_tokens"), "estimate.output_tokens"),
-            _need_amount(data.get("cost_usd"), "estimate.cost_usd"),
+            _need_count(input_tokens, "estimate.input_tokens"),
+            _need_count(output_tokens, "estimate.output_tokens"),
+            _need_amount(cost_usd, "estimate.cost_usd"),
         )
 
 
@@ -264,6 +274,35 @@ class DecideRequest:
             attributes=_need_attributes(data.get("attributes"), "attributes"),
             estimate=Estimate.parse(data.get("estimate")),
             dry_run=dry_run,
+        )
+
+    @classmethod
+    def of(
+        cls,
+        request_id: Any,
+        user: tuple[Any, Any] | None,
+        group: tuple[Any, Any] | None,
+        model: Any,
+        attributes: Any,
+        estimate: tuple[Any, Any, Any] | None,
+        dry_run: Any,
+    ) -> DecideRequest:
+        """``parse`` for a transport that already holds the fields apart (no mapping to build).
+
+        ``user``/``group`` are ``(id, metadata)`` or None, ``estimate`` is
+        ``(input_tokens, output_tokens, cost_usd)`` or None. The same checks in the same
+        order as ``parse``, so both reject a request with the same message.
+        """
+        if not isinstance(dry_run, bool):
+            raise ValueError("dry_run: must be true or false")
+        return cls(
+            _need_str(request_id, "request_id", max_bytes=MAX_ID_BYTES),
+            None if user is None else EntityRef.of(user[0], user[1], "user"),
+            None if group is None else EntityRef.of(group[0], group[1], "group"),
+            _need_str(model, "model", max_bytes=MAX_MODEL_BYTES),
+            _need_attributes(attributes, "attributes"),
+            Estimate() if estimate is None else Estimate.of(*estimate),
+            dry_run,
         )
 
 

@@ -15,12 +15,12 @@ from google.protobuf import struct_pb2
 from tollway.dsl.ast import Value
 from tollway.dsl.compiled import RuleTrace
 from tollway.policy.entities import EntityView
-from tollway.policy.model import Decision, Explanation, QuotaStatus, ReportAck
+from tollway.policy.model import DecideRequest, Decision, Explanation, QuotaStatus, ReportAck
 from tollway.v1 import tollway_pb2 as pb
 
 __all__ = [
     "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
-    "decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
+    "decide_request", "to_decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
     "explanation_to_proto", "entity_to_proto", "quota_to_proto",
     "usage_record_to_proto", "usage_detail_to_proto", "list_usage_to_proto",
 ]
@@ -61,7 +61,14 @@ def value_to_python(value: struct_pb2.Value, name: str = "value", depth: int = 0
 
 
 def struct_to_dict(struct: struct_pb2.Struct, name: str = "metadata") -> dict[str, Value]:
-    return {k: value_to_python(v, name, 1) for k, v in struct.fields.items()}
+    # ``value_to_python`` inlined for strings, the usual metadata value; same results
+    out: dict[str, Value] = {}
+    for k, v in struct.fields.items():
+        if v.WhichOneof("kind") == "string_value":
+            out[k] = v.string_value
+        else:
+            out[k] = value_to_python(v, name, 1)
+    return out
 
 
 def python_to_value(value: Any, out: struct_pb2.Value | None = None) -> struct_pb2.Value:
@@ -106,6 +113,39 @@ def _entity(msg: Any, parent: Any, field: str) -> dict[str, Any] | None:
     if msg.HasField("metadata"):
         out["metadata"] = struct_to_dict(msg.metadata, field + ".metadata")
     return out
+
+
+def _entity_fields(msg: Any, parent: Any, field: str) -> tuple[str, Any] | None:
+    """``_entity`` as ``(id, metadata)`` for ``DecideRequest.of``."""
+    if not parent.HasField(field):
+        return None
+    if msg.HasField("metadata"):
+        return msg.id, struct_to_dict(msg.metadata, field + ".metadata")
+    return msg.id, None
+
+
+def to_decide_request(msg: pb.DecideRequest) -> DecideRequest:
+    """``DecideRequest.parse(decide_request(msg))`` without the intermediate mapping.
+
+    The same conversions, then ``DecideRequest.of``: the same checks in the same order,
+    so a bad request gets the same message by either path (tests compare them).
+    """
+    user = _entity_fields(msg.user, msg, "user")
+    group = _entity_fields(msg.group, msg, "group")
+    estimate = None
+    if msg.HasField("estimate"):
+        e = msg.estimate
+        estimate = (e.input_tokens, e.output_tokens, e.cost_usd)
+    attributes = msg.attributes
+    return DecideRequest.of(
+        msg.request_id,
+        user,
+        group,
+        msg.model,
+        dict(attributes) if attributes else None,
+        estimate,
+        msg.dry_run,
+    )
 
 
 def decide_request(msg: pb.DecideRequest) -> dict[str, Any]:

@@ -7,6 +7,7 @@ live in one process. No label ever carries a user or group id: their number is u
 from __future__ import annotations
 
 import threading
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -25,6 +26,31 @@ STORE_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
+
+# Label sets kept per metric before the cache starts over (the metric keeps every child;
+# only the shortcut is dropped). Rule, quota and check names are few; models may not be.
+_MAX_CHILDREN = 4096
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class _Children(Generic[M]):
+    """A metric's children by label values: ``labels()`` validates and locks on every call
+    (microseconds, several times per decision), a dict lookup does not."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._cache.get(values)
+        if child is None:
+            if len(self._cache) >= _MAX_CHILDREN:
+                self._cache.clear()
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -94,40 +120,54 @@ class Metrics:
         for result in ("success", "error"):
             self.ruleset_reloads.labels(result)
         self._lock = threading.Lock()
+        # the hot path's label lookups (never for ruleset_info, which ``clear()`` resets)
+        self._decisions = _Children(self.decisions)
+        self._rule_matches = _Children(self.rule_matches)
+        self._shadow_matches = _Children(self.shadow_matches)
+        self._quota_exceeded = _Children(self.quota_exceeded)
+        self._routes = _Children(self.routes)
+        self._checks = _Children(self.checks)
+        self._reports = _Children(self.reports)
+        self._usage_tokens = _Children(self.usage_tokens)
+        self._usage_cost = _Children(self.usage_cost)
+        self._store_errors = _Children(self.store_errors)
+        self._store_seconds = _Children(self.store_seconds)
 
     # ---------------------------------------------------------------- Observer
 
     def decision(
         self, decision: Decision, requested_model: str, exceeded: tuple[str, ...], seconds: float
     ) -> None:
-        self.decisions.labels(decision.reason, "true" if decision.routed else "false").inc()
+        self._decisions(decision.reason, "true" if decision.routed else "false").inc()
         self.decide_seconds.observe(seconds)
-        for rule in decision.matched_rules:
-            self.rule_matches.labels(rule).inc()
+        if decision.matched_rules:
+            rule_matches = self._rule_matches
+            for rule in decision.matched_rules:
+                rule_matches(rule).inc()
         for rule in decision.shadow.matched_rules:
-            self.shadow_matches.labels(rule).inc()
+            self._shadow_matches(rule).inc()
         for quota in exceeded:
-            self.quota_exceeded.labels(quota).inc()
+            self._quota_exceeded(quota).inc()
         if not decision.allowed:  # a denied request goes nowhere and runs no checks
             return
         if decision.routed:
-            self.routes.labels(requested_model, decision.model).inc()
+            self._routes(requested_model, decision.model).inc()
         for check in decision.checks:
-            self.checks.labels(check).inc()
+            self._checks(check).inc()
 
     def report(self, report: UsageReport, outcome: str) -> None:
-        self.reports.labels(report.status).inc()
+        self._reports(report.status).inc()
         if outcome == "duplicate":
             return
         if report.total_tokens:
-            self.usage_tokens.labels(report.model).inc(report.total_tokens)
+            self._usage_tokens(report.model).inc(report.total_tokens)
         if report.cost_usd:
-            self.usage_cost.labels(report.model).inc(report.cost_usd)
+            self._usage_cost(report.model).inc(report.cost_usd)
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
-        self.store_seconds.labels(store, op).observe(seconds)
+        self._store_seconds(store, op).observe(seconds)
         if failed:
-            self.store_errors.labels(store, op).inc()
+            self._store_errors(store, op).inc()
 
     # ---------------------------------------------------------------- ruleset
 

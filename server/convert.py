@@ -7,7 +7,7 @@ mappings the model parses; results become messages field by field.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -22,7 +22,6 @@ __all__ = [
     "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
     "decide_request", "to_decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
     "explanation_to_proto", "entity_to_proto", "quota_to_proto",
-    "usage_record_to_proto", "usage_detail_to_proto", "list_usage_to_proto",
 ]
 
 _MAX_SAFE_INT = 2**53
@@ -270,81 +269,4 @@ def explanation_to_proto(e: Explanation) -> pb.Explanation:
 def entity_to_proto(view: EntityView) -> pb.EntityInfo:
     out = pb.EntityInfo(kind=view.kind, id=view.id, links=list(view.links))
     dict_to_struct(view.metadata, out.metadata)
-    return out
-
-
-# ------------------------------------------------------------------ usage
-# The usage engine returns records as mappings or objects with the proto's field names;
-# both are read the same way so the wire shape does not depend on the Python one.
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _time(out: Any, value: Any) -> None:
-    """Set a Timestamp from a unix time or a datetime; leave it unset for None."""
-    if value is None or value == "":
-        return
-    if hasattr(value, "timestamp"):
-        value = value.timestamp()
-    _set_timestamp(out, float(value))
-
-
-def usage_record_to_proto(rec: Any, out: pb.UsageRecord | None = None) -> pb.UsageRecord:
-    out = pb.UsageRecord() if out is None else out
-    out.user_id = _get(rec, "user_id") or ""
-    out.group_id = _get(rec, "group_id") or ""
-    for name in ("request_count", "total_tokens", "input_tokens", "output_tokens"):
-        setattr(out, name, int(_get(rec, name, 0) or 0))
-    out.total_cost = float(_get(rec, "total_cost", 0.0) or 0.0)
-    out.total_duration = float(_get(rec, "total_duration", 0.0) or 0.0)
-    _time(out.first_seen, _get(rec, "first_seen"))
-    _time(out.last_seen, _get(rec, "last_seen"))
-    models = _get(rec, "models") or ()
-    items: Iterable[Any] = (
-        ({"model": k, **dict(v)} for k, v in models.items())
-        if isinstance(models, Mapping)
-        else models
-    )
-    for m in items:
-        out.models.add(
-            model=str(_get(m, "model", "")),
-            request_count=int(_get(m, "request_count", 0) or 0),
-            total_tokens=int(_get(m, "total_tokens", 0) or 0),
-            total_cost=float(_get(m, "total_cost", 0.0) or 0.0),
-        )
-    return out
-
-
-def usage_detail_to_proto(detail: Any) -> pb.UsageDetail:
-    out = pb.UsageDetail()
-    usage_record_to_proto(_get(detail, "usage", detail), out.usage)
-    for model, cost in dict(_get(detail, "cost_by_model") or {}).items():
-        out.cost_by_model[str(model)] = float(cost)
-    recent = _get(detail, "recent_reports")
-    if recent is None:
-        recent = _get(detail, "recent") or ()
-    for r in recent:
-        ev = out.recent_reports.add()
-        _time(ev.time, _get(r, "time"))
-        for name in ("request_id", "decision_id", "user_id", "group_id", "model", "status"):
-            setattr(ev, name, str(_get(r, name, "") or ""))
-        ev.input_tokens = int(_get(r, "input_tokens", 0) or 0)
-        ev.output_tokens = int(_get(r, "output_tokens", 0) or 0)
-        ev.cost_usd = float(_get(r, "cost_usd", 0.0) or 0.0)
-        ev.duration_seconds = float(_get(r, "duration_seconds", 0.0) or 0.0)
-    return out
-
-
-def list_usage_to_proto(page: Any) -> pb.ListUsageResponse:
-    out = pb.ListUsageResponse(count=int(_get(page, "count", 0) or 0))
-    for name in ("next", "previous"):
-        offset = _get(page, name)
-        if offset is not None:
-            setattr(out, name, int(offset))
-    for rec in _get(page, "results") or ():
-        usage_record_to_proto(rec, out.results.add())
     return out

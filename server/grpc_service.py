@@ -20,11 +20,11 @@ import grpc
 
 from tollway.policy.engine import Engine
 from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.usage import UsageQuery, need_id
+from tollway.policy.usage import need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
-from . import convert
+from . import convert, usage_convert
 
 __all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
 
@@ -150,31 +150,17 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
-        which = request.WhichOneof("subject")
-        if which is None:
-            raise ValueError("user_id: one of user_id or group_id is required")
-        kind = "user" if which == "user_id" else "group"
-        ident = need_id(getattr(request, which), which)
+        kind, ident = usage_convert.get_request(request)
+        ident = need_id(ident, f"{kind}_id")
         detail = await self._call(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
-        return convert.usage_detail_to_proto(detail)
+        return usage_convert.detail_to_proto(detail)
 
     @_rpc
     async def ListUsage(
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
-        params: dict[str, Any] = {
-            "kind": request.kind, "search": request.search, "sort": request.sort,
-            "offset": request.offset, "limit": request.limit or None,
-            "start": _unix(request.start) if request.HasField("start") else None,
-            "end": _unix(request.end) if request.HasField("end") else None,
-        }
-        # empty values mean "the default"; the query names a bad parameter in its ValueError
-        query = UsageQuery.parse({k: v for k, v in params.items() if v not in ("", None)})
+        query = usage_convert.list_request(request)  # names a bad parameter in its ValueError
         page = await self._call(self._engine.list_usage, query)
-        return convert.list_usage_to_proto(page)
-
-
-def _unix(ts: Any) -> float:
-    return float(ts.seconds) + ts.nanos / 1e9
+        return usage_convert.page_to_proto(page)

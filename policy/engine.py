@@ -1,4 +1,4 @@
-"""The engine: one object that decides, reports and explains (SPEC §10).
+"""The engine: one object that decides, reports and explains (the in-process API).
 
 Every transport (gRPC, HTTP, the CLI, an embedding gateway) calls the same methods, so
 there is one behaviour. The engine holds one immutable ``CompiledRuleset`` reference;

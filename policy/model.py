@@ -1,6 +1,6 @@
 """Values that cross the engine's boundary: validated requests in, decisions out.
 
-Field names are the proto's (SPEC §5) so that the gRPC layer is a mechanical
+Field names are the proto's so that the gRPC layer is a mechanical
 translation. Validation lives here, once, so that the Python API and every transport
 reject the same inputs with the same messages.
 """
@@ -371,7 +371,7 @@ class UsageReport:
 
 @dataclass(frozen=True, slots=True)
 class QuotaStatus:
-    """One quota counter as a decision saw it (SPEC §5 ``QuotaStatus``).
+    """One quota counter as a decision saw it (the proto's ``QuotaStatus``).
 
     ``used`` is the usage before this decision; ``retry_after`` is in seconds and
     ``resets_at`` a unix timestamp (None when the store could not be read).

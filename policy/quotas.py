@@ -33,7 +33,7 @@ def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: st
 
     ``u=<user>``, ``g=<group>``, ``g=<group>/u=<user>``, ``*``; ``+m=<model>`` appended
     for ``and model`` scopes. A user-only request has no group key: group quotas do not
-    apply to it (SPEC §2).
+    apply to it.
     """
     if scope.subject == "user":
         if user_id is None:

@@ -373,8 +373,9 @@ class UsageReport:
 class QuotaStatus:
     """One quota counter as a decision saw it (the proto's ``QuotaStatus``).
 
-    ``used`` is the usage before this decision; ``retry_after`` is in seconds and
-    ``resets_at`` a unix timestamp (None when the store could not be read).
+    ``used`` includes this decision's amount when the decision consumed it, and is the
+    usage before it otherwise (denied, dry run, explain); ``retry_after`` is in seconds
+    and ``resets_at`` a unix timestamp (None when the store could not be read).
     """
 
     name: str

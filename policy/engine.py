@@ -8,6 +8,7 @@ its start, so in-flight decisions finish on the rules they began with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,7 +43,15 @@ from .stores.base import (
     ReportOutcome,
     StoreUnavailable,
 )
-from .usage import ActivityQuery, Retention, UsageDetail, UsageEvent, UsagePage, UsageQuery
+from .usage import (
+    ActivityQuery,
+    RequestSeen,
+    Retention,
+    UsageDetail,
+    UsageEvent,
+    UsagePage,
+    UsageQuery,
+)
 
 __all__ = ["Engine"]
 
@@ -279,14 +288,19 @@ class Engine:
                 decision_id=decision_id,
                 **base,
             ), ()
-        if not specs:
-            return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
         consume = consume and not request.dry_run
+        # usage counts the request where it is admitted (a report with this decision_id
+        # then adds only amounts); explain and dry runs count nothing
+        seen = self._request_seen(request, verdict.model) if consume else None
+        if not specs:
+            if seen is not None:
+                self._count_request(seen)
+            return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
         try:
             states: list[CounterState] = self._store_call(
                 "consume" if consume else "peek",
                 lambda: self._store.check_and_consume(
-                    specs, consume=consume, hold_id=decision_id if consume else None
+                    specs, consume=consume, hold_id=decision_id if consume else None, seen=seen
                 ),
             )
         except StoreUnavailable as exc:
@@ -308,6 +322,23 @@ class Engine:
         return Decision(
             allowed=True, reason="ALLOWED", quotas=statuses, decision_id=decision_id, **base
         ), ()
+
+    def _request_seen(self, request: DecideRequest, model: str) -> RequestSeen | None:
+        """The usage a consumed decision counts, if it names anyone to count it for."""
+        user = request.user.id if request.user is not None else ""
+        group = request.group.id if request.group is not None else ""
+        if not user and not group:
+            return None
+        return RequestSeen(self._clock(), user, group, model)
+
+    def _count_request(self, seen: RequestSeen) -> None:
+        """Count an allowed decision that has no counters (one store call).
+
+        Usage is an account, not a limit: if the store is down the decision stands and
+        only the failed call is observed.
+        """
+        with contextlib.suppress(StoreUnavailable):
+            self._store_call("consume", lambda: self._store.record_request(seen))
 
     def _store_down(
         self, specs: list[CounterSpec], base: dict[str, Any], decision_id: str, exc: Exception
@@ -379,7 +410,9 @@ class Engine:
         With a live ``decision_id`` the reservation made by ``decide`` is replaced by
         the actuals. Without one (or once it expired), the actual tokens and cost are
         added to the quotas that apply to the reported user, group and model; requests
-        are not counted again, since ``decide`` counted them.
+        are not counted again, since ``decide`` counted them. Usage likewise: a report
+        with a ``decision_id`` adds amounts only (``decide`` counted the request); one
+        without counts its request too (a gateway that only reports).
         """
         rep = UsageReport.parse(report)
         ruleset = self._ruleset

@@ -1,10 +1,14 @@
 """Per-user and per-group usage: the values, the query rules and the store contract.
 
-A usage event is recorded by the counter store in the same atomic step as the report's
-counter update and its ``request_id`` check, so a report repeated (even racing on two
-replicas) is counted once. This module is the pure part: what an event and an aggregate
-are, how a listing query is validated (once, for every transport), and the reader and
-writer protocols the memory and Redis implementations share.
+Requests are counted where they are admitted: an allowed, consumed ``Decide`` is a
+``RequestSeen`` that the counter store applies in the same atomic step as the decision's
+counters. Amounts come from reports: a usage event is recorded in the same atomic step
+as the report's counter update and its ``request_id`` check, so a report repeated (even
+racing on two replicas) is counted once; it counts a request too only when no decision
+counted it (a report without ``decision_id``). This module is the pure part: what an
+event and an aggregate are, how a listing query is validated (once, for every
+transport), and the reader and writer protocols the memory and Redis implementations
+share.
 
 Amounts are aggregated as integers so that both implementations, and any order of
 concurrent updates, give exactly the same totals: cost in nano-USD (1e-9; a single
@@ -32,6 +36,7 @@ __all__ = [
     "RECENT_REPORTS",
     "UsageParamError",
     "UsageEvent",
+    "RequestSeen",
     "ModelUsage",
     "UsageRecord",
     "UsageDetail",
@@ -201,8 +206,9 @@ class UsageEvent:
     """One report as usage records it; field names are the proto's ``UsageEvent``.
 
     ``time`` is when tollway received the report (unix seconds). ``counts_request`` says
-    whether the event adds one to ``request_count`` (False for an event that only adds
-    amounts). ``kind`` names the kind of record ("report"), for the activity export.
+    whether the event adds one to ``request_count``: False for a report that carries a
+    ``decision_id`` (its ``Decide`` counted the request), so it only adds amounts.
+    ``kind`` names the kind of record ("report"), for the activity export.
     """
 
     time: float
@@ -226,9 +232,15 @@ class UsageEvent:
 
     @classmethod
     def from_report(
-        cls, report: UsageReport, time: float, *, counts_request: bool = True
+        cls, report: UsageReport, time: float, *, counts_request: bool | None = None
     ) -> UsageEvent:
-        """The event for a validated report received at ``time`` (unix seconds)."""
+        """The event for a validated report received at ``time`` (unix seconds).
+
+        ``counts_request`` defaults to "no ``decision_id``": a decided request was counted
+        by its ``Decide``; a report alone (a gateway that only tracks) counts its own.
+        """
+        if counts_request is None:
+            counts_request = not report.decision_id
         return cls(
             time=time,
             request_id=report.request_id,
@@ -279,6 +291,20 @@ class UsageEvent:
         data = json.loads(text)
         data.pop("total_tokens", None)
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSeen:
+    """One admitted, consumed decision as usage counts it: one request at ``time`` (unix
+    seconds) for the user and the group (each when named) and the served ``model``.
+
+    It adds no amounts, no recent report and no activity entry: those come from reports.
+    """
+
+    time: float
+    user_id: str = ""
+    group_id: str = ""
+    model: str = ""
 
 
 # ------------------------------------------------------------------ aggregates
@@ -379,25 +405,37 @@ class Totals:
         return self.input_tokens + self.output_tokens
 
     def add(self, event: UsageEvent) -> None:
-        t = time_units(event.time)
-        n = 1 if event.counts_request else 0
+        """A report: its amounts, and one request when ``event.counts_request``."""
+        m = self._touch(time_units(event.time), event.model)
         cost = cost_units(event.cost_usd)
-        if self.first_seen_us < 0:
-            self.first_seen_us = self.last_seen_us = t
-        else:
-            self.first_seen_us = min(self.first_seen_us, t)
-            self.last_seen_us = max(self.last_seen_us, t)
-        self.request_count += n
+        if event.counts_request:
+            self.request_count += 1
+            m[0] += 1
         self.input_tokens += event.input_tokens
         self.output_tokens += event.output_tokens
         self.cost_nusd += cost
         self.duration_us += duration_units(event.duration_seconds)
-        m = self.models.get(event.model)
-        if m is None:
-            m = self.models[event.model] = [0, 0, 0]
-        m[0] += n
         m[1] += event.total_tokens
         m[2] += cost
+
+    def count(self, seen: RequestSeen) -> None:
+        """A decision: one request for ``seen.model``, no amounts."""
+        self._touch(time_units(seen.time), seen.model)[0] += 1
+        self.request_count += 1
+
+    def _touch(self, t: int, model: str) -> list[int]:
+        """Widen first/last seen to ``t``; the model's slot (created when new)."""
+        if self.first_seen_us < 0:
+            self.first_seen_us = self.last_seen_us = t
+        else:
+            if t < self.first_seen_us:
+                self.first_seen_us = t
+            if t > self.last_seen_us:
+                self.last_seen_us = t
+        m = self.models.get(model)
+        if m is None:
+            m = self.models[model] = [0, 0, 0]
+        return m
 
     def sort_value(self, sort_field: str) -> int:
         if sort_field == "last_seen":
@@ -673,6 +711,11 @@ class UsageWriter(Protocol):
         Called by a counter store inside its own atomic step, only for a report that is
         not a duplicate.
         """
+        ...
+
+    def count_request(self, seen: RequestSeen) -> None:
+        """Count one admitted request: ``request_count`` (entity and model), first and
+        last seen. Called by a counter store inside the decision's atomic step."""
         ...
 
 

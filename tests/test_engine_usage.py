@@ -1,36 +1,77 @@
-"""Usage recorded through ``Engine.report`` on both stores: once per request_id, with the counters."""
+"""Usage through the engine on both stores: ``Decide`` counts the admitted request (in the
+same store call as its counters), ``Report`` adds the amounts once per request_id."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 
 from tollway import Engine
+from tollway.policy.usage import SORT_FIELDS
 
 RULES = """
 quota tok limits tokens to 1_000_000 per 1d for each user
 rule all { enforce tok }
 """
 
+# a route, a deny, a quota that runs out, and a path with no quota at all
+ROUTED = """
+default allow
+quota tok limits tokens to 1_000_000 per 1d for each user
+quota few limits requests to 2 per 1d for each user
+rule big { route "small" if request.model == "big" }
+rule banned {
+    when user.id == "mallory"
+    deny "banned"
+}
+rule counted { enforce tok }
+rule scarce {
+    when user.id == "scarce"
+    enforce few
+}
+"""
+
+NO_QUOTAS = """
+default allow
+rule banned {
+    when user.id == "mallory"
+    deny "banned"
+}
+"""
+
+Make = Callable[[str], list[Engine]]
+
 
 @pytest.fixture(params=["memory", "redis"])
-def engines(request: pytest.FixtureRequest) -> Iterator[list[Engine]]:
-    """Two engines on one store: two replicas on Redis, the same engine twice in memory."""
-    if request.param == "memory":
-        e = Engine.from_text(RULES, store="memory")
-        yield [e, e]
+def make(request: pytest.FixtureRequest) -> Iterator[Make]:
+    """``make(rules)``: two engines on one store (two replicas on Redis, the same engine
+    twice in memory)."""
+    made: list[Engine] = []
+
+    def factory(rules: str) -> list[Engine]:
+        if request.param == "memory":
+            e = Engine.from_text(rules, store="memory")
+            made.append(e)
+            return [e, e]
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix") + f"{len(made)}:"
+        pair = [Engine.from_text(rules, store=url, key_prefix=prefix) for _ in range(2)]
+        made.extend(pair)
+        return pair
+
+    yield factory
+    for e in made:
         e.close()
-        return
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("redis_prefix")
-    pair = [Engine.from_text(RULES, store=url, key_prefix=prefix) for _ in range(2)]
-    yield pair
-    for e in pair:
-        e.close()
+
+
+@pytest.fixture
+def engines(make: Make) -> list[Engine]:
+    return make(RULES)
 
 
 def test_reports_build_per_user_and_group_usage(engines: list[Engine]) -> None:
@@ -78,6 +119,126 @@ def test_a_report_racing_on_two_replicas_counts_once(engines: list[Engine]) -> N
     assert tok.used == 10
 
 
+def counts(e: Engine, kind: str, ident: str) -> tuple[int, dict[str, int]]:
+    """``request_count`` and per-model request counts (0 and {} when nothing recorded)."""
+    detail = e.get_usage(kind, ident)
+    if detail is None:
+        return 0, {}
+    return detail.usage.request_count, {m.model: m.request_count for m in detail.usage.models}
+
+
+def test_a_decide_counts_one_request_for_user_group_and_served_model(make: Make) -> None:
+    e = make(ROUTED)[0]
+    before = time.time()
+    d = e.decide({"user": {"id": "ann"}, "group": {"id": "acme"}, "model": "big"})
+    assert d.allowed and d.model == "small" and d.routed
+    assert counts(e, "user", "ann") == (1, {"small": 1})
+    assert counts(e, "group", "acme") == (1, {"small": 1})
+    detail = e.get_usage("user", "ann")
+    assert detail is not None
+    u = detail.usage
+    assert before <= u.first_seen == u.last_seen <= time.time()
+    assert (u.total_tokens, u.total_cost, u.total_duration) == (0, 0.0, 0.0)
+    assert detail.recent_reports == ()  # a decision is not a report
+    assert list(e.activity()) == []
+    for field in SORT_FIELDS:  # known from a decision alone, yet in every listing
+        assert [r.user_id for r in e.list_usage(sort=field).results] == ["ann"], field
+    e.decide({"user": {"id": "ann"}, "model": "other"})  # no group: the user only
+    assert counts(e, "user", "ann") == (2, {"small": 1, "other": 1})
+    assert counts(e, "group", "acme") == (1, {"small": 1})
+
+
+def test_a_report_with_its_decision_id_adds_amounts_only(make: Make) -> None:
+    e, other = make(ROUTED)
+    d = e.decide({"user": {"id": "ann"}, "group": {"id": "acme"}, "model": "big",
+                  "estimate": {"output_tokens": 50}})
+    ack = other.report({"request_id": "r1", "decision_id": d.decision_id,
+                        "user": {"id": "ann"}, "group": {"id": "acme"}, "model": "small",
+                        "input_tokens": 10, "output_tokens": 20, "cost_usd": 0.5,
+                        "duration_seconds": 2.0})
+    assert ack.outcome == "settled"
+    for kind, ident in (("user", "ann"), ("group", "acme")):
+        detail = e.get_usage(kind, ident)
+        assert detail is not None
+        u = detail.usage
+        assert (u.request_count, u.total_tokens, u.total_cost, u.total_duration) == (
+            1, 30, 0.5, 2.0)
+        assert [(m.model, m.request_count, m.total_tokens) for m in u.models] == [
+            ("small", 1, 30)]
+        assert u.last_seen >= u.first_seen
+        assert [(r.request_id, r.counts_request) for r in detail.recent_reports] == [
+            ("r1", False)]
+    assert [ev.counts_request for ev in e.activity()] == [False]
+
+
+def test_a_report_without_decision_id_counts_its_request(make: Make) -> None:
+    e = make(ROUTED)[0]
+    e.report({"request_id": "t1", "user": {"id": "tracker"}, "group": {"id": "g"},
+              "model": "m", "input_tokens": 4, "cost_usd": 0.25})
+    e.report({"request_id": "t1", "user": {"id": "tracker"}, "group": {"id": "g"},
+              "model": "m", "input_tokens": 4, "cost_usd": 0.25})  # a retry: counted once
+    assert counts(e, "user", "tracker") == (1, {"m": 1})
+    assert counts(e, "group", "g") == (1, {"m": 1})
+    d = e.decide({"user": {"id": "tracker"}, "model": "m"})
+    for _ in range(2):
+        e.report({"request_id": "t2", "decision_id": d.decision_id, "user": {"id": "tracker"},
+                  "model": "m", "input_tokens": 6})
+    detail = e.get_usage("user", "tracker")
+    assert detail is not None
+    assert (detail.usage.request_count, detail.usage.input_tokens) == (2, 10)
+    assert [r.request_id for r in detail.recent_reports] == ["t2", "t1"]
+
+
+def test_denied_dry_run_and_explain_count_nothing(make: Make) -> None:
+    e = make(ROUTED)[0]
+    assert not e.decide({"user": {"id": "mallory"}, "group": {"id": "acme"}}).allowed
+    assert e.decide({"user": {"id": "ann"}, "group": {"id": "acme"}, "dry_run": True}).allowed
+    assert e.explain({"user": {"id": "ann"}, "group": {"id": "acme"}}).decision.allowed
+    for kind, ident in (("user", "mallory"), ("user", "ann"), ("group", "acme")):
+        assert e.get_usage(kind, ident) is None
+    outcomes = [e.decide({"user": {"id": "scarce"}}).reason for _ in range(4)]
+    assert outcomes == ["ALLOWED", "ALLOWED", "QUOTA_EXCEEDED", "QUOTA_EXCEEDED"]
+    assert counts(e, "user", "scarce") == (2, {"": 2})
+    assert e.list_usage().count == 1
+
+
+def test_a_decision_without_quotas_counts_too(make: Make) -> None:
+    e = make(NO_QUOTAS)[0]
+    d = e.decide({"user": {"id": "ann"}, "group": {"id": "acme"}, "model": "m"})
+    assert d.allowed and d.quotas == ()
+    assert not e.decide({"user": {"id": "mallory"}}).allowed
+    e.decide({"user": {"id": "ann"}, "model": "m", "dry_run": True})
+    e.decide({"model": "m"})  # nobody named: nothing to count it for
+    assert counts(e, "user", "ann") == (1, {"m": 1})
+    assert counts(e, "group", "acme") == (1, {"m": 1})
+    assert e.get_usage("user", "mallory") is None
+    e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "ann"},
+              "model": "m", "cost_usd": 1.0})
+    detail = e.get_usage("user", "ann")
+    assert detail is not None
+    assert (detail.usage.request_count, detail.usage.total_cost) == (1, 1.0)
+
+
+def test_concurrent_decides_on_two_replicas_count_exactly(make: Make) -> None:
+    pair = make(ROUTED)
+    barrier = threading.Barrier(10)
+
+    def decide(i: int) -> bool:
+        if i < 10:
+            barrier.wait()
+        user = "scarce" if i % 5 == 0 else "busy"
+        d = pair[i % 2].decide({"user": {"id": user}, "group": {"id": "crowd"}, "model": "big"})
+        return d.allowed
+
+    with ThreadPoolExecutor(10) as pool:
+        allowed = list(pool.map(decide, range(60)))
+    # 48 requests of "busy", 12 of "scarce" of which its quota admits exactly 2
+    assert sum(allowed) == 50
+    assert counts(pair[1], "user", "busy") == (48, {"small": 48})
+    assert counts(pair[0], "user", "scarce") == (2, {"small": 2})
+    assert counts(pair[0], "group", "crowd") == (50, {"small": 50})
+
+
 def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) -> None:
     e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix)
     client = redis.Redis.from_url(redis_url)
@@ -89,11 +250,44 @@ def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) 
         e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "c"},
                   "output_tokens": 7, "cost_usd": 0.01})
         after = _calls(client)
-        # one script per decide and one per report; nothing else from the client
+        # one script per decide (which also counts the request) and one per report;
+        # nothing else from the client
         assert after["evalsha"] - before["evalsha"] == 2
+        assert {k for k in after if after[k] != before.get(k)} <= {"evalsha", "info"} | _SCRIPTED
+        assert after["zadd"] > before["zadd"]  # the usage indexes moved inside the scripts
+        detail = e.get_usage("user", "c")
+        assert detail is not None and detail.usage.request_count == 2
+    finally:
+        client.close()
+        e.close()
+
+
+def test_a_decision_without_quotas_is_one_round_trip_on_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        e.decide({"user": {"id": "c"}})  # fills the entity cache and the script cache
+        before = _calls(client)
+        e.decide({"user": {"id": "c"}})
+        after = _calls(client)
+        assert after["evalsha"] - before["evalsha"] == 1
         assert {k for k in after if after[k] != before.get(k)} <= {"evalsha", "info"} | _SCRIPTED
     finally:
         client.close()
+        e.close()
+
+
+def test_an_unreachable_redis_loses_the_count_not_the_decision(redis_server: object) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    e = Engine.from_text(NO_QUOTAS, store=url)
+    try:
+        assert e.decide({"user": {"id": "a"}}).allowed
+        redis_server.kill()  # type: ignore[attr-defined]
+        d = e.decide({"user": {"id": "a"}, "group": {"id": "g"}})
+        assert d.allowed and d.reason == "ALLOWED"
+    finally:
         e.close()
 
 

@@ -17,6 +17,7 @@ from tollway.policy.stores.usage_redis import RedisUsage
 from tollway.policy.usage import (
     SORT_FIELDS,
     ActivityQuery,
+    RequestSeen,
     Retention,
     UsageEvent,
     UsagePage,
@@ -30,6 +31,8 @@ T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 class Usage(UsageReader, Protocol):
     def apply(self, event: UsageEvent) -> None: ...
+
+    def count_request(self, seen: RequestSeen) -> None: ...
 
 
 Factory = Callable[..., Usage]
@@ -129,6 +132,42 @@ def test_counts_request_false_adds_amounts_only(usage: Usage) -> None:
     rec = listing(usage).results[0]
     assert (rec.request_count, rec.input_tokens, rec.total_cost) == (1, 15, 0.75)
     assert rec.models[0].request_count == 1
+
+
+def test_a_counted_request_adds_the_request_side_only(usage: Usage) -> None:
+    usage.count_request(RequestSeen(T0 + 3, "alice", "acme", "gpt"))
+    usage.apply(ev("alice", "acme", t=T0 + 5, model="gpt", inp=7, cost=0.25,
+                   counts_request=False))
+    usage.count_request(RequestSeen(T0 + 1, "alice", "", "claude"))  # an earlier clock
+    detail = usage.get("user", "alice")
+    assert detail is not None
+    rec = detail.usage
+    assert (rec.request_count, rec.first_seen, rec.last_seen) == (2, T0 + 1, T0 + 5)
+    assert (rec.input_tokens, rec.total_cost) == (7, 0.25)
+    assert [(m.model, m.request_count, m.total_tokens) for m in rec.models] == [
+        ("gpt", 1, 7), ("claude", 1, 0),
+    ]
+    assert [e.time for e in detail.recent_reports] == [T0 + 5]  # requests are not reports
+    assert len(list(usage.activity(ActivityQuery()))) == 1
+    group = usage.get("group", "acme")
+    assert group is not None
+    assert (group.usage.request_count, group.usage.first_seen) == (1, T0 + 3)
+
+
+def test_entities_known_from_requests_alone_are_in_every_listing(usage: Usage) -> None:
+    usage.apply(ev("ann", t=T0, cost=0.5, inp=3))
+    usage.count_request(RequestSeen(T0 + 2, "bob", "", "m"))
+    usage.count_request(RequestSeen(T0 + 4, "bob", "", "m"))
+    usage.apply(ev("cat", t=T0 + 1, cost=0.1, counts_request=False))
+    for field in SORT_FIELDS:
+        page = listing(usage, sort=field)
+        assert sorted(ids(page)) == ["ann", "bob", "cat"] and page.count == 3, field
+    assert ids(listing(usage, sort="-request_count")) == ["bob", "ann", "cat"]
+    assert ids(listing(usage, sort="-total_cost")) == ["ann", "cat", "bob"]
+    assert ids(listing(usage, sort="-last_seen")) == ["bob", "cat", "ann"]
+    assert ids(listing(usage, start=T0 + 3)) == ["bob"]
+    bob = usage.get("user", "bob")
+    assert bob is not None and bob.usage.request_count == 2 and bob.usage.total_cost == 0
 
 
 def test_reports_without_user_or_group_only_reach_the_activity_log(usage: Usage) -> None:

@@ -10,8 +10,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.stores.usage_redis import USAGE_ARGC, USAGE_LUA, RedisUsage, usage_args
-from tollway.policy.usage import ActivityQuery, Retention, UsageEvent, UsageQuery
+from tollway.policy.stores.usage_redis import (
+    REQUEST_ARGC,
+    USAGE_ARGC,
+    USAGE_LUA,
+    RedisUsage,
+    request_args,
+    usage_args,
+)
+from tollway.policy.usage import ActivityQuery, RequestSeen, Retention, UsageEvent, UsageQuery
 
 pytestmark = pytest.mark.redis
 
@@ -79,6 +86,30 @@ def test_key_layout(client: redis.Redis, redis_prefix: str) -> None:
     assert client.type(redis_prefix + "usage:activity") == b"stream"
 
 
+def test_a_counted_request_writes_the_request_side_of_the_same_keys(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    usage = RedisUsage(client, key_prefix=redis_prefix)
+    seen = RequestSeen(T0, "alice", "", "gpt")
+    assert len(request_args(redis_prefix, seen)) == REQUEST_ARGC
+    usage.count_request(seen)
+    keys = sorted(k.decode() for k in client.scan_iter(match=redis_prefix + "*"))
+    assert keys == sorted(  # no recent list, no activity log: those are the reports'
+        [redis_prefix + "usage:user:alice"]
+        + [redis_prefix + f"usage:users:by:{f}" for f in
+           ("last_seen", "first_seen", "request_count", "total_cost", "total_tokens")]
+    )
+    usage.apply(ev("alice", T0 + 1, model="gpt", input_tokens=2, cost_usd=1.5,
+                   counts_request=False))
+    fields = {k.decode(): int(v) for k, v in client.hgetall(redis_prefix + "usage:user:alice").items()}
+    assert fields == {
+        "request_count": 1, "first_seen": int(T0 * 1e6), "last_seen": int((T0 + 1) * 1e6),
+        "input_tokens": 2, "output_tokens": 0, "total_tokens": 2, "cost": 1_500_000_000,
+        "duration": 0, "m:gpt:n": 1, "m:gpt:tokens": 2, "m:gpt:cost": 1_500_000_000,
+    }
+    assert client.zscore(redis_prefix + "usage:users:by:request_count", "alice") == 1
+
+
 def test_an_event_older_than_the_newest_is_kept_in_arrival_order(
     client: redis.Redis, redis_prefix: str
 ) -> None:
@@ -115,6 +146,8 @@ def test_unreachable_server_raises_store_unavailable(redis_server: object) -> No
     server.kill()  # type: ignore[attr-defined]
     with pytest.raises(StoreUnavailable):
         usage.apply(ev("b"))
+    with pytest.raises(StoreUnavailable):
+        usage.count_request(RequestSeen(T0, "b"))
     with pytest.raises(StoreUnavailable):
         usage.get("user", "a")
     with pytest.raises(StoreUnavailable):

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
-from ..usage import UsageEvent, UsageReader
+from ..usage import RequestSeen, UsageEvent, UsageReader
 
 __all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
 
@@ -77,6 +77,7 @@ class CounterStore(Protocol):
         consume: bool,
         hold_id: str | None = None,
         now: float | None = None,
+        seen: RequestSeen | None = None,
     ) -> list[CounterState]:
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
 
@@ -84,8 +85,16 @@ class CounterStore(Protocol):
         the store remembers what was added (bucket by bucket) so that ``record_report``
         can later replace the reservation by the actual usage. ``now`` overrides the
         store's clock (the memory store's injected clock; Redis uses its own TIME).
+        ``seen``, when given, is counted in the usage aggregates (one request, first and
+        last seen) in the same atomic step, and only if the amounts were added: a denied
+        decision or a read-only call counts nothing. On Redis it rides the same script call.
         Raises ``StoreUnavailable``.
         """
+        ...
+
+    def record_request(self, seen: RequestSeen) -> None:
+        """Count one admitted request in the usage aggregates, for a decision that has no
+        counters to consume (one round trip on Redis). Raises ``StoreUnavailable``."""
         ...
 
 
@@ -106,7 +115,8 @@ class CounterStore(Protocol):
         bucket it was reserved in (never below zero) -> "settled". Otherwise each
         ``fallback`` counter is increased by its ``amount`` -> "added". A request_id
         already reported -> "duplicate", nothing changes. ``usage``, when given, is added
-        to the usage aggregates in the same atomic step (so it counts exactly once too).
+        to the usage aggregates in the same atomic step (so it counts exactly once too);
+        it counts a request only when ``usage.counts_request`` (no decision counted it).
         Raises ``StoreUnavailable``.
         """
         ...

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from .. import windows
-from ..usage import Retention, UsageEvent
+from ..usage import RequestSeen, Retention, UsageEvent
 from .base import CounterSpec, CounterState, ReportOutcome
 from .usage_memory import MemoryUsage
 
@@ -77,11 +77,12 @@ class MemoryCounterStore:
         consume: bool,
         hold_id: str | None = None,
         now: float | None = None,
+        seen: RequestSeen | None = None,
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
         slots = [plan.slot_parts(t) for _, _, _, _, plan in prepared]
-        seen: list[dict[int | str, int]] = []
+        read_fields: list[dict[int | str, int]] = []
         totals: list[int] = []
         with self._lock:
             if t >= self._next_sweep:
@@ -90,7 +91,7 @@ class MemoryCounterStore:
             admitted = True
             for (_, key, amount, limit, _), (field, first, _) in zip(prepared, slots, strict=True):
                 fields = read(key, field, first, consume)
-                seen.append(fields)
+                read_fields.append(fields)
                 used = sum(fields.values())
                 totals.append(used)
                 if (used >= limit) if amount == 0 else (used + amount > limit):
@@ -105,12 +106,15 @@ class MemoryCounterStore:
                         for (spec, key, amount, _, _), (field, _, until)
                         in zip(prepared, slots, strict=True)
                     )
+                if seen is not None:
+                    # under the store's lock: the request counts exactly when it consumed
+                    self.usage.count_request(seen)
         # fields read from this store are bucket indices (or one period) holding amounts > 0
         state_of = windows.state_of
         return [
             state_of(spec, plan, t, fields, amount, limit, used=used, clean=True)
             for (spec, _, amount, limit, plan), fields, used
-            in zip(prepared, seen, totals, strict=True)
+            in zip(prepared, read_fields, totals, strict=True)
         ]
 
     def record_report(
@@ -147,6 +151,10 @@ class MemoryCounterStore:
                 self._read(c.key, s.field, s.first, True)
                 self._add(c.key, s.field, s.until, c.amount)
             return "added"
+
+    def record_request(self, seen: RequestSeen) -> None:
+        # no counters change with it, so the usage's own lock is all it needs
+        self.usage.count_request(seen)
 
     def close(self) -> None:
         with self._lock:

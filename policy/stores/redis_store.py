@@ -1,10 +1,11 @@
 """Counters in Redis, shared by every replica: one Lua script call per decision.
 
 Every counter of a decision is read, checked and (all or none) consumed by one
-``EVALSHA`` of ``lua/consume.lua``; a report is one call of ``lua/report.lua``. Both
-take the time from Redis ``TIME`` so that replicas with skewed clocks still agree on
-windows and periods. The scripts are registered once (``register_script``): a Redis
-that lost its script cache costs one ``SCRIPT LOAD``, not an error.
+``EVALSHA`` of ``lua/consume.lua``, which also counts the admitted request in the usage
+aggregates; a report is one call of ``lua/report.lua``. Both take the time from Redis
+``TIME`` so that replicas with skewed clocks still agree on windows and periods. The
+scripts are registered once (``register_script``): a Redis that lost its script cache
+costs one ``SCRIPT LOAD``, not an error.
 
 Timeouts are short (100 ms by default) so that a dead or stalled Redis turns into
 ``StoreUnavailable`` quickly and the engine can apply ``on_store_error``. How hard to
@@ -25,10 +26,10 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .. import windows
-from ..usage import Retention, UsageEvent
+from ..usage import RequestSeen, Retention, UsageEvent
 from ..windows import Checked
 from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
-from .usage_redis import USAGE_LUA, RedisUsage, usage_args
+from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
 
@@ -110,7 +111,7 @@ class RedisCounterStore:
         self._hold_ttl = str(int(hold_ttl))
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
-        self._consume = self._client.register_script(load_script("consume"))
+        self._consume = self._client.register_script(load_script("consume", USAGE_LUA))
         self._report = self._client.register_script(load_script("report", USAGE_LUA))
         self.retention = retention or Retention()
         self.usage = RedisUsage(self._client, key_prefix=key_prefix, retention=self.retention)
@@ -124,9 +125,12 @@ class RedisCounterStore:
         consume: bool,
         hold_id: str | None = None,
         now: float | None = None,
+        seen: RequestSeen | None = None,
     ) -> list[CounterState]:
         prepared = windows.prepare_counters(self._prefix, counters)
         if not prepared:
+            if consume and seen is not None:
+                self.record_request(seen)
             return []
         keys = [key for _, key, _, _, _ in prepared]
         hold = consume and hold_id is not None
@@ -140,6 +144,8 @@ class RedisCounterStore:
         ]
         for spec, _, amount, limit, plan in prepared:
             args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
+        if consume and seen is not None:
+            args += request_args(self._prefix, seen)  # counted by the script if admitted
         reply = self._call(self._consume, keys, args)
         sec, usec = int(reply[0]), int(reply[1])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
@@ -189,6 +195,9 @@ class RedisCounterStore:
         if text not in ("duplicate", "settled", "added"):
             raise StoreUnavailable(f"redis report script answered {text!r}")
         return text  # type: ignore[return-value]
+
+    def record_request(self, seen: RequestSeen) -> None:
+        self.usage.count_request(seen)
 
     def ping(self) -> bool:
         """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` when not."""

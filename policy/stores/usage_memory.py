@@ -1,15 +1,16 @@
 """Usage aggregates, recent reports and the activity log in this process's memory.
 
-Thread safety: ``MemoryUsage`` has a lock of its own, taken by ``apply`` and by every
-read. The counter store calls ``apply`` while holding *its* lock (so that the duplicate
-check, the counters and the usage change together); reads never take the store's lock,
-so the order is always store -> usage and cannot deadlock. ``activity`` copies the log
-under the lock and streams the copy, so a long export never blocks reports.
+Thread safety: ``MemoryUsage`` has a lock of its own, taken by ``apply``,
+``count_request`` and every read. The counter store calls the writers while holding
+*its* lock (so that the duplicate check or the decision's counters and the usage change
+together); reads never take the store's lock, so the order is always store -> usage and
+cannot deadlock. ``activity`` copies the log under the lock and streams the copy, so a
+long export never blocks reports.
 
-Listing sorts lazily: ``apply`` only marks an entity as changed; a listing repairs each
+Listing sorts lazily: the writers only mark an entity as changed; a listing repairs each
 sort order it uses by re-inserting the changed entities (or re-sorts when many changed),
-so reports stay O(1) and a listing with few changes since the last one costs
-O(changes x n) memmove plus the page.
+so reports and counted decisions stay O(1) and a listing with few changes since the last
+one costs O(changes x n) memmove plus the page.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..usage import (
     SORT_FIELDS,
     ActivityQuery,
     EntityKind,
+    RequestSeen,
     Retention,
     Totals,
     UsageDetail,
@@ -36,6 +38,8 @@ from ..usage import (
 __all__ = ["MemoryUsage"]
 
 _KINDS: tuple[EntityKind, ...] = ("user", "group")
+# The sort fields a counted request can change (amounts are left to reports).
+_REQUEST_FIELDS: tuple[str, ...] = ("request_count", "first_seen", "last_seen")
 
 
 class _Index:
@@ -104,14 +108,33 @@ class MemoryUsage:
                 log.popleft()
 
     def _apply_entity(self, kind: EntityKind, ident: str, event: UsageEvent) -> None:
+        self._entity(kind, ident).add(event)
+        self._recent[kind][ident].append(event)
+        for index in self._indexes[kind].values():
+            index.dirty.add(ident)
+
+    def count_request(self, seen: RequestSeen) -> None:
+        with self._lock:
+            if seen.user_id:
+                self._count_entity("user", seen.user_id, seen)
+            if seen.group_id:
+                self._count_entity("group", seen.group_id, seen)
+
+    def _count_entity(self, kind: EntityKind, ident: str, seen: RequestSeen) -> None:
+        new = ident not in self._totals[kind]
+        self._entity(kind, ident).count(seen)
+        indexes = self._indexes[kind]
+        # a new entity enters every sort order; else only the request side can move
+        for name in SORT_FIELDS if new else _REQUEST_FIELDS:
+            indexes[name].dirty.add(ident)
+
+    def _entity(self, kind: EntityKind, ident: str) -> Totals:
+        """The entity's totals, created (with its empty recent list) when first seen."""
         totals = self._totals[kind].get(ident)
         if totals is None:
             totals = self._totals[kind][ident] = Totals()
             self._recent[kind][ident] = deque(maxlen=self.retention.recent_reports)
-        totals.add(event)
-        self._recent[kind][ident].append(event)
-        for index in self._indexes[kind].values():
-            index.dirty.add(ident)
+        return totals
 
     def clear(self) -> None:
         with self._lock:

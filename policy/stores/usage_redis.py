@@ -1,9 +1,12 @@
 """Usage aggregates, recent reports and the activity log in Redis, shared by every replica.
 
-Writing is Lua (``lua/usage.lua``) so that it can run inside the counter store's report
-script, after its ``request_id`` check, in the same round trip and atomic step:
-``USAGE_LUA`` is the snippet to concatenate and ``usage_args`` builds its ARGV slice.
-``RedisUsage.apply`` runs the same code on its own (``lua/usage_apply.lua``).
+Writing is Lua (``lua/usage.lua``) so that it runs inside the counter store's scripts,
+in the same round trip and atomic step: the report script after its ``request_id``
+check (``usage_args`` builds the ARGV slice of ``usage_apply``), and the consume script
+once a decision is admitted (``request_args`` for ``usage_request``, which counts the
+request). ``USAGE_LUA`` is the snippet to concatenate. ``RedisUsage.apply`` and
+``RedisUsage.count_request`` run the same code on their own (``lua/usage_apply.lua``,
+``lua/usage_request.lua``).
 
 Reading:
 - ``get``: one pipelined round trip (the entity's hash and its recent list).
@@ -33,6 +36,7 @@ import redis
 from ..usage import (
     ActivityQuery,
     EntityKind,
+    RequestSeen,
     Retention,
     Totals,
     UsageDetail,
@@ -48,7 +52,16 @@ from ..usage import (
 )
 from .base import StoreUnavailable
 
-__all__ = ["USAGE_LUA", "USAGE_ARGC", "RedisUsage", "usage_args", "entity_key", "index_key"]
+__all__ = [
+    "USAGE_LUA",
+    "USAGE_ARGC",
+    "REQUEST_ARGC",
+    "RedisUsage",
+    "usage_args",
+    "request_args",
+    "entity_key",
+    "index_key",
+]
 
 
 def _lua(name: str) -> str:
@@ -57,7 +70,9 @@ def _lua(name: str) -> str:
 
 USAGE_LUA: str = _lua("usage.lua")
 USAGE_ARGC = 14
+REQUEST_ARGC = 5
 _APPLY_LUA = USAGE_LUA + "\n" + _lua("usage_apply.lua")
+_REQUEST_LUA = USAGE_LUA + "\n" + _lua("usage_request.lua")
 _LIST_LUA = _lua("usage_list.lua")
 _ACTIVITY_CHUNK = 500
 # An event from a replica whose clock is behind is filed after the newest entry, so its
@@ -99,6 +114,11 @@ def usage_args(prefix: str, event: UsageEvent, retention: Retention) -> list[str
         str(retention.max_reports),
         str(math.ceil(retention.max_age_seconds * 1000)),
     ]
+
+
+def request_args(prefix: str, seen: RequestSeen) -> list[str]:
+    """The ``REQUEST_ARGC`` ARGV values of ``usage_request`` (see ``lua/usage.lua``)."""
+    return [prefix, seen.user_id, seen.group_id, seen.model, str(time_units(seen.time))]
 
 
 def _text(value: bytes | str) -> str:
@@ -148,6 +168,7 @@ class RedisUsage:
         self.prefix = key_prefix
         self.retention = retention or Retention()
         self._apply = client.register_script(_APPLY_LUA)
+        self._request = client.register_script(_REQUEST_LUA)
         self._list = client.register_script(_LIST_LUA)
 
     @classmethod
@@ -162,7 +183,13 @@ class RedisUsage:
     def apply(self, event: UsageEvent) -> None:
         try:
             self._apply(keys=[], args=usage_args(self.prefix, event, self.retention))
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def count_request(self, seen: RequestSeen) -> None:
+        try:
+            self._request(keys=[], args=request_args(self.prefix, seen))
+        except (redis.RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     # ------------------------------------------------------------------ reader

@@ -6,6 +6,8 @@
 -- ARGV[3]     reservation TTL in seconds, '0' for no reservation
 -- ARGV[4..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
+-- then        optionally the 5 values of usage_request (lua/usage.lua, prepended): the
+--             request counted in the usage aggregates, only when admitted and consumed
 -- Returns {sec, usec, admitted (1/0), per counter {used, idx, units, idx, units, ...}}:
 -- the counted total and live buckets (> 0) come back so that the caller computes
 -- retry_after and resets_at with the same code as the memory store. A counter whose
@@ -86,6 +88,8 @@ if consume then
   if admitted == 1 and hold_ttl > 0 then
     redis.call('SET', KEYS[n + 1], cjson.encode(held), 'EX', hold_ttl)
   end
+  local usage_at = 4 + 5 * n
+  if admitted == 1 and #ARGV >= usage_at + 4 then usage_request(ARGV, usage_at) end
 end
 
 return {sec, usec, admitted, unpack(states)}

@@ -9,6 +9,7 @@
 -- then        3 values per fallback counter: window code, bucket seconds, amount units
 -- then        optionally the 14 values of usage_apply (lua/usage.lua): the report's usage
 --             aggregates, recorded in this same atomic step, so a duplicate counts once
+--             (it counts a request only when no decision did: see usage.lua)
 -- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals) or
 -- 'added' (no live reservation: the fallback amounts were added).
 local sec = now_parts(ARGV[1])

@@ -1,7 +1,9 @@
 -- Usage accounting (tollway.policy.usage), as Lua functions meant to be concatenated into
--- a report script: call usage_apply(ARGV, i) once the report is known not to be a
--- duplicate, so that usage, counters and the request_id check change in one atomic step.
--- Every name defined here starts with `usage_`.
+-- the counter scripts, so that usage changes in the same atomic step as the counters:
+--   usage_apply(ARGV, i)    a report, once it is known not to be a duplicate (report script)
+--   usage_request(ARGV, i)  an admitted, consumed decision: one request (consume script)
+-- This file is the one place that knows the usage key layout. Every name defined here
+-- starts with `usage_`.
 --
 -- usage_apply(args, i) reads USAGE_ARGC = 14 consecutive values args[i] .. args[i+13]
 -- (built by tollway.policy.stores.usage_redis.usage_args):
@@ -12,6 +14,12 @@
 --   i+4  time, unix microseconds         i+11 recent reports kept per entity (50)
 --   i+5  '1' counts a request, '0' not   i+12 activity log: most events kept
 --   i+6  input tokens                    i+13 activity log: oldest kept, milliseconds of age
+--
+-- usage_request(args, i) reads USAGE_REQUEST_ARGC = 5 values (usage_redis.request_args):
+--   i+0  key prefix, i+1 user id ('' when none), i+2 group id ('' when none),
+--   i+3  the served model, i+4 time, unix microseconds
+-- It counts one request and widens first/last seen; no amounts, no recent report, no
+-- activity entry (those are the report's).
 --
 -- Keys (built from the prefix, so not declared in KEYS: standalone or Sentinel Redis):
 --   {p}usage:{user|group}:{id}             hash: request_count, first_seen, last_seen (us),
@@ -27,11 +35,14 @@ local function usage_int(n)
   return string.format('%d', n)
 end
 
-local function usage_entity(p, kind, id, a, i)
-  local model, t, n = a[i + 3], a[i + 4], a[i + 5]
-  local cost = a[i + 8]
-  local key = p .. 'usage:' .. kind .. ':' .. id
-  local idx = p .. 'usage:' .. kind .. 's:by:'
+-- An entity's hash, and the prefix of its kind's sort indexes (append the sort field).
+local function usage_keys(p, kind, id)
+  return p .. 'usage:' .. kind .. ':' .. id, p .. 'usage:' .. kind .. 's:by:'
+end
+
+-- Widen the entity's first/last seen to `t` (unix microseconds, a string); true when the
+-- entity had never been seen (so it is not in any sort index yet).
+local function usage_seen(key, idx, id, t)
   local tn = tonumber(t)
   local seen = redis.call('HMGET', key, 'first_seen', 'last_seen')
   local first, last = seen[1], seen[2]
@@ -43,8 +54,26 @@ local function usage_entity(p, kind, id, a, i)
     redis.call('HSET', key, 'last_seen', t)
     redis.call('ZADD', idx .. 'last_seen', t, id)
   end
-  local count = redis.call('HINCRBY', key, 'request_count', n)
+  return not first
+end
+
+-- One request for the entity and for `model`.
+local function usage_count(key, idx, id, model)
+  local count = redis.call('HINCRBY', key, 'request_count', 1)
   redis.call('ZADD', idx .. 'request_count', usage_int(count), id)
+  redis.call('HINCRBY', key, 'm:' .. model .. ':n', 1)
+end
+
+local function usage_entity(p, kind, id, a, i)
+  local model, t = a[i + 3], a[i + 4]
+  local cost = a[i + 8]
+  local key, idx = usage_keys(p, kind, id)
+  local new = usage_seen(key, idx, id, t)
+  if a[i + 5] == '1' then
+    usage_count(key, idx, id, model)
+  elseif new then
+    redis.call('ZADD', idx .. 'request_count', 0, id)
+  end
   redis.call('HINCRBY', key, 'input_tokens', a[i + 6])
   redis.call('HINCRBY', key, 'output_tokens', a[i + 7])
   local tokens = usage_int(tonumber(a[i + 6]) + tonumber(a[i + 7]))
@@ -54,12 +83,22 @@ local function usage_entity(p, kind, id, a, i)
   redis.call('ZADD', idx .. 'total_cost', usage_int(spent), id)
   redis.call('HINCRBY', key, 'duration', a[i + 9])
   local m = 'm:' .. model .. ':'
-  redis.call('HINCRBY', key, m .. 'n', n)
   redis.call('HINCRBY', key, m .. 'tokens', tokens)
   redis.call('HINCRBY', key, m .. 'cost', cost)
   local recent = p .. 'usage:recent:' .. kind .. ':' .. id
   redis.call('LPUSH', recent, a[i + 10])
   redis.call('LTRIM', recent, 0, tonumber(a[i + 11]) - 1)
+end
+
+-- One admitted request of one entity: the request side only.
+local function usage_request_entity(p, kind, id, model, t)
+  local key, idx = usage_keys(p, kind, id)
+  if usage_seen(key, idx, id, t) then
+    -- a new entity enters the amount orders too, at zero, so every listing shows it
+    redis.call('ZADD', idx .. 'total_cost', 'NX', 0, id)
+    redis.call('ZADD', idx .. 'total_tokens', 'NX', 0, id)
+  end
+  usage_count(key, idx, id, model)
 end
 
 -- The stream's newest ID in milliseconds (even when every entry was trimmed away).
@@ -88,6 +127,12 @@ local function usage_log(p, a, i)
   if horizon > 0 then
     redis.call('XTRIM', key, 'MINID', '=', usage_int(horizon))
   end
+end
+
+local function usage_request(a, i)
+  local p, model, t = a[i], a[i + 3], a[i + 4]
+  if a[i + 1] ~= '' then usage_request_entity(p, 'user', a[i + 1], model, t) end
+  if a[i + 2] ~= '' then usage_request_entity(p, 'group', a[i + 2], model, t) end
 end
 
 local function usage_apply(a, i)

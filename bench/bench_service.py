@@ -8,7 +8,9 @@ Rows printed:
       and the ratio a/b (target >= 0.7);
   (c) Decide on a private redis-server with 3 quotas per request, and the Redis commands
       per Decide read from INFO commandstats (target: one EVALSHA and nothing else);
-  (d) the ``limits`` library doing the same 3 limits on the same Redis (a peer row).
+  (d) the ``limits`` library doing the same 3 limits on the same Redis (a peer row);
+  (e) ``Engine.decide`` in-process on the same Redis and quotas, sequential like (d), so
+      e/d compares the two on equal terms.
 The client runs in this process with ``--inflight`` calls outstanding and sends
 pre-serialized requests, so both servers are measured with the same client cost.
 Numbers on a shared 2-core machine are noisy: compare ratios from one run.
@@ -338,6 +340,33 @@ def limits_row(port: int, seconds: float, users: int = 500) -> tuple[Row, dict[s
     return row, {k: v for k, v in stats.items() if k not in ("info", "config|resetstat")}
 
 
+def engine_row(port: int, rules: Path, seconds: float, users: int = 500) -> Row:
+    """(e) ``Engine.decide`` on the same Redis and 3 quotas, in-process and sequential:
+    the like-for-like peer of (d)."""
+    from tollway import Engine
+
+    engine = Engine.from_path(rules, store=f"redis://127.0.0.1:{port}/2", key_prefix="bench-e:")
+    reqs = [
+        {"user": {"id": f"user-{u}"}, "model": "m", "estimate": {"output_tokens": 500}}
+        for u in range(users)
+    ]
+    clock = time.perf_counter
+    for r in reqs:  # warm the entity cache and the script cache
+        engine.decide(r)
+    lat: list[float] = []
+    stop = clock() + seconds
+    start = clock()
+    i = 0
+    while clock() < stop:
+        t = clock()
+        engine.decide(reqs[i % users])
+        lat.append(clock() - t)
+        i += 1
+    elapsed = clock() - start
+    engine.close()
+    return _row("(e) Engine.decide, same Redis, 3 quotas", elapsed, lat, "in-process, sequential")
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -357,7 +386,7 @@ def main() -> int:
     ap.add_argument("--rules", default=str(ROOT / "examples" / "gateway.rules"))
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
     ap.add_argument("--inflight", type=int, default=64, help="calls in flight")
-    ap.add_argument("--no-redis", action="store_true", help="skip rows (c) and (d)")
+    ap.add_argument("--no-redis", action="store_true", help="skip rows (c), (d) and (e)")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
@@ -404,6 +433,10 @@ def main() -> int:
                                     f"{k}={v / n:.2f}" for k, v in sorted(d_stats.items()))))
                 notes.append(f"c/d = {c.calls_per_s / d_row.calls_per_s:.2f} "
                              "(tollway Decide over gRPC vs limits in-process)")
+                e_row = engine_row(port, rules, args.seconds)
+                rows.append(e_row)
+                notes.append(f"e/d = {e_row.calls_per_s / d_row.calls_per_s:.2f} "
+                             "(both in-process and sequential: one script call vs 3 limits calls)")
         except FileNotFoundError:
             notes.append("rows (c) and (d) skipped: redis-server not found")
     _print(rows, notes)

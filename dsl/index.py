@@ -22,7 +22,8 @@ from typing import Final, TypeAlias
 
 from .ast import And, Compare, Exists, Expr, Glob, In, ListLiteral, Literal, Not, Or, Path
 from .compiled import EvalContext
-from .reference import evaluate, literal_text
+from .reference import evaluate
+from .render import scalar_text
 from .values import NULL_KEY, Getter, getter, index_key
 
 __all__ = ["DecisionTree", "build_index", "clauses_of", "MAX_CLAUSES", "Dim"]
@@ -345,9 +346,9 @@ def _key_text(key: Hashable) -> str:
     if key is NULL_KEY:
         return "null"
     if isinstance(key, str):
-        return literal_text(key)
+        return scalar_text(key)
     if isinstance(key, tuple) and len(key) == 2 and key[0] in ("num", "bool"):
-        return literal_text(key[1])
+        return scalar_text(key[1])
     return repr(key)
 
 

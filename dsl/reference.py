@@ -7,14 +7,13 @@ as the oracle the compiled decision tree is checked against, and as the tracer b
 
 from __future__ import annotations
 
-import json
-
 from .ast import And, Compare, Exists, Expr, Glob, In, ListLiteral, Literal, Not, Or, Path, Rule
 from .ast import Value as JsonValue
 from .compiled import EvalContext, TestTrace
+from .render import expr_text
 from .values import contains, equals, glob_match, ordered, resolve
 
-__all__ = ["evaluate", "trace_rule", "expr_text", "literal_text"]
+__all__ = ["evaluate", "trace_rule"]
 
 
 def _operand(node: Path | Literal, ctx: EvalContext) -> JsonValue:
@@ -52,47 +51,6 @@ def evaluate(expr: Expr, ctx: EvalContext) -> bool:
 
 # ------------------------------------------------------------------- text
 
-
-def literal_text(value: JsonValue) -> str:
-    """A literal as the rule language spells it: ``"free"``, ``true``, ``null``, ``1.5``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(literal_text(v) for v in value) + "]"
-    return repr(value)
-
-
-def _operand_text(node: Path | Literal | ListLiteral) -> str:
-    if isinstance(node, Path):
-        return str(node)
-    if isinstance(node, ListLiteral):
-        return "[" + ", ".join(literal_text(v) for v in node.items) + "]"
-    return literal_text(node.value)
-
-
-def expr_text(expr: Expr) -> str:
-    """A condition written back as source text (fully parenthesised where it nests)."""
-    if isinstance(expr, Compare):
-        return f"{_operand_text(expr.left)} {expr.op} {_operand_text(expr.right)}"
-    if isinstance(expr, In):
-        return f"{_operand_text(expr.item)} in {_operand_text(expr.container)}"
-    if isinstance(expr, Glob):
-        return f"{expr.subject} ~ {literal_text(expr.pattern)}"
-    if isinstance(expr, Exists):
-        return f"{expr.path} exists"
-    if isinstance(expr, Literal):
-        return literal_text(expr.value)
-    if isinstance(expr, Not):
-        inner = expr_text(expr.item)
-        return f"not ({inner})" if isinstance(expr.item, And | Or) else f"not {inner}"
-    joiner = " and " if isinstance(expr, And) else " or "
-    return joiner.join(
-        f"({expr_text(e)})" if isinstance(e, And | Or) else expr_text(e) for e in expr.items
-    )
 
 
 # ------------------------------------------------------------------ trace

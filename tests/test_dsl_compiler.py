@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from tollway.dsl import reference
+from tollway.dsl import reference, render
 from tollway.dsl.ast import (
     Allow,
     And,
@@ -462,8 +462,8 @@ def test_trace_stops_where_evaluation_stops() -> None:
 def test_expr_text_parenthesises_nested_groups() -> None:
     expr = And((Or((eq("user.a", 1), eq("user.b", 2.5))), Not(Or((Exists(P("user.c")),
                                                                     Literal(None))))))
-    assert reference.expr_text(expr) == "(user.a == 1 or user.b == 2.5) and not (user.c exists or null)"
-    assert reference.expr_text(Compare("!=", L("a\"b"), P("group.id"))) == '"a\\"b" != group.id'
+    assert render.expr_text(expr) == "(user.a == 1 or user.b == 2.5) and not (user.c exists or null)"
+    assert render.expr_text(Compare("!=", L("a\"b"), P("group.id"))) == '"a\\"b" != group.id'
 
 
 # ------------------------------------------------------- through the parser

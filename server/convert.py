@@ -7,6 +7,7 @@ mappings the model parses; results become messages field by field.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from tollway.v1 import tollway_pb2 as pb
 __all__ = [
     "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
     "decide_request", "to_decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
-    "explanation_to_proto", "entity_to_proto", "quota_to_proto",
+    "explanation_to_proto", "entity_to_proto", "quota_to_proto", "set_timestamp",
 ]
 
 _MAX_SAFE_INT = 2**53
@@ -193,8 +194,12 @@ def _set_duration(out: Any, seconds: float) -> None:
     out.seconds, out.nanos = divmod(round(seconds * 1e9), 1_000_000_000)
 
 
-def _set_timestamp(out: Any, unix: float) -> None:
-    _set_duration(out, unix)  # same (seconds, nanos) layout
+def set_timestamp(out: Any, unix: float) -> None:
+    """A Timestamp (or Duration) from unix seconds, exact to the nanosecond a double holds."""
+    # split first: unix * 1e9 is beyond a double's exact integers and would lose microseconds
+    seconds = math.floor(unix)
+    carry, nanos = divmod(round((unix - seconds) * 1e9), 1_000_000_000)
+    out.seconds, out.nanos = seconds + carry, nanos
 
 
 def quota_to_proto(q: QuotaStatus, out: pb.QuotaStatus | None = None) -> pb.QuotaStatus:
@@ -209,7 +214,7 @@ def quota_to_proto(q: QuotaStatus, out: pb.QuotaStatus | None = None) -> pb.Quot
     out.exceeded = q.exceeded
     _set_duration(out.retry_after, q.retry_after)
     if q.resets_at is not None:
-        _set_timestamp(out.resets_at, q.resets_at)
+        set_timestamp(out.resets_at, q.resets_at)
     return out
 
 

@@ -8,8 +8,6 @@ there is none.
 
 from __future__ import annotations
 
-import math
-
 from google.protobuf import timestamp_pb2
 
 from tollway.policy.usage import (
@@ -25,6 +23,8 @@ from tollway.policy.usage import (
 )
 from tollway.v1 import tollway_pb2 as pb
 
+from .convert import set_timestamp
+
 __all__ = [
     "get_request",
     "list_request",
@@ -35,14 +35,6 @@ __all__ = [
     "detail_from_proto",
     "page_from_proto",
 ]
-
-
-def _set_time(out: timestamp_pb2.Timestamp, t: float) -> None:
-    # split first: t * 1e9 would exceed a double's exact integers and lose microseconds
-    seconds = math.floor(t)
-    nanos = round((t - seconds) * 1e9)
-    carry, nanos = divmod(nanos, 1_000_000_000)
-    out.seconds, out.nanos = seconds + carry, nanos
 
 
 def _time(ts: timestamp_pb2.Timestamp) -> float:
@@ -85,8 +77,8 @@ def record_to_proto(rec: UsageRecord, out: pb.UsageRecord | None = None) -> pb.U
     out.user_id = rec.user_id
     out.group_id = rec.group_id
     out.request_count = rec.request_count
-    _set_time(out.first_seen, rec.first_seen)
-    _set_time(out.last_seen, rec.last_seen)
+    set_timestamp(out.first_seen, rec.first_seen)
+    set_timestamp(out.last_seen, rec.last_seen)
     out.total_tokens = rec.total_tokens
     out.input_tokens = rec.input_tokens
     out.output_tokens = rec.output_tokens
@@ -103,7 +95,7 @@ def record_to_proto(rec: UsageRecord, out: pb.UsageRecord | None = None) -> pb.U
 
 
 def _event_to_proto(event: UsageEvent, out: pb.UsageEvent) -> None:
-    _set_time(out.time, event.time)
+    set_timestamp(out.time, event.time)
     out.request_id = event.request_id
     out.decision_id = event.decision_id
     out.user_id = event.user_id

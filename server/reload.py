@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tollway.dsl.diagnostics import RulesError
+from tollway.dsl.source import rule_files
 from tollway.policy.engine import Engine
 
 from .metrics import Metrics
@@ -27,11 +28,10 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def fingerprint(path: str | Path) -> Fingerprint:
-    """(name, mtime_ns, size) of the rule file, or of every ``*.rules`` under the directory."""
-    root = Path(path)
+    """(name, mtime_ns, size) of every file the rules are loaded from (``rule_files``)."""
     try:
-        files = sorted(root.rglob("*.rules")) if root.is_dir() else [root]
-    except OSError:
+        files = rule_files(path)  # the very files a reload reads: hidden ones are skipped
+    except (RulesError, OSError):
         return ()
     out = []
     for f in files:

@@ -156,3 +156,15 @@ def test_running_server_answers_with_the_new_rules(tmp_path: Path) -> None:
         after = stub.Decide(pb.DecideRequest(user=free_user("u"), model="m"))
         assert not after.allowed and after.reason == pb.DEFAULT_DENY
         assert after.ruleset_version != before.ruleset_version
+
+
+def test_the_watch_sees_exactly_the_files_a_reload_reads(tmp_path: Path) -> None:
+    (tmp_path / "a.rules").write_text("rule a { allow }\n")
+    before = fingerprint(tmp_path)
+    # an editor's lock or swap file is not part of the ruleset: no reload for it
+    (tmp_path / ".#a.rules").write_text("half-typed {")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "x.rules").write_text("rule x {")
+    assert fingerprint(tmp_path) == before
+    (tmp_path / "b.rules").write_text("rule b { allow }\n")
+    assert [Path(name).name for name, _, _ in fingerprint(tmp_path)] == ["a.rules", "b.rules"]

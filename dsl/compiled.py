@@ -133,6 +133,8 @@ class CompiledRuleset:
     # the reference interpreter: evaluates a rule's AST condition directly, no index, no closures
     reference_test: Callable[[Rule, EvalContext], bool] = field(repr=False)
     tracer: Callable[[Rule, EvalContext], tuple[bool, tuple[TestTrace, ...]]] = field(repr=False)
+    # "user"/"group" -> the top-level metadata keys only UpsertEntity sets (``admin`` in a schema)
+    admin_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def match(self, ctx: EvalContext) -> list[CompiledRule]:
         """Matching rules (shadow included) in priority order, through the index."""

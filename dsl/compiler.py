@@ -44,6 +44,7 @@ from .ast import (
 from .compiled import CompiledRoute, CompiledRule, CompiledRuleset, EvalContext, Predicate
 from .diagnostics import Diagnostic
 from .index import DecisionTree, build_index
+from .trust import admin_keys
 from .values import compile_glob, contains, equals, getter, index_key, ordered
 
 __all__ = ["compile_ruleset", "compile_condition", "PASSES"]
@@ -283,4 +284,5 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         index=unit.index,
         reference_test=_reference_test,
         tracer=reference.trace_rule,
+        admin_keys=MappingProxyType(dict(admin_keys(unit.schemas))),
     )

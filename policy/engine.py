@@ -9,6 +9,7 @@ its start, so in-flight decisions finish on the rules they began with.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,13 +35,14 @@ from .model import (
     UsageReport,
 )
 from .observer import NullObserver, Observer
-from .quotas import Unresolved, counters_for, metric_amounts
+from .quotas import Unresolved, counters_for, metric_amounts, owner_key, reporter_key
 from .stores import open_entity_store, open_store
 from .stores.base import (
     CounterSpec,
     CounterState,
     CounterStore,
     ReportOutcome,
+    StoreRejected,
     StoreUnavailable,
 )
 from .usage import (
@@ -55,6 +57,12 @@ from .usage import (
 
 __all__ = ["Engine"]
 
+log = logging.getLogger("tollway.policy")
+
+# What callers read when the store is down; the store's own words (host, port, driver)
+# go to the log only.
+STORE_UNREACHABLE = "counter store unreachable"
+
 
 @dataclass(frozen=True, slots=True)
 class _Evaluated:
@@ -65,6 +73,17 @@ class _Evaluated:
     ctx: EvalContext
     verdict: Verdict
     shadow: ShadowOutcome
+    ignored: tuple[str, ...]  # admin-only metadata keys the request sent, left out
+
+
+def _trusted(
+    ref: EntityRef | None, admin: frozenset[str] | None, kind: str, ignored: list[str]
+) -> EntityRef | None:
+    """``ref`` without the metadata keys only admins may set; their names go to ``ignored``."""
+    if ref is None or not admin or not ref.metadata or admin.isdisjoint(ref.metadata):
+        return ref
+    ignored.extend(sorted(f"{kind}.{k}" for k in ref.metadata if k in admin))
+    return EntityRef(ref.id, {k: v for k, v in ref.metadata.items() if k not in admin})
 
 
 def _fmt_number(value: float) -> str:
@@ -85,21 +104,28 @@ class Engine:
         observer: Observer | None = None,
         rules_path: str | Path | None = None,
         retention: Retention | None = None,
+        store_password: str | None = None,
     ) -> None:
         self._ruleset = ruleset
         url = store if isinstance(store, str) else None
         self._store: CounterStore = (
-            open_store(store, key_prefix=key_prefix, clock=clock, retention=retention)
+            open_store(
+                store, key_prefix=key_prefix, clock=clock, retention=retention,
+                password=store_password,
+            )
             if isinstance(store, str)
             else store
         )
         if entities is None:
-            entities = open_entity_store(url or "memory", key_prefix=key_prefix, clock=clock)
+            entities = open_entity_store(
+                url or "memory", key_prefix=key_prefix, clock=clock, password=store_password
+            )
         self._entities = entities
         self._observer: Observer = observer or NullObserver()
         self._rules_path = Path(rules_path) if rules_path is not None else None
         self._perf = time.perf_counter
         self._clock = clock or time.time
+        self._store_logged = -float("inf")  # when a store failure was last logged
 
     @classmethod
     def from_path(
@@ -155,6 +181,8 @@ class Engine:
                 return self._entities.observe(kind, ref.id, ref.metadata)
             # explain and dry runs write nothing: merge into a copy
             stored = self._entities.get(kind, ref.id)
+        except StoreRejected:
+            raise  # wrong credentials: never decide on what the request alone says
         except StoreUnavailable:
             # degrade to what the request itself says; the counter store, unreachable
             # too, then decides by each quota's on_store_error
@@ -225,9 +253,24 @@ class Engine:
 
     # -------------------------------------------------------------- decisions
 
+    def _trust(
+        self, ruleset: CompiledRuleset, user: EntityRef | None, group: EntityRef | None
+    ) -> tuple[EntityRef | None, EntityRef | None, tuple[str, ...]]:
+        """The request's entities without admin-only keys (docs/security.md), and those keys."""
+        admin = ruleset.admin_keys
+        if not admin:
+            return user, group, ()
+        ignored: list[str] = []
+        user = _trusted(user, admin.get("user"), "user", ignored)
+        group = _trusted(group, admin.get("group"), "group", ignored)
+        if ignored:
+            self._observer.metadata_ignored(tuple(ignored))
+        return user, group, tuple(ignored)
+
     def _evaluate(self, request: DecideRequest, persist: bool) -> _Evaluated:
         ruleset = self._ruleset  # one snapshot for the whole call
-        ctx = self._context(request.user, request.group, request.model, request.attributes, persist)
+        user, group, ignored = self._trust(ruleset, request.user, request.group)
+        ctx = self._context(user, group, request.model, request.attributes, persist)
         matched = ruleset.match(ctx)
         enforced = [r for r in matched if not r.shadow]
         shadows = [r for r in matched if r.shadow]
@@ -237,6 +280,7 @@ class Engine:
             ctx=ctx,
             verdict=combine(enforced, ruleset.default, ctx, request.model),
             shadow=combine_shadow(shadows, ctx, request.model),
+            ignored=ignored,
         )
 
     def _store_call(self, op: str, call: Callable[[], Any]) -> Any:
@@ -260,6 +304,7 @@ class Engine:
             "annotations": verdict.annotations,
             "ruleset_version": ruleset.version,
             "shadow": ev.shadow,
+            "ignored_metadata": ev.ignored,
         }
         decision_id = _new_decision_id()
         if verdict.reason:
@@ -296,13 +341,20 @@ class Engine:
             if seen is not None:
                 self._count_request(seen)
             return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
+        owner = owner_key(ev.ctx.user_id, ev.ctx.group_id)
         try:
             states: list[CounterState] = self._store_call(
                 "consume" if consume else "peek",
                 lambda: self._store.check_and_consume(
-                    specs, consume=consume, hold_id=decision_id if consume else None, seen=seen
+                    specs,
+                    consume=consume,
+                    hold_id=decision_id if consume else None,
+                    hold_owner=owner,
+                    seen=seen,
                 ),
             )
+        except StoreRejected:
+            raise  # wrong credentials never heal by themselves: refuse, never fail open
         except StoreUnavailable as exc:
             return self._store_down(specs, base, decision_id, exc), ()
         pairs = list(zip(specs, states, strict=True))
@@ -344,6 +396,7 @@ class Engine:
         self, specs: list[CounterSpec], base: dict[str, Any], decision_id: str, exc: Exception
     ) -> Decision:
         """The store is unreachable: quotas marked ``on_store_error deny`` fail closed."""
+        self._log_store_error(exc)
         strict = [s.quota for s in specs if s.on_store_error == "deny"]
         quotas = tuple(
             QuotaStatus(
@@ -363,7 +416,7 @@ class Engine:
                 allowed=False,
                 reason="STORE_UNAVAILABLE",
                 quotas=quotas,
-                message=f"counter store unavailable ({exc}); quota {strict[0]} fails closed",
+                message=f"{STORE_UNREACHABLE}; quota {strict[0]} fails closed",
                 decision_id=decision_id,
                 **base,
             )
@@ -371,10 +424,17 @@ class Engine:
             allowed=True,
             reason="ALLOWED",
             quotas=quotas,
-            message=f"counter store unavailable ({exc}); quotas not enforced",
+            message=f"{STORE_UNREACHABLE}; quotas not enforced",
             decision_id=decision_id,
             **base,
         )
+
+    def _log_store_error(self, exc: Exception, every: float = 10.0) -> None:
+        """The store's own words, for operators: at most once per ``every`` seconds."""
+        now = time.monotonic()
+        if now - self._store_logged >= every:
+            self._store_logged = now
+            log.warning("%s: %s", STORE_UNREACHABLE, exc)
 
     def decide(self, request: Mapping[str, Any] | DecideRequest) -> Decision:
         """Decide one request: rules, then quotas checked and consumed all-or-nothing.
@@ -386,7 +446,9 @@ class Engine:
         req = DecideRequest.parse(request)
         ev = self._evaluate(req, persist=not req.dry_run)
         decision, exceeded = self._decide(ev, consume=True)
-        self._observer.decision(decision, req.model, exceeded, self._perf() - start)
+        observer = self._observer
+        observer.decision(decision, req.model, exceeded, self._perf() - start)
+        observer.decided(req, decision, ev.ctx)
         return decision
 
     def explain(self, request: Mapping[str, Any] | DecideRequest) -> Explanation:
@@ -405,10 +467,11 @@ class Engine:
     # ---------------------------------------------------------------- reports
 
     def report(self, report: Mapping[str, Any] | UsageReport) -> ReportAck:
-        """Record what a request really used; idempotent per ``request_id``.
+        """Record what a request really used; idempotent per ``request_id`` of each user.
 
         With a live ``decision_id`` the reservation made by ``decide`` is replaced by
-        the actuals. Without one (or once it expired), the actual tokens and cost are
+        the actuals; the report must then name the user and group the decision was for,
+        else ``ValueError`` (``ForeignDecision``) and nothing changes. Without one (or once it expired), the actual tokens and cost are
         added to the quotas that apply to the reported user, group and model; requests
         are not counted again, since ``decide`` counted them. Usage likewise: a report
         with a ``decision_id`` adds amounts only (``decide`` counted the request); one
@@ -416,15 +479,24 @@ class Engine:
         """
         rep = UsageReport.parse(report)
         ruleset = self._ruleset
-        ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
+        user, group, _ = self._trust(ruleset, rep.user, rep.group)
+        ctx = self._context(user, group, rep.model, rep.attributes, persist=True)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
         usage = UsageEvent.from_report(rep, self._clock())
         # used only when no live reservation matches (no decision_id, or it expired)
         fallback = self._report_counters(ruleset, ctx, rep)
+        user_id = rep.user.id if rep.user is not None else None
+        group_id = rep.group.id if rep.group is not None else None
         outcome: ReportOutcome = self._store_call(
             "report",
             lambda: self._store.record_report(
-                rep.request_id, rep.decision_id or None, actual, fallback, usage=usage
+                rep.request_id,
+                rep.decision_id or None,
+                actual,
+                fallback,
+                owner=owner_key(user_id, group_id),
+                reporter=reporter_key(user_id, group_id),
+                usage=usage,
             ),
         )
         self._observer.report(rep, outcome)

@@ -25,8 +25,7 @@ from redis.exceptions import RedisError
 from tollway.dsl.ast import Value
 
 from .entities import EntityKind, EntityView, merge_metadata
-from .stores.base import StoreUnavailable
-from .stores.redis_store import redis_client
+from .stores.redis_store import redis_client, store_error
 
 __all__ = ["MemoryEntityStore", "RedisEntityStore", "CACHE_TTL", "LINK_TTL"]
 
@@ -165,8 +164,9 @@ class RedisEntityStore:
         link_ttl: float = LINK_TTL,
         client: redis.Redis | None = None,
         timeout: float = 0.1,
+        password: str | None = None,
     ) -> None:
-        self._client = client or redis_client(url, timeout=timeout)
+        self._client = client or redis_client(url, timeout=timeout, password=password)
         self._prefix = key_prefix
         timer = clock or time.monotonic
         self._lock = threading.Lock()  # TTLCache is not thread-safe; I/O stays outside it
@@ -295,7 +295,5 @@ class RedisEntityStore:
     def _run(call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise store_error(exc) from exc

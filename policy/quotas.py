@@ -18,7 +18,10 @@ from tollway.dsl.values import resolve
 
 from .stores.base import CounterSpec
 
-__all__ = ["scope_key", "resolve_limit", "metric_amounts", "Unresolved", "counters_for"]
+__all__ = [
+    "scope_key", "owner_key", "reporter_key", "resolve_limit", "metric_amounts", "Unresolved",
+    "counters_for",
+]
 
 
 @lru_cache(maxsize=16384)
@@ -28,6 +31,19 @@ def _enc(ident: str) -> str:
     return quote(ident, safe="")
 
 
+def _subject_key(subject: str, user_id: str | None, group_id: str | None) -> str | None:
+    """``u=<user>``, ``g=<group>``, ``g=<group>/u=<user>`` or ``*``; None when an id is missing."""
+    if subject == "user":
+        return None if user_id is None else f"u={_enc(user_id)}"
+    if subject == "group":
+        return None if group_id is None else f"g={_enc(group_id)}"
+    if subject == "user_in_group":
+        if user_id is None or group_id is None:
+            return None
+        return f"g={_enc(group_id)}/u={_enc(user_id)}"
+    return "*"
+
+
 def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: str) -> str | None:
     """The counter key inside a quota, or None when the request lacks the scope's entity.
 
@@ -35,23 +51,28 @@ def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: st
     for ``and model`` scopes. A user-only request has no group key: group quotas do not
     apply to it.
     """
-    if scope.subject == "user":
-        if user_id is None:
-            return None
-        key = f"u={_enc(user_id)}"
-    elif scope.subject == "group":
-        if group_id is None:
-            return None
-        key = f"g={_enc(group_id)}"
-    elif scope.subject == "user_in_group":
-        if user_id is None or group_id is None:
-            return None
-        key = f"g={_enc(group_id)}/u={_enc(user_id)}"
-    else:
-        key = "*"
-    if scope.per_model:
+    key = _subject_key(scope.subject, user_id, group_id)
+    if key is not None and scope.per_model:
         key += f"+m={_enc(model)}"
     return key
+
+
+def owner_key(user_id: str | None, group_id: str | None) -> str:
+    """Whom a decision was for, in the scope keys' spelling: a report that quotes the
+    decision must name the same user and group (``*`` when it named neither)."""
+    if user_id and group_id:
+        subject = "user_in_group"
+    else:
+        subject = "user" if user_id else "group" if group_id else "everyone"
+    key = _subject_key(subject, user_id, group_id)
+    assert key is not None
+    return key
+
+
+def reporter_key(user_id: str | None, group_id: str | None) -> str:
+    """Whose request ids a report's idempotency marker belongs to: its user's (else its
+    group's), so one caller's ``request_id`` never silences another's report."""
+    return owner_key(user_id, None if user_id else group_id)
 
 
 def _number(value: object) -> float | None:

@@ -21,6 +21,7 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from .grpc_service import TollwayService
+from .tls import ServerTls
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
 
@@ -40,13 +41,21 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
     ]
 
 
-async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthServicer:
-    """Register health (SERVING for "" and the Tollway service) and reflection."""
+async def configure_maintenance(
+    server: grpc.aio.Server, *, serving: bool = True
+) -> health.aio.HealthServicer:
+    """Register health ("" and the Tollway service: SERVING, or NOT_SERVING until told
+    otherwise) and reflection."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     services = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ("", *services):
-        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await servicer.set(name, status)
     reflection.enable_server_reflection(
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
@@ -68,6 +77,19 @@ class GrpcServer:
     health: health.aio.HealthServicer
     service: TollwayService
     address: str  # as bound: the real port when ``listen`` asked for port 0
+    # every method registered, "/package.Service/Method" (the role table must know each)
+    methods: tuple[str, ...] = ()
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health of "" and of every registered service: SERVING or NOT_SERVING."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        services = {m.lstrip("/").split("/", 1)[0] for m in self.methods}
+        for name in ("", *sorted(services)):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
         """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
@@ -89,24 +111,57 @@ class GrpcServer:
         self.service.close()
 
 
+def _record_methods(server: grpc.aio.Server) -> list[str]:
+    """Remember the name of every method registered on ``server`` from now on.
+
+    Generated ``add_*Servicer_to_server`` functions declare their methods through
+    ``add_registered_method_handlers``; this list is what the role table is checked against.
+    """
+    methods: list[str] = []
+    register = server.add_registered_method_handlers
+
+    def recording(service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        methods.extend(f"/{service_name}/{name}" for name in method_handlers)
+        register(service_name, method_handlers)
+
+    server.add_registered_method_handlers = recording
+    return methods
+
+
 async def start_grpc(
     engine: Engine,
     listen: str,
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_workers: int = 32,
+    tls: ServerTls | None = None,
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+    serving: bool = True,
 ) -> GrpcServer:
-    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind."""
-    server = grpc.aio.server(options=server_options(max_message_bytes))
+    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
+
+    ``tls`` serves over TLS (mTLS when it has a client CA); ``interceptors`` run before
+    every call of every service (the auth interceptor); ``serving=False`` starts with
+    health NOT_SERVING (``GrpcServer.set_serving`` changes it).
+    """
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes), interceptors=interceptors or None
+    )
+    methods = _record_methods(server)
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
-    health_servicer = await configure_maintenance(server)
+    health_servicer = await configure_maintenance(server, serving=serving)
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.grpc_credentials())
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
         raise OSError(f"cannot listen on {listen}: {exc}") from exc
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}")
     await server.start()
-    return GrpcServer(server, health_servicer, service, _bound_address(listen, port))
+    return GrpcServer(
+        server, health_servicer, service, _bound_address(listen, port), tuple(methods)
+    )
 

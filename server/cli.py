@@ -23,11 +23,16 @@ _COMMANDS = {
     "explain": "tollway.server.ops",
     "fmt": "tollway.server.ops",
     "usage": "tollway.server.usage_cli",
+    "token": "tollway.server.token_cli",
 }
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get("TOLLWAY_" + flag.upper().replace("-", "_"), default)
+
+
+def _env_flag(flag: str) -> bool:
+    return (_env(flag) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _env_list(flag: str) -> list[str]:
@@ -60,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         default=_env("store", "memory"),
         help="counter store: memory or redis://HOST:PORT/DB [TOLLWAY_STORE]",
+    )
+    serve.add_argument(
+        "--store-password-file",
+        default=_env("store-password-file"),
+        metavar="FILE",
+        help="read the store's password from FILE instead of the URL (or set "
+        "TOLLWAY_STORE_PASSWORD) [TOLLWAY_STORE_PASSWORD_FILE]",
     )
     serve.add_argument(
         "--key-prefix",
@@ -96,6 +108,49 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="[TOLLWAY_LOG_LEVEL]",
     )
+    serve.add_argument(
+        "--auth",
+        default=_env("auth"),
+        metavar="FILE",
+        help="TOML file of tokens and their roles; every call then needs a token [TOLLWAY_AUTH]",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_flag("insecure"),
+        help="allow a non-loopback address without --auth [TOLLWAY_INSECURE]",
+    )
+    serve.add_argument(
+        "--decision-log", default=_env("decision-log"), metavar="PATH",
+        help="write one JSON line per Decide to PATH ('-' for stdout) [TOLLWAY_DECISION_LOG]",
+    )
+    serve.add_argument(
+        "--decision-log-max-mb", type=float,
+        default=float(_env("decision-log-max-mb", "100") or 100),
+        help="rotate the decision log when it would grow past this size [TOLLWAY_DECISION_LOG_MAX_MB]",
+    )
+    serve.add_argument(
+        "--decision-log-keep", type=int,
+        default=int(_env("decision-log-keep", "5") or 5),
+        help="rotated decision log files to keep (PATH.1 ... PATH.N) [TOLLWAY_DECISION_LOG_KEEP]",
+    )
+    serve.add_argument(
+        "--decision-log-metadata", default=_env("decision-log-metadata", ""), metavar="KEYS",
+        help="comma-separated metadata keys whose values the decision log includes; none by "
+        "default [TOLLWAY_DECISION_LOG_METADATA]",
+    )
+    serve.add_argument(
+        "--tls-cert", default=_env("tls-cert"), metavar="FILE",
+        help="PEM certificate chain: serve gRPC and HTTP over TLS [TOLLWAY_TLS_CERT]",
+    )
+    serve.add_argument(
+        "--tls-key", default=_env("tls-key"), metavar="FILE",
+        help="PEM private key of --tls-cert [TOLLWAY_TLS_KEY]",
+    )
+    serve.add_argument(
+        "--tls-client-ca", default=_env("tls-client-ca"), metavar="FILE",
+        help="PEM CA certificates: require client certificates signed by them (mTLS) [TOLLWAY_TLS_CLIENT_CA]",
+    )
 
     check = sub.add_parser("check", help="compile rule files and report errors and warnings")
     check.add_argument("paths", nargs="*", default=_env_list("rules"), metavar="PATH")
@@ -128,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--group", default=_env("group"), help="show one group's detail")
     usage.add_argument("--groups", action="store_true", help="list groups instead of users")
     usage.add_argument("--search", default="", help="only ids containing this text")
+
+    token = sub.add_parser("token", help="make tokens for the --auth file")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")
+    token_sub.required = True
+    new = token_sub.add_parser("new", help="print a fresh token and its [[token]] block")
+    new.add_argument("--name", required=True, help="who the token is for (shown in logs)")
+    new.add_argument(
+        "--roles", required=True,
+        help="comma-separated roles: decide, admin, metrics (e.g. decide or admin,metrics)",
+    )
+    new.add_argument(
+        "--json", action="store_true", help="print name, roles, token, sha256 and the block as JSON"
+    )
     return parser
 
 

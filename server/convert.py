@@ -233,6 +233,8 @@ def decision_to_proto(d: Decision, out: pb.Decision | None = None) -> pb.Decisio
         out.annotations.update(d.annotations)
     out.decision_id = d.decision_id
     out.ruleset_version = d.ruleset_version
+    if d.ignored_metadata:
+        out.ignored_metadata.extend(d.ignored_metadata)
     s = d.shadow
     if s.matched_rules or s.denied or s.routed or s.checks:
         sh = out.shadow

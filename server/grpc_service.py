@@ -2,7 +2,8 @@
 
 No business logic lives here. Errors become status codes in one place (``_rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
-an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE, anything else ->
+an unknown entity -> NOT_FOUND, an unreachable store (or one that refuses the
+credentials) -> UNAVAILABLE "counter store unreachable", anything else ->
 INTERNAL with a generic message and the traceback in the log.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
-from tollway.policy.engine import Engine
+from tollway.policy.engine import STORE_UNREACHABLE, Engine
 from tollway.policy.stores.base import StoreUnavailable
 from tollway.policy.usage import need_id
 from tollway.v1 import tollway_pb2 as pb
@@ -59,9 +60,10 @@ def _rpc(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StoreUnavailable:
-            log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
+        except StoreUnavailable as exc:
+            # the store's words (host, port, driver) stay in the log
+            log.warning("%s: %s: %s", method.__name__, STORE_UNREACHABLE, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNREACHABLE)
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")

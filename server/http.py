@@ -21,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tollway.policy.engine import Engine
+from tollway.policy.engine import STORE_UNREACHABLE, Engine
+from tollway.policy.stores.base import StoreRejected
 
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
@@ -139,12 +140,18 @@ class Readiness:
             return False, "rules not loaded"
         ping = getattr(self._engine.store, "ping", None)
         if ping is not None:
+            # probes are open to anyone: the store's own words (host, port, driver) go to
+            # the log, the reason says only what is wrong
             try:
                 ok = ping()
+            except StoreRejected as exc:
+                log.warning("not ready: the counter store refused the credentials: %s", exc)
+                return False, "counter store refused the credentials"
             except Exception as exc:
-                return False, f"counter store unreachable: {exc}"
+                log.warning("not ready: %s: %s", STORE_UNREACHABLE, exc)
+                return False, STORE_UNREACHABLE
             if ok is False:
-                return False, "counter store unreachable"
+                return False, STORE_UNREACHABLE
         return True, "ready"
 
 

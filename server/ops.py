@@ -23,7 +23,7 @@ from tollway.dsl.parser import parse_text
 from tollway.dsl.source import read_rule_file, rule_files
 from tollway.policy.engine import Engine
 from tollway.policy.model import Decision, Explanation
-from tollway.policy.testing import run_tests
+from tollway.policy.testing import run_tests, seed_entities
 
 __all__ = ["run"]
 
@@ -142,6 +142,8 @@ def _print_decision(d: Decision) -> None:
         would = f'deny "{s.message}"' if s.denied else "allow"
         route = f", route {s.model}" if s.routed else ""
         print(f"shadow:   {', '.join(s.matched_rules)} would {would}{route}")
+    if d.ignored_metadata:
+        print(f"ignored:  {', '.join(d.ignored_metadata)} (only UpsertEntity sets these keys)")
     print(f"ruleset:  {d.ruleset_version}")
 
 
@@ -173,7 +175,7 @@ def run_explain(args: argparse.Namespace) -> int:
         return FAILED
     engine = Engine(ruleset, store="memory")
     try:
-        explanation: Explanation = engine.explain(request)
+        explanation: Explanation = engine.explain(seed_entities(engine, request))
     except ValueError as exc:
         print(f"tollway explain: bad request: {exc}", file=sys.stderr)
         return USAGE

@@ -1,8 +1,11 @@
 """``tollway serve``: one engine behind gRPC and HTTP, reloading its rules, until SIGTERM.
 
-Start-up failures (a rule file that does not compile, an address in use) exit 1 with the
-reason on stderr. SIGTERM or SIGINT: readiness and gRPC health turn NOT_SERVING, in-flight
-calls drain for up to ``--grace`` seconds, then the process exits 0. SIGHUP reloads the rules.
+Start-up failures (a rule file that does not compile, an address in use, a token file
+or certificate that cannot be used) exit 1 with the reason on stderr; a non-loopback
+address without ``--auth`` or ``--insecure`` exits 2 (docs/security.md). SIGTERM or
+SIGINT: readiness and gRPC health turn NOT_SERVING, in-flight calls drain for up to
+``--grace`` seconds, then the process exits 0. SIGHUP reloads the rules, the token file
+and the certificates.
 """
 
 from __future__ import annotations
@@ -10,18 +13,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.observer import Fanout, Observer
+from tollway.policy.stores.base import StoreRejected, StoreUnavailable
 from tollway.policy.usage import Retention
 
-from .app import start_grpc
+from .app import GrpcServer, start_grpc
+from .auth import Authenticator, AuthFileError
+from .decision_log import DecisionLog, open_sink
+from .exposure import assess
+from .grpc_auth import AuthInterceptor
 from .http import HttpServer, Readiness, build_router, start_http
 from .metrics import Metrics
-from .reload import Reloader, fingerprint
+from .reload import Reloader, Watched, fingerprint
+from .tls import ServerTls, TlsError, TlsFiles
 
 __all__ = ["run"]
 
@@ -46,27 +59,190 @@ def _configure_logging(level: str) -> None:
     )
 
 
+class _Refused(Exception):
+    """``serve`` will not start; the message is the one line to print, ``code`` the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class _Security:
+    tls: ServerTls | None
+    auth: Authenticator | None
+
+    def watched(self) -> list[Watched]:
+        """The files reloaded with the rules."""
+        out = []
+        if self.auth is not None:
+            out.append(Watched("tokens", (self.auth.path,), self.auth.reload))
+        if self.tls is not None:
+            out.append(Watched("certificates", self.tls.files.paths, self.tls.reload))
+        return out
+
+
+def _security(args: argparse.Namespace) -> _Security:
+    """TLS, tokens and the exposure check; raises ``_Refused``."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise _Refused("--tls-cert and --tls-key go together: give both or neither", 2)
+    if args.tls_client_ca and not args.tls_cert:
+        raise _Refused("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS first)", 2)
+    try:
+        tls = (
+            ServerTls(TlsFiles(
+                Path(args.tls_cert), Path(args.tls_key),
+                Path(args.tls_client_ca) if args.tls_client_ca else None,
+            ))
+            if args.tls_cert
+            else None
+        )
+        auth = (
+            Authenticator(args.auth, client_certificates=tls is not None and tls.mutual)
+            if args.auth
+            else None
+        )
+    except (AuthFileError, TlsError) as exc:
+        raise _Refused(str(exc)) from None
+    http = args.http if args.http and args.http.lower() != "off" else ""
+    exposure = assess(
+        {"--listen": args.listen, "--http": http},
+        auth=auth is not None, tls=tls is not None, insecure=args.insecure,
+    )
+    if exposure.refusal is not None:
+        raise _Refused(exposure.refusal, 2)
+    for warning in exposure.warnings:
+        log.warning("%s", warning)
+    return _Security(tls, auth)
+
+
+PASSWORD_ENV = "TOLLWAY_STORE_PASSWORD"
+
+
+def _store_password(args: argparse.Namespace) -> str | None:
+    """The store's password from ``--store-password-file`` or ``TOLLWAY_STORE_PASSWORD``."""
+    from_env = os.environ.get(PASSWORD_ENV)
+    if args.store_password_file and from_env is not None:
+        raise _Refused(f"--store-password-file and {PASSWORD_ENV} both give a password; give one", 2)
+    password: str | None = from_env
+    if args.store_password_file:
+        try:
+            text = Path(args.store_password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Refused(f"--store-password-file: cannot read it: {exc}") from None
+        password = text.rstrip("\r\n")
+    if password is None:
+        return None
+    if not password:
+        raise _Refused("the store password is empty", 2)
+    if args.store == "memory":
+        raise _Refused("a store password is for a Redis store; --store is memory", 2)
+    return password
+
+
 def run(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     if not args.rules:
         print("tollway serve: --rules PATH (or TOLLWAY_RULES) is required", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args))
+    try:
+        security = _security(args)
+        password = _store_password(args)
+    except _Refused as exc:
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return exc.code
+    return asyncio.run(_serve(args, security, password))
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def _refused_credentials(engine: Engine) -> StoreRejected | None:
+    """Ping the store: the refusal when it rejects the credentials, else None (an outage
+    is left to each quota's ``on_store_error``)."""
+    ping = getattr(engine.store, "ping", None)
+    if ping is None:
+        return None
+    try:
+        ping()
+    except StoreRejected as exc:
+        return exc
+    except StoreUnavailable:
+        return None
+    return None
+
+
+async def _await_credentials(
+    engine: Engine, grpc_server: GrpcServer, first: StoreRejected, *, max_delay: float = 30.0
+) -> None:
+    """Not serving until the store accepts the credentials: retry with backoff, say so."""
+    loop = asyncio.get_running_loop()
+    delay = 1.0
+    log.error(
+        "the counter store refused the credentials (%s): not ready, and Decide answers "
+        "UNAVAILABLE rather than fail open; check %s or --store-password-file; retrying",
+        first, PASSWORD_ENV,
+    )
+    while True:
+        await asyncio.sleep(delay)
+        refused = await loop.run_in_executor(None, _refused_credentials, engine)
+        if refused is None:
+            break
+        log.error("the counter store still refuses the credentials; retrying in %gs", delay)
+        delay = min(max_delay, delay * 2)
+    await grpc_server.set_serving(True)
+    log.info("the counter store accepted the credentials: serving")
+
+
+def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | None:
+    if not args.decision_log:
+        return None
+    keys = frozenset(k.strip() for k in args.decision_log_metadata.split(",") if k.strip())
+    try:
+        sink = open_sink(
+            args.decision_log, max_mb=args.decision_log_max_mb, keep=args.decision_log_keep
+        )
+    except OSError as exc:
+        raise _Refused(f"--decision-log {args.decision_log}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise _Refused(str(exc), 2) from None
+    return DecisionLog(sink, metadata_keys=keys, on_dropped=metrics.decision_log_line_dropped)
+
+
+async def _serve(args: argparse.Namespace, security: _Security, password: str | None) -> int:
     metrics = Metrics()
+    try:
+        decisions = _decision_log(args, metrics)
+    except _Refused as exc:
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return exc.code
+    if decisions is None:
+        return await _serve_engine(args, security, password, metrics, metrics)
+    decisions.start()
+    try:
+        return await _serve_engine(
+            args, security, password, metrics, Fanout(metrics, decisions)
+        )
+    finally:
+        decisions.close()  # every line buffered so far is written
+
+
+async def _serve_engine(
+    args: argparse.Namespace,
+    security: _Security,
+    password: str | None,
+    metrics: Metrics,
+    observer: Observer,
+) -> int:
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(
             args.rules,
             store=args.store,
             key_prefix=args.key_prefix,
-            observer=metrics,
+            observer=observer,
             retention=Retention(
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age * 86400.0,
             ),
+            store_password=password,
         )
     except RulesError as exc:
         for d in exc.errors:
@@ -85,8 +261,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
     readiness = Readiness(engine)
     http: HttpServer | None = None
+    loop = asyncio.get_running_loop()
+    refused = await loop.run_in_executor(None, _refused_credentials, engine)
     try:
-        grpc_server = await start_grpc(engine, args.listen)
+        interceptors = (
+            (AuthInterceptor(security.auth, metrics.auth_failed),) if security.auth else ()
+        )
+        grpc_server = await start_grpc(
+            engine, args.listen, tls=security.tls, interceptors=interceptors,
+            serving=refused is None,
+        )
     except OSError as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
         engine.close()
@@ -101,20 +285,27 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
 
     reloader = Reloader(
-        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
+        engine, args.rules, metrics, interval=args.reload_interval, initial=seen,
+        watched=security.watched(),
     )
     reloader.start()
+    credentials = (
+        loop.create_task(_await_credentials(engine, grpc_server, refused))
+        if refused is not None
+        else None
+    )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
     ruleset = engine.ruleset
     log.info(
-        "tollway serving: grpc=%s http=%s rules=%s version=%s rule_count=%d store=%s",
+        "tollway serving: grpc=%s http=%s rules=%s version=%s rule_count=%d store=%s tls=%s auth=%s",
         grpc_server.address, http.address if http else "off", args.rules, ruleset.version,
         len(ruleset.rules), _redact(args.store),
+        ("mtls" if security.tls.mutual else "on") if security.tls else "off",
+        "on" if security.auth else "off",
     )
     await stop.wait()
 
@@ -122,6 +313,8 @@ async def _serve(args: argparse.Namespace) -> int:
     readiness.drain()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
+    if credentials is not None:
+        credentials.cancel()
     await grpc_server.stop(args.grace)
     await reloader.stop()
     if http is not None:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .base import CounterSpec, CounterState, CounterStore, ReportOutcome, StoreUnavailable
+from .base import (
+    CounterSpec,
+    CounterState,
+    CounterStore,
+    ForeignDecision,
+    ReportOutcome,
+    StoreRejected,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from ..entities import EntityStore
@@ -21,6 +29,8 @@ __all__ = [
     "CounterStore",
     "ReportOutcome",
     "StoreUnavailable",
+    "StoreRejected",
+    "ForeignDecision",
     "open_store",
     "open_entity_store",
 ]
@@ -44,9 +54,11 @@ def open_store(
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
     retention: Retention | None = None,
+    password: str | None = None,
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps."""
+    ``retention`` bounds the activity log the store keeps; ``password`` is the store's,
+    kept out of the URL."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
@@ -55,15 +67,19 @@ def open_store(
         return MemoryCounterStore(retention=retention)
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention)
+    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention, password=password)
 
 
 def open_entity_store(
-    url: str, *, key_prefix: str = "tollway:", clock: Callable[[], float] | None = None
+    url: str,
+    *,
+    key_prefix: str = "tollway:",
+    clock: Callable[[], float] | None = None,
+    password: str | None = None,
 ) -> EntityStore:
     """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
     from ..entity_stores import MemoryEntityStore, RedisEntityStore
 
     if _kind(url) == "memory":
         return MemoryEntityStore()
-    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock)
+    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock, password=password)

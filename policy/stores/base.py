@@ -15,7 +15,10 @@ from tollway.dsl.ast import Window
 
 from ..usage import RequestSeen, UsageEvent, UsageReader
 
-__all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
+__all__ = [
+    "CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "StoreRejected",
+    "ForeignDecision", "CounterStore",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,24 @@ class StoreUnavailable(Exception):
     """The store could not be reached or answered too slowly; nothing was changed."""
 
 
+class StoreRejected(StoreUnavailable):
+    """The store refused the credentials (a wrong or missing password).
+
+    Unlike an outage, this never heals by itself and would switch every quota off: it is
+    never answered by ``on_store_error allow`` (docs/security.md).
+    """
+
+
+class ForeignDecision(ValueError):
+    """A report quoted a decision made for another user or group; nothing was changed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "decision_id: that decision was made for another user or group; a report must "
+            "name the user and group of the decision it quotes"
+        )
+
+
 class CounterStore(Protocol):
     name: str  # "memory" or "redis": the ``store`` label of tollway_store_* metrics
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
@@ -76,14 +97,16 @@ class CounterStore(Protocol):
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
     ) -> list[CounterState]:
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
 
         All or nothing: when any counter is exceeded, nothing is added. With ``hold_id``
-        the store remembers what was added (bucket by bucket) so that ``record_report``
-        can later replace the reservation by the actual usage. ``now`` overrides the
+        the store remembers what was added (bucket by bucket), and for whom
+        (``hold_owner``, ``quotas.owner_key``), so that ``record_report`` can later
+        replace the reservation by the actual usage. ``now`` overrides the
         store's clock (the memory store's injected clock; Redis uses its own TIME).
         ``seen``, when given, is counted in the usage aggregates (one request, first and
         last seen) in the same atomic step, and only if the amounts were added: a denied
@@ -105,16 +128,20 @@ class CounterStore(Protocol):
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
     ) -> ReportOutcome:
-        """Apply a usage report once per ``request_id``.
+        """Apply a usage report once per ``request_id`` of its ``reporter``.
 
         ``actual`` maps metric -> amount actually used. If ``hold_id`` names a live
-        reservation, each reserved counter is adjusted by ``actual - reserved`` in the
-        bucket it was reserved in (never below zero) -> "settled". Otherwise each
-        ``fallback`` counter is increased by its ``amount`` -> "added". A request_id
-        already reported -> "duplicate", nothing changes. ``usage``, when given, is added
+        reservation, it must have been made for ``owner`` (else ``ForeignDecision`` is
+        raised and nothing changes); each reserved counter is then adjusted by
+        ``actual - reserved`` in the bucket it was reserved in (never below zero) ->
+        "settled". Otherwise each ``fallback`` counter is increased by its ``amount`` ->
+        "added". A request_id the same ``reporter`` (``quotas.reporter_key``) already
+        reported -> "duplicate", nothing changes. ``usage``, when given, is added
         to the usage aggregates in the same atomic step (so it counts exactly once too);
         it counts a request only when ``usage.counts_request`` (no decision counted it).
         Raises ``StoreUnavailable``.

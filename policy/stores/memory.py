@@ -17,7 +17,7 @@ from cachetools import TTLCache
 
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
-from .base import CounterSpec, CounterState, ReportOutcome
+from .base import CounterSpec, CounterState, ForeignDecision, ReportOutcome
 from .usage_memory import MemoryUsage
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
@@ -64,7 +64,10 @@ class MemoryCounterStore:
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
         # Both caches expire on the store's clock so that tests moving time see it.
-        self._holds: TTLCache[str, tuple[_Held, ...]] = TTLCache(max_holds, hold_ttl, timer=clock)
+        # hold id -> (owner key, what was reserved)
+        self._holds: TTLCache[str, tuple[str, tuple[_Held, ...]]] = TTLCache(
+            max_holds, hold_ttl, timer=clock
+        )
         self._reports: TTLCache[str, bool] = TTLCache(max_reports, report_ttl, timer=clock)
         self._next_sweep = -math.inf
 
@@ -76,6 +79,7 @@ class MemoryCounterStore:
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
     ) -> list[CounterState]:
@@ -101,11 +105,11 @@ class MemoryCounterStore:
                 for (_, key, amount, _, _), (field, _, until) in zip(prepared, slots, strict=True):
                     add(key, field, until, amount)
                 if hold_id is not None and prepared:
-                    self._holds[hold_id] = tuple(
+                    self._holds[hold_id] = (hold_owner, tuple(
                         (key, field, spec.metric, amount, until)
                         for (spec, key, amount, _, _), (field, _, until)
                         in zip(prepared, slots, strict=True)
-                    )
+                    ))
                 if seen is not None:
                     # under the store's lock: the request counts exactly when it consumed
                     self.usage.count_request(seen)
@@ -124,6 +128,8 @@ class MemoryCounterStore:
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
     ) -> ReportOutcome:
@@ -131,16 +137,21 @@ class MemoryCounterStore:
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.check_counters("", fallback)
         sec = math.floor(t)
+        marker = windows.report_key("", reporter, request_id)
         with self._lock:
-            if request_id in self._reports:
+            if marker in self._reports:
                 return "duplicate"
-            self._reports[request_id] = True
+            hold = self._holds.get(hold_id) if hold_id is not None else None
+            if hold is not None and hold[0] != owner:
+                raise ForeignDecision()
+            self._reports[marker] = True
             if usage is not None:
                 # under the store's lock: a report and its usage count once, together
                 self.usage.apply(usage)
-            held = self._holds.pop(hold_id, None) if hold_id is not None else None
-            if held is not None:
-                for key, field, metric, units, until in held:
+            if hold is not None:
+                assert hold_id is not None
+                self._holds.pop(hold_id, None)
+                for key, field, metric, units, until in hold[1]:
                     # A metric the report does not mention keeps its reservation.
                     if metric in actual_units and sec < until:
                         self._add(key, field, until, actual_units[metric] - units)

@@ -18,20 +18,28 @@ import math
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
 from ..windows import Checked
-from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
+from .base import (
+    CounterSpec,
+    CounterState,
+    ForeignDecision,
+    ReportOutcome,
+    StoreRejected,
+    StoreUnavailable,
+)
 from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
-__all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
+__all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client", "store_error"]
 
 HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
 REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
@@ -48,6 +56,17 @@ def default_retry() -> Retry:
     return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
+def store_error(exc: Exception) -> StoreUnavailable:
+    """The store error for a redis-py (or socket) exception: ``StoreRejected`` when Redis
+    refused the credentials (WRONGPASS, NOAUTH), else ``StoreUnavailable``."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or (
+        isinstance(exc, ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+    ):
+        return StoreRejected(f"redis: {text}")
+    return StoreUnavailable(f"redis: {text}")
+
+
 def redis_client(
     url: str,
     *,
@@ -55,8 +74,15 @@ def redis_client(
     connect_timeout: float | None = None,
     retry: Retry | None = None,
     max_connections: int | None = None,
+    password: str | None = None,
 ) -> redis.Redis:
-    """A client with short socket timeouts; the pool reconnects by itself after an outage."""
+    """A client with short socket timeouts; the pool reconnects by itself after an outage.
+
+    ``password`` is for a password kept out of the URL (and so out of ``ps``); a URL
+    that carries one as well is refused.
+    """
+    if password is not None and urlsplit(url).password is not None:
+        raise ValueError("store: the URL has a password and one was given apart; give it once")
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -64,6 +90,7 @@ def redis_client(
         retry=retry if retry is not None else default_retry(),
         health_check_interval=0,  # no PING on the hot path
         max_connections=max_connections,
+        **({"password": password} if password is not None else {}),
     )
 
 
@@ -99,6 +126,7 @@ class RedisCounterStore:
         honour_now: bool = False,
         client: redis.Redis | None = None,
         retention: Retention | None = None,
+        password: str | None = None,
     ) -> None:
         self._client = client or redis_client(
             url,
@@ -106,6 +134,7 @@ class RedisCounterStore:
             connect_timeout=connect_timeout,
             retry=retry,
             max_connections=max_connections,
+            password=password,
         )
         self._prefix = key_prefix
         self._hold_ttl = str(int(hold_ttl))
@@ -124,6 +153,7 @@ class RedisCounterStore:
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
     ) -> list[CounterState]:
@@ -141,6 +171,7 @@ class RedisCounterStore:
             self._override(now),
             "1" if consume else "0",
             self._hold_ttl if hold else "0",
+            hold_owner,
         ]
         for spec, _, amount, limit, plan in prepared:
             args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
@@ -169,19 +200,21 @@ class RedisCounterStore:
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.check_counters(self._prefix, fallback)
-        keys = [windows.report_key(self._prefix, request_id)]
+        keys = [windows.report_key(self._prefix, reporter, request_id)]
         if hold_id is not None:
             keys.append(windows.hold_key(self._prefix, hold_id))
         keys += [c.key for c in checked]
         args = [
             self._override(now),
             self._report_ttl,
-            "1" if hold_id is not None else "0",
+            owner if hold_id is not None else "",
             str(len(units)),
         ]
         for metric, value in units.items():
@@ -192,6 +225,8 @@ class RedisCounterStore:
             args += usage_args(self._prefix, usage, self.retention)
         outcome = self._call(self._report, keys, args)
         text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        if text == "foreign":
+            raise ForeignDecision()
         if text not in ("duplicate", "settled", "added"):
             raise StoreUnavailable(f"redis report script answered {text!r}")
         return text  # type: ignore[return-value]
@@ -200,11 +235,12 @@ class RedisCounterStore:
         self.usage.count_request(seen)
 
     def ping(self) -> bool:
-        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` when not."""
+        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` (or
+        ``StoreRejected`` for refused credentials) when not."""
         try:
             return bool(self._client.ping())
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            raise store_error(exc) from exc
 
     def close(self) -> None:
         self._client.close()
@@ -217,10 +253,8 @@ class RedisCounterStore:
     def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:
             return script(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        except OSError as exc:  # a socket error redis-py did not wrap
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        except (RedisError, OSError) as exc:  # OSError: a socket error redis-py did not wrap
+            raise store_error(exc) from exc
 
 
 def _window_args(c: Checked) -> tuple[str, str]:

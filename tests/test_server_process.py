@@ -140,7 +140,8 @@ def test_address_in_use_is_one_clean_line_and_exit_1(tmp_path: Path) -> None:
         for fmt in ("text", "json"):
             result = subprocess.run(
                 [sys.executable, "-m", "tollway", "serve", "--rules",
-                 str(write_rules(tmp_path)), "--listen", first.grpc, "--http", "off",
+                 str(write_rules(tmp_path, "default allow\n", "quiet.rules")),
+                 "--listen", first.grpc, "--http", "off",
                  "--log-format", fmt],
                 capture_output=True, text=True, timeout=60, env=env,
             )

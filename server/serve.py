@@ -1,11 +1,13 @@
 """``tollway serve``: one engine behind gRPC and HTTP, reloading its rules, until SIGTERM.
 
-Start-up failures (a rule file that does not compile, an address in use, a token file
-or certificate that cannot be used) exit 1 with the reason on stderr; a non-loopback
-address without ``--auth`` or ``--insecure`` exits 2 (docs/security.md). SIGTERM or
-SIGINT: readiness and gRPC health turn NOT_SERVING, in-flight calls drain for up to
-``--grace`` seconds, then the process exits 0. SIGHUP reloads the rules, the token file
-and the certificates.
+Without ``--rules`` it serves the built-in example ruleset (``example.rules`` beside this
+module, the same text as examples/gateway.rules) and says so. Start-up failures (a rule
+file that does not compile, an address in use, a token file or certificate that cannot
+be used) exit 1 with the reason on stderr, as one ``tollway serve: …`` line (or one JSON
+log record each with ``--log-format json``); a non-loopback address without ``--auth``
+or ``--insecure`` exits 2 (docs/security.md). SIGTERM or SIGINT: readiness and gRPC
+health turn NOT_SERVING, in-flight calls drain for up to ``--grace`` seconds, then the
+process exits 0. SIGHUP reloads the rules, the token file and the certificates.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,11 +34,12 @@ from .decision_log import DecisionLog, open_sink
 from .exposure import assess
 from .grpc_auth import AuthInterceptor
 from .http import HttpServer, Readiness, build_router, start_http
+from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, Watched, fingerprint
 from .tls import ServerTls, TlsError, TlsFiles
 
-__all__ = ["run"]
+__all__ = ["run", "builtin_rules"]
 
 log = logging.getLogger("tollway.server")
 
@@ -51,12 +54,18 @@ def _redact(store: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def builtin_rules() -> Path:
+    """The example ruleset shipped with tollway, served when no ``--rules`` is given."""
+    return Path(str(resources.files("tollway.server") / "example.rules"))
+
+
+def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
+    """Report why the server cannot start: a plain line, or a JSON record."""
+    if args.log_format == "json":
+        log.error("%s", message)
+    else:
+        print(f"tollway serve: {message}", file=sys.stderr)
+    return code
 
 
 class _Refused(Exception):
@@ -116,41 +125,30 @@ def _security(args: argparse.Namespace) -> _Security:
     return _Security(tls, auth)
 
 
-PASSWORD_ENV = "TOLLWAY_STORE_PASSWORD"
-
-
 def _store_password(args: argparse.Namespace) -> str | None:
-    """The store's password from ``--store-password-file`` or ``TOLLWAY_STORE_PASSWORD``."""
-    from_env = os.environ.get(PASSWORD_ENV)
-    if args.store_password_file and from_env is not None:
-        raise _Refused(f"--store-password-file and {PASSWORD_ENV} both give a password; give one", 2)
-    password: str | None = from_env
-    if args.store_password_file:
-        try:
-            text = Path(args.store_password_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _Refused(f"--store-password-file: cannot read it: {exc}") from None
-        password = text.rstrip("\r\n")
-    if password is None:
-        return None
-    if not password:
-        raise _Refused("the store password is empty", 2)
-    if args.store == "memory":
-        raise _Refused("a store password is for a Redis store; --store is memory", 2)
+    """The store's password: ``--store-password-file`` (read when the flags were parsed)
+    or ``TOLLWAY_STORE_PASSWORD``, never both, and only for a Redis store."""
+    if args.store_password_file is not None and args.store_password is not None:
+        raise _Refused(
+            "--store-password-file and TOLLWAY_STORE_PASSWORD both give a password; give one",
+            2,
+        )
+    password: str | None = args.store_password_file or args.store_password
+    if password is not None and args.store == "memory":
+        raise _Refused("a store password is for a Redis store, and --store is memory", 2)
     return password
 
 
 def run(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
-    if not args.rules:
-        print("tollway serve: --rules PATH (or TOLLWAY_RULES) is required", file=sys.stderr)
-        return 2
+    configure(args.log_level, args.log_format, sys.stderr)
     try:
         security = _security(args)
         password = _store_password(args)
     except _Refused as exc:
-        print(f"tollway serve: {exc}", file=sys.stderr)
-        return exc.code
+        return _fail(args, str(exc), exc.code)
+    if not args.rules:
+        args.rules = str(builtin_rules())
+        log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
     return asyncio.run(_serve(args, security, password))
 
 
@@ -177,8 +175,8 @@ async def _await_credentials(
     delay = 1.0
     log.error(
         "the counter store refused the credentials (%s): not ready, and Decide answers "
-        "UNAVAILABLE rather than fail open; check %s or --store-password-file; retrying",
-        first, PASSWORD_ENV,
+        "UNAVAILABLE rather than fail open; check TOLLWAY_STORE_PASSWORD or --store-password-file; retrying",
+        first,
     )
     while True:
         await asyncio.sleep(delay)
@@ -194,7 +192,7 @@ async def _await_credentials(
 def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | None:
     if not args.decision_log:
         return None
-    keys = frozenset(k.strip() for k in args.decision_log_metadata.split(",") if k.strip())
+    keys = frozenset(k.strip() for k in args.decision_log_metadata if k.strip())
     try:
         sink = open_sink(
             args.decision_log, max_mb=args.decision_log_max_mb, keep=args.decision_log_keep
@@ -211,8 +209,7 @@ async def _serve(args: argparse.Namespace, security: _Security, password: str | 
     try:
         decisions = _decision_log(args, metrics)
     except _Refused as exc:
-        print(f"tollway serve: {exc}", file=sys.stderr)
-        return exc.code
+        return _fail(args, str(exc), exc.code)
     if decisions is None:
         return await _serve_engine(args, security, password, metrics, metrics)
     decisions.start()
@@ -240,21 +237,19 @@ async def _serve_engine(
             observer=observer,
             retention=Retention(
                 max_reports=args.activity_max_reports,
-                max_age_seconds=args.activity_max_age * 86400.0,
+                max_age_seconds=args.activity_max_age,
             ),
             store_password=password,
         )
     except RulesError as exc:
         for d in exc.errors:
-            print(d.render(), file=sys.stderr)
-        print(
-            f"tollway serve: {len(exc.errors)} error(s) in {args.rules}; not starting",
-            file=sys.stderr,
-        )
-        return 1
+            if args.log_format == "json":
+                log.error("%s", d.render())
+            else:
+                print(d.render(), file=sys.stderr)
+        return _fail(args, f"{len(exc.errors)} error(s) in {args.rules}; not starting")
     except (ValueError, OSError) as exc:
-        print(f"tollway serve: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
     metrics.ruleset_loaded(engine.ruleset)
@@ -272,17 +267,15 @@ async def _serve_engine(
             serving=refused is None,
         )
     except OSError as exc:
-        print(f"tollway serve: {exc}", file=sys.stderr)
         engine.close()
-        return 1
+        return _fail(args, str(exc))
     try:
         if args.http and args.http.lower() != "off":
             http = start_http(args.http, build_router(engine, metrics, readiness))
     except (OSError, ValueError) as exc:
-        print(f"tollway serve: cannot serve HTTP on {args.http}: {exc}", file=sys.stderr)
         await grpc_server.stop(0)
         engine.close()
-        return 1
+        return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
     reloader = Reloader(
         engine, args.rules, metrics, interval=args.reload_interval, initial=seen,
@@ -300,12 +293,16 @@ async def _serve_engine(
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
     ruleset = engine.ruleset
+    ready = {
+        "grpc": grpc_server.address, "http": http.address if http else "off",
+        "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
+        "store": _redact(args.store),
+        "tls": ("mtls" if security.tls.mutual else "on") if security.tls else "off",
+        "auth": "on" if security.auth else "off",
+    }
     log.info(
-        "tollway serving: grpc=%s http=%s rules=%s version=%s rule_count=%d store=%s tls=%s auth=%s",
-        grpc_server.address, http.address if http else "off", args.rules, ruleset.version,
-        len(ruleset.rules), _redact(args.store),
-        ("mtls" if security.tls.mutual else "on") if security.tls else "off",
-        "on" if security.auth else "off",
+        "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
+        "rule_count=%(rule_count)d store=%(store)s tls=%(tls)s auth=%(auth)s", ready, extra=ready,
     )
     await stop.wait()
 

@@ -19,6 +19,9 @@ __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action != "new":
+        print("tollway token: say what to do: tollway token new --name N --roles R", file=sys.stderr)
+        return 2
     name = args.name.strip()
     if not name or not name.isprintable():
         print("tollway token new: --name must be a non-empty printable name", file=sys.stderr)

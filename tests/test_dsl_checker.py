@@ -359,7 +359,7 @@ def test_admin_keys_parse_format_and_compile() -> None:
 def test_rules_reading_settable_metadata_warn_once_when_no_key_is_admin() -> None:
     got = warnings_of(
         """schema group { credits: number, plan: string }
-quota q limits cost to group.credits or 5 per month for each group
+quota q limits requests to group.credits or 5 per month for each group
 rule a { when user.tier == "free" and user.id == "x" enforce q }
 rule b { when "vip" in user.categories route "m" if group.plan == "gold" }
 rule c { limit requests to user.cap or 3 per 1h for each user }""",

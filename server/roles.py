@@ -42,7 +42,6 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "/tollway.v1.Tollway/ListUsage": "admin",
     "grpc.health.v1.Health": OPEN,
     "grpc.reflection.v1alpha.ServerReflection": OPEN,
-    "grpc.reflection.v1.ServerReflection": OPEN,
 }
 
 # HTTP: (method, route pattern as the router spells it). HEAD follows GET.

@@ -192,7 +192,10 @@ async def _await_credentials(
 def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | None:
     if not args.decision_log:
         return None
-    keys = frozenset(k.strip() for k in args.decision_log_metadata if k.strip())
+    # repeated flags, each possibly a comma-separated list (as the variable is)
+    keys = frozenset(
+        k.strip() for item in args.decision_log_metadata for k in item.split(",") if k.strip()
+    )
     try:
         sink = open_sink(
             args.decision_log, max_mb=args.decision_log_max_mb, keep=args.decision_log_keep

@@ -247,8 +247,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "decision-log-metadata", Text(metavar="KEY"), [], "TOLLWAY_DECISION_LOG_METADATA",
-        "a user or group metadata key whose value the decision log includes (none by "
-        "default: metadata may be personal data)", (SERVE,), repeated=True,
+        "user or group metadata keys whose values the decision log includes, separated "
+        "by commas (none by default: metadata may be personal data)", (SERVE,),
+        repeated=True,
     ),
     # ------------------------------------------------------ check, test, explain
     Setting(

@@ -17,6 +17,11 @@ Fixtures
     (SIGSTOP/SIGCONT: a stalled server), ``.client()``.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
+``pki`` (session)
+    A CA, a server certificate for 127.0.0.1/localhost, a client certificate with CN
+    ``billing.internal``, and one with the same CN from a CA the server does not trust
+    (``tests/pki.py``). Needs ``cryptography`` (the test extra): skipped without it, or
+    failed when ``CI`` is set.
 """
 
 from __future__ import annotations
@@ -199,3 +204,15 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> object:
+    try:
+        from pki import make_pki
+    except ImportError as exc:  # cryptography missing
+        reason = f"the TLS tests need the cryptography package ({exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
+        pytest.skip(reason)
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -169,7 +169,7 @@ def _need_int(value: Any, name: str, low: int, high: int, default: int) -> int:
         raise UsageParamError(name, "must be a whole number")
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # str.isdigit() takes "١٢" and "²"
             raise UsageParamError(name, f"must be a whole number, got {value!r}")
         number = int(text)
     elif isinstance(value, int):

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP address for /metrics, /healthz, /readyz and /v1/usage; 'off' disables [TOLLWAY_HTTP]",
     )
     serve.add_argument(
+        "--http-idle-timeout",
+        type=float,
+        default=float(_env("http-idle-timeout", "15") or 15),
+        help="seconds an HTTP connection may stay open without a complete request "
+        "(new, idle or sending its headers slowly) [TOLLWAY_HTTP_IDLE_TIMEOUT]",
+    )
+    serve.add_argument(
         "--store",
         default=_env("store", "memory"),
         help="counter store: memory or redis://HOST:PORT/DB [TOLLWAY_STORE]",

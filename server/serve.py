@@ -19,7 +19,8 @@ from tollway.policy.engine import Engine
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
-from .http import HttpServer, Readiness, build_router, start_http
+from .http import HttpLimits, HttpServer, build_app, start_http
+from .http_ops import Readiness
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
 
@@ -93,7 +94,10 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
     try:
         if args.http and args.http.lower() != "off":
-            http = start_http(args.http, build_router(engine, metrics, readiness))
+            limits = HttpLimits(idle_timeout=args.http_idle_timeout)
+            http = await start_http(
+                args.http, build_app(engine, metrics, readiness, limits=limits)
+            )
     except (OSError, ValueError) as exc:
         print(f"tollway serve: cannot serve HTTP on {args.http}: {exc}", file=sys.stderr)
         await grpc_server.stop(0)
@@ -125,7 +129,7 @@ async def _serve(args: argparse.Namespace) -> int:
     await grpc_server.stop(args.grace)
     await reloader.stop()
     if http is not None:
-        http.stop()
+        await http.stop()
     engine.close()
     log.info("stopped")
     return 0

@@ -22,6 +22,7 @@ from .validate import (
     need_known_fields,
     need_metadata,
     need_object,
+    need_part,
     need_seconds,
     need_text,
     need_tokens,
@@ -183,6 +184,7 @@ _REPORT_FIELDS = frozenset(
         "duration_seconds",
         "status",
         "attributes",
+        "cached_input_tokens",
     }
 )
 
@@ -202,6 +204,7 @@ class UsageReport:
     duration_seconds: float = 0.0
     status: str = "success"
     attributes: dict[str, str] = field(default_factory=dict)
+    cached_input_tokens: int = 0  # the part of input_tokens served from a prompt cache
 
     @property
     def total_tokens(self) -> int:
@@ -214,18 +217,22 @@ class UsageReport:
             return data
         data = need_object(data, "report")
         need_known_fields(data, _REPORT_FIELDS, "report")
+        input_tokens = need_tokens(data.get("input_tokens"), "input_tokens")
         return cls(
             request_id=need_id(data.get("request_id"), "request_id"),
             decision_id=need_id(data.get("decision_id"), "decision_id", required=False),
             user=EntityRef.parse(data.get("user"), "user"),
             group=EntityRef.parse(data.get("group"), "group"),
             model=need_text(data.get("model"), "model", MAX_MODEL_BYTES),
-            input_tokens=need_tokens(data.get("input_tokens"), "input_tokens"),
+            input_tokens=input_tokens,
             output_tokens=need_tokens(data.get("output_tokens"), "output_tokens"),
             cost_usd=need_usd(data.get("cost_usd"), "cost_usd"),
             duration_seconds=need_seconds(data.get("duration_seconds"), "duration_seconds"),
             status=need_text(data.get("status") or "success", "status", MAX_STATUS_BYTES),
             attributes=need_attributes(data.get("attributes"), "attributes"),
+            cached_input_tokens=need_part(
+                data.get("cached_input_tokens"), "cached_input_tokens", input_tokens, "input_tokens"
+            ),
         )
 
 

@@ -53,6 +53,8 @@ __all__ = [
     "need_groups",
     "need_bool",
     "need_tokens",
+    "need_hits",
+    "need_part",
     "need_usd",
     "need_seconds",
     "need_metadata",
@@ -205,6 +207,21 @@ def need_tokens(value: Any, field: str) -> int:
     number = _whole(value, field)
     _at_most(number, field, MAX_TOKENS)
     return number
+
+
+def need_hits(value: Any, field: str = "hits") -> int:
+    """How many requests one decision counts: a whole number in ``1..MAX_TOKENS``."""
+    if type(value) is not int or not 1 <= value <= MAX_TOKENS:
+        raise FieldError(field, f"must be a whole number from 1 to {MAX_TOKENS:_}, got {value!r}")
+    return value
+
+
+def need_part(value: Any, field: str, whole: int, whole_field: str) -> int:
+    """A token count that is part of another (``cached_input_tokens`` of ``input_tokens``)."""
+    part = need_tokens(value, field)
+    if part > whole:
+        raise FieldError(field, f"{part} is more than {whole_field} ({whole})")
+    return part
 
 
 def _need_amount(value: Any, field: str, high: float) -> float:

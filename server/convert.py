@@ -182,6 +182,8 @@ def usage_report(msg: pb.UsageReport) -> dict[str, Any]:
         "duration_seconds": msg.duration_seconds,
         "status": msg.status,
     }
+    if msg.cached_input_tokens:
+        data["cached_input_tokens"] = msg.cached_input_tokens
     if msg.attributes:
         data["attributes"] = dict(msg.attributes)
     return data

@@ -2,7 +2,7 @@
 
 Every 4xx and 5xx answer has the body ``{"error": {"code", "message"[, "parameter"]}}``
 (docs/api.md lists the codes). Routes raise: ``HttpError`` for what they decide
-themselves, or the engine's own exceptions (``UsageParamError``, ``ValueError``,
+themselves, or the engine's own exceptions (``FieldError``, ``ValueError``,
 ``StoreUnavailable``…); ``errors_middleware`` maps them with ``error_for``, and the
 server maps the HTTP parser's refusals (an over-long URL, a malformed request line) with
 the same function, so no answer ever leaves in another shape.
@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 
 from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.usage import UsageParamError
+from tollway.policy.validate import FieldError
 
 __all__ = [
     "JSON",
@@ -133,8 +133,8 @@ def error_for(exc: BaseException, *, url_limit: int | None = None) -> web.Respon
     match exc:
         case HttpError():
             return error_response(exc.status, exc.code, exc.message, exc.parameter, exc.headers)
-        case UsageParamError():
-            return error_response(400, "invalid_parameter", str(exc), exc.parameter)
+        case FieldError():
+            return error_response(400, "invalid_parameter", str(exc), exc.field)
         case ValueError():
             return error_response(400, "bad_request", str(exc))
         case StoreUnavailable():

@@ -21,15 +21,8 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from tollway.policy.usage import (
-    ActivityQuery,
-    UsageDetail,
-    UsageEvent,
-    UsagePage,
-    UsageParamError,
-    UsageQuery,
-    need_id,
-)
+from tollway.policy.usage import ActivityQuery, UsageDetail, UsageEvent, UsagePage, UsageQuery
+from tollway.policy.validate import KIND_NAMES, FieldError, need_kind
 
 from .csv_export import CsvEncoder
 from .http_errors import HttpError, json_response
@@ -104,7 +97,7 @@ def _export(fmt: str) -> tuple[dict[str, str], bytes, Encode]:
     if fmt == "jsonl":
         return {"Content-Type": JSONL}, b"", _jsonl
     if fmt != "csv":
-        raise UsageParamError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
+        raise FieldError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
     encoder = CsvEncoder()
 
     def encode(events: list[UsageEvent]) -> bytes:
@@ -123,7 +116,7 @@ def _export(fmt: str) -> tuple[dict[str, str], bytes, Encode]:
 
 
 def install(app: web.Application, engine: UsageEngine) -> None:
-    """Add the usage routes (role ``admin``) to ``app``."""
+    """Add the usage routes (role ``admin``) to ``app``: plural and singular kinds."""
 
     async def activity(request: web.Request) -> web.StreamResponse:
         params = first_values(query_params(request))
@@ -145,7 +138,7 @@ def install(app: web.Application, engine: UsageEngine) -> None:
             query = query_params(request)
             params = first_values(query)
             if "kind" in params:
-                raise UsageParamError("kind", "unknown parameter (the kind is in the path)")
+                raise FieldError("kind", "unknown parameter (the kind is in the path)")
             page = await offload(request, engine.list_usage, UsageQuery.parse(params, kind=kind))
             base = _base(f"/v1/usage/{kind}", request)
             return json_response({
@@ -158,12 +151,12 @@ def install(app: web.Application, engine: UsageEngine) -> None:
         return handler
 
     def detail(kind: str) -> Handler:
-        entity = "user" if kind == "users" else "group"
+        entity = need_kind(kind)
 
         async def handler(request: web.Request) -> web.Response:
             for name in query_params(request):
-                raise UsageParamError(name, "unknown parameter (this route takes none)")
-            ident = need_id(request.match_info["id"])
+                raise FieldError(name, "unknown parameter (this route takes none)")
+            ident = request.match_info["id"]  # the engine checks it (as user_id / group_id)
             found = await offload(request, engine.get_usage, entity, ident)
             if found is None:
                 raise HttpError(404, f"no usage recorded for {entity} {ident!r}")
@@ -171,7 +164,7 @@ def install(app: web.Application, engine: UsageEngine) -> None:
 
         return handler
 
-    for kind in ("users", "groups"):
+    for kind in KIND_NAMES:  # /v1/usage/users/… and the singular /v1/usage/user/…
         add_route(app, "GET", f"/v1/usage/{kind}", listing(kind), role="admin")
         add_route(app, "GET", f"/v1/usage/{kind}/{{id}}", detail(kind), role="admin")
     add_route(app, "GET", "/v1/activity", activity, role="admin")

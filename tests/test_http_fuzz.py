@@ -96,8 +96,10 @@ def check(reply: Reply, method: str, path: str) -> None:
 
 PARAMS = ["search", "sort", "limit", "offset", "start", "end", "kind", "user", "group",
           "model", "format", "cursor", "id"]
-ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/usage/users", "/v1/usage/groups",
-               "/v1/usage/users/{id}", "/v1/usage/groups/{id}", "/v1/activity"]
+ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/activity"] + [
+    f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
+    for tail in ("", "/{id}")
+]
 
 values = st.one_of(
     st.text(max_size=40),

@@ -178,7 +178,11 @@ def test_detail_and_unknown_id(port: HttpPort) -> None:
     assert get(port, "/v1/usage/groups/acme")[0] == 200
     status, data = get(port, "/v1/usage/users/" + "x" * 300)
     assert status == 400
-    assert_error(data, "invalid_parameter", "id")
+    assert_error(data, "invalid_parameter", "user_id")
+    status, data = get(port, "/v1/usage/user/user05")  # the singular kind too
+    assert (status, data["user_id"]) == (200, "user05")
+    status, data = get(port, "/v1/usage/group", limit=1)
+    assert status == 200 and data["next"].startswith("http://tollway.local:9464/v1/usage/group?")
 
 
 def test_an_id_with_a_slash_is_percent_encoded(engine: Engine, port: HttpPort) -> None:

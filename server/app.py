@@ -22,6 +22,7 @@ from tollway.policy.engine import Engine
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
+from .decoding import DecodeGuard
 from .grpc_service import TollwayService
 from .tls import ServerTls
 
@@ -167,11 +168,12 @@ async def start_grpc(
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
 
     ``tls`` serves over TLS (mTLS when it has a client CA); ``interceptors`` run before
-    every call of every service (the auth interceptor); ``serving=False`` starts with
-    health NOT_SERVING (``GrpcServer.set_serving`` changes it).
+    every call of every service, ahead of the decode guard (the auth interceptor refuses
+    a call before its message is read); ``serving=False`` starts with health NOT_SERVING
+    (``GrpcServer.set_serving`` changes it).
     """
     server = grpc.aio.server(
-        options=server_options(max_message_bytes), interceptors=interceptors or None
+        options=server_options(max_message_bytes), interceptors=(*interceptors, DecodeGuard())
     )
     methods = _record_methods(server)
     service = TollwayService(engine, max_workers=max_workers)

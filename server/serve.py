@@ -33,7 +33,8 @@ from .auth import Authenticator, AuthFileError
 from .decision_log import DecisionLog, open_sink
 from .exposure import assess
 from .grpc_auth import AuthInterceptor
-from .http import HttpServer, Readiness, build_router, start_http
+from .http import HttpLimits, HttpServer, build_app, start_http
+from .http_ops import Readiness
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, Watched, fingerprint
@@ -274,7 +275,10 @@ async def _serve_engine(
         return _fail(args, str(exc))
     try:
         if args.http and args.http.lower() != "off":
-            http = start_http(args.http, build_router(engine, metrics, readiness))
+            limits = HttpLimits(idle_timeout=args.http_idle_timeout)
+            http = await start_http(
+                args.http, build_app(engine, metrics, readiness, limits=limits)
+            )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()
@@ -318,7 +322,7 @@ async def _serve_engine(
     await grpc_server.stop(args.grace)
     await reloader.stop()
     if http is not None:
-        http.stop()
+        await http.stop()
     engine.close()
     log.info("stopped")
     return 0

@@ -4,6 +4,8 @@
 
 Rows printed:
   (a) Decide over gRPC, memory store, the gateway example rules (server in a subprocess);
+  (a2) the same with ``--auth`` and a bearer token on every call, and the ratio a2/a
+      (what checking a token costs a Decide);
   (b) an empty unary RPC on a grpc.aio server with the same options (the stack's ceiling)
       and the ratio a/b (target >= 0.7);
   (c) Decide on a private redis-server with 3 quotas per request, and the Redis commands
@@ -75,11 +77,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def tollway_server(rules: Path, store: str = "memory") -> Iterator[str]:
+def tollway_server(rules: Path, store: str = "memory", *extra: str) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", "--rules", str(rules), "--store", store,
          "--listen", "127.0.0.1:0", "--http", "off", "--reload-interval", "0",
-         "--log-level", "info"],
+         "--log-level", "info", *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
     )
     assert proc.stderr is not None
@@ -223,10 +225,15 @@ async def _drive(
 
 
 def measure(address: str, method: str, requests: list[bytes], inflight: int, seconds: float,
-            name: str, note: str = "", after_warmup: Callable[[], None] | None = None) -> Row:
+            name: str, note: str = "", after_warmup: Callable[[], None] | None = None,
+            metadata: tuple[tuple[str, str], ...] | None = None) -> Row:
     async def run() -> Row:
         async with grpc.aio.insecure_channel(address) as channel:
-            call = channel.unary_unary(method)  # bytes in, bytes out: no client-side parsing
+            unary = channel.unary_unary(method)  # bytes in, bytes out: no client-side parsing
+
+            def call(request: bytes) -> Awaitable[bytes]:
+                return unary(request, metadata=metadata)
+
             await _drive(call, requests, inflight, min(1.0, seconds / 4))  # warm-up
             if after_warmup is not None:
                 after_warmup()
@@ -402,6 +409,20 @@ def main() -> int:
         a = measure(address, "/tollway.v1.Tollway/Decide", requests, args.inflight, args.seconds,
                     "(a) Decide, memory store, gateway.rules")
     rows.append(a)
+    with tempfile.TemporaryDirectory() as d:
+        from tollway.server.auth import new_token, token_block
+
+        token = new_token()
+        auth = Path(d) / "tokens.toml"
+        # a realistic file: the gateway's token among a few others
+        auth.write_text("".join(token_block(f"other-{i}", ["admin"], new_token())
+                                for i in range(4)) + token_block("gw", ["decide"], token))
+        with tollway_server(Path(args.rules), "memory", "--auth", str(auth)) as address:
+            a2 = measure(address, "/tollway.v1.Tollway/Decide", requests, args.inflight,
+                         args.seconds, "(a2) the same with --auth and a token",
+                         metadata=(("authorization", f"Bearer {token}"),))
+    rows.append(a2)
+    notes.append(f"a2/a = {a2.calls_per_s / a.calls_per_s:.2f} (what checking a token costs)")
     with echo_server() as address:
         b = measure(address, "/bench.Echo/Ping", [b""], args.inflight, args.seconds,
                     "(b) empty unary RPC, same grpc.aio options")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import tomllib
@@ -29,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .roles import ROLES, Role
+from .roles import OPEN, ROLES, Access, Role
 
 __all__ = [
-    "AuthFileError", "Principal", "TokenTable", "Verdict", "Authenticator", "bearer_token",
-    "token_sha256", "new_token", "token_block", "parse_token_file", "load_token_file",
+    "AuthFileError", "Principal", "TokenTable", "Verdict", "Refusal", "Authenticator",
+    "bearer_token", "token_sha256", "new_token", "token_block", "parse_token_file",
+    "load_token_file",
 ]
+
+log = logging.getLogger("tollway.server.auth")
 
 Verdict = Literal["ok", "unauthenticated", "permission_denied"]
 
@@ -205,6 +209,15 @@ def load_token_file(path: str | Path) -> TokenTable:
 # ------------------------------------------------------------------ the check
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a call is refused: ``unauthenticated`` (no or unknown credentials: 401 and
+    UNAUTHENTICATED) or ``permission_denied`` (403 and PERMISSION_DENIED)."""
+
+    verdict: Literal["unauthenticated", "permission_denied"]
+    message: str
+
+
 class Authenticator:
     """The token table in force, and the check both transports ask.
 
@@ -261,3 +274,33 @@ class Authenticator:
         if need not in principal.roles:
             return "permission_denied", principal
         return "ok", principal
+
+    def admit(
+        self,
+        access: Access | None,
+        target: str,
+        authorization: str | None,
+        cn: str | None = None,
+        *,
+        hint: str = "send a bearer token",
+    ) -> Refusal | None:
+        """None when the caller may call ``target`` (an RPC or a route) whose declared
+        access is ``access``; else why not. Undeclared targets (``access`` None) are
+        refused to everyone. Refusals of known callers are logged by name, never by token.
+        """
+        if access == OPEN:
+            return None
+        verdict, principal = self.check(authorization, access or "admin", cn)
+        if verdict == "ok":
+            if access is not None:
+                return None
+            message = f"{target} has no declared role, so no one may call it"
+            log.warning("refused %s: %s", target, message)
+            return Refusal("permission_denied", message)
+        if verdict == "unauthenticated":
+            log.debug("refused %s: no or unknown credentials", target)
+            return Refusal("unauthenticated", f"missing or unknown credentials: {hint}")
+        assert principal is not None
+        message = f"{principal.name} may not call {target}: it needs the {access} role"
+        log.warning("refused %s to %s: %s", target, principal.name, message)
+        return Refusal("permission_denied", message)

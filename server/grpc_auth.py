@@ -14,24 +14,21 @@ is then wrapped so that the check runs inside the call, before the method.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
-from .auth import Authenticator, Principal, Verdict
+from .auth import Authenticator
 from .roles import OPEN, Access, grpc_access
 
 __all__ = ["AuthInterceptor", "peer_common_name"]
-
-log = logging.getLogger("tollway.server.auth")
 
 _CODES = {
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
 }
-_UNAUTHENTICATED = "missing or unknown credentials: send `authorization: Bearer <token>` metadata"
+_HINT = "send `authorization: Bearer <token>` metadata"
 
 
 def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str | None:
@@ -48,15 +45,6 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
         return None
     value = names[0]
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _denial_message(verdict: Verdict, principal: Principal | None, method: str, need: Access | None) -> str:
-    if verdict == "unauthenticated":
-        return _UNAUTHENTICATED
-    who = principal.name if principal is not None else "this caller"
-    if need is None:
-        return f"{method} has no declared role, so no one may call it"
-    return f"{who} may not call {method}: it needs the {need} role"
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
@@ -130,14 +118,14 @@ def _checked_handler(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMe
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls whose credentials lack the method's role (``roles.GRPC_ACCESS``).
 
-    ``on_denied(verdict)`` is told of every refusal (the metrics count them).
+    ``on_refused(verdict)`` is told of every refusal (the metrics count them).
     """
 
     def __init__(
-        self, auth: Authenticator, on_denied: Callable[[Verdict], None] | None = None
+        self, auth: Authenticator, on_refused: Callable[[str], None] | None = None
     ) -> None:
         self._auth = auth
-        self._on_denied = on_denied or (lambda verdict: None)
+        self._on_refused = on_refused or (lambda verdict: None)
         # refusals and certificate-checked handlers, built once per method and outcome
         self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
         self._by_certificate: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -155,60 +143,33 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         authorization = _metadata_value(handler_call_details.invocation_metadata, "authorization")
         if authorization is None and self._auth.uses_certificates:
             return self._certificate_checked(method, access, handler)
-        verdict, principal = self._verdict(authorization, None, access)
-        if verdict == "ok":
-            return handler
-        return self._refusal(method, access, handler, verdict, principal)
-
-    def _verdict(
-        self, authorization: str | None, cn: str | None, access: Access | None
-    ) -> tuple[Verdict, Principal | None]:
-        need = access if access is not None and access != OPEN else "admin"
-        verdict, principal = self._auth.check(authorization, need, cn)
-        if access is None and verdict == "ok":
-            verdict = "permission_denied"  # undeclared: refused to everyone
-        return verdict, principal
-
-    def _refused(
-        self, method: str, access: Access | None, verdict: Verdict, principal: Principal | None
-    ) -> tuple[grpc.StatusCode, str]:
-        self._on_denied(verdict)
-        message = _denial_message(verdict, principal, method, access)
-        if verdict == "permission_denied":
-            log.warning("refused %s to %s: %s", method, principal.name if principal else "?", message)
-        else:
-            log.debug("refused %s: %s", method, message)
-        return _CODES[verdict], message
-
-    def _refusal(
-        self,
-        method: str,
-        access: Access | None,
-        handler: grpc.RpcMethodHandler,
-        verdict: Verdict,
-        principal: Principal | None,
-    ) -> grpc.RpcMethodHandler:
-        code, message = self._refused(method, access, verdict, principal)
-        key = (method, message)
-        refusal = self._refusals.get(key)
+        refusal = self._auth.admit(access, method, authorization, hint=_HINT)
         if refusal is None:
+            return handler
+        self._on_refused(refusal.verdict)
+        key = (method, refusal.message)
+        refused = self._refusals.get(key)
+        if refused is None:
             if len(self._refusals) > 4096:  # principals x methods; a token file reload can grow it
                 self._refusals.clear()
-            refusal = self._refusals[key] = _denying_handler(handler, code, message)
-        return refusal
+            refused = self._refusals[key] = _denying_handler(
+                handler, _CODES[refusal.verdict], refusal.message
+            )
+        return refused
 
     def _certificate_checked(
         self, method: str, access: Access | None, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
+        """The caller is known only by its TLS peer, which the call's context carries."""
         cached = self._by_certificate.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
 
         async def check(context: grpc.aio.ServicerContext) -> None:
-            verdict, principal = self._verdict(None, peer_common_name(context), access)
-            if verdict != "ok":
-                code, message = self._refused(method, access, verdict, principal)
-                await context.abort(code, message)
+            refusal = self._auth.admit(access, method, None, peer_common_name(context), hint=_HINT)
+            if refusal is not None:
+                self._on_refused(refusal.verdict)
+                await context.abort(_CODES[refusal.verdict], refusal.message)
 
         checked = _checked_handler(handler, check)
         self._by_certificate[method] = (handler, checked)

@@ -20,8 +20,10 @@ import asyncio
 import importlib
 import logging
 import math
+import ssl
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -32,6 +34,8 @@ from aiohttp.web_request import BaseRequest
 from tollway.policy.engine import Engine
 
 from . import http_ops
+from .auth import Authenticator
+from .http_auth import auth_middleware
 from .http_errors import HttpError, error_for, errors_middleware
 from .http_ops import Readiness
 from .http_routes import BODY_TIMEOUT, OFFLOAD, ROUTES, Handler
@@ -114,13 +118,16 @@ def build_app(
     *,
     limits: HttpLimits | None = None,
     route_modules: tuple[str, ...] = ROUTE_MODULES,
+    auth: Authenticator | None = None,
 ) -> web.Application:
     """The application: middlewares, ``/metrics``, ``/healthz``, ``/readyz`` and the routes
-    of ``route_modules``."""
+    of ``route_modules``. With ``auth`` every route needs its role (``roles.HTTP_ACCESS``)."""
     limits = limits or HttpLimits()
-    app = web.Application(
-        middlewares=[errors_middleware, _decodable_target], client_max_size=limits.max_body_bytes
-    )
+    middlewares: list[Any] = [errors_middleware]
+    if auth is not None:  # before anything reads the request
+        middlewares.append(auth_middleware(auth, metrics.auth_failed))
+    middlewares.append(_decodable_target)
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body_bytes)
     app[LIMITS] = limits
     app[ROUTES] = {}
     app[BODY_TIMEOUT] = limits.body_timeout
@@ -207,8 +214,11 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def start_http(listen: str, app: web.Application) -> HttpServer:
-    """Serve ``app`` on ``HOST:PORT`` in the running loop; ``OSError`` if it cannot bind."""
+async def start_http(
+    listen: str, app: web.Application, *, ssl_context: ssl.SSLContext | None = None
+) -> HttpServer:
+    """Serve ``app`` on ``HOST:PORT`` in the running loop, over TLS with ``ssl_context``;
+    ``OSError`` if it cannot bind."""
     host, port = _host_port(listen)
     limits = app[LIMITS]
     runner = _Runner(
@@ -223,7 +233,7 @@ async def start_http(listen: str, app: web.Application) -> HttpServer:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()

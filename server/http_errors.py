@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 
+from tollway.policy.engine import STORE_UNREACHABLE
 from tollway.policy.stores.base import StoreUnavailable
 from tollway.policy.validate import FieldError
 
@@ -39,6 +40,8 @@ JSON = "application/json"
 # query parameter that was refused in ``parameter``.
 ERROR_CODES: Mapping[int, str] = {
     400: "bad_request",
+    401: "unauthenticated",
+    403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
@@ -138,7 +141,7 @@ def error_for(exc: BaseException, *, url_limit: int | None = None) -> web.Respon
         case ValueError():
             return error_response(400, "bad_request", str(exc))
         case StoreUnavailable():
-            return error_response(503, "unavailable", "counter store unavailable")
+            return error_response(503, "unavailable", STORE_UNREACHABLE)
         case NotImplementedError():
             return error_response(501, "not_implemented", "not available on this server")
         case web.HTTPException() if exc.status >= 400:

@@ -74,6 +74,6 @@ def install(
             body["ruleset_version"] = engine.ruleset.version
         return json_response(body, 200 if ok else 503)
 
-    add_route(app, "GET", "/metrics", scrape, role="metrics")
-    add_route(app, "GET", "/healthz", healthz, role=None)
-    add_route(app, "GET", "/readyz", readyz, role=None)
+    add_route(app, "GET", "/metrics", scrape)
+    add_route(app, "GET", "/healthz", healthz)
+    add_route(app, "GET", "/readyz", readyz)

@@ -44,15 +44,19 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "grpc.reflection.v1alpha.ServerReflection": OPEN,
 }
 
-# HTTP: (method, route pattern as the router spells it). HEAD follows GET.
+# HTTP: (method, route pattern as ``add_route`` was given it). HEAD follows GET.
 HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/healthz"): OPEN,
     ("GET", "/readyz"): OPEN,
     ("GET", "/metrics"): "metrics",
     ("GET", "/v1/usage/users"): "admin",
+    ("GET", "/v1/usage/user"): "admin",
     ("GET", "/v1/usage/groups"): "admin",
+    ("GET", "/v1/usage/group"): "admin",
     ("GET", "/v1/usage/users/{id}"): "admin",
+    ("GET", "/v1/usage/user/{id}"): "admin",
     ("GET", "/v1/usage/groups/{id}"): "admin",
+    ("GET", "/v1/usage/group/{id}"): "admin",
     ("GET", "/v1/activity"): "admin",
 }
 

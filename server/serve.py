@@ -115,6 +115,8 @@ def _security(args: argparse.Namespace) -> _Security:
     except (AuthFileError, TlsError) as exc:
         raise _Refused(str(exc)) from None
     http = args.http if args.http and args.http.lower() != "off" else ""
+    if http.startswith(":"):
+        http = "127.0.0.1" + http  # the HTTP port binds an empty host to loopback
     exposure = assess(
         {"--listen": args.listen, "--http": http},
         auth=auth is not None, tls=tls is not None, insecure=args.insecure,
@@ -276,9 +278,9 @@ async def _serve_engine(
     try:
         if args.http and args.http.lower() != "off":
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
-            http = await start_http(
-                args.http, build_app(engine, metrics, readiness, limits=limits)
-            )
+            app = build_app(engine, metrics, readiness, limits=limits, auth=security.auth)
+            ssl_context = security.tls.ssl_context() if security.tls else None
+            http = await start_http(args.http, app, ssl_context=ssl_context)
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()

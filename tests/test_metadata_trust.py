@@ -96,7 +96,7 @@ def test_group_budgets_come_from_upserts_only(engine: Engine) -> None:
 
 def test_explain_and_report_ignore_admin_keys_too(engine: Engine) -> None:
     engine.upsert_entity("user", "u4", {"tier": "free"})
-    e = engine.explain({"user": {"id": "u4", "metadata": {"tier": "pro", "status": "x"}}})
+    e = engine.explain({"user": {"id": "u4", "metadata": {"tier": "pro", "status": "x"}}, "model": "m"})
     assert e.decision.ignored_metadata == ("user.status", "user.tier")
     assert e.decision.matched_rules == ("free",)
     engine.report({"request_id": "r4", "user": {"id": "u4", "metadata": {"tier": "pro"}},
@@ -107,13 +107,13 @@ def test_explain_and_report_ignore_admin_keys_too(engine: Engine) -> None:
 
 def test_without_admin_keys_metadata_merges_as_before() -> None:
     e = Engine.from_text('rule r { when user.tier == "pro" allow }', store="memory")
-    d = e.decide({"user": {"id": "u", "metadata": {"tier": "pro"}}})
+    d = e.decide({"user": {"id": "u", "metadata": {"tier": "pro"}}, "model": "m"})
     assert d.matched_rules == ("r",) and d.ignored_metadata == ()
 
 
 def test_offline_tools_take_request_metadata_as_stored() -> None:
     e = Engine.from_text(RULES, store="memory")
-    request = seed_entities(e, {"user": {"id": "u5", "metadata": {"status": "suspended"}}})
+    request = seed_entities(e, {"user": {"id": "u5", "metadata": {"status": "suspended"}}, "model": "m"})
     assert request.user is not None and request.user.metadata is None
     d = e.decide(request)
     assert d.reason == "DENIED_BY_RULE" and d.ignored_metadata == ()

@@ -1,13 +1,17 @@
-"""Every RPC the server registers has a declared role, and each role opens exactly its RPCs.
+"""Every RPC and route the server serves has a declared role; each role opens exactly its own.
 
-The RPCs are enumerated from the server itself (``GrpcServer.methods``: every method
-registered on it), never from a list kept here; each is then called over a real channel
-against ``tollway serve --auth`` with no token, an unknown token and a token of each role.
-Adding an RPC without declaring it in ``server/roles.py`` fails here, saying what to add.
+RPCs are enumerated from the gRPC server itself (``GrpcServer.methods``: every method
+registered on it) and routes from the HTTP application (``route_table``), never from a
+list kept here; each is then called over a real connection against ``tollway serve
+--auth`` with no token, an unknown token and a token of each role. Adding an RPC or a
+route without declaring it in ``server/roles.py`` fails here, saying what to add.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,11 @@ from server_harness import Served, ServerThread, tollway_serve, write_rules
 
 from tollway.policy.engine import Engine
 from tollway.server.auth import new_token, token_block
-from tollway.server.roles import GRPC_ACCESS, OPEN, ROLES, grpc_access
+from tollway.server.http import build_app
+from tollway.server.http_ops import Readiness
+from tollway.server.http_routes import route_table
+from tollway.server.metrics import Metrics
+from tollway.server.roles import GRPC_ACCESS, HTTP_ACCESS, OPEN, ROLES, grpc_access, http_access
 
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
@@ -48,6 +56,35 @@ def test_every_registered_rpc_has_a_declared_role(registered: tuple[str, ...]) -
     )
 
 
+@pytest.fixture(scope="module")
+def routes() -> tuple[tuple[str, str], ...]:
+    """Every route ``tollway serve`` installs: the same ``build_app``, every route module."""
+    engine = Engine.from_text("default allow")
+    try:
+        app = build_app(engine, Metrics(), Readiness(engine))
+        return tuple((r.method, r.path) for r in route_table(app))
+    finally:
+        engine.close()
+
+
+def test_every_route_has_a_declared_role(routes: tuple[tuple[str, str], ...]) -> None:
+    # HEAD follows GET: a missing GET route is named once
+    missing = [f"{m} {p}" for m, p in routes if m != "HEAD" and http_access(m, p) is None]
+    assert not missing, (
+        f"HTTP routes served without a role: {', '.join(missing)}. Add each to HTTP_ACCESS in "
+        f"server/roles.py as (method, pattern) with the role a caller needs "
+        f"({', '.join(ROLES)}), or OPEN for probes anyone may call; docs/security.md lists "
+        "the roles."
+    )
+
+
+def test_the_route_table_declares_nothing_that_is_not_served(
+    routes: tuple[tuple[str, str], ...],
+) -> None:
+    stale = [key for key in HTTP_ACCESS if key not in routes]
+    assert not stale, f"HTTP_ACCESS in server/roles.py declares routes not served: {stale}"
+
+
 def test_the_role_table_declares_nothing_that_is_not_served(registered: tuple[str, ...]) -> None:
     services = {m.lstrip("/").split("/", 1)[0] for m in registered}
     stale = [
@@ -66,6 +103,10 @@ def test_known_rpcs_have_the_roles_the_contract_gives_them() -> None:
     assert grpc_access("/grpc.health.v1.Health/Check") == OPEN
     assert grpc_access("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") == OPEN
     assert grpc_access("/nope.Service/Method") is None
+    assert http_access("GET", "/metrics") == "metrics"
+    assert http_access("HEAD", "/metrics") == "metrics"
+    assert http_access("GET", "/healthz") == OPEN and http_access("GET", "/readyz") == OPEN
+    assert {a for (_, path), a in HTTP_ACCESS.items() if path.startswith("/v1/")} == {"admin"}
 
 
 # ------------------------------------------------------------- over the wire
@@ -89,7 +130,7 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator[Served]:
     rules = write_rules(tmp_path_factory.mktemp("served"))
-    with tollway_serve(rules, "--auth", str(tokens.path), "--http", "off") as served:
+    with tollway_serve(rules, "--auth", str(tokens.path)) as served:
         yield served
 
 
@@ -141,3 +182,65 @@ def test_every_rpc_against_every_role(
                 if not ok:
                     wrong.append(f"{method} ({access}) with {who}: {code.name}")
     assert not wrong, "\n".join(wrong)
+
+
+def _get(served: Served, method: str, path: str, token: str | None) -> int:
+    concrete = path.replace("{id}", "u1")
+    request = urllib.request.Request(f"http://{served.http}{concrete}", method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403) and method != "HEAD":
+            body = json.loads(err.read())
+            assert body["error"]["code"] == {401: "unauthenticated", 403: "permission_denied"}[
+                err.code
+            ]
+            if err.code == 401:
+                assert err.headers["WWW-Authenticate"].startswith("Bearer")
+        return int(err.code)
+
+
+def test_every_route_against_every_role(
+    served: Served, tokens: Tokens, routes: tuple[tuple[str, str], ...]
+) -> None:
+    wrong: list[str] = []
+    for method, path in routes:
+        access = http_access(method, path)
+        got = {
+            "no token": _get(served, method, path, None),
+            "unknown token": _get(served, method, path, new_token()),
+            **{f"{r} token": _get(served, method, path, t) for r, t in tokens.by_role.items()},
+        }
+        for who, status in got.items():
+            if access == OPEN:
+                ok = status not in (401, 403)
+            elif who in ("no token", "unknown token"):
+                ok = status == 401
+            elif who == f"{access} token":
+                ok = status not in (401, 403)
+            else:
+                ok = status == 403
+            if not ok:
+                wrong.append(f"{method} {path} ({access}) with {who}: {status}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_unmatched_paths_are_the_routers_404_whoever_asks(served: Served) -> None:
+    assert _get(served, "GET", "/nowhere", None) == 404
+
+
+def test_credentials_are_checked_before_the_message_is_read(served: Served, tokens: Tokens) -> None:
+    """Bytes that do not decode: the unauthenticated caller learns nothing about them."""
+    garbage = b"\xff\xff\xff\xff"
+    with grpc.insecure_channel(served.grpc) as channel:
+        decide = channel.unary_unary("/tollway.v1.Tollway/Decide")
+        with pytest.raises(grpc.RpcError) as err:
+            decide(garbage, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            decide(garbage, metadata=(("authorization", f"Bearer {tokens.by_role['decide']}"),),
+                   timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -6,10 +6,14 @@ processes, exactly as deployed; every assertion is about what a client sees.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +40,23 @@ def _tls_channel(
     chain, key = client.pem() if client is not None else (None, None)
     credentials = grpc.ssl_channel_credentials(ca.read_bytes(), key, chain)
     return grpc.secure_channel(address, credentials)
+
+
+def _https(
+    address: str, path: str, ca: Path, *, client: Issued | None = None, token: str | None = None
+) -> tuple[int, bytes]:
+    """GET over TLS: (status, body); raises ``urllib.error.URLError`` when TLS fails."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    request = urllib.request.Request(f"https://{address}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read()
 
 
 def _decide(channel: grpc.Channel, token: str | None = None) -> pb.Decision | grpc.StatusCode:
@@ -67,7 +88,7 @@ def tls_tokens(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[S
     auth.write_text(token_block("gateway", ["decide"], decide) + token_block("ops", ["admin"], admin))
     with tollway_serve(
         write_rules(d), "--auth", str(auth), "--tls-cert", str(pki.server.cert),
-        "--tls-key", str(pki.server.key), "--http", "off", "--log-level", "debug",
+        "--tls-key", str(pki.server.key), "--log-level", "debug",
     ) as served:
         yield Secured(served, decide, admin, d)
 
@@ -92,6 +113,21 @@ def test_a_client_that_does_not_trust_the_server_certificate_fails(
 ) -> None:
     with _tls_channel(tls_tokens.served.grpc, pki.other_ca.cert) as channel:
         assert _decide(channel, tls_tokens.decide_token) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_http_port_speaks_tls_and_checks_tokens(tls_tokens: Secured, pki: Pki) -> None:
+    http = tls_tokens.served.http
+    status, body = _https(http, "/v1/usage/users", pki.ca.cert, token=tls_tokens.admin_token)
+    assert status == 200 and "results" in json.loads(body)
+    status, body = _https(http, "/v1/usage/users", pki.ca.cert, token=tls_tokens.decide_token)
+    assert status == 403 and json.loads(body)["error"]["code"] == "permission_denied"
+    status, _ = _https(http, "/v1/usage/users", pki.ca.cert)
+    assert status == 401
+    assert _https(http, "/healthz", pki.ca.cert)[0] == 200  # probes stay open
+    with pytest.raises(urllib.error.URLError):  # a client that does not trust it
+        _https(http, "/healthz", pki.other_ca.cert)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to a TLS port
+        urllib.request.urlopen(f"http://{http}/healthz", timeout=10)
 
 
 def test_the_start_line_says_tls_and_auth_are_on(tls_tokens: Secured) -> None:
@@ -127,7 +163,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Secured
     )
     with tollway_serve(
         write_rules(d), "--auth", str(auth), "--tls-cert", str(pki.server.cert),
-        "--tls-key", str(pki.server.key), "--tls-client-ca", str(pki.ca.cert), "--http", "off",
+        "--tls-key", str(pki.server.key), "--tls-client-ca", str(pki.ca.cert),
     ) as served:
         yield Secured(served, decide, "", d)
 
@@ -160,6 +196,20 @@ def test_mtls_serves_a_certificate_by_its_cn_and_a_token_by_its_roles(
                            metadata=_bearer(mtls.decide_token), timeout=10)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "tls=mtls" in mtls.served.wait_for_line("tollway serving:")
+
+
+def test_mtls_on_the_http_port(mtls: Secured, pki: Pki) -> None:
+    http = mtls.served.http
+    for stranger in (None, pki.stranger):  # no certificate, or one from another CA
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            _https(http, "/healthz", pki.ca.cert, client=stranger)
+    # the certificate's CN is an admin: usage yes, metrics no
+    assert _https(http, "/v1/usage/users", pki.ca.cert, client=pki.client)[0] == 200
+    assert _https(http, "/metrics", pki.ca.cert, client=pki.client)[0] == 403
+    # a token, when sent, is who the caller is
+    status, _ = _https(http, "/v1/usage/users", pki.ca.cert, client=pki.client,
+                       token=mtls.decide_token)
+    assert status == 403
 
 
 # --------------------------------------------------- reloading tokens and certificates
@@ -204,7 +254,7 @@ def test_certificates_rotate_on_sighup_and_on_the_watch(tmp_path: Path, pki: Pki
     rotated = rotated_ca.issue("tollway.test", server=True, file_name="rotated")
     with tollway_serve(
         write_rules(tmp_path), "--tls-cert", str(certs / "server.pem"),
-        "--tls-key", str(certs / "server.key"), "--http", "off", "--reload-interval", "0.1",
+        "--tls-key", str(certs / "server.key"), "--reload-interval", "0.1",
     ) as served:
         with _tls_channel(served.grpc, pki.ca.cert) as channel:
             assert isinstance(_decide(channel), pb.Decision)
@@ -220,12 +270,16 @@ def test_certificates_rotate_on_sighup_and_on_the_watch(tmp_path: Path, pki: Pki
             assert isinstance(_decide(channel), pb.Decision)
         with _tls_channel(served.grpc, pki.ca.cert) as channel:
             assert _decide(channel) == grpc.StatusCode.UNAVAILABLE
+        assert _https(served.http, "/healthz", rotated_ca.cert)[0] == 200
+        with pytest.raises(urllib.error.URLError):
+            _https(served.http, "/healthz", pki.ca.cert)
         # and back, by SIGHUP
         _install(pki.server, certs)
         served.proc.send_signal(signal.SIGHUP)
         served.wait_for_line("certificates reloaded (SIGHUP)")
         with _tls_channel(served.grpc, pki.ca.cert) as channel:
             assert isinstance(_decide(channel), pb.Decision)
+        assert _https(served.http, "/healthz", pki.ca.cert)[0] == 200
 
 
 # -------------------------------------------------------------- safe defaults

@@ -187,7 +187,7 @@ def _things(app: web.Application, engine: Engine) -> None:
         q = query_params(request).get("q", ["none"])[0]
         return json_response({"id": ident, "q": q})
 
-    add_route(app, "GET", "/v1/things/{id}", thing, role="admin")
+    add_route(app, "GET", "/v1/things/{id}", thing)
 
 
 def test_route_modules_add_routes_and_share_the_error_shape(

@@ -54,6 +54,7 @@ from .usage import (
     UsageQuery,
 )
 from .validate import need_groups, need_hits, need_id, need_kind
+from .windows import enforced_limit
 
 __all__ = ["Engine"]
 
@@ -361,7 +362,7 @@ class Engine:
                 metric=s.metric,
                 scope=_scope_of(s),
                 key=s.key,
-                limit=s.limit,
+                limit=enforced_limit(s.limit, s.metric),
                 used=0.0,
                 remaining=0.0,
                 exceeded=False,
@@ -521,7 +522,7 @@ def _scope_of(spec: CounterSpec) -> str:
 def _status(spec: CounterSpec, state: CounterState, taken: bool, scope: str) -> QuotaStatus:
     """``scope`` is the quota's ``Scope.name`` (what ``_scope_of`` reads back from the key)."""
     used = state.used + spec.amount if taken else state.used
-    limit = spec.limit
+    limit = state.limit  # as enforced: rounded down to whole units
     remaining = limit - used
     exceeded = state.exceeded
     return QuotaStatus(

@@ -44,7 +44,10 @@ class CounterState:
     means this decision's amount does not fit (``used + amount > limit``, or
     ``used >= limit`` when the amount is 0). ``retry_after`` is seconds until it would
     fit (0 when it fits), ``resets_at`` the unix time the window next frees usage
-    (the calendar boundary, or when the oldest counted bucket leaves a sliding window).
+    (the calendar boundary, or when the oldest counted bucket leaves a sliding window;
+    for an empty sliding window, when the current bucket leaves it: what this decision
+    adds counts until then). ``limit`` is the limit as enforced: rounded down to whole
+    units (``50% of 5`` requests is 2).
     """
 
     used: float

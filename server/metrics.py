@@ -2,6 +2,10 @@
 
 Each ``Metrics`` owns its ``CollectorRegistry`` so that several servers (and tests) can
 live in one process. No label ever carries a user or group id: their number is unbounded.
+Labels whose values come from clients (``model``, ``from_model``, ``to_model``,
+``status``) are bounded (``labels.LabelValues``): the models the rules name and the usual
+statuses keep their own series, then the first ``max_label_values`` others, then
+everything else is counted as ``other``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tollway.dsl.compiled import CompiledRuleset
+from tollway.dsl.models import named_models
 from tollway.policy.model import Decision, UsageReport
+
+from .labels import DEFAULT_EXTRA, KNOWN_STATUSES, LabelValues
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
@@ -28,7 +35,7 @@ STORE_BUCKETS = (
 )
 
 # Label sets kept per metric before the cache starts over (the metric keeps every child;
-# only the shortcut is dropped). Rule, quota and check names are few; models may not be.
+# only the shortcut is dropped). Every label is bounded; this bounds the shortcut anyway.
 _MAX_CHILDREN = 4096
 
 M = TypeVar("M", Counter, Gauge, Histogram)
@@ -56,8 +63,16 @@ class _Children(Generic[M]):
 class Metrics:
     """Counts what the engine reports through the ``Observer`` hooks."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_label_values: int = DEFAULT_EXTRA,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # one budget for every model label (a model is a model, requested or served)
+        self.models = LabelValues(max_label_values)
+        self.statuses = LabelValues(max_label_values, KNOWN_STATUSES)
         r = self.registry
         self.decisions = Counter(
             "tollway_decisions_total", "Decisions by reason and whether they routed.",
@@ -151,18 +166,19 @@ class Metrics:
         if not decision.allowed:  # a denied request goes nowhere and runs no checks
             return
         if decision.routed:
-            self._routes(requested_model, decision.model).inc()
+            models = self.models
+            self._routes(models(requested_model), models(decision.model)).inc()
         for check in decision.checks:
             self._checks(check).inc()
 
     def report(self, report: UsageReport, outcome: str) -> None:
-        self._reports(report.status).inc()
+        self._reports(self.statuses(report.status)).inc()
         if outcome == "duplicate":
             return
         if report.total_tokens:
-            self._usage_tokens(report.model).inc(report.total_tokens)
+            self._usage_tokens(self.models(report.model)).inc(report.total_tokens)
         if report.cost_usd:
-            self._usage_cost(report.model).inc(report.cost_usd)
+            self._usage_cost(self.models(report.model)).inc(report.cost_usd)
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
         self._store_seconds(store, op).observe(seconds)
@@ -172,7 +188,9 @@ class Metrics:
     # ---------------------------------------------------------------- ruleset
 
     def ruleset_loaded(self, ruleset: CompiledRuleset) -> None:
-        """Point the info gauge at ``ruleset.version`` alone and count its rules."""
+        """Point the info gauge at ``ruleset.version`` alone, count its rules, and give the
+        models it names their own series."""
+        self.models.know(named_models(ruleset))
         with self._lock:
             self.ruleset_info.clear()
             self.ruleset_info.labels(ruleset.version).set(1)

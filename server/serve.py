@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    metrics = Metrics()
+    metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(

@@ -184,6 +184,12 @@ SETTINGS: tuple[Setting, ...] = (
         "how long a report stays in the activity log", (SERVE,),
     ),
     Setting(
+        "max-label-values", Integer(low=0), 100, "TOLLWAY_MAX_LABEL_VALUES",
+        "metric label values taken from clients (models, report statuses) kept as their "
+        "own series beyond those the rules name; later ones are counted as 'other'",
+        (SERVE,),
+    ),
+    Setting(
         "log-level", Choice(("debug", "info", "warning", "error")), "info",
         "TOLLWAY_LOG_LEVEL", "the least severe log lines written", (SERVE,),
     ),

@@ -11,9 +11,11 @@ everything else is counted as ``other``.
 from __future__ import annotations
 
 import threading
-from typing import Generic, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tollway.dsl.compiled import CompiledRuleset
@@ -58,6 +60,41 @@ class _Children(Generic[M]):
                 self._cache.clear()
             child = self._cache[values] = self._metric.labels(*values)
         return child
+
+
+class StoreSizes(Protocol):
+    """What the store gauges read (an ``Engine``)."""
+
+    def store_entries(self) -> Mapping[str, int]: ...
+
+    def store_evictions(self) -> Mapping[str, int]: ...
+
+
+class _StoreCollector:
+    """``tollway_store_entries{kind}`` and ``tollway_store_evictions_total{kind}``, read
+    from the stores at scrape time."""
+
+    def __init__(self, source: StoreSizes) -> None:
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to read at registration
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily(
+            "tollway_store_entries", "Entries the stores keep in this process, by kind.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self._source.store_entries().items()):
+            entries.add_metric([kind], count)
+        yield entries
+        evictions = CounterMetricFamily(
+            "tollway_store_evictions", "Entries dropped early to respect a cap, by kind.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self._source.store_evictions().items()):
+            evictions.add_metric([kind], count)
+        yield evictions
 
 
 class Metrics:
@@ -198,6 +235,10 @@ class Metrics:
 
     def reload_result(self, ok: bool) -> None:
         self.ruleset_reloads.labels("success" if ok else "error").inc()
+
+    def watch_stores(self, source: StoreSizes) -> None:
+        """Export the stores' sizes and early evictions (read at each scrape)."""
+        self.registry.register(_StoreCollector(source))
 
     # ---------------------------------------------------------------- exposition
 

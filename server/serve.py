@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
@@ -78,6 +79,9 @@ async def _serve(args: argparse.Namespace) -> int:
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age,
             ),
+            store_options=StoreOptions(
+                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
+            ),
         )
     except RulesError as exc:
         for d in exc.errors:
@@ -90,6 +94,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
+    metrics.watch_stores(engine)
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)

@@ -10,7 +10,6 @@ CSV with ``--json`` / ``--csv``. Exit codes: 0 shown, 1 the server could not ans
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import shutil
@@ -21,11 +20,14 @@ import grpc
 from rich.console import Console
 from rich.text import Text
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, need_id
+from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery
+from tollway.policy.validate import need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
+from .csv_export import Cell, CsvEncoder
+from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
 from .usage_view import Line, detail_lines, page_lines, page_summary
 
 __all__ = ["run", "next_page_command", "LISTING_FLAGS"]
@@ -33,10 +35,6 @@ __all__ = ["run", "next_page_command", "LISTING_FLAGS"]
 TIMEOUT = 10.0
 # flags of a listing that the next page keeps, in the order the hint writes them
 LISTING_FLAGS = ("server", "groups", "sort", "limit", "search", "start", "end")
-RECORD_COLUMNS = (
-    "id", "request_count", "first_seen", "last_seen", "total_tokens", "input_tokens",
-    "output_tokens", "total_cost", "total_duration", "models",
-)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -84,26 +82,8 @@ def _json_page(page: UsagePage) -> dict[str, Any]:
     }
 
 
-def _csv_rows(page: UsagePage) -> list[list[Any]]:
-    rows: list[list[Any]] = [list(RECORD_COLUMNS)]
-    for rec in page.results:
-        data = rec.to_dict()
-        data["id"] = rec.id
-        data["models"] = json.dumps(data["models"], ensure_ascii=False)
-        rows.append([data[c] for c in RECORD_COLUMNS])
-    return rows
-
-
-def _csv_reports(detail: UsageDetail) -> list[list[Any]]:
-    from .usage_http import ACTIVITY_COLUMNS
-
-    rows: list[list[Any]] = [list(ACTIVITY_COLUMNS)]
-    for event in detail.recent_reports:
-        data = event.to_dict()
-        data["attributes"] = json.dumps(data["attributes"], ensure_ascii=False, sort_keys=True)
-        data["counts_request"] = "true" if data["counts_request"] else "false"
-        rows.append([data[c] for c in ACTIVITY_COLUMNS])
-    return rows
+def _csv(header: tuple[str, ...], rows: list[list[Cell]]) -> None:
+    sys.stdout.write(CsvEncoder().encode([header, *rows]).decode())
 
 
 def _show_page(page: UsagePage, args: argparse.Namespace) -> None:
@@ -111,7 +91,7 @@ def _show_page(page: UsagePage, args: argparse.Namespace) -> None:
         print(json.dumps(_json_page(page), indent=2, ensure_ascii=False))
         return
     if args.csv:
-        csv.writer(sys.stdout, lineterminator="\n").writerows(_csv_rows(page))
+        _csv(RECORD_COLUMNS, [record_row(r) for r in page.results])
         return
     tty = sys.stdout.isatty()
     console = Console(highlight=False) if tty else None
@@ -127,7 +107,7 @@ def _show_detail(detail: UsageDetail, args: argparse.Namespace) -> None:
         print(json.dumps(detail.to_dict(), indent=2, ensure_ascii=False))
         return
     if args.csv:
-        csv.writer(sys.stdout, lineterminator="\n").writerows(_csv_reports(detail))
+        _csv(ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports])
         return
     tty = sys.stdout.isatty()
     console = Console(highlight=False) if tty else None

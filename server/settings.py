@@ -117,13 +117,13 @@ COMMANDS: tuple[Command, ...] = (
         "what came. Exit 0 when all pass, 1 when one fails or a PATH does not compile.",
     ),
     Command(
-        EXPLAIN, "tollway.server.ops", "decide one request offline and show why",
+        EXPLAIN, "tollway.server.explain_cli", "decide one request offline and show why",
         "Decide one request against the rules at PATH with a fresh in-memory store "
         "(nothing is consumed) and print the decision and a trace: every rule "
         "considered, which tests held, the quotas and their counters.",
     ),
     Command(
-        FMT, "tollway.server.ops", "rewrite rule files in the canonical layout",
+        FMT, "tollway.server.fmt_cli", "rewrite rule files in the canonical layout",
         "Rewrite each rule file (or every .rules file under a directory) in the "
         "canonical layout, keeping comments. '-' formats standard input to standard "
         "output. Exit 1 with --check when a file is not formatted.",
@@ -157,6 +157,11 @@ SETTINGS: tuple[Setting, ...] = (
         "http", Text(metavar="ADDR", allow_empty=False), "127.0.0.1:9464", "TOLLWAY_HTTP",
         "HTTP address for /metrics, /healthz, /readyz and /v1/usage; 'off' disables it",
         (SERVE,),
+    ),
+    Setting(
+        "http-idle-timeout", Duration("s"), 15.0, "TOLLWAY_HTTP_IDLE_TIMEOUT",
+        "time an HTTP connection may stay open without a complete request head (new, "
+        "idle between requests, or sending its headers slowly)", (SERVE,),
     ),
     Setting(
         "store", Text(metavar="URL", allow_empty=False), "memory", "TOLLWAY_STORE",

@@ -17,8 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .auth import Authenticator
-from .http_errors import HttpError
-from .http_routes import Handler
+from .http_errors import Handler, HttpError
 from .roles import http_access
 
 __all__ = ["auth_middleware", "peer_common_name"]

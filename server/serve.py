@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
 from tollway.policy.observer import Fanout, Observer
+from tollway.policy.stores import StoreOptions
 from tollway.policy.stores.base import StoreRejected, StoreUnavailable
 from tollway.policy.usage import Retention
 
@@ -33,7 +34,8 @@ from .auth import Authenticator, AuthFileError
 from .decision_log import DecisionLog, open_sink
 from .exposure import assess
 from .grpc_auth import AuthInterceptor
-from .http import HttpLimits, HttpServer, build_app, start_http
+from .http import HttpServer, build_app, start_http
+from .http_limits import HttpLimits
 from .http_ops import Readiness
 from .logs import configure
 from .metrics import Metrics
@@ -211,7 +213,7 @@ def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | N
 
 
 async def _serve(args: argparse.Namespace, security: _Security, password: str | None) -> int:
-    metrics = Metrics()
+    metrics = Metrics(max_label_values=args.max_label_values)
     try:
         decisions = _decision_log(args, metrics)
     except _Refused as exc:
@@ -246,6 +248,9 @@ async def _serve_engine(
                 max_age_seconds=args.activity_max_age,
             ),
             store_password=password,
+            store_options=StoreOptions(
+                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
+            ),
         )
     except RulesError as exc:
         for d in exc.errors:
@@ -258,6 +263,7 @@ async def _serve_engine(
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
+    metrics.watch_stores(engine)
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)

@@ -15,6 +15,7 @@ from .base import (
     CounterStore,
     ForeignDecision,
     ReportOutcome,
+    StoreOptions,
     StoreRejected,
     StoreUnavailable,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "CounterState",
     "CounterStore",
     "ReportOutcome",
+    "StoreOptions",
     "StoreUnavailable",
     "StoreRejected",
     "ForeignDecision",
@@ -54,17 +56,18 @@ def open_store(
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
     retention: Retention | None = None,
+    options: StoreOptions | None = None,
     password: str | None = None,
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps; ``password`` is the store's,
-    kept out of the URL."""
+    ``retention`` bounds the activity log the store keeps; ``options`` its caps;
+    ``password`` is the store's, kept out of the URL."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
         if clock is not None:
-            return MemoryCounterStore(clock, retention=retention)
-        return MemoryCounterStore(retention=retention)
+            return MemoryCounterStore(clock, retention=retention, options=options)
+        return MemoryCounterStore(retention=retention, options=options)
     from .redis_store import RedisCounterStore
 
     return RedisCounterStore(url, key_prefix=key_prefix, retention=retention, password=password)

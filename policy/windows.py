@@ -261,7 +261,7 @@ def limit_units(limit: float, metric: str, what: str = "limit") -> int:
     scaled = limit * metric_scale(metric) + _EPSILON
     if scaled >= MAX_UNITS:
         return MAX_UNITS
-    return max(0, math.floor(scaled))
+    return 0 if scaled <= 0 else math.floor(scaled)  # -inf too: floor() would overflow
 
 
 def from_units(units: int, metric: str) -> float:

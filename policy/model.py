@@ -8,9 +8,9 @@ a request that parses is whole: nothing later can refuse it after something was 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias, get_args
 
-from tollway.dsl.ast import Value
+from tollway.dsl.ast import Reason, Value
 from tollway.dsl.compiled import RuleTrace
 
 from .validate import (
@@ -38,6 +38,8 @@ __all__ = [
     "ShadowOutcome",
     "Decision",
     "ReportAck",
+    "ReportOutcome",
+    "REPORT_OUTCOMES",
     "Explanation",
 ]
 
@@ -272,7 +274,7 @@ class ShadowOutcome:
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    reason: str  # the proto enum's name: "ALLOWED", "QUOTA_EXCEEDED", …
+    reason: Reason  # the proto enum's name: "ALLOWED", "QUOTA_EXCEEDED", …
     message: str = ""
     model: str = ""
     routed: bool = False
@@ -285,12 +287,17 @@ class Decision:
     shadow: ShadowOutcome = field(default_factory=ShadowOutcome)
 
 
+# what a report did: replaced a reservation, added to the counters, or nothing (seen before)
+ReportOutcome: TypeAlias = Literal["duplicate", "settled", "added"]
+REPORT_OUTCOMES: tuple[ReportOutcome, ...] = get_args(ReportOutcome)
+
+
 @dataclass(frozen=True, slots=True)
 class ReportAck:
     """``outcome``: "settled" (replaced a reservation), "added" or "duplicate"."""
 
     request_id: str
-    outcome: str
+    outcome: ReportOutcome
     duplicate: bool = False
 
 

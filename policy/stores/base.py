@@ -13,9 +13,13 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
+from ..model import REPORT_OUTCOMES, ReportOutcome
 from ..usage import RequestSeen, UsageEvent, UsageReader
 
-__all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
+__all__ = [
+    "CounterSpec", "CounterState", "ReportOutcome", "REPORT_OUTCOMES", "StoreUnavailable",
+    "CounterStore",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,6 @@ class CounterState:
     resets_at: float
 
 
-ReportOutcome = Literal["duplicate", "settled", "added"]
 
 
 class StoreUnavailable(Exception):

@@ -16,8 +16,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, UsageRecord, need_id
-from tollway.v1 import tollway_pb2 as pb
+from tollway.policy.usage import (
+    EntityKind,
+    UsageDetail,
+    UsagePage,
+    UsageQuery,
+    UsageRecord,
+    need_id,
+)
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
@@ -133,13 +139,13 @@ def _fail(message: str, code: int = 1) -> int:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    subject = None
+    subject: tuple[EntityKind, str] | None = None
     if args.user and args.group:
         return _fail("--user and --group: give one of them", 2)
     try:
         if args.user or args.group:
-            flag = "--user" if args.user else "--group"
-            subject = ("user_id", need_id(args.user or args.group, flag))
+            kind: EntityKind = "user" if args.user else "group"
+            subject = (kind, need_id(args.user or args.group, f"--{kind}"))
         query = UsageQuery.parse(
             kind="groups" if args.groups else "users",
             sort=args.sort,
@@ -149,21 +155,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         text = str(exc)
         return _fail(text if text.startswith("--") else "--" + text, 2)
-    if subject is not None and args.group:
-        subject = ("group_id", subject[1])
 
     channel = grpc.insecure_channel(args.server)
     try:
         stub = pb_grpc.TollwayStub(channel)
         if subject is not None:
-            reply = stub.GetUsage(pb.GetUsageRequest(**{subject[0]: subject[1]}), timeout=TIMEOUT)
+            reply = stub.GetUsage(usage_convert.get_request_to_proto(*subject), timeout=TIMEOUT)
             render_detail(console, usage_convert.detail_from_proto(reply))
         else:
-            request = pb.ListUsageRequest(
-                kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
-                offset=query.offset,
-            )
-            listing = stub.ListUsage(request, timeout=TIMEOUT)
+            listing = stub.ListUsage(usage_convert.list_request_to_proto(query), timeout=TIMEOUT)
             render_page(console, usage_convert.page_from_proto(listing, query))
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc, args.server))

@@ -96,6 +96,7 @@ class ReportFields(TypedDict, total=False):
     model: str
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int
     cost_usd: float
     duration_seconds: float
     status: str

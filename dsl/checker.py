@@ -22,6 +22,7 @@ from .ast import (
     Not,
     Or,
     Pos,
+    Price,
     Quota,
     Route,
     Rule,
@@ -32,6 +33,7 @@ from .ast import (
 from .check_logic import never_true, shadowed_rules
 from .check_types import Types
 from .diagnostics import Diagnostic
+from .prices import PriceTable
 from .reporter import Reporter
 from .scan import MAX_DEPTH
 from .spelling import did_you_mean
@@ -42,6 +44,7 @@ __all__ = ["check", "REQUEST_FIELDS"]
 REQUEST_FIELDS = ("request_id", "user", "group", "model", "attributes", "estimate", "dry_run")
 _CALENDAR = ("day", "week", "month")
 _Named = TypeVar("_Named", Quota, Rule, TestCase)
+_PRICE_PARTS = ("input", "output", "cached_input")
 
 
 def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
@@ -75,6 +78,9 @@ def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
             f"rule '{rule.name}' never takes effect: rule '{other.name}' "
             f"(priority {other.priority}) denies every request it matches",
         )
+    prices = [p for rf in ast.files for p in rf.prices]
+    _check_prices(prices, report)
+    _check_priced_routes(rules, quotas, PriceTable.of(prices), report)
     for name, quota in quotas.items():
         if name not in enforced:
             report.warn(quota.pos, f"quota '{name}' is declared but no rule enforces it")
@@ -192,6 +198,58 @@ def _check_quota(quota: Quota, types: Types, report: Reporter) -> None:
             f"quota '{quota.name}' is counted for everyone together but its limit reads "
             f"{path}: the limit changes with whichever group asks",
         )
+
+
+def _check_prices(prices: list[Price], report: Reporter) -> None:
+    seen: dict[str, Price] = {}
+    for price in prices:
+        first = seen.setdefault(price.pattern, price)
+        if first is not price:
+            report.error(
+                price.pos, f"duplicate price for '{price.pattern}': first declared at {first.pos}"
+            )
+        if not price.pattern.strip():
+            report.error(price.pos, "price for an empty model pattern")
+        for part in _PRICE_PARTS:
+            value = getattr(price, part)
+            if value is not None and value < 0:
+                report.error(price.pos, f"price '{price.pattern}': {part} cannot be negative")
+
+
+def _check_priced_routes(
+    rules: list[Rule], quotas: dict[str, Quota], table: PriceTable, report: Reporter
+) -> None:
+    """Warn at each model a rule routes to that no price covers, when cost quotas apply.
+
+    Behind a gateway that reports tokens but no cost, tollway prices the tokens from the
+    table; a routed model the table does not cover then counts nothing against cost quotas.
+    """
+    cost: list[str] = []
+    for rule in rules:
+        if rule.shadow:
+            continue
+        for action in rule.actions:
+            if isinstance(action, Enforce):
+                cost += [n for n in action.names if n in quotas and quotas[n].metric == "cost"]
+            elif isinstance(action, InlineLimit) and action.quota.metric == "cost":
+                cost.append(action.quota.name)
+    if not cost:
+        return
+    names = ", ".join(dict.fromkeys(cost))
+    warned: set[str] = set()
+    for rule in rules:
+        if rule.shadow:
+            continue
+        for action in rule.actions:
+            if not isinstance(action, Route) or action.model in warned or not action.model.strip():
+                continue
+            if table.lookup(action.model) is None:
+                warned.add(action.model)
+                report.warn(
+                    action.pos,
+                    f"no price covers '{action.model}': cost quotas ({names}) count nothing "
+                    "for requests routed to it unless the gateway reports cost_usd",
+                )
 
 
 def _too_deep(expr: Expr) -> bool:

@@ -22,12 +22,12 @@ from .diagnostics import Diagnostic, RulesError
 from .grammar import lark_parser
 from .scan import Chunk, scan
 from .source import read_rule_file, rule_files, text_problem
-from .syntax_errors import describe
+from .syntax_errors import DECLARATIONS, describe
 from .transform import Decl, ToAst
 
 __all__ = ["parse_text", "parse_path"]
 
-_EMPTY = "expected a rule, quota, schema, default or test"
+_EMPTY = f"expected {DECLARATIONS}"
 _STATEMENT = re.compile(r"[ \t]*(when|deny|allow|enforce|limit|check|route|annotate|expect)\b")
 _STRINGS = re.compile(r'"(?:[^"\\\n]|\\[^\n])*"?|#.*')
 _MAX_RETRIES = 50
@@ -185,6 +185,7 @@ def _assemble(
     default: ast.Default | None = None
     schemas: list[ast.Schema] = []
     quotas: list[ast.Quota] = []
+    prices: list[ast.Price] = []
     rules: list[ast.Rule] = []
     tests: list[ast.TestCase] = []
     for decl in decls:
@@ -204,10 +205,20 @@ def _assemble(
             schemas.append(decl)
         elif isinstance(decl, ast.Quota):
             quotas.append(decl)
+        elif isinstance(decl, ast.Price):
+            prices.append(decl)
         elif isinstance(decl, ast.Rule):
             rules.append(replace(decl, order=len(rules)))
         else:
             tests.append(decl)
     return ast.RuleFile(
-        file, default, tuple(schemas), tuple(quotas), tuple(rules), tuple(tests), text, comments
+        file,
+        default,
+        tuple(schemas),
+        tuple(quotas),
+        tuple(rules),
+        tuple(tests),
+        text,
+        comments,
+        prices=tuple(prices),
     )

@@ -9,6 +9,7 @@ its start, so in-flight decisions finish on the rules they began with.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from .model import (
     UsageReport,
 )
 from .observer import NullObserver, Observer
+from .pricing import token_cost
 from .quotas import Unresolved, counters_for, metric_amounts
 from .stores import open_entity_store, open_store
 from .stores.base import (
@@ -249,8 +251,13 @@ class Engine:
         self._observer.store_call(self._store.name, op, self._perf() - start, False)
         return result
 
-    def _decide(self, ev: _Evaluated, consume: bool) -> tuple[Decision, tuple[str, ...]]:
-        """Apply the combining algorithm's quota step; returns the decision and exceeded names."""
+    def _decide(
+        self, ev: _Evaluated, consume: bool, hits: int = 1
+    ) -> tuple[Decision, tuple[str, ...]]:
+        """Apply the combining algorithm's quota step; returns the decision and exceeded names.
+
+        ``hits`` is how many requests the decision counts against ``requests`` quotas.
+        """
         verdict, request, ruleset = ev.verdict, ev.request, ev.ruleset
         base: dict[str, Any] = {
             "model": verdict.model,
@@ -270,11 +277,16 @@ class Engine:
                 decision_id=decision_id,
                 **base,
             ), ()
+        estimate = request.estimate
+        cost = estimate.cost_usd
+        if not cost and (estimate.input_tokens or estimate.output_tokens):
+            # tokens but no cost: priced for the model that will serve, when a price covers it
+            priced = token_cost(
+                ruleset.prices, verdict.model, estimate.input_tokens, estimate.output_tokens
+            )
+            cost = priced or 0.0
         amounts = metric_amounts(
-            request.estimate.input_tokens,
-            request.estimate.output_tokens,
-            request.estimate.cost_usd,
-            1.0,
+            estimate.input_tokens, estimate.output_tokens, cost, float(hits)
         )
         specs, unresolved = counters_for(
             verdict.quotas, ruleset.quotas, ev.ctx, verdict.model, amounts
@@ -376,16 +388,22 @@ class Engine:
             **base,
         )
 
-    def decide(self, request: Mapping[str, Any] | DecideRequest) -> Decision:
+    def decide(self, request: Mapping[str, Any] | DecideRequest, *, hits: int = 1) -> Decision:
         """Decide one request: rules, then quotas checked and consumed all-or-nothing.
 
+        ``hits`` (at least 1) is how many requests this decision counts against
+        ``requests`` quotas: a transport that batches calls (Envoy's rate-limit
+        ``hits_addend``) asks for them in one decision. An estimate with tokens but no
+        cost is priced from the ruleset's ``price`` table for the routed model.
         Raises ``ValueError`` naming the field for a malformed request (nothing is
         consumed or stored then).
         """
         start = self._perf()
+        if type(hits) is not int or hits < 1:
+            raise ValueError(f"hits: must be a whole number of at least 1, got {hits!r}")
         req = DecideRequest.parse(request)
         ev = self._evaluate(req, persist=not req.dry_run)
-        decision, exceeded = self._decide(ev, consume=True)
+        decision, exceeded = self._decide(ev, consume=True, hits=hits)
         self._observer.decision(decision, req.model, exceeded, self._perf() - start)
         return decision
 
@@ -407,6 +425,9 @@ class Engine:
     def report(self, report: Mapping[str, Any] | UsageReport) -> ReportAck:
         """Record what a request really used; idempotent per ``request_id``.
 
+        A report with tokens and no ``cost_usd`` is priced from the ruleset's ``price``
+        table for the reported model (none covers it: the cost stays 0).
+
         With a live ``decision_id`` the reservation made by ``decide`` is replaced by
         the actuals. Without one (or once it expired), the actual tokens and cost are
         added to the quotas that apply to the reported user, group and model; requests
@@ -416,6 +437,16 @@ class Engine:
         """
         rep = UsageReport.parse(report)
         ruleset = self._ruleset
+        if not rep.cost_usd and rep.total_tokens:
+            priced = token_cost(
+                ruleset.prices,
+                rep.model,
+                rep.input_tokens,
+                rep.output_tokens,
+                rep.cached_input_tokens,
+            )
+            if priced:
+                rep = dataclasses.replace(rep, cost_usd=priced)
         ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
         usage = UsageEvent.from_report(rep, self._clock())

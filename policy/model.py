@@ -319,6 +319,7 @@ _REPORT_FIELDS = frozenset(
         "duration_seconds",
         "status",
         "attributes",
+        "cached_input_tokens",
     }
 )
 
@@ -338,6 +339,7 @@ class UsageReport:
     duration_seconds: float = 0.0
     status: str = "success"
     attributes: dict[str, str] = field(default_factory=dict)
+    cached_input_tokens: int = 0  # the part of input_tokens served from a prompt cache
 
     @property
     def total_tokens(self) -> int:
@@ -352,6 +354,12 @@ class UsageReport:
         unknown = set(data) - _REPORT_FIELDS
         if unknown:
             raise ValueError(f"report: unknown field {sorted(unknown)[0]!r}")
+        input_tokens = _need_count(data.get("input_tokens"), "input_tokens")
+        cached = _need_count(data.get("cached_input_tokens"), "cached_input_tokens")
+        if cached > input_tokens:
+            raise ValueError(
+                f"cached_input_tokens: {cached} is more than input_tokens ({input_tokens})"
+            )
         return cls(
             request_id=_need_str(
                 data.get("request_id"), "request_id", max_bytes=MAX_ID_BYTES, allow_empty=False
@@ -360,12 +368,13 @@ class UsageReport:
             user=EntityRef.parse(data.get("user"), "user"),
             group=EntityRef.parse(data.get("group"), "group"),
             model=_need_str(data.get("model"), "model", max_bytes=MAX_MODEL_BYTES),
-            input_tokens=_need_count(data.get("input_tokens"), "input_tokens"),
+            input_tokens=input_tokens,
             output_tokens=_need_count(data.get("output_tokens"), "output_tokens"),
             cost_usd=_need_amount(data.get("cost_usd"), "cost_usd"),
             duration_seconds=_need_amount(data.get("duration_seconds"), "duration_seconds"),
             status=_need_str(data.get("status") or "success", "status", max_bytes=MAX_STATUS_BYTES),
             attributes=_need_attributes(data.get("attributes"), "attributes"),
+            cached_input_tokens=cached,
         )
 
 

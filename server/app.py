@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -55,6 +57,30 @@ async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthSer
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
     return servicer
+
+
+def bind_failure(listen: str) -> str:
+    """Why ``listen`` cannot be bound, in the operating system's words.
+
+    gRPC's own error only says "Failed to bind"; binding a plain socket to the same
+    address finds the reason (address already in use, permission denied, no such file).
+    """
+    try:
+        if listen.startswith("unix:"):
+            path = listen.removeprefix("unix:")
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.bind(path)
+            os.unlink(path)
+        else:
+            host, _, port = listen.rpartition(":")
+            host = host.strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as probe:
+                probe.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return reason[:1].lower() + reason[1:]
+    return "gRPC could not bind it"
 
 
 def _bound_address(listen: str, port: int) -> str:
@@ -108,9 +134,9 @@ async def start_grpc(
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
-        raise OSError(f"cannot listen on {listen}: {exc}") from exc
+        raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}") from exc
     if port == 0 and not listen.startswith("unix:"):
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}")
     await server.start()
     return GrpcServer(server, health_servicer, service, _bound_address(listen, port))
 

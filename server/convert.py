@@ -196,6 +196,8 @@ def usage_report(msg: pb.UsageReport) -> dict[str, Any]:
         "duration_seconds": msg.duration_seconds,
         "status": msg.status,
     }
+    if msg.cached_input_tokens:
+        data["cached_input_tokens"] = msg.cached_input_tokens
     if msg.attributes:
         data["attributes"] = dict(msg.attributes)
     return data
@@ -339,6 +341,7 @@ def usage_report_to_proto(rep: UsageReport) -> pb.UsageReport:
         cost_usd=rep.cost_usd,
         duration_seconds=rep.duration_seconds,
         status=rep.status,
+        cached_input_tokens=rep.cached_input_tokens,
     )
     _parties_to_proto(rep, out)
     return out

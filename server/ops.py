@@ -71,7 +71,7 @@ def run_check(args: argparse.Namespace) -> int:
             status = FAILED
         print(
             f"{path}: ok: {len(ruleset.rules)} rules, {len(ruleset.quotas)} quotas, "
-            f"{len(ruleset.tests)} tests, {len(ruleset.warnings)} warnings "
+            f"{len(ruleset.prices)} prices, {len(ruleset.tests)} tests, {len(ruleset.warnings)} warnings "
             f"(version {ruleset.version})"
         )
     return status

@@ -140,8 +140,6 @@ def _fail(message: str, code: int = 1) -> int:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     subject: tuple[EntityKind, str] | None = None
-    if args.user and args.group:
-        return _fail("--user and --group: give one of them", 2)
     try:
         if args.user or args.group:
             kind: EntityKind = "user" if args.user else "group"
@@ -150,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
             kind="groups" if args.groups else "users",
             sort=args.sort,
             limit=args.limit,
+            offset=args.offset,
             search=args.search,
+            start=args.start,
+            end=args.end,
         )
     except ValueError as exc:
         text = str(exc)

@@ -26,11 +26,11 @@ from .convert import seconds_of, set_timestamp
 __all__ = [
     "get_request",
     "list_request",
+    "list_request_to_proto",
     "record_to_proto",
     "detail_to_proto",
     "page_to_proto",
     "get_request_to_proto",
-    "list_request_to_proto",
     "record_from_proto",
     "detail_from_proto",
     "page_from_proto",
@@ -70,23 +70,20 @@ def get_request_to_proto(kind: EntityKind, ident: str) -> pb.GetUsageRequest:
     return pb.GetUsageRequest(user_id=ident) if kind == "user" else pb.GetUsageRequest(group_id=ident)
 
 
+# ------------------------------------------------------------------ to the wire
+
+
 def list_request_to_proto(query: UsageQuery) -> pb.ListUsageRequest:
-    """``list_request`` read back: a validated query as the message."""
-    out = pb.ListUsageRequest(
-        kind=query.kind,
-        search=query.search,
-        sort=query.sort,
-        limit=query.limit,
+    """The ``ListUsageRequest`` that ``list_request`` reads back as ``query``."""
+    msg = pb.ListUsageRequest(
+        kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
         offset=query.offset,
     )
     if query.start is not None:
-        set_timestamp(out.start, query.start)
+        set_timestamp(msg.start, query.start)
     if query.end is not None:
-        set_timestamp(out.end, query.end)
-    return out
-
-
-# ------------------------------------------------------------------ to the wire
+        set_timestamp(msg.end, query.end)
+    return msg
 
 
 def record_to_proto(rec: UsageRecord, out: pb.UsageRecord | None = None) -> pb.UsageRecord:

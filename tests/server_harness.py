@@ -124,7 +124,9 @@ def free_user(uid: str, **metadata: Any) -> pb.Entity:
 
 # ------------------------------------------------- `tollway serve` as a process
 
-READY = re.compile(r"tollway serving: grpc=(?P<grpc>\S+) http=(?P<http>\S+) .*version=(?P<version>\S+)")
+READY = re.compile(
+    r"tollway serving: grpc=(?P<grpc>[^\s\"]+) http=(?P<http>[^\s\"]+) .*version=(?P<version>[^\s\"]+)"
+)
 
 
 @dataclass
@@ -161,10 +163,14 @@ def _pump(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event)
 
 
 @contextmanager
-def tollway_serve(rules: Path, *extra: str, listen: str = "127.0.0.1:0") -> Iterator[Served]:
+def tollway_serve(
+    rules: Path | None, *extra: str, listen: str = "127.0.0.1:0"
+) -> Iterator[Served]:
+    """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    rules_flag = [] if rules is None else ["--rules", str(rules)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tollway", "serve", "--rules", str(rules), "--listen", listen,
+        [sys.executable, "-m", "tollway", "serve", *rules_flag, "--listen", listen,
          "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )

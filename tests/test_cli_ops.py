@@ -48,7 +48,7 @@ def write(tmp_path: Path, text: str, name: str = "r.rules") -> Path:
 def test_check_ok_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "check", str(EXAMPLE))
     assert code == 0, err
-    assert "ok:" in out and "13 rules" in out
+    assert "ok:" in out and "13 rules" in out and "5 prices" in out
 
 
 def test_check_errors_exit_1_with_location_and_caret(
@@ -88,8 +88,8 @@ def test_check_without_a_path_is_a_usage_error(
 def test_test_passes_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "test", "-v", str(EXAMPLE))
     assert code == 0
-    assert out.strip().endswith("12 passed, 0 failed")
-    assert out.count("PASS ") == 12
+    assert out.strip().endswith("13 passed, 0 failed")
+    assert out.count("PASS ") == 13
 
 
 def test_failing_test_shows_expected_and_got(

@@ -81,9 +81,12 @@ def test_a_decide_request_reads_back_as_sent(data: dict[str, Any]) -> None:
             "status": st.text(min_size=1, max_size=10),
             "attributes": attributes,
         },
-    )
+    ),
+    count,
 )
-def test_a_usage_report_reads_back_as_sent(data: dict[str, Any]) -> None:
+def test_a_usage_report_reads_back_as_sent(data: dict[str, Any], cached: int) -> None:
+    if cached <= data.get("input_tokens", 0):
+        data["cached_input_tokens"] = cached
     rep = UsageReport.parse(data)
     assert UsageReport.parse(convert.usage_report(convert.usage_report_to_proto(rep))) == rep
 

@@ -25,7 +25,8 @@ from tollway.policy.model import (
     ReportAck,
     UsageReport,
 )
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, need_id, need_kind
+from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery
+from tollway.policy.validate import need_groups, need_id, need_kind
 from tollway.server import convert, usage_convert
 from tollway.server.convert import dict_to_struct
 from tollway.v1 import tollway_pb2 as pb
@@ -197,13 +198,11 @@ def upsert_entity(
     timeout: float | None = None,
 ) -> Call[EntityView]:
     """Set a user's or group's metadata ahead of time; ``groups`` links a user to groups."""
+    # the engine's checks, in the engine's order: the same request fails the same way
     entity_kind = need_kind(kind)
     ref = EntityRef.of(id, metadata, entity_kind)
-    for i, group_id in enumerate(groups):
-        EntityRef.of(group_id, None, f"groups[{i}]")
-    message = pb.UpsertEntityRequest(
-        kind=entity_kind, id=ref.id, groups=list(groups), replace=replace
-    )
+    group_ids = need_groups(groups, entity_kind)
+    message = pb.UpsertEntityRequest(kind=entity_kind, id=ref.id, groups=group_ids, replace=replace)
     if ref.metadata is not None:
         dict_to_struct(ref.metadata, message.metadata)
     return Call("UpsertEntity", message, convert.entity_from_proto, timeout=timeout)
@@ -217,7 +216,7 @@ def _none_if_not_found(error: SidecarError, policy: FailurePolicy) -> None:
 
 def get_entity(kind: str, id: str, *, timeout: float | None = None) -> Call[EntityView | None]:
     """The stored user or group with its metadata and links; None if never seen."""
-    message = pb.GetEntityRequest(kind=need_kind(kind), id=need_id(id))
+    message = pb.GetEntityRequest(kind=need_kind(kind), id=need_id(id, "id"))
     return Call(
         "GetEntity", message, convert.entity_from_proto, recover=_none_if_not_found,
         timeout=timeout,

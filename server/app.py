@@ -22,6 +22,7 @@ from tollway.policy.engine import Engine
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
+from .decoding import DecodeGuard
 from .grpc_service import TollwayService
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
@@ -127,7 +128,9 @@ async def start_grpc(
     max_workers: int = 32,
 ) -> GrpcServer:
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind."""
-    server = grpc.aio.server(options=server_options(max_message_bytes))
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes), interceptors=(DecodeGuard(),)
+    )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     health_servicer = await configure_maintenance(server)

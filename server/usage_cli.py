@@ -16,14 +16,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tollway.policy.usage import (
-    EntityKind,
-    UsageDetail,
-    UsagePage,
-    UsageQuery,
-    UsageRecord,
-    need_id,
-)
+from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, UsageRecord
+from tollway.policy.validate import EntityKind, need_id
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert

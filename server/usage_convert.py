@@ -15,10 +15,10 @@ from tollway.policy.usage import (
     UsageDetail,
     UsageEvent,
     UsagePage,
-    UsageParamError,
     UsageQuery,
     UsageRecord,
 )
+from tollway.policy.validate import FieldError
 from tollway.v1 import tollway_pb2 as pb
 
 from .convert import seconds_of, set_timestamp
@@ -47,7 +47,7 @@ def get_request(msg: pb.GetUsageRequest) -> tuple[EntityKind, str]:
         return "user", msg.user_id
     if which == "group_id":
         return "group", msg.group_id
-    raise UsageParamError("user_id", "one of user_id or group_id is required")
+    raise FieldError("user_id", "one of user_id or group_id is required")
 
 
 def list_request(msg: pb.ListUsageRequest) -> UsageQuery:

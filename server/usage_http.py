@@ -27,10 +27,9 @@ from tollway.policy.usage import (
     UsageDetail,
     UsageEvent,
     UsagePage,
-    UsageParamError,
     UsageQuery,
-    need_id,
 )
+from tollway.policy.validate import KIND_NAMES, FieldError, need_kind
 
 __all__ = [
     "HttpResult",
@@ -99,8 +98,8 @@ def _guarded(call: Callable[[], HttpResult]) -> HttpResult:
     """The one place errors become status codes."""
     try:
         return call()
-    except UsageParamError as exc:
-        return _error(400, str(exc), exc.parameter)
+    except FieldError as exc:
+        return _error(400, str(exc), exc.field)
     except ValueError as exc:
         return _error(400, str(exc))
     except StoreUnavailable:
@@ -154,7 +153,7 @@ def list_usage(
     def run() -> HttpResult:
         params = _first(query)
         if "kind" in params:
-            raise UsageParamError("kind", "unknown parameter (the kind is in the path)")
+            raise FieldError("kind", "unknown parameter (the kind is in the path)")
         q = UsageQuery.parse(params, kind=kind)
         page: UsagePage = _engine_call(engine, "list_usage")(q)
         base = _base(path or f"/v1/usage/{kind}", host)
@@ -172,8 +171,7 @@ def get_usage(engine: UsageEngine, kind: str, ident: str) -> HttpResult:
     """``GET /v1/usage/{users|groups}/{id}``: aggregates, cost by model, recent reports."""
 
     def run() -> HttpResult:
-        entity = "user" if kind == "users" else "group"
-        need_id(ident)
+        entity = need_kind(kind)
         detail: UsageDetail | None = _engine_call(engine, "get_usage")(entity, ident)
         if detail is None:
             return _error(404, f"no usage recorded for {entity} {ident!r}")
@@ -189,7 +187,7 @@ def activity(engine: UsageEngine, query: Mapping[str, Sequence[str]]) -> HttpRes
         params = _first(query)
         fmt = params.pop("format", "jsonl") or "jsonl"
         if fmt not in ("jsonl", "csv"):
-            raise UsageParamError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
+            raise FieldError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
         q = ActivityQuery.parse(params)
         events = iter(_engine_call(engine, "activity")(q))
         # pull the first event now, so that an unreachable store is a 503, not a cut stream
@@ -245,7 +243,7 @@ def install(router: Any, engine: Any) -> None:
     def host(request: Request) -> str | None:
         return next((v for k, v in request.headers.items() if k.lower() == "host"), None)
 
-    for kind in ("users", "groups"):
+    for kind in KIND_NAMES:  # /v1/usage/users/… and the singular /v1/usage/user/…
 
         def listing(request: Request, kind: str = kind) -> Response:
             return respond(

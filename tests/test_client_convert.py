@@ -23,6 +23,7 @@ from tollway.policy.model import (
     UsageReport,
 )
 from tollway.policy.usage import UsageQuery
+from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
 from tollway.server import convert, usage_convert
 
 text = st.text(max_size=12)
@@ -37,21 +38,21 @@ json_value = st.recursive(
 metadata = st.none() | st.dictionaries(st.text(min_size=1, max_size=6), json_value, max_size=4)
 entity = st.none() | st.builds(lambda i, m: {"id": i, "metadata": m}, ident, metadata)
 attributes = st.dictionaries(st.text(min_size=1, max_size=6), st.text(max_size=8), max_size=3)
-count = st.integers(0, 2**40)
+count = st.integers(0, MAX_TOKENS)
 # amounts in whole 1/256ths: exact both as doubles and as Duration/Timestamp nanoseconds
 seconds = st.integers(0, 2**30).map(lambda k: k / 256)
-money = st.floats(0, 1e6, allow_nan=False)
+money = st.floats(0, MAX_COST_USD, allow_nan=False)
+duration = st.floats(0, MAX_DURATION_SECONDS, allow_nan=False)
 
 
 @settings(max_examples=200)
 @given(
     st.fixed_dictionaries(
-        {},
+        {"model": st.text(min_size=1, max_size=12)},
         optional={
             "request_id": st.text(max_size=10),
             "user": entity,
             "group": entity,
-            "model": text,
             "attributes": attributes,
             "estimate": st.fixed_dictionaries(
                 {}, optional={"input_tokens": count, "output_tokens": count, "cost_usd": money}
@@ -77,7 +78,7 @@ def test_a_decide_request_reads_back_as_sent(data: dict[str, Any]) -> None:
             "input_tokens": count,
             "output_tokens": count,
             "cost_usd": money,
-            "duration_seconds": money,
+            "duration_seconds": duration,
             "status": st.text(min_size=1, max_size=10),
             "attributes": attributes,
         },

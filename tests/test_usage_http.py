@@ -116,7 +116,8 @@ def test_detail_and_unknown_id(engine: Engine) -> None:
     assert "nobody" in body(missing)["error"]
     assert usage_http.get_usage(engine, "groups", "acme").status == 200
     too_long = usage_http.get_usage(engine, "users", "x" * 300)
-    assert (too_long.status, body(too_long)["parameter"]) == (400, "id")
+    assert (too_long.status, body(too_long)["parameter"]) == (400, "user_id")
+    assert usage_http.get_usage(engine, "user", "user05").status == 200  # singular too
 
 
 def test_activity_as_json_lines(engine: Engine) -> None:

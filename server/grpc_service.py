@@ -8,12 +8,10 @@ INTERNAL with a generic message and the traceback in the log.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
@@ -24,6 +22,7 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import convert, usage_convert
+from .offload import Offload
 
 __all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
 
@@ -80,21 +79,12 @@ class TollwayService(pb_grpc.TollwayServicer):
     def __init__(self, engine: Engine, *, max_workers: int = 32) -> None:
         self._engine = engine
         self.last_call = 0.0  # monotonic time the latest call started (the drain watches it)
-        self._executor: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tollway-engine")
-            if engine.blocking
-            else None
+        self._call = Offload(
+            threads=max_workers, name="tollway-engine", inline=not engine.blocking
         )
 
-    async def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        if self._executor is None:
-            return fn(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._call.close()
 
     # ------------------------------------------------------------------ RPCs
 

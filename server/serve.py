@@ -23,7 +23,8 @@ from tollway.policy.engine import Engine
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
-from .http import HttpServer, Readiness, build_router, start_http
+from .http import HttpLimits, HttpServer, build_app, start_http
+from .http_ops import Readiness
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
@@ -101,7 +102,10 @@ async def _serve(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
     try:
         if args.http and args.http.lower() != "off":
-            http = start_http(args.http, build_router(engine, metrics, readiness))
+            limits = HttpLimits(idle_timeout=args.http_idle_timeout)
+            http = await start_http(
+                args.http, build_app(engine, metrics, readiness, limits=limits)
+            )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()
@@ -136,7 +140,7 @@ async def _serve(args: argparse.Namespace) -> int:
     await grpc_server.stop(args.grace)
     await reloader.stop()
     if http is not None:
-        http.stop()
+        await http.stop()
     engine.close()
     log.info("stopped")
     return 0

@@ -159,6 +159,11 @@ SETTINGS: tuple[Setting, ...] = (
         (SERVE,),
     ),
     Setting(
+        "http-idle-timeout", Duration("s"), 15.0, "TOLLWAY_HTTP_IDLE_TIMEOUT",
+        "time an HTTP connection may stay open without a complete request head (new, "
+        "idle between requests, or sending its headers slowly)", (SERVE,),
+    ),
+    Setting(
         "store", Text(metavar="URL", allow_empty=False), "memory", "TOLLWAY_STORE",
         "counter store: memory, or redis://HOST:PORT/DB shared by replicas", (SERVE,),
     ),

@@ -23,9 +23,13 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 
 from tollway.policy.engine import Engine
+from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
+from tollway.server.http import ROUTE_MODULES, HttpLimits, HttpServer, build_app, start_http
+from tollway.server.http_ops import Readiness
 from tollway.server.metrics import Metrics
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
@@ -72,30 +76,84 @@ def write_rules(directory: Path, text: str = RULES, name: str = "main.rules") ->
     return path
 
 
-class ServerThread:
-    """A grpc.aio server over ``engine`` on 127.0.0.1:<free port>, in a background loop."""
+class LoopThread:
+    """An asyncio loop running in a daemon thread; ``run`` waits for a coroutine on it."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: GrpcServer | None = None
+        self._thread.start()
 
     def run(self, coro: Any) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout=30)
 
+    def close(self) -> None:
+        self.run(_cancel_the_rest())  # as asyncio.run does: no task is left pending
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ServerThread(LoopThread):
+    """A grpc.aio server over ``engine`` on 127.0.0.1:<free port>, in a background loop."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.server: GrpcServer | None = None
+
     def start(self, listen: str = "127.0.0.1:0") -> str:
-        self._thread.start()
         self.server = self.run(start_grpc(self.engine, listen))
         return self.server.address
 
     def stop(self, grace: float = 1.0) -> None:
         if self.server is not None:
             self.run(self.server.stop(grace))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self.close()
+
+
+@dataclass
+class HttpPort:
+    """A started HTTP port: its address, application and readiness."""
+
+    address: str
+    app: web.Application
+    readiness: Readiness
+
+    def url(self, path: str) -> str:
+        return f"http://{self.address}{path}"
+
+
+@contextmanager
+def http_serving(
+    engine: Any, *, metrics: Metrics | None = None, limits: HttpLimits | None = None,
+    loop: LoopThread | None = None, route_modules: tuple[str, ...] = ROUTE_MODULES,
+) -> Iterator[HttpPort]:
+    """The HTTP port over ``engine`` on 127.0.0.1:<free port>, as ``tollway serve`` runs
+    it: on the loop of ``loop`` (the gRPC server's), or on a loop of its own."""
+    owner = loop or LoopThread()
+    readiness = Readiness(engine)
+    app = build_app(engine, metrics or Metrics(), readiness, limits=limits,
+                    route_modules=route_modules)
+    http = owner.run(_start(app))
+    try:
+        yield HttpPort(http.address, app, readiness)
+    finally:
+        owner.run(http.stop())
+        if loop is None:
+            owner.close()
+
+
+async def _start(app: web.Application) -> HttpServer:
+    return await start_http("127.0.0.1:0", app)
 
 
 @contextmanager
@@ -113,6 +171,23 @@ def serving(
     finally:
         channel.close()
         server.stop()
+        engine.close()
+
+
+@contextmanager
+def engine_with_usage(reports: int, users: int) -> Iterator[Engine]:
+    """A memory engine whose usage holds ``reports`` reports of users ``u0``… (groups
+    ``g0``-``g2``, models ``m0``/``m1``), written straight into its store."""
+    engine = Engine.from_text("default allow\n", store="memory")
+    usage: Any = engine.store.usage
+    for i in range(reports):
+        usage.apply(UsageEvent(
+            time=1_800_000_000.0 + i, request_id=f"r{i}", user_id=f"u{i % users}",
+            group_id=f"g{i % 3}", model=f"m{i % 2}", input_tokens=i, cost_usd=0.001 * i,
+        ))
+    try:
+        yield engine
+    finally:
         engine.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 
 def test_serves_decide_over_a_real_channel_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    with tollway_serve(write_rules(tmp_path)) as served:
+    with tollway_serve(write_rules(tmp_path), "--http-idle-timeout", "0.5") as served:
+        host, port = served.http.rsplit(":", 1)
+        silent = socket.create_connection((host, int(port)), timeout=10)
         with grpc.insecure_channel(served.grpc) as channel:
             stub = pb_grpc.TollwayStub(channel)
             d = stub.Decide(pb.DecideRequest(user=free_user("u1"), model="m"), timeout=10)
@@ -32,6 +35,8 @@ def test_serves_decide_over_a_real_channel_and_exits_0_on_sigterm(tmp_path: Path
             assert b"tollway_decisions_total" in resp.read()
         with urllib.request.urlopen(f"http://{served.http}/readyz", timeout=10) as resp:
             assert resp.status == 200
+        assert silent.recv(1) == b""  # closed by the server: it never sent a request
+        silent.close()
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=30) == 0, served.log()
         served.wait_for_line("stopped")

@@ -117,13 +117,13 @@ COMMANDS: tuple[Command, ...] = (
         "what came. Exit 0 when all pass, 1 when one fails or a PATH does not compile.",
     ),
     Command(
-        EXPLAIN, "tollway.server.ops", "decide one request offline and show why",
+        EXPLAIN, "tollway.server.explain_cli", "decide one request offline and show why",
         "Decide one request against the rules at PATH with a fresh in-memory store "
         "(nothing is consumed) and print the decision and a trace: every rule "
         "considered, which tests held, the quotas and their counters.",
     ),
     Command(
-        FMT, "tollway.server.ops", "rewrite rule files in the canonical layout",
+        FMT, "tollway.server.fmt_cli", "rewrite rule files in the canonical layout",
         "Rewrite each rule file (or every .rules file under a directory) in the "
         "canonical layout, keeping comments. '-' formats standard input to standard "
         "output. Exit 1 with --check when a file is not formatted.",

@@ -23,7 +23,8 @@ from tollway.policy.engine import Engine
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
-from .http import HttpLimits, HttpServer, build_app, start_http
+from .http import HttpServer, build_app, start_http
+from .http_limits import HttpLimits
 from .http_ops import Readiness
 from .logs import configure
 from .metrics import Metrics

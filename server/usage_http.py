@@ -25,9 +25,8 @@ from tollway.policy.usage import ActivityQuery, UsageDetail, UsageEvent, UsagePa
 from tollway.policy.validate import KIND_NAMES, FieldError, need_kind
 
 from .csv_export import CsvEncoder
-from .http_errors import HttpError, json_response
+from .http_errors import Handler, HttpError, json_response
 from .http_routes import (
-    Handler,
     add_route,
     first_values,
     offload,

@@ -251,10 +251,7 @@ def amount_units(amount: float, metric: str, what: str = "amount") -> int:
     scaled = amount * metric_scale(metric) - _EPSILON
     if scaled > MAX_UNITS:  # also inf, which ceil() could not convert
         raise ValueError(f"{what}: {amount!r} is too large for a {metric} counter")
-    units = max(0, math.ceil(scaled))
-    if units > MAX_UNITS:
-        raise ValueError(f"{what}: {amount!r} is too large for a {metric} counter")
-    return units
+    return max(0, math.ceil(scaled))
 
 
 def limit_units(limit: float, metric: str, what: str = "limit") -> int:
@@ -264,7 +261,9 @@ def limit_units(limit: float, metric: str, what: str = "limit") -> int:
     scaled = limit * metric_scale(metric) + _EPSILON
     if scaled >= MAX_UNITS:
         return MAX_UNITS
-    return 0 if scaled <= 0 else math.floor(scaled)  # -inf too: floor() would overflow
+    if scaled <= 0:  # a negative limit, -inf included, admits nothing
+        return 0
+    return math.floor(scaled)
 
 
 def from_units(units: int, metric: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
 
-from tollway.dsl.ast import Reason, Value
+from tollway.dsl.ast import Value
 from tollway.dsl.compiled import RuleTrace
 
 from .validate import (
@@ -274,7 +274,9 @@ class ShadowOutcome:
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    reason: Reason  # the proto enum's name: "ALLOWED", "QUOTA_EXCEEDED", …
+    # the proto enum's name: one of ``tollway.dsl.ast.REASONS`` from the engine; a decision
+    # decoded from the wire may also carry "REASON_UNSPECIFIED" (a server that set none)
+    reason: str
     message: str = ""
     model: str = ""
     routed: bool = False
@@ -294,10 +296,12 @@ REPORT_OUTCOMES: tuple[ReportOutcome, ...] = get_args(ReportOutcome)
 
 @dataclass(frozen=True, slots=True)
 class ReportAck:
-    """``outcome``: "settled" (replaced a reservation), "added" or "duplicate"."""
+    """``outcome``: a ``ReportOutcome`` — "settled" (replaced a reservation), "added" or
+    "duplicate" — from the engine; a client that could not reach the sidecar says
+    "queued" or "dropped"."""
 
     request_id: str
-    outcome: ReportOutcome
+    outcome: str
     duplicate: bool = False
 
 

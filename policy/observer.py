@@ -9,7 +9,7 @@ from typing import Protocol
 
 from tollway.dsl.compiled import EvalContext
 
-from .model import DecideRequest, Decision, UsageReport
+from .model import DecideRequest, Decision, ReportOutcome, UsageReport
 
 __all__ = ["Observer", "NullObserver", "Fanout"]
 
@@ -21,7 +21,7 @@ class Observer(Protocol):
         """After every ``decide`` (not ``explain``). ``exceeded`` names the exceeded quotas."""
         ...
 
-    def report(self, report: UsageReport, outcome: str) -> None:
+    def report(self, report: UsageReport, outcome: ReportOutcome) -> None:
         """After every ``report``; outcome is "settled", "added" or "duplicate"."""
         ...
 
@@ -44,7 +44,7 @@ class NullObserver:
     ) -> None:
         pass
 
-    def report(self, report: UsageReport, outcome: str) -> None:
+    def report(self, report: UsageReport, outcome: ReportOutcome) -> None:
         pass
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
@@ -69,7 +69,7 @@ class Fanout:
         for o in self._all:
             o.decision(decision, requested_model, exceeded, seconds)
 
-    def report(self, report: UsageReport, outcome: str) -> None:
+    def report(self, report: UsageReport, outcome: ReportOutcome) -> None:
         for o in self._all:
             o.report(report, outcome)
 

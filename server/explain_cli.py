@@ -22,7 +22,7 @@ from tollway.policy.testing import seed_entities
 from .convert import explanation_to_proto, message_to_json
 from .ops import FAILED, OK, USAGE, compile_path, plural
 
-__all__ = ["run", "read_request"]
+__all__ = ["run"]
 
 
 def read_request(spec: str) -> Any:

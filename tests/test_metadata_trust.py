@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from backends import Backend
 from google.protobuf import struct_pb2
 from server_harness import serving, write_rules
 
@@ -48,14 +49,9 @@ rule eu {
 """
 
 
-@pytest.fixture(params=["memory", "redis"])
-def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    if request.param == "memory":
-        e = Engine.from_text(RULES, store="memory")
-    else:
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-        e = Engine.from_text(RULES, store=url, key_prefix=prefix)
+@pytest.fixture
+def engine(backend: Backend) -> Iterator[Engine]:
+    e = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix())
     yield e
     e.close()
 

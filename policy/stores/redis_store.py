@@ -30,6 +30,7 @@ from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
 from ..windows import Checked
 from .base import (
+    REPORT_OUTCOMES,
     CounterSpec,
     CounterState,
     ForeignDecision,
@@ -227,9 +228,10 @@ class RedisCounterStore:
         text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if text == "foreign":
             raise ForeignDecision()
-        if text not in ("duplicate", "settled", "added"):
-            raise StoreUnavailable(f"redis report script answered {text!r}")
-        return text  # type: ignore[return-value]
+        for known in REPORT_OUTCOMES:
+            if text == known:
+                return known
+        raise StoreUnavailable(f"redis report script answered {text!r}")
 
     def record_request(self, seen: RequestSeen) -> None:
         self.usage.count_request(seen)

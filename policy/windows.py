@@ -261,7 +261,9 @@ def limit_units(limit: float, metric: str, what: str = "limit") -> int:
     scaled = limit * metric_scale(metric) + _EPSILON
     if scaled >= MAX_UNITS:
         return MAX_UNITS
-    return max(0, math.floor(scaled))
+    if scaled <= 0:  # -inf included, which floor cannot take
+        return 0
+    return math.floor(scaled)
 
 
 def from_units(units: int, metric: str) -> float:

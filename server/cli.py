@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="days a report stays in the activity log [TOLLWAY_ACTIVITY_MAX_AGE]",
     )
     serve.add_argument(
+        "--attribute-header",
+        action="append",
+        default=None,
+        metavar="HEADER=ATTRIBUTE",
+        help="an HTTP request header the Envoy services pass to rules as request.ATTRIBUTE, "
+        "e.g. x-team=team; repeatable [TOLLWAY_ATTRIBUTE_HEADER, comma-separated]",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("log-level", "info"),
         choices=["debug", "info", "warning", "error"],

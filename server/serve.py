@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,7 @@ from tollway.policy.usage import Retention
 
 from .app import start_grpc
 from .http import HttpServer, Readiness, build_router, start_http
+from .identity import parse_attribute_headers
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
 
@@ -51,10 +53,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.rules:
         print("tollway serve: --rules PATH (or TOLLWAY_RULES) is required", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args))
+    specs = args.attribute_header
+    if specs is None:
+        specs = [s for s in os.environ.get("TOLLWAY_ATTRIBUTE_HEADER", "").split(",") if s.strip()]
+    try:
+        attribute_headers = parse_attribute_headers(specs)
+    except ValueError as exc:
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, attribute_headers))
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) -> int:
     metrics = Metrics()
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
@@ -86,7 +96,7 @@ async def _serve(args: argparse.Namespace) -> int:
     readiness = Readiness(engine)
     http: HttpServer | None = None
     try:
-        grpc_server = await start_grpc(engine, args.listen)
+        grpc_server = await start_grpc(engine, args.listen, attribute_headers=attribute_headers)
     except OSError as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
         engine.close()

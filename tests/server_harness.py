@@ -83,9 +83,10 @@ class ServerThread:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout=30)
 
-    def start(self, listen: str = "127.0.0.1:0") -> str:
+    def start(self, listen: str = "127.0.0.1:0", **options: Any) -> str:
+        """Serve on ``listen``; ``options`` go to ``start_grpc`` (``attribute_headers``, …)."""
         self._thread.start()
-        self.server = self.run(start_grpc(self.engine, listen))
+        self.server = self.run(start_grpc(self.engine, listen, **options))
         return self.server.address
 
     def stop(self, grace: float = 1.0) -> None:

@@ -24,7 +24,6 @@ from tollway.dsl.compiled import CompiledRule, CompiledRuleset, EvalContext
 from .entities import EntityKind, EntityStore, EntityView, merge_metadata
 from .evaluation import Verdict, combine, combine_shadow
 from .model import (
-    MAX_ID_BYTES,
     DecideRequest,
     Decision,
     EntityRef,
@@ -54,6 +53,7 @@ from .usage import (
     UsagePage,
     UsageQuery,
 )
+from .validate import need_groups, need_hits, need_id, need_kind
 
 __all__ = ["Engine"]
 
@@ -204,26 +204,24 @@ class Engine:
         groups: Sequence[str] = (),
         replace: bool = False,
     ) -> EntityView:
-        """Set an entity's metadata ahead of time (admin); ``groups`` links a user to groups."""
-        entity_kind = _need_kind(kind)
-        ref = EntityRef.parse({"id": id, "metadata": metadata}, entity_kind)
-        assert ref is not None
-        if groups and entity_kind != "user":
-            raise ValueError("groups: only a user can be linked to groups")
-        for i, group_id in enumerate(groups):
-            EntityRef.parse({"id": group_id}, f"groups[{i}]")
+        """Set an entity's metadata ahead of time (admin); ``groups`` links a user to groups.
+
+        ``kind`` is ``user`` or ``group`` (``users``/``groups`` too). Everything is checked
+        before anything is written.
+        """
+        entity_kind = need_kind(kind)
+        ref = EntityRef.of(id, metadata, entity_kind)
+        group_ids = need_groups(groups, entity_kind)
         view = self._entities.put(entity_kind, ref.id, ref.metadata, replace=replace)
-        for group_id in groups:
+        for group_id in group_ids:
             self._entities.link(ref.id, group_id)
-        if groups:
+        if group_ids:
             return self._entities.get(entity_kind, ref.id) or view
         return view
 
     def get_entity(self, kind: str, id: str) -> EntityView | None:
-        entity_kind = _need_kind(kind)
-        if not id or len(id.encode()) > MAX_ID_BYTES:
-            raise ValueError(f"id: must be 1..{MAX_ID_BYTES} bytes")
-        return self._entities.get(entity_kind, id)
+        """A stored user or group (``kind``: ``user``/``users``/``group``/``groups``)."""
+        return self._entities.get(need_kind(kind), need_id(id, "id"))
 
     # -------------------------------------------------------------- decisions
 
@@ -399,8 +397,7 @@ class Engine:
         consumed or stored then).
         """
         start = self._perf()
-        if type(hits) is not int or hits < 1:
-            raise ValueError(f"hits: must be a whole number of at least 1, got {hits!r}")
+        hits = need_hits(hits)
         req = DecideRequest.parse(request)
         ev = self._evaluate(req, persist=not req.dry_run)
         decision, exceeded = self._decide(ev, consume=True, hits=hits)
@@ -466,8 +463,13 @@ class Engine:
     # ------------------------------------------------------------------ usage
 
     def get_usage(self, kind: str, id: str) -> UsageDetail | None:
-        """One user's or group's usage: aggregates, cost by model, recent reports."""
-        return self._store.usage.get(_need_kind(kind), id)
+        """One user's or group's usage: aggregates, cost by model, recent reports.
+
+        ``kind`` is ``user``/``users``/``group``/``groups``; a bad ``id`` is refused as
+        ``user_id``/``group_id`` (the proto's names).
+        """
+        entity_kind = need_kind(kind)
+        return self._store.usage.get(entity_kind, need_id(id, f"{entity_kind}_id"))
 
     def list_usage(
         self, query: Mapping[str, Any] | UsageQuery | None = None, **params: Any
@@ -501,14 +503,6 @@ def _new_decision_id() -> str:
     """``uuid.uuid4().hex``, the same 32 hex digits, without building a ``UUID`` object."""
     n = int.from_bytes(os.urandom(16), "big")
     return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
-
-
-def _need_kind(kind: str) -> EntityKind:
-    if kind == "user":
-        return "user"
-    if kind == "group":
-        return "group"
-    raise ValueError(f"kind: must be 'user' or 'group', got {kind!r}")
 
 
 def _scope_of(spec: CounterSpec) -> str:

@@ -24,7 +24,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from .model import MAX_ID_BYTES, MAX_MODEL_BYTES, UsageReport
+from .model import UsageReport
+from .validate import (
+    MAX_ID_BYTES,
+    MAX_MODEL_BYTES,
+    EntityKind,
+    FieldError,
+    need_kind,
+    need_text,
+    need_time,
+    need_whole,
+)
 
 __all__ = [
     "EntityKind",
@@ -34,7 +44,6 @@ __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "RECENT_REPORTS",
-    "UsageParamError",
     "UsageEvent",
     "RequestSeen",
     "ModelUsage",
@@ -47,9 +56,6 @@ __all__ = [
     "Totals",
     "UsageReader",
     "UsageWriter",
-    "need_kind",
-    "need_id",
-    "parse_time",
     "format_time",
     "fold",
     "cost_units",
@@ -57,7 +63,6 @@ __all__ = [
     "duration_units",
 ]
 
-EntityKind = Literal["user", "group"]
 ListKind = Literal["users", "groups"]
 
 SORT_FIELDS: tuple[str, ...] = (
@@ -90,32 +95,6 @@ def time_units(seconds: float) -> int:
 duration_units = time_units
 
 
-class UsageParamError(ValueError):
-    """A bad listing parameter; ``parameter`` names it (HTTP puts it in the 400 body)."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(f"{parameter}: {message}")
-        self.parameter = parameter
-
-
-def need_kind(kind: str) -> EntityKind:
-    """``user``/``group`` (``users``/``groups`` accepted too, as in URLs)."""
-    if kind in ("user", "users"):
-        return "user"
-    if kind in ("group", "groups"):
-        return "group"
-    raise UsageParamError("kind", f"must be 'user' or 'group', got {kind!r}")
-
-
-def need_id(ident: Any, name: str = "id") -> str:
-    if not isinstance(ident, str):
-        raise UsageParamError(name, f"must be a string, got {type(ident).__name__}")
-    size = len(ident.encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= MAX_ID_BYTES:
-        raise UsageParamError(name, f"must be 1..{MAX_ID_BYTES} bytes, got {size}")
-    return ident
-
-
 _FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -125,36 +104,6 @@ def fold(text: str) -> str:
     return text.translate(_FOLD)
 
 
-def parse_time(value: Any, name: str) -> float | None:
-    """An ISO 8601 time (naive means UTC), a datetime or a unix time -> unix seconds.
-
-    None or "" -> None (unset).
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise UsageParamError(name, "must be an ISO 8601 time")
-    if isinstance(value, int | float):
-        t = float(value)
-    elif isinstance(value, datetime):
-        t = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise UsageParamError(
-                name, f"expected an ISO 8601 time such as 2026-01-15T12:00:00Z, got {value!r}"
-            ) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        t = parsed.timestamp()
-    else:
-        raise UsageParamError(name, f"must be an ISO 8601 time, got {type(value).__name__}")
-    if not math.isfinite(t) or t < 0:
-        raise UsageParamError(name, f"must be a time after 1970-01-01, got {value!r}")
-    return t
-
-
 def format_time(t: float) -> str:
     """Unix seconds as ISO 8601 UTC with a ``Z`` (microseconds only when there are some)."""
     dt = datetime.fromtimestamp(t, UTC)
@@ -162,40 +111,9 @@ def format_time(t: float) -> str:
     return dt.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
-def _need_int(value: Any, name: str, low: int, high: int, default: int) -> int:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise UsageParamError(name, "must be a whole number")
-    if isinstance(value, str):
-        text = value.strip()
-        if not text.isdigit():
-            raise UsageParamError(name, f"must be a whole number, got {value!r}")
-        number = int(text)
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    else:
-        raise UsageParamError(name, f"must be a whole number, got {value!r}")
-    if not low <= number <= high:
-        raise UsageParamError(name, f"must be between {low} and {high}, got {number}")
-    return number
-
-
-def _need_text(value: Any, name: str, max_bytes: int) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise UsageParamError(name, f"must be a string, got {type(value).__name__}")
-    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise UsageParamError(name, f"must be at most {max_bytes} bytes")
-    return value
-
-
 def _check_span(start: float | None, end: float | None) -> None:
     if start is not None and end is not None and start > end:
-        raise UsageParamError("end", "must not be before start")
+        raise FieldError("end", "must not be before start")
 
 
 # ------------------------------------------------------------------ events
@@ -523,8 +441,8 @@ class UsageQuery:
     ) -> UsageQuery:
         """Validate listing parameters (strings from a URL or typed values).
 
-        Empty values mean "unset". Raises ``UsageParamError`` (a ``ValueError``) whose
-        message starts with, and whose ``parameter`` is, the offending name.
+        Empty values mean "unset". Raises ``FieldError`` (a ``ValueError``) whose
+        message starts with, and whose ``field`` is, the offending name.
         """
         if isinstance(params, UsageQuery) and not more:
             return params
@@ -536,26 +454,23 @@ class UsageQuery:
         data.update(more)
         for key in data:
             if key not in _LIST_PARAMS:
-                raise UsageParamError(str(key), "unknown parameter")
-        raw_kind = data.get("kind") or "users"
-        if raw_kind not in ("users", "groups"):
-            raise UsageParamError("kind", f"must be 'users' or 'groups', got {raw_kind!r}")
-        kind: ListKind = "groups" if raw_kind == "groups" else "users"
+                raise FieldError(str(key), "unknown parameter")
+        kind: ListKind = "groups" if need_kind(data.get("kind") or "users") == "group" else "users"
         sort = data.get("sort") or DEFAULT_SORT
         if not isinstance(sort, str) or sort.removeprefix("-") not in SORT_FIELDS:
             choices = ", ".join(SORT_FIELDS)
-            raise UsageParamError(
+            raise FieldError(
                 "sort", f"must be one of {choices}, with '-' for descending; got {sort!r}"
             )
-        start = parse_time(data.get("start"), "start")
-        end = parse_time(data.get("end"), "end")
+        start = need_time(data.get("start"), "start")
+        end = need_time(data.get("end"), "end")
         _check_span(start, end)
         return cls(
             kind=kind,
-            search=_need_text(data.get("search"), "search", MAX_ID_BYTES),
+            search=need_text(data.get("search"), "search", MAX_ID_BYTES),
             sort=sort,
-            limit=_need_int(data.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
-            offset=_need_int(data.get("offset"), "offset", 0, MAX_OFFSET, 0),
+            limit=need_whole(data.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
+            offset=need_whole(data.get("offset"), "offset", 0, MAX_OFFSET, 0),
             start=start,
             end=end,
         )
@@ -648,20 +563,20 @@ class ActivityQuery:
         data.update(more)
         for key in data:
             if key not in _ACTIVITY_PARAMS:
-                raise UsageParamError(str(key), "unknown parameter")
-        start = parse_time(data.get("start"), "start")
-        end = parse_time(data.get("end"), "end")
+                raise FieldError(str(key), "unknown parameter")
+        start = need_time(data.get("start"), "start")
+        end = need_time(data.get("end"), "end")
         _check_span(start, end)
         raw_limit = data.get("limit")
         limit = (
             None
             if raw_limit is None or raw_limit == ""
-            else _need_int(raw_limit, "limit", 1, MAX_OFFSET, 1)
+            else need_whole(raw_limit, "limit", 1, MAX_OFFSET, 1)
         )
         return cls(
-            user=_need_text(data.get("user"), "user", MAX_ID_BYTES),
-            group=_need_text(data.get("group"), "group", MAX_ID_BYTES),
-            model=_need_text(data.get("model"), "model", MAX_MODEL_BYTES),
+            user=need_text(data.get("user"), "user", MAX_ID_BYTES),
+            group=need_text(data.get("group"), "group", MAX_ID_BYTES),
+            model=need_text(data.get("model"), "model", MAX_MODEL_BYTES),
             start=start,
             end=end,
             limit=limit,
@@ -720,8 +635,9 @@ class UsageWriter(Protocol):
 
 
 class UsageReader(Protocol):
-    def get(self, kind: str, ident: str) -> UsageDetail | None:
-        """One user's or group's detail, or None when nothing was recorded for it."""
+    def get(self, kind: EntityKind, ident: str) -> UsageDetail | None:
+        """One user's or group's detail, or None when nothing was recorded for it (both
+        validated by the caller)."""
         ...
 
     def list(self, query: UsageQuery) -> UsagePage:

@@ -1,21 +1,20 @@
 """Where the gRPC servicers run their engine calls: one place for every service of the port.
 
-When ``engine.blocking`` (a networked store), engine calls run in one bounded thread pool
-so that the event loop keeps accepting calls; otherwise they run inline, which is cheaper
-than a thread hop for microsecond-long decisions. ``last_call`` is the monotonic time the
-latest call of any service started: the drain on shutdown watches it.
+Engine calls go through one ``Offload`` (a bounded thread pool when the engine may wait
+on the network, inline otherwise), shared by the Tollway service and the Envoy services.
+``last_call`` is the monotonic time the latest call of any of them started: the drain on
+shutdown watches it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tollway.policy.engine import Engine
+
+from .offload import Offload
 
 __all__ = ["EngineCalls"]
 
@@ -28,10 +27,8 @@ class EngineCalls:
     def __init__(self, engine: Engine, *, max_workers: int = 32) -> None:
         self.engine = engine
         self.last_call = 0.0
-        self._executor: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tollway-engine")
-            if engine.blocking
-            else None
+        self._offload = Offload(
+            threads=max_workers, name="tollway-engine", inline=not engine.blocking
         )
 
     def touch(self) -> None:
@@ -39,11 +36,7 @@ class EngineCalls:
         self.last_call = time.monotonic()
 
     async def __call__(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        if self._executor is None:
-            return fn(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._offload(fn, *args, **kwargs)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._offload.close()

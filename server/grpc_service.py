@@ -17,7 +17,6 @@ import grpc
 
 from tollway.policy.engine import Engine
 from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.usage import need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
@@ -140,7 +139,6 @@ class TollwayService(pb_grpc.TollwayServicer):
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
         kind, ident = usage_convert.get_request(request)
-        ident = need_id(ident, f"{kind}_id")
         detail = await self.calls(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tollway.policy.validate import FieldError
+
 __all__ = [
     "TokenUsage",
     "request_json",
@@ -66,9 +68,9 @@ def request_json(raw: bytes, content_type: str) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-        raise ValueError(f"body: not valid JSON ({exc})") from None
+        raise FieldError("body", f"not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"body: must be a JSON object, got {type(value).__name__}")
+        raise FieldError("body", f"must be a JSON object, got {type(value).__name__}")
     return value
 
 

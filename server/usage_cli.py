@@ -16,7 +16,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, UsageRecord, need_id
+from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, UsageRecord
+from tollway.policy.validate import need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
@@ -134,8 +135,6 @@ def _fail(message: str, code: int = 1) -> int:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     subject = None
-    if args.user and args.group:
-        return _fail("--user and --group: give one of them", 2)
     try:
         if args.user or args.group:
             flag = "--user" if args.user else "--group"
@@ -144,7 +143,10 @@ def run(args: argparse.Namespace) -> int:
             kind="groups" if args.groups else "users",
             sort=args.sort,
             limit=args.limit,
+            offset=args.offset,
             search=args.search,
+            start=args.start,
+            end=args.end,
         )
     except ValueError as exc:
         text = str(exc)
@@ -159,10 +161,7 @@ def run(args: argparse.Namespace) -> int:
             reply = stub.GetUsage(pb.GetUsageRequest(**{subject[0]: subject[1]}), timeout=TIMEOUT)
             render_detail(console, usage_convert.detail_from_proto(reply))
         else:
-            request = pb.ListUsageRequest(
-                kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
-                offset=query.offset,
-            )
+            request = usage_convert.list_request_to_proto(query)
             listing = stub.ListUsage(request, timeout=TIMEOUT)
             render_page(console, usage_convert.page_from_proto(listing, query))
     except grpc.RpcError as exc:

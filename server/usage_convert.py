@@ -17,10 +17,10 @@ from tollway.policy.usage import (
     UsageDetail,
     UsageEvent,
     UsagePage,
-    UsageParamError,
     UsageQuery,
     UsageRecord,
 )
+from tollway.policy.validate import FieldError
 from tollway.v1 import tollway_pb2 as pb
 
 from .convert import set_timestamp
@@ -28,6 +28,7 @@ from .convert import set_timestamp
 __all__ = [
     "get_request",
     "list_request",
+    "list_request_to_proto",
     "record_to_proto",
     "detail_to_proto",
     "page_to_proto",
@@ -51,7 +52,7 @@ def get_request(msg: pb.GetUsageRequest) -> tuple[EntityKind, str]:
         return "user", msg.user_id
     if which == "group_id":
         return "group", msg.group_id
-    raise UsageParamError("user_id", "one of user_id or group_id is required")
+    raise FieldError("user_id", "one of user_id or group_id is required")
 
 
 def list_request(msg: pb.ListUsageRequest) -> UsageQuery:
@@ -70,6 +71,19 @@ def list_request(msg: pb.ListUsageRequest) -> UsageQuery:
 
 
 # ------------------------------------------------------------------ to the wire
+
+
+def list_request_to_proto(query: UsageQuery) -> pb.ListUsageRequest:
+    """The ``ListUsageRequest`` that ``list_request`` reads back as ``query``."""
+    msg = pb.ListUsageRequest(
+        kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
+        offset=query.offset,
+    )
+    if query.start is not None:
+        set_timestamp(msg.start, query.start)
+    if query.end is not None:
+        set_timestamp(msg.end, query.end)
+    return msg
 
 
 def record_to_proto(rec: UsageRecord, out: pb.UsageRecord | None = None) -> pb.UsageRecord:

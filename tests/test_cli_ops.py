@@ -100,7 +100,7 @@ def test_failing_test_shows_expected_and_got(
         GOOD.replace('expect route "mini"', 'expect route "huge"')
         + """
 test "third request is refused" {
-    request { user: {id: "u2", metadata: {tier: "free"}} } times 3
+    request { user: {id: "u2", metadata: {tier: "free"}}, model: "m" } times 3
     expect reason QUOTA_EXCEEDED
     expect exceeded hourly
 }
@@ -138,7 +138,8 @@ def test_explain_json_and_request_from_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     req = tmp_path / "req.json"
-    req.write_text(json.dumps({"user": {"id": "s", "metadata": {"status": "suspended"}}}))
+    req.write_text(json.dumps(
+        {"user": {"id": "s", "metadata": {"status": "suspended"}}, "model": "m"}))
     code, out, _ = run(capsys, "explain", str(EXAMPLE), "--request", f"@{req}", "--json")
     assert code == 0
     data = json.loads(out)

@@ -275,9 +275,9 @@ def test_rate_limit_mode_refuses_a_suspended_user_with_429_and_the_reason(
     entity.metadata.update({"status": "suspended"})
     tollway.UpsertEntity(entity)
     with pytest.raises(openai.RateLimitError) as caught:
-        client(envoys("ratelimit"), **{"x-tollway-user": "rl-bad"}).chat.completions.create(
-            model="m", messages=HI
-        )
+        client(
+            envoys("ratelimit"), **{"x-tollway-user": "rl-bad", "x-model": "m"}
+        ).chat.completions.create(model="m", messages=HI)
     assert caught.value.message.endswith("account suspended")
     assert caught.value.code == "denied_by_rule"
 
@@ -301,6 +301,31 @@ def test_rate_limit_mode_passes_the_decision_and_x_ratelimit_headers(
     assert raw.headers["x-ratelimit-limit"].startswith("3, 3;w=3600")
     assert raw.headers["x-ratelimit-remaining"] == "2"
     assert 0 < int(raw.headers["x-ratelimit-reset"]) <= 3700
+
+
+def test_rate_limit_mode_refuses_a_request_naming_no_model(
+    envoys: Callable[[str], EnvoyProcess],
+) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        client(envoys("ratelimit"), **{"x-tollway-user": "rl-nomodel"}).chat.completions.create(
+            model="m", messages=HI
+        )
+    assert caught.value.code == "invalid_request"
+    assert caught.value.message.endswith("model: must not be empty")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_listing_models_does_not_ask_tollway(
+    mode: str, envoys: Callable[[str], EnvoyProcess], served: Served
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    # the upstream has no /v1/models: its 404 (not tollway's 400) proves Envoy let it by
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(envoys(mode).base_url + "/models", timeout=10)
+    assert caught.value.code == 404
+    assert b"model: must not be empty" not in caught.value.read()
 
 
 def test_ext_authz_passes_the_routed_model_in_a_header_only(

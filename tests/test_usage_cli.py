@@ -114,7 +114,7 @@ def test_unreachable_server_is_one_clear_line(capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [(["--sort", "cost"], "--sort"), (["--limit", "0"], "--limit"),
-     (["--limit", "1000"], "--limit"), (["--user", "a", "--group", "b"], "--user")],
+     (["--limit", "1000"], "--limit"), (["--start", "yesterday"], "--start")],
 )
 def test_bad_flags_exit_2_before_any_call(
     capsys: pytest.CaptureFixture[str], argv: list[str], flag: str

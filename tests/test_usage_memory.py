@@ -16,11 +16,11 @@ from tollway.policy.usage import (
     Retention,
     UsageEvent,
     UsagePage,
-    UsageParamError,
     UsageQuery,
     format_time,
-    parse_time,
 )
+from tollway.policy.validate import FieldError
+from tollway.policy.validate import need_time as parse_time
 
 T0 = 1_800_000_000.0
 
@@ -55,7 +55,7 @@ T0 = 1_800_000_000.0
     ],
 )
 def test_bad_listing_parameters_name_the_parameter(params: dict[str, Any], parameter: str) -> None:
-    with pytest.raises(UsageParamError) as info:
+    with pytest.raises(FieldError) as info:
         UsageQuery.parse(params)
     assert info.value.parameter == parameter
     assert str(info.value).startswith(f"{parameter}: ")
@@ -102,7 +102,7 @@ def test_page_links_are_offsets() -> None:
 def test_bad_activity_parameters_name_the_parameter(
     params: dict[str, Any], parameter: str
 ) -> None:
-    with pytest.raises(UsageParamError) as info:
+    with pytest.raises(FieldError) as info:
         ActivityQuery.parse(params)
     assert info.value.parameter == parameter
 

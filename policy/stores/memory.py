@@ -17,6 +17,7 @@ from cachetools import TTLCache
 
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
+from ..windows import MAX_UNITS
 from .base import CounterSpec, CounterState, ReportOutcome
 from .usage_memory import MemoryUsage
 
@@ -195,7 +196,8 @@ class MemoryCounterStore:
         }
 
     def _add(self, key: str, field: int | str, until: int, delta: int) -> None:
-        """Add ``delta`` units to one field, never going below zero."""
+        """Add ``delta`` units to one field, never below zero nor above ``MAX_UNITS``
+        (where the Redis store saturates too)."""
         if delta == 0:
             return
         counter = self._counters.get(key)
@@ -206,7 +208,7 @@ class MemoryCounterStore:
         fields = counter.fields
         value = fields.get(field, 0) + delta
         if value > 0:
-            fields[field] = value
+            fields[field] = value if value <= MAX_UNITS else MAX_UNITS
         else:
             fields.pop(field, None)
         if until > counter.until:

@@ -31,8 +31,6 @@ from ..usage import (
     UsageEvent,
     UsagePage,
     UsageQuery,
-    need_id,
-    need_kind,
 )
 
 __all__ = ["MemoryUsage"]
@@ -146,9 +144,8 @@ class MemoryUsage:
 
     # ------------------------------------------------------------------ reader
 
-    def get(self, kind: str, ident: str) -> UsageDetail | None:
-        entity = need_kind(kind)
-        need_id(ident)
+    def get(self, kind: EntityKind, ident: str) -> UsageDetail | None:
+        entity = kind
         with self._lock:
             totals = self._totals[entity].get(ident)
             if totals is None:

@@ -46,8 +46,6 @@ from ..usage import (
     cost_units,
     duration_units,
     fold,
-    need_id,
-    need_kind,
     time_units,
 )
 from .base import StoreUnavailable
@@ -194,9 +192,8 @@ class RedisUsage:
 
     # ------------------------------------------------------------------ reader
 
-    def get(self, kind: str, ident: str) -> UsageDetail | None:
-        entity = need_kind(kind)
-        need_id(ident)
+    def get(self, kind: EntityKind, ident: str) -> UsageDetail | None:
+        entity = kind
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.hgetall(entity_key(self.prefix, entity, ident))

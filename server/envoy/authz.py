@@ -100,7 +100,7 @@ class AuthorizationService(authz_grpc.AuthorizationServicer):
             wanted, _ = decide_request(headers, body, self._attribute_headers)
             decision = await self.calls(self.calls.engine.decide, wanted)
         except ValueError as exc:
-            return _denied(invalid_request(str(exc)))
+            return _denied(invalid_request(exc))
         if decision.allowed:
             return _allowed(decision, headers)
         return _denied(error_for_decision(decision))

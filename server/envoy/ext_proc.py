@@ -183,7 +183,7 @@ class ExternalProcessorService(ep_grpc.ExternalProcessorServicer):
             ex.request, parsed = decide_request(ex.headers, bytes(ex.body), self._attribute_headers)
             decision = await self.calls(self.calls.engine.decide, ex.request)
         except ValueError as exc:
-            return _immediate(invalid_request(str(exc))), _CONTINUE
+            return _immediate(invalid_request(exc)), _CONTINUE
         ex.decision = decision
         if not decision.allowed:
             return _immediate(error_for_decision(decision)), _CONTINUE

@@ -34,6 +34,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from tollway.dsl.ast import Window
 from tollway.policy.model import Decision, QuotaStatus
+from tollway.policy.validate import FieldError
 from tollway.server.decision_headers import decision_headers
 from tollway.server.engine_calls import EngineCalls
 from tollway.server.grpc_service import rpc
@@ -92,8 +93,8 @@ def _merge(request: rls.RateLimitRequest) -> tuple[dict[str, Any], int | None]:
         for entry in descriptor.entries:
             seen = entries.setdefault(entry.key, entry.value)
             if seen != entry.value:
-                raise ValueError(
-                    f"descriptors[{i}].{entry.key}: {entry.value!r} conflicts with {seen!r}"
+                raise FieldError(
+                    f"descriptors[{i}].{entry.key}", f"{entry.value!r} conflicts with {seen!r}"
                 )
         if descriptor.HasField("hits_addend"):
             hits = max(hits or 0, descriptor.hits_addend.value)
@@ -130,7 +131,7 @@ class RateLimitService(rls_grpc.RateLimitServiceServicer):
             engine = self.calls.engine
             decision = await self.calls(engine.decide, wanted, hits=max(hits or 1, 1))
         except ValueError as exc:
-            return self._refusal(invalid_request(str(exc)), None, count)
+            return self._refusal(invalid_request(exc), None, count)
         if decision.allowed:
             return self._allowed(decision, count)
         return self._refusal(error_for_decision(decision), decision, count)

@@ -47,8 +47,14 @@ _Named = TypeVar("_Named", Quota, Rule, TestCase)
 _PRICE_PARTS = ("input", "output", "cached_input")
 
 
-def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
-    """``(errors, warnings)`` of a parsed ruleset, each sorted by location."""
+def check(
+    ast: RulesetAst, unparsed: frozenset[str] = frozenset()
+) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    """``(errors, warnings)`` of a parsed ruleset, each sorted by location.
+
+    ``unparsed``: names of declarations that failed to parse; naming one is not an error
+    (its syntax error is reported already).
+    """
     report = Reporter(ast)
     defaults: list[Default] = [rf.default for rf in ast.files if rf.default is not None]
     for extra in defaults[1:]:
@@ -69,7 +75,7 @@ def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
     enforced: set[str] = set()
     inline: list[str] = []
     for rule in rules:
-        _check_rule(rule, quotas, types, report, enforced, inline)
+        _check_rule(rule, quotas, types, report, enforced, inline, unparsed)
     # rules too deep to compare (an error is reported for them) stay out of the comparison
     shallow = [r for r in rules if r.condition is None or not _too_deep(r.condition)]
     for rule, other in shadowed_rules(shallow):
@@ -88,7 +94,7 @@ def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
     rule_names = [r.name for r in rules]
     for rf in ast.files:
         for case in rf.tests:
-            _check_test(case, known_quotas, rule_names, report)
+            _check_test(case, known_quotas, rule_names, report, unparsed)
     return report.result()
 
 
@@ -284,6 +290,7 @@ def _check_rule(
     report: Reporter,
     enforced: set[str],
     inline: list[str],
+    unparsed: frozenset[str],
 ) -> None:
     if rule.condition is not None:
         what = f"rule '{rule.name}' can never match"
@@ -294,7 +301,7 @@ def _check_rule(
         if isinstance(action, Enforce):
             for i, name in enumerate(action.names):
                 enforced.add(name)
-                if name not in quotas:
+                if name not in quotas and name not in unparsed:
                     pos = action.name_pos[i] if i < len(action.name_pos) else action.pos
                     report.error(pos, f"unknown quota '{name}'" + did_you_mean(name, quotas))
         elif isinstance(action, InlineLimit):
@@ -316,7 +323,10 @@ def _check_rule(
             report.warn(action.pos, "deny with an empty message: say why the request is refused")
 
 
-def _check_test(case: TestCase, quotas: list[str], rules: list[str], report: Reporter) -> None:
+def _check_test(
+    case: TestCase, quotas: list[str], rules: list[str], report: Reporter,
+    unparsed: frozenset[str],
+) -> None:
     if not case.steps:
         report.warn(case.pos, f"test '{case.name}' sends no request")
     for step in case.steps:
@@ -335,5 +345,5 @@ def _check_test(case: TestCase, quotas: list[str], rules: list[str], report: Rep
             else:
                 continue
             for name in expect.args:
-                if name not in known:
+                if name not in known and name not in unparsed:
                     report.error(expect.pos, f"unknown {what} '{name}'" + did_you_mean(name, known))

@@ -50,6 +50,7 @@ __all__ = [
     "amount_units",
     "limit_units",
     "from_units",
+    "enforced_limit",
     "fits",
     "counter_key",
     "hold_key",
@@ -270,6 +271,11 @@ def from_units(units: int, metric: str) -> float:
     return units / metric_scale(metric)
 
 
+def enforced_limit(limit: float, metric: str) -> float:
+    """The limit a store enforces: rounded down to whole units (2.5 requests -> 2)."""
+    return from_units(limit_units(limit, metric), metric)
+
+
 def fits(used: int, amount: int, limit: int) -> bool:
     """The admission rule: ``used + amount <= limit``; a zero amount needs ``used < limit``."""
     return used < limit if amount == 0 else used + amount <= limit
@@ -329,12 +335,15 @@ def state_of(
     exceeded = used >= limit if amount == 0 else used + amount > limit  # not fits()
     scale = _SCALES.get(spec.metric, 1)
     used_f = used / scale
+    limit_f = limit / scale  # what is enforced: the limit rounded down to whole units
     seconds = plan.seconds
     if seconds is None:
         assert plan.calendar is not None
         end = calendar_period(plan.calendar, t).end
-        return CounterState(used_f, spec.limit, exceeded, end - t if exceeded else 0.0, float(end))
+        return CounterState(used_f, limit_f, exceeded, end - t if exceeded else 0.0, float(end))
     size = plan.bucket
+    # a window holding nothing frees what is counted now when the current bucket leaves it
+    empty_until = float(bucket_until(math.floor(t) // size, seconds, size))
     if not exceeded:
         # only the oldest live bucket matters: when it leaves, the window frees usage
         oldest: int | None
@@ -344,10 +353,12 @@ def state_of(
             oldest = min(
                 (i for i, v in buckets.items() if isinstance(i, int) and v > 0), default=None
             )
-        resets_at = float((oldest + 1) * size + seconds) if oldest is not None else t + size
-        return CounterState(used_f, spec.limit, False, 0.0, resets_at)
+        resets_at = (
+            float(bucket_until(oldest, seconds, size)) if oldest is not None else empty_until
+        )
+        return CounterState(used_f, limit_f, False, 0.0, resets_at)
     live = sorted((i, v) for i, v in buckets.items() if isinstance(i, int) and v > 0)
-    resets_at = float(bucket_until(live[0][0], seconds, size)) if live else t + size
+    resets_at = float(bucket_until(live[0][0], seconds, size)) if live else empty_until
     retry_after = float(seconds)
     if amount <= limit and not (amount == 0 and limit == 0):
         remaining = used
@@ -356,7 +367,7 @@ def state_of(
             if fits(remaining, amount, limit):
                 retry_after = bucket_until(index, seconds, size) - t
                 break
-    return CounterState(used_f, spec.limit, True, retry_after, resets_at)
+    return CounterState(used_f, limit_f, True, retry_after, resets_at)
 
 
 @dataclass(frozen=True, slots=True)

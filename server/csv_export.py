@@ -14,7 +14,7 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
-__all__ = ["FORMULA_STARTS", "spreadsheet_safe", "CsvEncoder"]
+__all__ = ["FORMULA_STARTS", "spreadsheet_safe", "CsvEncoder", "Cell"]
 
 FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
 

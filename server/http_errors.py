@@ -29,6 +29,7 @@ __all__ = [
     "error_response",
     "error_for",
     "errors_middleware",
+    "Handler",
 ]
 
 log = logging.getLogger("tollway.server.http")
@@ -149,6 +150,7 @@ def error_for(exc: BaseException, *, url_limit: int | None = None) -> web.Respon
             return error_response(500, "internal", "internal error")
 
 
+# What a route (and the rest of a middleware chain) is.
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

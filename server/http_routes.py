@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from .http_errors import HttpError
+from .http_errors import Handler, HttpError
+from .http_limits import LIMITS
 from .offload import Offload
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "Route",
     "ROUTES",
     "OFFLOAD",
-    "BODY_TIMEOUT",
     "MAX_QUERY_FIELDS",
     "add_route",
     "route_table",
@@ -43,7 +43,6 @@ __all__ = [
 log = logging.getLogger("tollway.server.http")
 
 Role = Literal["admin", "metrics"]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 R = TypeVar("R")
 
 # Parameters in one query string; more is a 400, never a long parse.
@@ -61,7 +60,6 @@ class Route:
 
 ROUTES: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("tollway_routes")
 OFFLOAD: web.AppKey[Offload] = web.AppKey("tollway_offload")
-BODY_TIMEOUT: web.AppKey[float] = web.AppKey("tollway_body_timeout")
 
 
 def add_route(
@@ -125,12 +123,12 @@ def first_values(query: Mapping[str, Sequence[str]]) -> dict[str, str]:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON: at most the app's ``client_max_size`` bytes (413), within
-    its body timeout (408), declared ``application/json`` (415)."""
+    """The request body as JSON: at most ``max_body_bytes`` (413), within ``body_timeout``
+    (408), declared ``application/json`` (415)."""
     if request.content_type != "application/json":
         raise HttpError(415, "the body must be application/json")
     try:
-        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
             raw = await request.read()
     except TimeoutError:
         raise HttpError(408, "the request body did not arrive in time") from None

@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
-from .http import HttpLimits, HttpServer, build_app, start_http
+from .http import HttpServer, build_app, start_http
+from .http_limits import HttpLimits
 from .http_ops import Readiness
 from .identity import parse_attribute_headers
 from .logs import configure
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) -> int:
-    metrics = Metrics()
+    metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(
@@ -84,6 +86,9 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
             retention=Retention(
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age,
+            ),
+            store_options=StoreOptions(
+                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
             ),
         )
     except RulesError as exc:
@@ -97,6 +102,7 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
+    metrics.watch_stores(engine)
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)

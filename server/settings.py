@@ -118,13 +118,13 @@ COMMANDS: tuple[Command, ...] = (
         "what came. Exit 0 when all pass, 1 when one fails or a PATH does not compile.",
     ),
     Command(
-        EXPLAIN, "tollway.server.ops", "decide one request offline and show why",
+        EXPLAIN, "tollway.server.explain_cli", "decide one request offline and show why",
         "Decide one request against the rules at PATH with a fresh in-memory store "
         "(nothing is consumed) and print the decision and a trace: every rule "
         "considered, which tests held, the quotas and their counters.",
     ),
     Command(
-        FMT, "tollway.server.ops", "rewrite rule files in the canonical layout",
+        FMT, "tollway.server.fmt_cli", "rewrite rule files in the canonical layout",
         "Rewrite each rule file (or every .rules file under a directory) in the "
         "canonical layout, keeping comments. '-' formats standard input to standard "
         "output. Exit 1 with --check when a file is not formatted.",
@@ -188,6 +188,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "activity-max-age", Duration("d"), 30 * 86400.0, "TOLLWAY_ACTIVITY_MAX_AGE",
         "how long a report stays in the activity log", (SERVE,),
+    ),
+    Setting(
+        "max-reservations", Integer(low=1), 100_000, "TOLLWAY_MAX_RESERVATIONS",
+        "memory store: open reservations kept for their reports; past it the oldest is "
+        "released early (and counted in tollway_store_evictions_total)", (SERVE,),
+    ),
+    Setting(
+        "max-report-ids", Integer(low=1), 200_000, "TOLLWAY_MAX_REPORT_IDS",
+        "memory store: request_ids remembered so that a retried report counts once; "
+        "past it the oldest is forgotten early (and counted)", (SERVE,),
+    ),
+    Setting(
+        "max-label-values", Integer(low=0), 100, "TOLLWAY_MAX_LABEL_VALUES",
+        "metric label values taken from clients (models, report statuses) kept as their "
+        "own series beyond those the rules name; later ones are counted as 'other'",
+        (SERVE,),
     ),
     Setting(
         "attribute-header", HeaderAttribute(), [], "TOLLWAY_ATTRIBUTE_HEADER",

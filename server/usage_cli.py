@@ -1,130 +1,40 @@
-"""``tollway usage``: per-user (or per-group) usage of a running server, as terminal tables.
+"""``tollway usage``: per-user (or per-group) usage of a running server.
 
 Asks the server over gRPC (``ListUsage``, or ``GetUsage`` with ``--user``/``--group``)
-and prints with rich. Exit codes: 0 shown, 1 the server could not answer (unreachable,
-no such user, no usage support), 2 bad flags (checked here before any call).
+and prints a table fitted to the terminal, plain tab-separated lines when standard output
+is not a terminal (the page summary and the next-page hint then go to stderr), or JSON /
+CSV with ``--json`` / ``--csv``. Exit codes: 0 shown, 1 the server could not answer
+(unreachable, no such user, no usage support), 2 bad flags (checked before any call).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import shutil
 import sys
-from datetime import UTC, datetime
+from typing import Any
 
 import grpc
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, UsageRecord
+from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery
 from tollway.policy.validate import need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
+from .csv_export import Cell, CsvEncoder
+from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
+from .usage_view import Line, detail_lines, page_lines, page_summary
 
-__all__ = ["run", "render_page", "render_detail"]
+__all__ = ["run", "next_page_command", "LISTING_FLAGS"]
 
 TIMEOUT = 10.0
-
-
-def _when(t: float) -> str:
-    if t <= 0:
-        return "-"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 100 else f"${amount:,.4f}"
-
-
-def _top_model(rec: UsageRecord) -> str:
-    return rec.models[0].model or "(none)" if rec.models else ""
-
-
-def render_page(console: Console, page: UsagePage) -> None:
-    """The listing: one row per entity with cost, tokens, requests and last seen."""
-    query = page.query
-    who = "User" if query.kind == "users" else "Group"
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column(who, overflow="fold")
-    table.add_column("Cost (USD)", justify="right")
-    table.add_column("Tokens", justify="right")
-    table.add_column("Requests", justify="right")
-    table.add_column("Last seen (UTC)")
-    table.add_column("Top model", overflow="fold")
-    for rank, rec in enumerate(page.results, start=query.offset + 1):
-        table.add_row(
-            str(rank),
-            rec.id,
-            _usd(rec.total_cost),
-            f"{rec.total_tokens:,}",
-            f"{rec.request_count:,}",
-            _when(rec.last_seen),
-            _top_model(rec),
-        )
-    if not page.results:
-        found = f"no {query.kind} match" if query.filtered else f"no {query.kind} yet"
-        console.print(found + (f" (offset {query.offset})" if query.offset else ""))
-        return
-    console.print(table)
-    first = query.offset + 1
-    last = query.offset + len(page.results)
-    console.print(
-        f"{query.kind} {first}-{last} of {page.count}, sorted by {query.sort}"
-        + (f", matching {query.search!r}" if query.search else ""),
-        style="dim",
-    )
-
-
-def render_detail(console: Console, detail: UsageDetail) -> None:
-    """One entity: its aggregates, cost by model and its latest reports."""
-    rec = detail.usage
-    console.print(f"[bold]{rec.kind} {rec.id}[/bold]", highlight=False)
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="dim")
-    summary.add_column()
-    summary.add_row("cost", _usd(rec.total_cost))
-    summary.add_row(
-        "tokens", f"{rec.total_tokens:,} ({rec.input_tokens:,} in, {rec.output_tokens:,} out)"
-    )
-    summary.add_row("requests", f"{rec.request_count:,}")
-    summary.add_row("model time", f"{rec.total_duration:,.1f} s")
-    summary.add_row("first seen", _when(rec.first_seen))
-    summary.add_row("last seen", _when(rec.last_seen))
-    console.print(summary)
-
-    models = Table(title="Cost by model", box=box.SIMPLE_HEAD, title_justify="left")
-    models.add_column("Model", overflow="fold")
-    models.add_column("Cost (USD)", justify="right")
-    models.add_column("Share", justify="right")
-    models.add_column("Tokens", justify="right")
-    models.add_column("Requests", justify="right")
-    for m in rec.models:
-        share = f"{m.total_cost / rec.total_cost:.0%}" if rec.total_cost else "-"
-        models.add_row(
-            m.model or "(none)", _usd(m.total_cost), share, f"{m.total_tokens:,}",
-            f"{m.request_count:,}",
-        )
-    console.print(models)
-
-    recent = Table(
-        title=f"Latest {len(detail.recent_reports)} reports", box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    for name, justify in (
-        ("Time (UTC)", "left"), ("Model", "left"), ("Tokens", "right"),
-        ("Cost (USD)", "right"), ("Seconds", "right"), ("Status", "left"),
-        ("Request", "left"),
-    ):
-        recent.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for e in detail.recent_reports:
-        recent.add_row(
-            _when(e.time), e.model, f"{e.total_tokens:,}", _usd(e.cost_usd),
-            f"{e.duration_seconds:.2f}", e.status, e.request_id,
-        )
-    console.print(recent)
+# flags of a listing that the next page keeps, in the order the hint writes them
+LISTING_FLAGS = ("server", "groups", "sort", "limit", "search", "start", "end")
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -132,38 +42,102 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def next_page_command(args: argparse.Namespace, offset: int) -> str:
+    """The command line that shows the page at ``offset`` with the same flags."""
+    words = ["tollway", "usage"]
+    for name in LISTING_FLAGS:
+        if name not in args.given:
+            continue
+        value = getattr(args, name)
+        if value is True:
+            words.append(f"--{name}")
+        elif str(value).startswith("-"):  # a descending sort: one word, or it reads as a flag
+            words.append(f"--{name}={value}")
+        else:
+            words += [f"--{name}", str(value)]
+    words += ["--offset", str(offset)]
+    return shlex.join(words)
+
+
+def _emit(lines: list[Line], console: Console | None) -> None:
+    for style, text in lines:
+        if console is None:
+            print(text)
+        else:
+            console.print(Text(text, style=style), soft_wrap=True)
+
+
+def _note(text: str, console: Console | None) -> None:
+    """A line about the output (summary, next page): dim on a terminal, else on stderr."""
+    if console is None:
+        print(text, file=sys.stderr)
+    else:
+        console.print(Text(text, style="dim"), soft_wrap=True)
+
+
+def _json_page(page: UsagePage) -> dict[str, Any]:
+    return {
+        "count": page.count, "next": page.next, "previous": page.previous,
+        "results": [r.to_dict() for r in page.results],
+    }
+
+
+def _csv(header: tuple[str, ...], rows: list[list[Cell]]) -> None:
+    sys.stdout.write(CsvEncoder().encode([header, *rows]).decode())
+
+
+def _show_page(page: UsagePage, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(_json_page(page), indent=2, ensure_ascii=False))
+        return
+    if args.csv:
+        _csv(RECORD_COLUMNS, [record_row(r) for r in page.results])
+        return
+    tty = sys.stdout.isatty()
+    console = Console(highlight=False) if tty else None
+    width = shutil.get_terminal_size().columns if tty else None
+    _emit(page_lines(page, width), console)
+    _note(page_summary(page), console)
+    if page.next is not None:  # one line of its own: a command to copy, never broken
+        _note(f"next page: {next_page_command(args, page.next)}", console)
+
+
+def _show_detail(detail: UsageDetail, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(detail.to_dict(), indent=2, ensure_ascii=False))
+        return
+    if args.csv:
+        _csv(ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports])
+        return
+    tty = sys.stdout.isatty()
+    console = Console(highlight=False) if tty else None
+    _emit(detail_lines(detail, shutil.get_terminal_size().columns if tty else None), console)
+
+
 def run(args: argparse.Namespace) -> int:
-    console = Console()
-    subject = None
+    subject: tuple[str, str] | None = None
     try:
-        if args.user or args.group:
-            flag = "--user" if args.user else "--group"
-            subject = ("user_id", need_id(args.user or args.group, flag))
+        if args.user is not None:
+            subject = ("user_id", need_id(args.user, "--user"))
+        elif args.group is not None:
+            subject = ("group_id", need_id(args.group, "--group"))
         query = UsageQuery.parse(
-            kind="groups" if args.groups else "users",
-            sort=args.sort,
-            limit=args.limit,
-            offset=args.offset,
-            search=args.search,
-            start=args.start,
-            end=args.end,
+            kind="groups" if args.groups else "users", sort=args.sort, limit=args.limit,
+            offset=args.offset, search=args.search, start=args.start, end=args.end,
         )
     except ValueError as exc:
         text = str(exc)
         return _fail(text if text.startswith("--") else "--" + text, 2)
-    if subject is not None and args.group:
-        subject = ("group_id", subject[1])
 
     channel = grpc.insecure_channel(args.server)
     try:
         stub = pb_grpc.TollwayStub(channel)
         if subject is not None:
             reply = stub.GetUsage(pb.GetUsageRequest(**{subject[0]: subject[1]}), timeout=TIMEOUT)
-            render_detail(console, usage_convert.detail_from_proto(reply))
+            _show_detail(usage_convert.detail_from_proto(reply), args)
         else:
-            request = usage_convert.list_request_to_proto(query)
-            listing = stub.ListUsage(request, timeout=TIMEOUT)
-            render_page(console, usage_convert.page_from_proto(listing, query))
+            listing = stub.ListUsage(usage_convert.list_request_to_proto(query), timeout=TIMEOUT)
+            _show_page(usage_convert.page_from_proto(listing, query), args)
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc, args.server))
     finally:

@@ -25,26 +25,20 @@ from tollway.policy.usage import ActivityQuery, UsageDetail, UsageEvent, UsagePa
 from tollway.policy.validate import KIND_NAMES, FieldError, need_kind
 
 from .csv_export import CsvEncoder
-from .http_errors import HttpError, json_response
+from .http_errors import Handler, HttpError, json_response
 from .http_routes import (
-    Handler,
     add_route,
     first_values,
     offload,
     query_params,
     stream_response,
 )
+from .usage_csv import ACTIVITY_COLUMNS, activity_row
 
 __all__ = ["UsageEngine", "ACTIVITY_COLUMNS", "ACTIVITY_BATCH", "page_link", "install"]
 
 JSONL = "application/x-ndjson"
 CSV = "text/csv; charset=utf-8"
-
-ACTIVITY_COLUMNS: tuple[str, ...] = (
-    "time", "kind", "request_id", "decision_id", "user_id", "group_id", "model",
-    "input_tokens", "output_tokens", "total_tokens", "cost_usd", "duration_seconds",
-    "status", "counts_request", "attributes",
-)
 
 # Events read per hop to the store's thread and written per chunk of the export.
 ACTIVITY_BATCH = 256
@@ -101,12 +95,7 @@ def _export(fmt: str) -> tuple[dict[str, str], bytes, Encode]:
     encoder = CsvEncoder()
 
     def encode(events: list[UsageEvent]) -> bytes:
-        rows = []
-        for event in events:
-            row = event.to_dict()
-            row["attributes"] = json.dumps(row["attributes"], ensure_ascii=False, sort_keys=True)
-            rows.append([row[c] for c in ACTIVITY_COLUMNS])
-        return encoder.encode(rows)
+        return encoder.encode(activity_row(event) for event in events)
 
     headers = {
         "Content-Type": CSV,

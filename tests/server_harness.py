@@ -26,7 +26,8 @@ from aiohttp import web
 from tollway.policy.engine import Engine
 from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
-from tollway.server.http import ROUTE_MODULES, HttpLimits, HttpServer, build_app, start_http
+from tollway.server.http import ROUTE_MODULES, HttpServer, build_app, start_http
+from tollway.server.http_limits import HttpLimits
 from tollway.server.http_ops import Readiness
 from tollway.server.metrics import Metrics
 from tollway.v1 import tollway_pb2 as pb

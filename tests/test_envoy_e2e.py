@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from docs_blocks import blocks
 from envoy_harness import MODES, RULES, EnvoyProcess, envoy_binary, start_envoy
 from fake_openai import USAGE, FakeOpenAI
 from server_harness import Served, tollway_serve
@@ -340,16 +341,19 @@ def test_ext_authz_passes_the_routed_model_in_a_header_only(
     assert usage_of(tollway, "az-route", 1).request_count == 1
 
 
+ENVOY_URL = "http://127.0.0.1:10000/v1"  # where the docs' examples expect Envoy
+
+
 @pytest.mark.parametrize("page", ["docs/gateways.md", "README.md"])
 def test_the_sdk_examples_of_the_docs_run_through_envoy(
     page: str, envoys: Callable[[str], EnvoyProcess], upstream: FakeOpenAI
 ) -> None:
-    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / page).read_text(), re.S | re.M)
-    online = [b for b in blocks if "http://127.0.0.1:10000/v1" in b]
+    """The docs' Python blocks that talk to Envoy (marked no-run for tests/test_docs.py)."""
+    online = [b for b in blocks(ROOT / page) if b.language == "python" and ENVOY_URL in b.text]
     assert online, f"{page} has no example against Envoy"
     for block in online:
         before = len(upstream.seen)
-        code = block.replace("http://127.0.0.1:10000/v1", envoys("ext_proc").base_url)
-        exec(compile(code, page, "exec"), {"__name__": "__doc_example__"})
+        code = block.text.replace(ENVOY_URL, envoys("ext_proc").base_url)
+        exec(compile(code, block.name, "exec"), {"__name__": "__doc_example__"})
         assert len(upstream.seen) == before + 1
         assert upstream.last().model == "openai/gpt-4.1-mini"  # u1 is on the free tier

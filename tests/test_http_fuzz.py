@@ -24,7 +24,7 @@ from server_harness import HttpPort, engine_with_usage, http_serving
 
 from tollway import Engine
 from tollway.policy.usage import ActivityQuery, UsageQuery
-from tollway.server.http import HttpLimits
+from tollway.server.http_limits import HttpLimits
 from tollway.server.http_routes import route_table
 from tollway.server.usage_http import ACTIVITY_COLUMNS
 

@@ -20,9 +20,9 @@ from http_wire import Wire, assert_json_error, exchange, request_bytes
 from server_harness import HttpPort, engine_with_usage, http_serving
 
 from tollway import Engine
-from tollway.server.http import HttpLimits
 from tollway.server.http_errors import json_response
-from tollway.server.http_routes import add_route, read_json, route_table
+from tollway.server.http_limits import HttpLimits
+from tollway.server.http_routes import ROUTES, add_route, read_json, route_of, route_table
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,14 @@ def _echo(app: web.Application, engine: Engine) -> None:
     async def echo(request: web.Request) -> web.Response:
         return json_response({"got": await read_json(request)})
 
+    async def whoami(request: web.Request) -> web.Response:
+        route = route_of(request)
+        assert route is not None
+        return web.Response(text=f"{route.method} {route.path} {route.role}",
+                            headers={"X-Route": f"{route.method} {route.path} {route.role}"})
+
     add_route(app, "POST", "/v1/echo", echo, role="admin")
+    add_route(app, "GET", "/v1/whoami/{id}", whoami, role="metrics")
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +301,32 @@ def test_every_error_from_every_route_is_json(port: HttpPort) -> None:
                 "GET", path + "?limit=%D9%A1%D9%A2")), 400)
             assert_json_error(exchange(port.address, request_bytes(
                 "GET", path + "?unknown=1")), 400)
+
+
+def test_a_request_finds_its_route_in_the_table(echo_port: HttpPort) -> None:
+    reply = exchange(echo_port.address, request_bytes("GET", "/v1/whoami/x"))
+    assert reply.body == b"GET /v1/whoami/{id} metrics"
+    head = exchange(echo_port.address, request_bytes("HEAD", "/v1/whoami/x"), "HEAD")
+    assert head.headers["x-route"] == "HEAD /v1/whoami/{id} metrics"
+
+
+def test_a_route_is_added_once(echo_port: HttpPort) -> None:
+    app = web.Application()
+    app[ROUTES] = {}
+    add_route(app, "GET", "/x", _noop, role=None)
+    with pytest.raises(ValueError, match="already installed"):
+        add_route(app, "get", "/x", _noop, role="admin")
+
+
+async def _noop(request: web.Request) -> web.Response:
+    return web.Response()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("idle_timeout", 0.0), ("body_timeout", float("nan")), ("shutdown_timeout", -1.0),
+     ("threads", 0), ("max_headers", 0), ("max_url_bytes", 8190)],
+)
+def test_limits_refuse_values_that_cannot_work(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        HttpLimits(**{field: value})

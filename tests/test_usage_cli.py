@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import pty
+import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -57,36 +65,92 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_lists_top_users_by_cost(address: str, capsys: pytest.CaptureFixture[str]) -> None:
+def rows(out: str) -> list[list[str]]:
+    """Plain output: tab-separated cells, header first."""
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def test_plain_output_when_not_a_terminal(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--server", address, "--limit", "3")
-    assert (code, err) == (0, "")
-    lines = [line for line in out.splitlines() if "user-" in line]
-    assert [line.split()[1] for line in lines] == ["user-7", "user-6", "user-5"]
-    assert "$17.5000" in lines[0]  # 5 reports x 3.5 USD
-    assert "users 1-3 of 8, sorted by -total_cost" in out
-    assert "Last seen" in out
+    assert code == 0
+    table = rows(out)
+    assert table[0] == ["#", "User", "Cost (USD)", "Requests", "Tokens", "Last seen (UTC)",
+                        "Top model"]
+    assert [r[1] for r in table[1:]] == ["user-7", "user-6", "user-5"]
+    assert table[1][2] == "17.5"  # raw values: 5 reports x 3.5 USD
+    assert table[1][5] == "2027-01-15T08:00:39Z"
+    assert "  " not in out and "─" not in out  # no padding, no box characters
+    assert err == (f"users 1-3 of 8, sorted by -total_cost\nnext page: tollway usage "
+                   f"--server {address} --limit 3 --offset 3\n")
+
+
+def test_the_next_page_hint_shows_the_next_page(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, first, err = run(capsys, "--server", address, "--sort", "-request_count", "--limit", "5")
+    hint = err.split("next page: ", 1)[1].split()
+    assert hint[:2] == ["tollway", "usage"] and "--sort=-request_count" in hint
+    code, second, err = run(capsys, *hint[2:])
+    assert code == 0 and "next page" not in err
+    assert err.startswith("users 6-8 of 8, sorted by -request_count")
+    seen = [r[1] for r in rows(first)[1:] + rows(second)[1:]]
+    assert sorted(seen) == [f"user-{i}" for i in range(8)]  # every user once
 
 
 def test_sort_search_and_groups(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--server", address, "--sort", "last_seen", "--search", "USER-1")
     assert code == 0
-    assert [line.split()[1] for line in out.splitlines() if "user-" in line] == ["user-1"]
+    assert [r[1] for r in rows(out)[1:]] == ["user-1"]
     code, out, _ = run(capsys, "--server", address, "--groups")
     assert code == 0
-    assert "acme" in out and "initech" in out and "Group" in out
-    code, out, _ = run(capsys, "--server", address, "--search", "zzz")
-    assert (code, out.strip()) == (0, "no users match")
+    assert rows(out)[0][1] == "Group" and {r[1] for r in rows(out)[1:]} == {"acme", "initech"}
+    code, out, err = run(capsys, "--server", address, "--search", "zzz")
+    assert (code, out, err) == (0, "", "no users match\n")
+    code, out, err = run(capsys, "--server", address, "--offset", "100")
+    assert (code, out, err) == (0, "", "no users at offset 100 (8 in all)\n")
+
+
+def test_a_time_span_keeps_who_was_seen_in_it(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # report i is at T0 + i; user-k reports at i = k, k+8, …: in [T0+33, T0+35) users 1 and 2
+    code, out, _ = run(capsys, "--server", address, "--start", "2027-01-15T08:00:33Z",
+                       "--end", "2027-01-15T08:00:35Z", "--sort", "last_seen")
+    assert code == 0
+    assert [r[1] for r in rows(out)[1:]] == ["user-1", "user-2", "user-3", "user-4", "user-5",
+                                              "user-6", "user-7"]
+    code, out, _ = run(capsys, "--server", address, "--start", "2027-01-15T08:00:39.5Z")
+    assert out == ""
+
+
+def test_json_and_csv(address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--server", address, "--limit", "2", "--json")
+    assert code == 0
+    page = json.loads(out)
+    assert (page["count"], page["next"], page["previous"]) == (8, 2, None)
+    assert page["results"][0]["user_id"] == "user-7"
+    assert page["results"][0]["last_seen"] == "2027-01-15T08:00:39Z"
+    code, out, _ = run(capsys, "--server", address, "--limit", "2", "--csv")
+    records = list(csv.DictReader(io.StringIO(out)))
+    assert [r["id"] for r in records] == ["user-7", "user-6"]
+    assert float(records[0]["total_cost"]) == 17.5
+    assert json.loads(records[0]["models"])[0]["model"] == "openai/gpt-4.1"
+    code, out, _ = run(capsys, "--server", address, "--user", "user-3", "--csv")
+    reports = list(csv.DictReader(io.StringIO(out)))
+    assert [r["request_id"] for r in reports] == ["req-35", "req-27", "req-19", "req-11", "req-3"]
+    code, out, _ = run(capsys, "--server", address, "--user", "user-3", "--json")
+    assert json.loads(out)["user_id"] == "user-3"
 
 
 def test_one_users_detail(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--server", address, "--user", "user-3")
     assert (code, err) == (0, "")
-    assert "user user-3" in out
-    assert "Cost by model" in out and "openai/gpt-4.1" in out
+    assert out.startswith("user user-3\n")
+    assert "requests\t5\n" in out and "Cost by model" in out and "openai/gpt-4.1\t" in out
     assert "Latest 5 reports" in out
     assert "req-35" in out and "req-3" in out
     code, out, _ = run(capsys, "--server", address, "--group", "acme")
-    assert code == 0 and "group acme" in out
+    assert code == 0 and out.startswith("group acme\n")
 
 
 def test_unknown_user_is_one_line_and_exit_1(
@@ -96,6 +160,39 @@ def test_unknown_user_is_one_line_and_exit_1(
     assert (code, out) == (1, "")
     assert err.strip().splitlines() == [err.strip()]
     assert "ghost" in err
+
+
+def test_on_an_80_column_terminal(address: str) -> None:
+    """A real pseudo-terminal: a fitted table, a dim footer, nothing over 80 columns."""
+    main_fd, sub_fd = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    env.update(COLUMNS="80", LINES="40", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway", "usage", "--server", address, "--limit", "4",
+         "--sort", "-last_seen"],
+        stdin=sub_fd, stdout=sub_fd, stderr=sub_fd, env=env, close_fds=True,
+    )
+    os.close(sub_fd)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main_fd, 4096)
+        except OSError:  # the terminal closes when the process ends
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=60) == 0
+    os.close(main_fd)
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode()).replace("\r", "")
+    *lines, summary, hint = screen.rstrip("\n").split("\n")
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0].split() == ["#", "User", "Cost", "(USD)", "Requests", "Tokens",
+                                "Last", "seen", "(UTC)", "Top", "model"]
+    assert lines[1].split()[:2] == ["1", "user-7"]
+    assert "2027-01-15 08:00:39Z" in lines[1]
+    assert summary == "users 1-4 of 8, sorted by -last_seen"
+    assert hint.endswith("--sort=-last_seen --limit 4 --offset 4")
 
 
 def _free_port() -> int:

@@ -206,6 +206,12 @@ class RedisCounterStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
+    def entries(self) -> dict[str, int]:
+        return {}  # everything lives in Redis: watch Redis's own memory metrics
+
+    def evictions(self) -> dict[str, int]:
+        return {}  # reservations and request_ids are keys with a TTL: no cap to evict at
+
     def close(self) -> None:
         self._client.close()
 

@@ -262,7 +262,7 @@ def limit_units(limit: float, metric: str, what: str = "limit") -> int:
     scaled = limit * metric_scale(metric) + _EPSILON
     if scaled >= MAX_UNITS:
         return MAX_UNITS
-    if scaled <= 0:  # -inf included, which floor cannot take
+    if scaled <= 0:  # a negative limit, -inf included, admits nothing
         return 0
     return math.floor(scaled)
 

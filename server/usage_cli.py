@@ -29,7 +29,7 @@ from .csv_export import Cell, CsvEncoder
 from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
 from .usage_view import Line, detail_lines, page_lines, page_summary
 
-__all__ = ["run", "next_page_command", "LISTING_FLAGS"]
+__all__ = ["run"]
 
 TIMEOUT = 10.0
 # flags of a listing that the next page keeps, in the order the hint writes them

@@ -1,4 +1,4 @@
-"""Build, start and stop the grpc.aio server: the Tollway service, health and reflection.
+"""Build, start and stop the grpc.aio server: the Tollway and Envoy services, health, reflection.
 
 Health and reflection are wired in one function; shutdown turns health to NOT_SERVING
 before ``server.stop(grace)`` drains in-flight calls, so load balancers stop sending
@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,7 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from .decoding import DecodeGuard
+from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 from .tls import ServerTls
 
@@ -48,21 +50,22 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
     ]
 
 
+def _health_status(serving: bool) -> int:
+    if serving:
+        return int(health_pb2.HealthCheckResponse.SERVING)
+    return int(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 async def configure_maintenance(
-    server: grpc.aio.Server, *, serving: bool = True
+    server: grpc.aio.Server, extra_services: Sequence[str] = (), *, serving: bool = True
 ) -> health.aio.HealthServicer:
-    """Register health ("" and the Tollway service: SERVING, or NOT_SERVING until told
-    otherwise) and reflection."""
+    """Register health ("", the Tollway service and ``extra_services``: SERVING, or
+    NOT_SERVING until told otherwise) and reflection over all of them."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    services = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+    services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
     for name in ("", *services):
-        await servicer.set(name, status)
+        await servicer.set(name, _health_status(serving))
     reflection.enable_server_reflection(
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
@@ -113,14 +116,9 @@ class GrpcServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Health of "" and of every registered service: SERVING or NOT_SERVING."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         services = {m.lstrip("/").split("/", 1)[0] for m in self.methods}
         for name in ("", *sorted(services)):
-            await self.health.set(name, status)
+            await self.health.set(name, _health_status(serving))
 
     async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
         """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
@@ -165,16 +163,20 @@ async def start_grpc(
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_workers: int = 32,
+    attribute_headers: Mapping[str, str] | None = None,
     tls: ServerTls | None = None,
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     serving: bool = True,
 ) -> GrpcServer:
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
 
-    ``tls`` serves over TLS (mTLS when it has a client CA); ``interceptors`` run before
-    every call of every service, ahead of the decode guard (the auth interceptor refuses
-    a call before its message is read); ``serving=False`` starts with health NOT_SERVING
-    (``GrpcServer.set_serving`` changes it).
+    One port serves ``tollway.v1.Tollway`` and Envoy's ext_authz, ext_proc and rate-limit
+    services, all over ``engine``; ``attribute_headers`` (header -> attribute) tells the
+    Envoy services which request headers become attributes. ``tls`` serves over TLS (mTLS
+    when it has a client CA); ``interceptors`` run before every call of every service,
+    ahead of the decode guard (the auth interceptor refuses a call before its message is
+    read); ``serving=False`` starts with health NOT_SERVING (``GrpcServer.set_serving``
+    changes it).
     """
     server = grpc.aio.server(
         options=server_options(max_message_bytes), interceptors=(*interceptors, DecodeGuard())
@@ -182,7 +184,8 @@ async def start_grpc(
     methods = _record_methods(server)
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
-    health_servicer = await configure_maintenance(server, serving=serving)
+    envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
+    health_servicer = await configure_maintenance(server, envoy, serving=serving)
     try:
         if tls is None:
             port = server.add_insecure_port(listen)

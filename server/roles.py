@@ -8,8 +8,8 @@ at run time an undeclared method or route is refused to everyone (fail closed).
 
 Roles (docs/security.md):
 
-- ``decide``: what a gateway needs on its hot path (Decide, Report, Explain, and the
-  Envoy services that decide for it);
+- ``decide``: what a gateway needs on its hot path (Decide, Report, Explain, and
+  Envoy's ext_authz, ext_proc and rate-limit services, which decide for it);
 - ``admin``: entity metadata, usage and every ``/v1/…`` HTTP route;
 - ``metrics``: ``GET /metrics``.
 """
@@ -40,6 +40,10 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "/tollway.v1.Tollway/GetEntity": "admin",
     "/tollway.v1.Tollway/GetUsage": "admin",
     "/tollway.v1.Tollway/ListUsage": "admin",
+    # Envoy decides through these on the gateway's behalf (docs/gateways.md)
+    "/envoy.service.auth.v3.Authorization/Check": "decide",
+    "/envoy.service.ext_proc.v3.ExternalProcessor/Process": "decide",
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit": "decide",
     "grpc.health.v1.Health": OPEN,
     "grpc.reflection.v1alpha.ServerReflection": OPEN,
 }

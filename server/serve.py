@@ -17,7 +17,7 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +37,7 @@ from .grpc_auth import AuthInterceptor
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness
+from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, Watched, fingerprint
@@ -81,8 +82,12 @@ class _Refused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Security:
+    """What ``run`` prepares before the event loop starts (and may refuse to start for)."""
+
     tls: ServerTls | None
     auth: Authenticator | None
+    store_password: str | None = None
+    attribute_headers: dict[str, str] = field(default_factory=dict)
 
     def watched(self) -> list[Watched]:
         """The files reloaded with the rules."""
@@ -147,14 +152,20 @@ def _store_password(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format, sys.stderr)
     try:
-        security = _security(args)
-        password = _store_password(args)
+        attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
+    except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
+        return _fail(args, str(exc), 2)
+    try:
+        security = replace(
+            _security(args), store_password=_store_password(args),
+            attribute_headers=attribute_headers,
+        )
     except _Refused as exc:
         return _fail(args, str(exc), exc.code)
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
-    return asyncio.run(_serve(args, security, password))
+    return asyncio.run(_serve(args, security))
 
 
 def _refused_credentials(engine: Engine) -> StoreRejected | None:
@@ -212,29 +223,23 @@ def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | N
     return DecisionLog(sink, metadata_keys=keys, on_dropped=metrics.decision_log_line_dropped)
 
 
-async def _serve(args: argparse.Namespace, security: _Security, password: str | None) -> int:
+async def _serve(args: argparse.Namespace, security: _Security) -> int:
     metrics = Metrics(max_label_values=args.max_label_values)
     try:
         decisions = _decision_log(args, metrics)
     except _Refused as exc:
         return _fail(args, str(exc), exc.code)
     if decisions is None:
-        return await _serve_engine(args, security, password, metrics, metrics)
+        return await _serve_engine(args, security, metrics, metrics)
     decisions.start()
     try:
-        return await _serve_engine(
-            args, security, password, metrics, Fanout(metrics, decisions)
-        )
+        return await _serve_engine(args, security, metrics, Fanout(metrics, decisions))
     finally:
         decisions.close()  # every line buffered so far is written
 
 
 async def _serve_engine(
-    args: argparse.Namespace,
-    security: _Security,
-    password: str | None,
-    metrics: Metrics,
-    observer: Observer,
+    args: argparse.Namespace, security: _Security, metrics: Metrics, observer: Observer
 ) -> int:
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
@@ -247,7 +252,7 @@ async def _serve_engine(
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age,
             ),
-            store_password=password,
+            store_password=security.store_password,
             store_options=StoreOptions(
                 max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
             ),
@@ -275,8 +280,8 @@ async def _serve_engine(
             (AuthInterceptor(security.auth, metrics.auth_failed),) if security.auth else ()
         )
         grpc_server = await start_grpc(
-            engine, args.listen, tls=security.tls, interceptors=interceptors,
-            serving=refused is None,
+            engine, args.listen, attribute_headers=security.attribute_headers,
+            tls=security.tls, interceptors=interceptors, serving=refused is None,
         )
     except OSError as exc:
         engine.close()

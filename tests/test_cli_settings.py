@@ -23,7 +23,7 @@ from tollway.server.setting_types import (
     Number,
     SecretFile,
 )
-from tollway.server.settings import COMMANDS, SETTINGS, Setting, settings_for
+from tollway.server.settings import COMMANDS, SETTINGS, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "gateway.rules"
@@ -185,13 +185,12 @@ def test_conflicting_flags_are_an_error(
 def test_repeated_and_environment_only_settings_from_one_row(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The row forms other commands' flags use: repeated KEY=VALUE, and a secret."""
+    """The row forms other commands' flags use: repeated HEADER=ATTRIBUTE (serve's own
+    --attribute-header row), and a secret."""
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
-    header = Setting("attribute-header", KeyValue(), [], "TOLLWAY_ATTRIBUTE_HEADER", "h",
-                     ("serve",), repeated=True)
-    # --store-password-file (SecretFile) and TOLLWAY_STORE_PASSWORD (cli=False) are real rows
-    monkeypatch.setattr("tollway.server.settings.SETTINGS", (*SETTINGS, header))
+    # --attribute-header (repeated), --store-password-file (SecretFile) and
+    # TOLLWAY_STORE_PASSWORD (cli=False) are all real rows of the table
     assert parse_args(["serve"], {"TOLLWAY_STORE_PASSWORD": "pw"}).store_password == "pw"
     with pytest.raises(SystemExit):
         parse_args(["serve", "--store-password", "pw"], {})

@@ -143,11 +143,11 @@ def _call(channel: grpc.Channel, method: str, token: str | None) -> grpc.StatusC
     try:
         if desc.client_streaming and desc.server_streaming:
             responses = channel.stream_stream(method)(iter([b""]), metadata=metadata, timeout=10)
-            next(iter(responses))
+            next(iter(responses), None)  # a stream may end without a message
             responses.cancel()
         elif desc.server_streaming:
             responses = channel.unary_stream(method)(b"", metadata=metadata, timeout=10)
-            next(iter(responses))
+            next(iter(responses), None)  # a stream may end without a message
             responses.cancel()
         elif desc.client_streaming:
             channel.stream_unary(method)(iter([b""]), metadata=metadata, timeout=10)

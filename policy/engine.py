@@ -42,6 +42,7 @@ from .stores.base import (
     CounterState,
     CounterStore,
     ReportOutcome,
+    StoreOptions,
     StoreUnavailable,
 )
 from .usage import (
@@ -54,6 +55,7 @@ from .usage import (
     UsageQuery,
 )
 from .validate import need_groups, need_hits, need_id, need_kind
+from .windows import enforced_limit
 
 __all__ = ["Engine"]
 
@@ -87,11 +89,15 @@ class Engine:
         observer: Observer | None = None,
         rules_path: str | Path | None = None,
         retention: Retention | None = None,
+        store_options: StoreOptions | None = None,
     ) -> None:
         self._ruleset = ruleset
         url = store if isinstance(store, str) else None
         self._store: CounterStore = (
-            open_store(store, key_prefix=key_prefix, clock=clock, retention=retention)
+            open_store(
+                store, key_prefix=key_prefix, clock=clock, retention=retention,
+                options=store_options,
+            )
             if isinstance(store, str)
             else store
         )
@@ -132,6 +138,15 @@ class Engine:
     def blocking(self) -> bool:
         """True when decisions may wait on the network (the server then keeps them off its loop)."""
         return bool(self._store.blocking or self._entities.blocking)
+
+    def store_entries(self) -> dict[str, int]:
+        """What the stores keep in this process, by kind: counters, reservations, report
+        ids, entities, memberships (memory), or the read caches (Redis)."""
+        return {**self._store.entries(), **self._entities.entries()}
+
+    def store_evictions(self) -> dict[str, int]:
+        """Entries the stores dropped early to respect a cap, by kind."""
+        return dict(self._store.evictions())
 
     def swap(self, ruleset: CompiledRuleset) -> None:
         """Replace the ruleset atomically; calls already running keep their snapshot."""
@@ -361,7 +376,7 @@ class Engine:
                 metric=s.metric,
                 scope=_scope_of(s),
                 key=s.key,
-                limit=s.limit,
+                limit=enforced_limit(s.limit, s.metric),
                 used=0.0,
                 remaining=0.0,
                 exceeded=False,
@@ -521,7 +536,7 @@ def _scope_of(spec: CounterSpec) -> str:
 def _status(spec: CounterSpec, state: CounterState, taken: bool, scope: str) -> QuotaStatus:
     """``scope`` is the quota's ``Scope.name`` (what ``_scope_of`` reads back from the key)."""
     used = state.used + spec.amount if taken else state.used
-    limit = spec.limit
+    limit = state.limit  # as enforced: rounded down to whole units
     remaining = limit - used
     exceeded = state.exceeded
     return QuotaStatus(

@@ -61,6 +61,7 @@ class MemoryEntityStore:
         self._lock = threading.Lock()
         self._meta: dict[tuple[str, str], dict[str, Value]] = {}
         self._links: dict[tuple[str, str], set[str]] = {}
+        self._memberships = 0  # user -> group pairs
 
     def observe(
         self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
@@ -75,8 +76,11 @@ class MemoryEntityStore:
 
     def link(self, user_id: str, group_id: str) -> None:
         with self._lock:
-            self._links.setdefault(("user", user_id), set()).add(group_id)
-            self._links.setdefault(("group", group_id), set()).add(user_id)
+            groups = self._links.setdefault(("user", user_id), set())
+            if group_id not in groups:
+                groups.add(group_id)
+                self._links.setdefault(("group", group_id), set()).add(user_id)
+                self._memberships += 1
 
     def get(self, kind: EntityKind, id: str) -> EntityView | None:
         with self._lock:
@@ -105,6 +109,10 @@ class MemoryEntityStore:
         view = self.get(kind, id)
         assert view is not None
         return view
+
+    def entries(self) -> dict[str, int]:
+        """Users and groups with metadata, and user -> group memberships."""
+        return {"entities": len(self._meta), "memberships": self._memberships}
 
     def close(self) -> None:
         pass
@@ -226,6 +234,11 @@ class RedisEntityStore:
         view = self.get(kind, id)
         assert view is not None  # the write just created it
         return view
+
+    def entries(self) -> dict[str, int]:
+        """The in-process read caches (the entities themselves live in Redis)."""
+        with self._lock:
+            return {"entity_cache": len(self._meta), "link_cache": len(self._links)}
 
     def close(self) -> None:
         self._client.close()

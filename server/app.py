@@ -40,6 +40,10 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
         ("grpc.max_send_message_length", max_message_bytes),
         # never share a port silently with another process (gRPC enables it by default)
         ("grpc.so_reuseport", 0),
+        # accept the keepalive pings of tollway.client (every 30 s, idle or not): by
+        # default gRPC answers pings closer than 5 minutes on an idle connection with GOAWAY
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ]
 
 

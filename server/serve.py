@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    metrics = Metrics()
+    metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(
@@ -79,6 +80,9 @@ async def _serve(args: argparse.Namespace) -> int:
             retention=Retention(
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age,
+            ),
+            store_options=StoreOptions(
+                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
             ),
         )
     except RulesError as exc:
@@ -92,6 +96,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
+    metrics.watch_stores(engine)
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)

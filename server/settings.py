@@ -189,6 +189,22 @@ SETTINGS: tuple[Setting, ...] = (
         "how long a report stays in the activity log", (SERVE,),
     ),
     Setting(
+        "max-reservations", Integer(low=1), 100_000, "TOLLWAY_MAX_RESERVATIONS",
+        "memory store: open reservations kept for their reports; past it the oldest is "
+        "released early (and counted in tollway_store_evictions_total)", (SERVE,),
+    ),
+    Setting(
+        "max-report-ids", Integer(low=1), 200_000, "TOLLWAY_MAX_REPORT_IDS",
+        "memory store: request_ids remembered so that a retried report counts once; "
+        "past it the oldest is forgotten early (and counted)", (SERVE,),
+    ),
+    Setting(
+        "max-label-values", Integer(low=0), 100, "TOLLWAY_MAX_LABEL_VALUES",
+        "metric label values taken from clients (models, report statuses) kept as their "
+        "own series beyond those the rules name; later ones are counted as 'other'",
+        (SERVE,),
+    ),
+    Setting(
         "log-level", Choice(("debug", "info", "warning", "error")), "info",
         "TOLLWAY_LOG_LEVEL", "the least severe log lines written", (SERVE,),
     ),

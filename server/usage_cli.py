@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery
-from tollway.policy.validate import need_id
-from tollway.v1 import tollway_pb2 as pb
+from tollway.policy.validate import EntityKind, need_id
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
@@ -30,7 +29,7 @@ from .csv_export import Cell, CsvEncoder
 from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
 from .usage_view import Line, detail_lines, page_lines, page_summary
 
-__all__ = ["run", "next_page_command", "LISTING_FLAGS"]
+__all__ = ["run"]
 
 TIMEOUT = 10.0
 # flags of a listing that the next page keeps, in the order the hint writes them
@@ -115,12 +114,12 @@ def _show_detail(detail: UsageDetail, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    subject: tuple[str, str] | None = None
+    subject: tuple[EntityKind, str] | None = None
     try:
         if args.user is not None:
-            subject = ("user_id", need_id(args.user, "--user"))
+            subject = ("user", need_id(args.user, "--user"))
         elif args.group is not None:
-            subject = ("group_id", need_id(args.group, "--group"))
+            subject = ("group", need_id(args.group, "--group"))
         query = UsageQuery.parse(
             kind="groups" if args.groups else "users", sort=args.sort, limit=args.limit,
             offset=args.offset, search=args.search, start=args.start, end=args.end,
@@ -133,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         stub = pb_grpc.TollwayStub(channel)
         if subject is not None:
-            reply = stub.GetUsage(pb.GetUsageRequest(**{subject[0]: subject[1]}), timeout=TIMEOUT)
+            reply = stub.GetUsage(usage_convert.get_request_to_proto(*subject), timeout=TIMEOUT)
             _show_detail(usage_convert.detail_from_proto(reply), args)
         else:
             listing = stub.ListUsage(usage_convert.list_request_to_proto(query), timeout=TIMEOUT)

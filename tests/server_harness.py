@@ -7,6 +7,7 @@ tests talk to it with the ordinary synchronous gRPC client over a real TCP socke
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from aiohttp import web
 
 from tollway.policy.engine import Engine
@@ -261,3 +263,13 @@ def tollway_serve(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def import_or_skip(module: str, reason: str) -> Any:
+    """``pytest.importorskip`` that fails instead of skipping when ``CI`` is set."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: {module} is not installed (CI is set, so this is an error)")
+        pytest.skip(f"{reason}: {module} is not installed")

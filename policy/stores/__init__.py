@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .base import CounterSpec, CounterState, CounterStore, ReportOutcome, StoreUnavailable
+from .base import (
+    CounterSpec,
+    CounterState,
+    CounterStore,
+    ReportOutcome,
+    StoreOptions,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from ..entities import EntityStore
@@ -20,6 +27,7 @@ __all__ = [
     "CounterState",
     "CounterStore",
     "ReportOutcome",
+    "StoreOptions",
     "StoreUnavailable",
     "open_store",
     "open_entity_store",
@@ -44,15 +52,16 @@ def open_store(
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
     retention: Retention | None = None,
+    options: StoreOptions | None = None,
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps."""
+    ``retention`` bounds the activity log the store keeps; ``options`` its caps."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
         if clock is not None:
-            return MemoryCounterStore(clock, retention=retention)
-        return MemoryCounterStore(retention=retention)
+            return MemoryCounterStore(clock, retention=retention, options=options)
+        return MemoryCounterStore(retention=retention, options=options)
     from .redis_store import RedisCounterStore
 
     return RedisCounterStore(url, key_prefix=key_prefix, retention=retention)

@@ -13,9 +13,38 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
+from ..model import REPORT_OUTCOMES, ReportOutcome
 from ..usage import RequestSeen, UsageEvent, UsageReader
 
-__all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
+__all__ = [
+    "CounterSpec",
+    "CounterState",
+    "ReportOutcome",
+    "REPORT_OUTCOMES",
+    "StoreOptions",
+    "StoreUnavailable",
+    "CounterStore",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How a counter store is bounded.
+
+    ``max_reservations``: open reservations the memory store keeps (a decision's
+    reservation waits there for its report); ``max_report_ids``: request_ids it remembers
+    to make reports idempotent. Past either cap the oldest entry is dropped early and
+    counted. Redis keeps both as keys with a TTL instead.
+    """
+
+    max_reservations: int = 100_000
+    max_report_ids: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.max_reservations < 1:
+            raise ValueError("max_reservations: must be at least 1")
+        if self.max_report_ids < 1:
+            raise ValueError("max_report_ids: must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +73,10 @@ class CounterState:
     means this decision's amount does not fit (``used + amount > limit``, or
     ``used >= limit`` when the amount is 0). ``retry_after`` is seconds until it would
     fit (0 when it fits), ``resets_at`` the unix time the window next frees usage
-    (the calendar boundary, or when the oldest counted bucket leaves a sliding window).
+    (the calendar boundary, or when the oldest counted bucket leaves a sliding window;
+    for an empty sliding window, when the current bucket leaves it: what this decision
+    adds counts until then). ``limit`` is the limit as enforced: rounded down to whole
+    units (``50% of 5`` requests is 2).
     """
 
     used: float
@@ -54,7 +86,6 @@ class CounterState:
     resets_at: float
 
 
-ReportOutcome = Literal["duplicate", "settled", "added"]
 
 
 class StoreUnavailable(Exception):
@@ -121,6 +152,15 @@ class CounterStore(Protocol):
         """
         ...
 
+
+    def entries(self) -> Mapping[str, int]:
+        """How many entries the store keeps in this process, by kind (empty for a store
+        that keeps nothing here)."""
+        ...
+
+    def evictions(self) -> Mapping[str, int]:
+        """Entries dropped early to respect a cap since the store opened, by kind."""
+        ...
 
     def close(self) -> None:
         ...

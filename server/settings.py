@@ -26,6 +26,7 @@ from .setting_types import (
     Duration,
     FilePath,
     Flag,
+    HeaderAttribute,
     Integer,
     Text,
     ValueType,
@@ -203,6 +204,11 @@ SETTINGS: tuple[Setting, ...] = (
         "metric label values taken from clients (models, report statuses) kept as their "
         "own series beyond those the rules name; later ones are counted as 'other'",
         (SERVE,),
+    ),
+    Setting(
+        "attribute-header", HeaderAttribute(), [], "TOLLWAY_ATTRIBUTE_HEADER",
+        "an HTTP request header the Envoy services give the rules as request.ATTRIBUTE, "
+        "e.g. x-team=team (repeatable)", (SERVE,), repeated=True,
     ),
     Setting(
         "log-level", Choice(("debug", "info", "warning", "error")), "info",

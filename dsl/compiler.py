@@ -292,5 +292,6 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         reference_test=_reference_test,
         tracer=reference.trace_rule,
         prices=unit.prices,
+        files=unit.ast.files,
         admin_keys=MappingProxyType(dict(admin_keys(unit.schemas))),
     )

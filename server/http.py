@@ -38,9 +38,11 @@ from .http_auth import auth_middleware
 from .http_errors import Handler, HttpError, error_for, errors_middleware
 from .http_limits import LIMITS, HttpLimits
 from .http_ops import Readiness
-from .http_routes import OFFLOAD, ROUTES
+from .http_routes import OFFLOAD, RELOAD_STATUS, ROUTES
 from .metrics import Metrics
 from .offload import Offload
+from .reload import ReloadStatus
+from .ui.session import TOKEN_CHECK
 
 __all__ = [
     "HttpServer",
@@ -53,7 +55,7 @@ __all__ = [
 log = logging.getLogger("tollway.server.http")
 
 # Modules that add routes; each defines ``install(app: web.Application, engine) -> None``.
-ROUTE_MODULES: tuple[str, ...] = ("tollway.server.usage_http",)
+ROUTE_MODULES: tuple[str, ...] = ("tollway.server.usage_http", "tollway.server.ui")
 
 SERVER_HEADER = "tollway"
 
@@ -88,10 +90,12 @@ def build_app(
     *,
     limits: HttpLimits | None = None,
     route_modules: tuple[str, ...] = ROUTE_MODULES,
+    reloads: ReloadStatus | None = None,
     auth: Authenticator | None = None,
 ) -> web.Application:
     """The application: middlewares, ``/metrics``, ``/healthz``, ``/readyz`` and the routes
-    of ``route_modules``. With ``auth`` every route needs its role (``roles.HTTP_ACCESS``)."""
+    of ``route_modules``; ``reloads`` is the rules watcher's status, when there is one.
+    With ``auth`` every route needs its role (``roles.HTTP_ACCESS``)."""
     limits = limits or HttpLimits()
     middlewares: list[Any] = [errors_middleware]
     if auth is not None:  # before anything reads the request
@@ -99,6 +103,8 @@ def build_app(
     middlewares.append(_decodable_target)
     app = web.Application(middlewares=middlewares, client_max_size=limits.max_body_bytes)
     app[LIMITS] = limits
+    if reloads is not None:
+        app[RELOAD_STATUS] = reloads
     app[ROUTES] = {}
     pool = Offload(threads=limits.threads, name="tollway-http")
     app[OFFLOAD] = pool
@@ -111,6 +117,9 @@ def build_app(
     http_ops.install(app, engine, metrics=metrics, readiness=readiness)
     for name in route_modules:
         importlib.import_module(name).install(app, engine)
+    if auth is not None:
+        # the dashboard's sign-in form asks whether a token opens its pages
+        app[TOKEN_CHECK] = lambda token: auth.check(f"Bearer {token}", "admin")[0]
     return app
 
 

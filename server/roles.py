@@ -10,7 +10,7 @@ Roles (docs/security.md):
 
 - ``decide``: what a gateway needs on its hot path (Decide, Report, Explain, and
   Envoy's ext_authz, ext_proc and rate-limit services, which decide for it);
-- ``admin``: entity metadata, usage and every ``/v1/…`` HTTP route;
+- ``admin``: entity metadata, usage, every ``/v1/…`` HTTP route and the dashboard's pages;
 - ``metrics``: ``GET /metrics``.
 """
 
@@ -62,6 +62,18 @@ HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/v1/usage/groups/{id}"): "admin",
     ("GET", "/v1/usage/group/{id}"): "admin",
     ("GET", "/v1/activity"): "admin",
+    # the dashboard (docs/dashboard.md): its pages need admin, signing in needs nothing
+    ("GET", "/ui/"): "admin",
+    ("GET", "/ui/users"): "admin",
+    ("GET", "/ui/users/{id}"): "admin",
+    ("GET", "/ui/groups"): "admin",
+    ("GET", "/ui/groups/{id}"): "admin",
+    ("GET", "/ui/rules"): "admin",
+    ("POST", "/ui/rules/explain"): "admin",
+    ("GET", "/ui/login"): OPEN,
+    ("POST", "/ui/login"): OPEN,
+    ("POST", "/ui/logout"): OPEN,
+    ("GET", "/ui/static/{name}"): OPEN,
 }
 
 

@@ -272,6 +272,10 @@ async def _serve_engine(
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)
+    reloader = Reloader(
+        engine, args.rules, metrics, interval=args.reload_interval, initial=seen,
+        watched=security.watched(),
+    )
     http: HttpServer | None = None
     loop = asyncio.get_running_loop()
     refused = await loop.run_in_executor(None, _refused_credentials, engine)
@@ -289,7 +293,10 @@ async def _serve_engine(
     try:
         if args.http and args.http.lower() != "off":
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
-            app = build_app(engine, metrics, readiness, limits=limits, auth=security.auth)
+            app = build_app(
+                engine, metrics, readiness, limits=limits, reloads=reloader.status,
+                auth=security.auth,
+            )
             ssl_context = security.tls.ssl_context() if security.tls else None
             http = await start_http(args.http, app, ssl_context=ssl_context)
     except (OSError, ValueError) as exc:
@@ -297,10 +304,6 @@ async def _serve_engine(
         engine.close()
         return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
-    reloader = Reloader(
-        engine, args.rules, metrics, interval=args.reload_interval, initial=seen,
-        watched=security.watched(),
-    )
     reloader.start()
     credentials = (
         loop.create_task(_await_credentials(engine, grpc_server, refused))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,23 +185,40 @@ def test_every_rpc_against_every_role(
     assert not wrong, "\n".join(wrong)
 
 
-def _get(served: Served, method: str, path: str, token: str | None) -> int:
-    concrete = path.replace("{id}", "u1")
-    request = urllib.request.Request(f"http://{served.http}{concrete}", method=method)
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # a redirect is the answer under test
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _access(served: Served, method: str, path: str, token: str | None) -> str:
+    """What access control made of the request: ``unauthenticated`` (401),
+    ``permission_denied`` (403), ``sign-in`` (a dashboard page sending the browser to its
+    sign-in form), or ``served`` (whatever the route itself answered)."""
+    concrete = path.replace("{id}", "u1").replace("{name}", "tollway.css")
+    request = urllib.request.Request(f"http://{served.http}{concrete}", method=method,
+                                     data=b"" if method == "POST" else None)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return int(resp.status)
+        with _OPENER.open(request, timeout=10):
+            return "served"
     except urllib.error.HTTPError as err:
-        if err.code in (401, 403) and method != "HEAD":
-            body = json.loads(err.read())
-            assert body["error"]["code"] == {401: "unauthenticated", 403: "permission_denied"}[
-                err.code
-            ]
+        body = err.read()
+        if err.code == 303 and err.headers["Location"].startswith("/ui/login?next="):
+            return "sign-in"
+        if err.code in (401, 403) and err.headers.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            if method != "HEAD":
+                code = json.loads(body)["error"]["code"]
+                assert code == {401: "unauthenticated", 403: "permission_denied"}[err.code]
             if err.code == 401:
                 assert err.headers["WWW-Authenticate"].startswith("Bearer")
-        return int(err.code)
+            return {401: "unauthenticated", 403: "permission_denied"}[err.code]
+        return "served"
 
 
 def test_every_route_against_every_role(
@@ -209,27 +227,28 @@ def test_every_route_against_every_role(
     wrong: list[str] = []
     for method, path in routes:
         access = http_access(method, path)
+        dashboard = path.startswith("/ui/")
         got = {
-            "no token": _get(served, method, path, None),
-            "unknown token": _get(served, method, path, new_token()),
-            **{f"{r} token": _get(served, method, path, t) for r, t in tokens.by_role.items()},
+            "no token": _access(served, method, path, None),
+            "unknown token": _access(served, method, path, new_token()),
+            **{f"{r} token": _access(served, method, path, t) for r, t in tokens.by_role.items()},
         }
-        for who, status in got.items():
-            if access == OPEN:
-                ok = status not in (401, 403)
+        for who, outcome in got.items():
+            if access == OPEN or who == f"{access} token":
+                ok = outcome == "served"
             elif who in ("no token", "unknown token"):
-                ok = status == 401
-            elif who == f"{access} token":
-                ok = status not in (401, 403)
+                ok = outcome == ("sign-in" if dashboard else "unauthenticated")
             else:
-                ok = status == 403
+                ok = outcome == ("sign-in" if dashboard else "permission_denied")
             if not ok:
-                wrong.append(f"{method} {path} ({access}) with {who}: {status}")
+                wrong.append(f"{method} {path} ({access}) with {who}: {outcome}")
     assert not wrong, "\n".join(wrong)
 
 
 def test_unmatched_paths_are_the_routers_404_whoever_asks(served: Served) -> None:
-    assert _get(served, "GET", "/nowhere", None) == 404
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://{served.http}/nowhere", timeout=10)
+    assert err.value.code == 404
 
 
 def test_credentials_are_checked_before_the_message_is_read(served: Served, tokens: Tokens) -> None:
@@ -244,3 +263,36 @@ def test_credentials_are_checked_before_the_message_is_read(served: Served, toke
             decide(garbage, metadata=(("authorization", f"Bearer {tokens.by_role['decide']}"),),
                    timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_dashboard_signs_in_with_an_admin_token_kept_in_its_cookie(
+    served: Served, tokens: Tokens
+) -> None:
+    base = f"http://{served.http}"
+
+    def get(path: str, cookie: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(base + path)
+        if cookie is not None:
+            request.add_header("Cookie", cookie)
+        try:
+            with _OPENER.open(request, timeout=10) as resp:
+                return int(resp.status), resp.headers.get("Location", "")
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.headers.get("Location", "")
+
+    status, location = get("/ui/users?sort=-total_cost")
+    target = urllib.parse.urlsplit(location)
+    assert status == 303 and target.path == "/ui/login"
+    assert urllib.parse.parse_qs(target.query) == {"next": ["/ui/users?sort=-total_cost"]}
+    form = urllib.parse.urlencode({"token": tokens.by_role["admin"], "next": "/ui/users"})
+    request = urllib.request.Request(base + "/ui/login", data=form.encode(), method="POST",
+                                     headers={"Origin": base})
+    with pytest.raises(urllib.error.HTTPError) as signed:
+        _OPENER.open(request, timeout=10)
+    assert signed.value.code == 303
+    cookie = signed.value.headers["Set-Cookie"].split(";", 1)[0]
+    assert get("/ui/users", cookie)[0] == 200
+    # a cookie holding a token without the admin role opens nothing
+    assert get("/ui/users", f"tollway_session={tokens.by_role['decide']}")[0] == 303
+    # the cookie is the dashboard's only: the JSON API still wants the header
+    assert _access(served, "GET", "/v1/usage/users", None) == "unauthenticated"

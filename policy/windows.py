@@ -249,10 +249,10 @@ def amount_units(amount: float, metric: str, what: str = "amount") -> int:
     """An amount in integer units, rounded up. Raises ValueError for NaN, negatives, overflow."""
     if not math.isfinite(amount) or amount < 0:
         raise ValueError(f"{what}: must be a finite number >= 0, got {amount!r}")
-    units = max(0, math.ceil(amount * metric_scale(metric) - _EPSILON))
-    if units > MAX_UNITS:
+    scaled = amount * metric_scale(metric)
+    if scaled > MAX_UNITS:  # checked before ceil(): a huge float scales to infinity
         raise ValueError(f"{what}: {amount!r} is too large for a {metric} counter")
-    return units
+    return max(0, math.ceil(scaled - _EPSILON))
 
 
 def limit_units(limit: float, metric: str, what: str = "limit") -> int:
@@ -262,7 +262,9 @@ def limit_units(limit: float, metric: str, what: str = "limit") -> int:
     scaled = limit * metric_scale(metric) + _EPSILON
     if scaled >= MAX_UNITS:
         return MAX_UNITS
-    return max(0, math.floor(scaled))
+    if scaled <= 0:  # before floor(): a huge negative float scales to -infinity
+        return 0
+    return math.floor(scaled)
 
 
 def from_units(units: int, metric: str) -> float:

@@ -25,7 +25,8 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 from .decoding import DecodeGuard
 from .grpc_service import TollwayService
 
-__all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
+__all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance",
+           "health_services"]
 
 log = logging.getLogger("tollway.server")
 
@@ -43,13 +44,19 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
     ]
 
 
+def health_services() -> tuple[str, ...]:
+    """The names gRPC health answers for: "" (the server) and each tollway service."""
+    return ("", *(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()))
+
+
 async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthServicer:
     """Register health (SERVING for "" and the Tollway service) and reflection."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    services = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
-    for name in ("", *services):
+    names = health_services()
+    for name in names:
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    services = names[1:]
     reflection.enable_server_reflection(
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )

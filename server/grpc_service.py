@@ -2,8 +2,12 @@
 
 No business logic lives here. Errors become status codes in one place (``_rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
-an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE, anything else ->
-INTERNAL with a generic message and the traceback in the log.
+an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE (whose message and
+``tollway-outcome`` trailer say whether the call may have been applied), anything else
+-> INTERNAL with a generic message and the traceback in the log.
+
+Each call passes the time it arrived to the engine, which keeps the store's time budget
+from then on, time spent waiting for an engine thread included.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 from . import convert, usage_convert
 from .offload import Offload
 
-__all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
+__all__ = ["TollwayService", "NotFound", "SERVICE_NAME", "OUTCOME_KEY"]
 
 log = logging.getLogger("tollway.server")
 
@@ -37,6 +41,19 @@ S = TypeVar("S")
 
 class NotFound(LookupError):
     """The named entity or usage record does not exist."""
+
+
+# The trailer an UNAVAILABLE answer carries: "not-applied" (nothing changed: retry at
+# will) or "unknown" (it may have been applied: retry a Report with the same request_id,
+# which counts once).
+OUTCOME_KEY = "tollway-outcome"
+_UNAVAILABLE = {
+    "not_applied": "counter store unavailable; nothing was applied: retry",
+    "unknown": (
+        "counter store did not answer in time; the call may have been applied: retry a "
+        "Report with the same request_id (it counts once)"
+    ),
+}
 
 
 def _rpc(
@@ -57,9 +74,11 @@ def _rpc(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StoreUnavailable:
-            log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
+        except StoreUnavailable as exc:
+            # per call at debug: an outage is told once by health, and counted in metrics
+            log.debug("%s: counter store unavailable: %s", method.__name__, exc)
+            context.set_trailing_metadata(((OUTCOME_KEY, exc.outcome.replace("_", "-")),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE[exc.outcome])
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -92,21 +111,27 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def Decide(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Decision:
-        decision = await self._call(self._engine.decide, convert.to_decide_request(request))
+        decision = await self._call(
+            self._engine.decide, convert.to_decide_request(request), received_at=time.monotonic()
+        )
         return convert.decision_to_proto(decision)
 
     @_rpc
     async def Report(
         self, request: pb.UsageReport, context: grpc.aio.ServicerContext
     ) -> pb.ReportAck:
-        ack = await self._call(self._engine.report, convert.usage_report(request))
+        ack = await self._call(
+            self._engine.report, convert.usage_report(request), received_at=time.monotonic()
+        )
         return convert.ack_to_proto(ack)
 
     @_rpc
     async def Explain(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Explanation:
-        explanation = await self._call(self._engine.explain, convert.to_decide_request(request))
+        explanation = await self._call(
+            self._engine.explain, convert.to_decide_request(request), received_at=time.monotonic()
+        )
         return convert.explanation_to_proto(explanation)
 
     @_rpc

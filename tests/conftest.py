@@ -15,6 +15,8 @@ Fixtures
     ``TOLLWAY_TEST_REDIS_URL`` is set: ``.url``, ``.port``, ``.kill()`` (SIGKILL),
     ``.start()`` (again on the same port), ``.restart()``, ``.pause()``/``.resume()``
     (SIGSTOP/SIGCONT: a stalled server), ``.client()``.
+``ROOMY``
+    ``StoreOptions`` with a long store budget, for Redis tests of counting, not latency.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
 """
@@ -35,7 +37,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from tollway.policy.stores import StoreOptions
+
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
+
+# For tests of what is counted, not of how fast: a store budget that a loaded machine
+# (several test runs on two cores) cannot exhaust and turn decisions into fail-open ones.
+# Tests of the budget itself set their own.
+ROOMY = StoreOptions(timeout=10.0)
 
 
 def _free_port() -> int:

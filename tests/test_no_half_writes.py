@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import ROOMY
 from server_harness import serving, write_rules
 
 from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
@@ -35,7 +36,8 @@ def stub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pb_grpc.Tol
     if request.param == "redis":
         store = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("redis_prefix")
-    with serving(write_rules(tmp_path, RULES), store=store, key_prefix=prefix) as (s, _, _):
+    with serving(write_rules(tmp_path, RULES), store=store, key_prefix=prefix,
+                 store_options=ROOMY) as (s, _, _):
         yield s
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from conftest import ROOMY
 
 from tollway import Engine
 
@@ -41,7 +42,8 @@ def engine_and_clock(
             sec, usec = client.time()
             return sec + usec / 1e6
 
-        e = Engine.from_text(RULES, store=url, key_prefix=request.getfixturevalue("redis_prefix"))
+        e = Engine.from_text(RULES, store=url, key_prefix=request.getfixturevalue("redis_prefix"),
+                             store_options=ROOMY)
         yield e, redis_now
         client.close()
     e.close()

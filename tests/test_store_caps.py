@@ -86,7 +86,8 @@ def watched(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, Metrics, s
         engine = memory_engine(max_reservations=3)
     else:
         engine = Engine.from_text(RULES, store=request.getfixturevalue("redis_url"),
-                                  key_prefix=request.getfixturevalue("redis_prefix"))
+                                  key_prefix=request.getfixturevalue("redis_prefix"),
+                                  store_options=StoreOptions(timeout=10.0))
     metrics.watch_stores(engine)
     yield engine, metrics, request.param
     engine.close()

@@ -49,7 +49,6 @@ from .values import compile_glob, contains, equals, getter, index_key, ordered
 
 __all__ = ["compile_ruleset", "compile_condition", "PASSES"]
 
-_EMPTY = EvalContext()
 
 
 def _always(ctx: EvalContext) -> bool:

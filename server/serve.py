@@ -23,11 +23,12 @@ from tollway.policy.engine import Engine
 from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
-from .app import health_services, start_grpc
+from .app import start_grpc
 from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness
+from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
@@ -66,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
-    return asyncio.run(_serve(args))
+    try:
+        attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
+    except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, attribute_headers))
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) -> int:
     metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
@@ -105,7 +111,7 @@ async def _serve(args: argparse.Namespace) -> int:
     readiness = Readiness(engine)
     http: HttpServer | None = None
     try:
-        grpc_server = await start_grpc(engine, args.listen)
+        grpc_server = await start_grpc(engine, args.listen, attribute_headers=attribute_headers)
     except OSError as exc:
         engine.close()
         return _fail(args, str(exc))
@@ -130,7 +136,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
-    watch = HealthWatch(readiness, grpc_server.health, health_services())
+    watch = HealthWatch(readiness, grpc_server.health, grpc_server.health_names)
     store_ok, store_reason = await watch.start()
     ruleset = engine.ruleset
     ready = {

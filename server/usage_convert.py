@@ -8,8 +8,6 @@ there is none.
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
 from tollway.policy.usage import (
     DEFAULT_LIMIT,
     EntityKind,
@@ -23,7 +21,7 @@ from tollway.policy.usage import (
 from tollway.policy.validate import FieldError
 from tollway.v1 import tollway_pb2 as pb
 
-from .convert import set_timestamp
+from .convert import seconds_of, set_timestamp
 
 __all__ = [
     "get_request",
@@ -32,14 +30,11 @@ __all__ = [
     "record_to_proto",
     "detail_to_proto",
     "page_to_proto",
+    "get_request_to_proto",
     "record_from_proto",
     "detail_from_proto",
     "page_from_proto",
 ]
-
-
-def _time(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
 
 
 # ------------------------------------------------------------------ requests
@@ -64,10 +59,15 @@ def list_request(msg: pb.ListUsageRequest) -> UsageQuery:
             "sort": msg.sort,
             "limit": msg.limit or DEFAULT_LIMIT,
             "offset": msg.offset,
-            "start": _time(msg.start) if msg.HasField("start") else None,
-            "end": _time(msg.end) if msg.HasField("end") else None,
+            "start": seconds_of(msg.start) if msg.HasField("start") else None,
+            "end": seconds_of(msg.end) if msg.HasField("end") else None,
         }
     )
+
+
+def get_request_to_proto(kind: EntityKind, ident: str) -> pb.GetUsageRequest:
+    """``get_request`` read back: the message that names one user's or group's usage."""
+    return pb.GetUsageRequest(user_id=ident) if kind == "user" else pb.GetUsageRequest(group_id=ident)
 
 
 # ------------------------------------------------------------------ to the wire
@@ -152,8 +152,8 @@ def record_from_proto(msg: pb.UsageRecord) -> UsageRecord:
         kind=kind,
         id=msg.user_id or msg.group_id,
         request_count=msg.request_count,
-        first_seen=_time(msg.first_seen),
-        last_seen=_time(msg.last_seen),
+        first_seen=seconds_of(msg.first_seen),
+        last_seen=seconds_of(msg.last_seen),
         total_tokens=msg.total_tokens,
         input_tokens=msg.input_tokens,
         output_tokens=msg.output_tokens,
@@ -169,7 +169,7 @@ def record_from_proto(msg: pb.UsageRecord) -> UsageRecord:
 def detail_from_proto(msg: pb.UsageDetail) -> UsageDetail:
     recent = tuple(
         UsageEvent(
-            time=_time(e.time),
+            time=seconds_of(e.time),
             request_id=e.request_id,
             decision_id=e.decision_id,
             user_id=e.user_id,

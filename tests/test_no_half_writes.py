@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from backends import Backend
 from conftest import ROOMY
 from server_harness import serving, write_rules
 
@@ -30,13 +31,10 @@ rule everyone { enforce calls, tokens, spend, team_spend }
 """
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def stub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pb_grpc.TollwayStub]:
-    store, prefix = "memory", "tollway:"
-    if request.param == "redis":
-        store = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-    with serving(write_rules(tmp_path, RULES), store=store, key_prefix=prefix,
+@pytest.fixture
+def stub(backend: Backend, tmp_path: Path) -> Iterator[pb_grpc.TollwayStub]:
+    rules = write_rules(tmp_path, RULES)
+    with serving(rules, store=backend.store, key_prefix=backend.prefix(),
                  store_options=ROOMY) as (s, _, _):
         yield s
 

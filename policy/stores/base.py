@@ -13,12 +13,14 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
+from ..model import REPORT_OUTCOMES, ReportOutcome
 from ..usage import RequestSeen, UsageEvent, UsageReader
 
 __all__ = [
     "CounterSpec",
     "CounterState",
     "ReportOutcome",
+    "REPORT_OUTCOMES",
     "StoreOptions",
     "StoreOutcome",
     "StoreUnavailable",
@@ -90,7 +92,6 @@ class CounterState:
     resets_at: float
 
 
-ReportOutcome = Literal["duplicate", "settled", "added"]
 StoreOutcome = Literal["not_applied", "unknown"]
 
 

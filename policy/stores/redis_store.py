@@ -34,7 +34,13 @@ from redis.retry import Retry
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
 from ..windows import Checked
-from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
+from .base import (
+    REPORT_OUTCOMES,
+    CounterSpec,
+    CounterState,
+    ReportOutcome,
+    StoreUnavailable,
+)
 from .redis_calls import RedisCalls, Script
 from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
@@ -230,9 +236,10 @@ class RedisCounterStore:
             raise StoreUnavailable(
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
             )
-        if text not in ("duplicate", "settled", "added"):
-            raise StoreUnavailable(f"redis report script answered {text!r}", outcome="unknown")
-        return text  # type: ignore[return-value]
+        for known in REPORT_OUTCOMES:
+            if text == known:
+                return known
+        raise StoreUnavailable(f"redis report script answered {text!r}", outcome="unknown")
 
     def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
         if deadline is not None and deadline <= time.monotonic():

@@ -50,26 +50,20 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
     ]
 
 
-def _health_status(serving: bool) -> int:
-    if serving:
-        return int(health_pb2.HealthCheckResponse.SERVING)
-    return int(health_pb2.HealthCheckResponse.NOT_SERVING)
-
-
 async def configure_maintenance(
-    server: grpc.aio.Server, extra_services: Sequence[str] = (), *, serving: bool = True
-) -> health.aio.HealthServicer:
-    """Register health ("", the Tollway service and ``extra_services``: SERVING, or
-    NOT_SERVING until told otherwise) and reflection over all of them."""
+    server: grpc.aio.Server, extra_services: Sequence[str] = ()
+) -> tuple[health.aio.HealthServicer, tuple[str, ...]]:
+    """Register health (SERVING for "", the Tollway service and ``extra_services``) and
+    reflection over all of them; returns the servicer and the names health answers for."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
     for name in ("", *services):
-        await servicer.set(name, _health_status(serving))
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
-    return servicer
+    return servicer, ("", *services)
 
 
 def bind_failure(listen: str) -> str:
@@ -111,14 +105,9 @@ class GrpcServer:
     health: health.aio.HealthServicer
     service: TollwayService
     address: str  # as bound: the real port when ``listen`` asked for port 0
+    health_names: tuple[str, ...] = ()  # what health answers for: "" and every service
     # every method registered, "/package.Service/Method" (the role table must know each)
     methods: tuple[str, ...] = ()
-
-    async def set_serving(self, serving: bool) -> None:
-        """Health of "" and of every registered service: SERVING or NOT_SERVING."""
-        services = {m.lstrip("/").split("/", 1)[0] for m in self.methods}
-        for name in ("", *sorted(services)):
-            await self.health.set(name, _health_status(serving))
 
     async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
         """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
@@ -166,7 +155,6 @@ async def start_grpc(
     attribute_headers: Mapping[str, str] | None = None,
     tls: ServerTls | None = None,
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
-    serving: bool = True,
 ) -> GrpcServer:
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
 
@@ -175,8 +163,7 @@ async def start_grpc(
     Envoy services which request headers become attributes. ``tls`` serves over TLS (mTLS
     when it has a client CA); ``interceptors`` run before every call of every service,
     ahead of the decode guard (the auth interceptor refuses a call before its message is
-    read); ``serving=False`` starts with health NOT_SERVING (``GrpcServer.set_serving``
-    changes it).
+    read).
     """
     server = grpc.aio.server(
         options=server_options(max_message_bytes), interceptors=(*interceptors, DecodeGuard())
@@ -185,7 +172,7 @@ async def start_grpc(
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
-    health_servicer = await configure_maintenance(server, envoy, serving=serving)
+    health_servicer, health_names = await configure_maintenance(server, envoy)
     try:
         if tls is None:
             port = server.add_insecure_port(listen)
@@ -197,6 +184,7 @@ async def start_grpc(
         raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}")
     await server.start()
     return GrpcServer(
-        server, health_servicer, service, _bound_address(listen, port), tuple(methods)
+        server, health_servicer, service, _bound_address(listen, port), health_names,
+        tuple(methods),
     )
 

@@ -9,6 +9,7 @@ exposition or a stalled Redis never holds up a decision.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,41 +21,71 @@ from .http_errors import json_response
 from .http_routes import add_route, offload
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
-__all__ = ["Readiness", "install"]
+__all__ = ["Readiness", "install", "REFUSED_CREDENTIALS", "consequence"]
 
 log = logging.getLogger("tollway.server.http")
 
+REFUSED_CREDENTIALS = "counter store refused the credentials"
+
+
+def consequence(reason: str) -> str:
+    """What decisions do while the server is not ready for ``reason`` (for the log)."""
+    if reason == REFUSED_CREDENTIALS:
+        # never answered with on_store_error allow: that would switch every quota off
+        return (
+            "Decide and Report answer UNAVAILABLE until it accepts them (check "
+            "TOLLWAY_STORE_PASSWORD or --store-password-file)"
+        )
+    return "decisions follow on_store_error"
+
 
 class Readiness:
-    """Ready when rules are loaded, the store answers, and the server is not draining."""
+    """Ready when rules are loaded, the store answers, and the server is not draining.
+
+    Every ``check`` asks the store afresh; ``watch`` registers a callback told of each
+    change of the answer (gRPC health follows it: ``health_watch.HealthWatch``).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._draining = False
+        self._last: bool | None = None
+        self._watchers: list[Callable[[bool, str], None]] = []
 
     def drain(self) -> None:
         self._draining = True
 
+    def watch(self, callback: Callable[[bool, str], None]) -> None:
+        self._watchers.append(callback)
+
     def check(self) -> tuple[bool, str]:
+        ok, reason, detail = self._check()
+        if ok != self._last:
+            self._last = ok
+            if detail:  # the store's own words, once per change: they stay in the log
+                log.warning("%s: %s", reason, detail)
+            for callback in self._watchers:
+                callback(ok, reason)
+        return ok, reason
+
+    def _check(self) -> tuple[bool, str, str]:
+        """(ready, the reason anyone may read, what the store said: for the log only)."""
         if self._draining:
-            return False, "shutting down"
+            return False, "shutting down", ""
         if self._engine.ruleset is None:
-            return False, "rules not loaded"
+            return False, "rules not loaded", ""
         ping = getattr(self._engine.store, "ping", None)
         if ping is not None:
-            # probes are open to anyone: the store's own words (host, port, driver) go to
-            # the log, the reason says only what is wrong
+            # probes are open to anyone: the store's words (host, port, driver) stay out
             try:
                 ok = ping()
             except StoreRejected as exc:
-                log.warning("not ready: the counter store refused the credentials: %s", exc)
-                return False, "counter store refused the credentials"
+                return False, REFUSED_CREDENTIALS, str(exc)
             except Exception as exc:
-                log.warning("not ready: %s: %s", STORE_UNREACHABLE, exc)
-                return False, STORE_UNREACHABLE
+                return False, STORE_UNREACHABLE, str(exc)
             if ok is False:
-                return False, STORE_UNREACHABLE
-        return True, "ready"
+                return False, STORE_UNREACHABLE, ""
+        return True, "ready", ""
 
 
 def install(

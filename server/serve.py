@@ -26,17 +26,17 @@ from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
 from tollway.policy.observer import Fanout, Observer
 from tollway.policy.stores import StoreOptions
-from tollway.policy.stores.base import StoreRejected, StoreUnavailable
 from tollway.policy.usage import Retention
 
-from .app import GrpcServer, start_grpc
+from .app import start_grpc
 from .auth import Authenticator, AuthFileError
 from .decision_log import DecisionLog, open_sink
 from .exposure import assess
 from .grpc_auth import AuthInterceptor
+from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
-from .http_ops import Readiness
+from .http_ops import Readiness, consequence
 from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
@@ -168,43 +168,6 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args, security))
 
 
-def _refused_credentials(engine: Engine) -> StoreRejected | None:
-    """Ping the store: the refusal when it rejects the credentials, else None (an outage
-    is left to each quota's ``on_store_error``)."""
-    ping = getattr(engine.store, "ping", None)
-    if ping is None:
-        return None
-    try:
-        ping()
-    except StoreRejected as exc:
-        return exc
-    except StoreUnavailable:
-        return None
-    return None
-
-
-async def _await_credentials(
-    engine: Engine, grpc_server: GrpcServer, first: StoreRejected, *, max_delay: float = 30.0
-) -> None:
-    """Not serving until the store accepts the credentials: retry with backoff, say so."""
-    loop = asyncio.get_running_loop()
-    delay = 1.0
-    log.error(
-        "the counter store refused the credentials (%s): not ready, and Decide answers "
-        "UNAVAILABLE rather than fail open; check TOLLWAY_STORE_PASSWORD or --store-password-file; retrying",
-        first,
-    )
-    while True:
-        await asyncio.sleep(delay)
-        refused = await loop.run_in_executor(None, _refused_credentials, engine)
-        if refused is None:
-            break
-        log.error("the counter store still refuses the credentials; retrying in %gs", delay)
-        delay = min(max_delay, delay * 2)
-    await grpc_server.set_serving(True)
-    log.info("the counter store accepted the credentials: serving")
-
-
 def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | None:
     if not args.decision_log:
         return None
@@ -252,9 +215,11 @@ async def _serve_engine(
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age,
             ),
-            store_password=security.store_password,
             store_options=StoreOptions(
-                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
+                timeout=args.store_timeout,
+                max_reservations=args.max_reservations,
+                max_report_ids=args.max_report_ids,
+                password=security.store_password,
             ),
         )
     except RulesError as exc:
@@ -277,15 +242,13 @@ async def _serve_engine(
         watched=security.watched(),
     )
     http: HttpServer | None = None
-    loop = asyncio.get_running_loop()
-    refused = await loop.run_in_executor(None, _refused_credentials, engine)
     try:
         interceptors = (
             (AuthInterceptor(security.auth, metrics.auth_failed),) if security.auth else ()
         )
         grpc_server = await start_grpc(
             engine, args.listen, attribute_headers=security.attribute_headers,
-            tls=security.tls, interceptors=interceptors, serving=refused is None,
+            tls=security.tls, interceptors=interceptors,
         )
     except OSError as exc:
         engine.close()
@@ -305,16 +268,14 @@ async def _serve_engine(
         return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
     reloader.start()
-    credentials = (
-        loop.create_task(_await_credentials(engine, grpc_server, refused))
-        if refused is not None
-        else None
-    )
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
+    watch = HealthWatch(readiness, grpc_server.health, grpc_server.health_names)
+    store_ok, store_reason = await watch.start()
     ruleset = engine.ruleset
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
@@ -323,18 +284,23 @@ async def _serve_engine(
         "tls": ("mtls" if security.tls.mutual else "on") if security.tls else "off",
         "auth": "on" if security.auth else "off",
     }
-    log.info(
+    line = (
         "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-        "rule_count=%(rule_count)d store=%(store)s tls=%(tls)s auth=%(auth)s", ready, extra=ready,
+        "rule_count=%(rule_count)d store=%(store)s tls=%(tls)s auth=%(auth)s"
     )
+    if store_ok:
+        log.info(line, ready, extra=ready)
+    else:  # serving anyway: the log says what decisions do until the store is back
+        ready["not_ready"] = store_reason
+        ready["meanwhile"] = consequence(store_reason)
+        log.warning(line + " NOT READY: %(not_ready)s; %(meanwhile)s", ready, extra=ready)
     await stop.wait()
 
     log.info("shutting down: draining in-flight calls (grace %gs)", args.grace)
+    await watch.stop()
     readiness.drain()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
-    if credentials is not None:
-        credentials.cancel()
     await grpc_server.stop(args.grace)
     await reloader.stop()
     if http is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from backends import Backend
+from conftest import ROOMY
 from google.protobuf import struct_pb2
 from server_harness import serving, write_rules
 
@@ -51,7 +52,7 @@ rule eu {
 
 @pytest.fixture
 def engine(backend: Backend) -> Iterator[Engine]:
-    e = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix())
+    e = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix(), store_options=ROOMY)
     yield e
     e.close()
 

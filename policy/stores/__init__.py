@@ -57,11 +57,10 @@ def open_store(
     clock: Callable[[], float] | None = None,
     retention: Retention | None = None,
     options: StoreOptions | None = None,
-    password: str | None = None,
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps; ``options`` its caps;
-    ``password`` is the store's, kept out of the URL."""
+    ``retention`` bounds the activity log the store keeps; ``options`` its caps, timeout
+    and password."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
@@ -70,7 +69,11 @@ def open_store(
         return MemoryCounterStore(retention=retention, options=options)
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention, password=password)
+    options = options or StoreOptions()
+    return RedisCounterStore(
+        url, key_prefix=key_prefix, retention=retention, timeout=options.timeout,
+        password=options.password,
+    )
 
 
 def open_entity_store(
@@ -78,11 +81,15 @@ def open_entity_store(
     *,
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
-    password: str | None = None,
+    options: StoreOptions | None = None,
 ) -> EntityStore:
     """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
     from ..entity_stores import MemoryEntityStore, RedisEntityStore
 
     if _kind(url) == "memory":
         return MemoryEntityStore()
-    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock, password=password)
+    options = options or StoreOptions()
+    return RedisEntityStore(
+        url, key_prefix=key_prefix, clock=clock, timeout=options.timeout,
+        password=options.password,
+    )

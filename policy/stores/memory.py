@@ -80,6 +80,7 @@ class MemoryCounterStore:
 
     name = "memory"
     blocking = False
+    timeout = 0.0  # nothing waits: no store budget to keep
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class MemoryCounterStore:
         hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
+        deadline: float | None = None,  # nothing here waits
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
@@ -167,6 +169,7 @@ class MemoryCounterStore:
         reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
+        deadline: float | None = None,  # nothing here waits
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
@@ -198,7 +201,7 @@ class MemoryCounterStore:
                 self._add(c.key, s.field, s.until, c.amount)
             return "added"
 
-    def record_request(self, seen: RequestSeen) -> None:
+    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
         # no counters change with it, so the usage's own lock is all it needs
         self.usage.count_request(seen)
 

@@ -2,7 +2,7 @@
 -- KEYS[1]     report marker {prefix}r:{reporter}:{request_id}
 -- KEYS[2]     reservation record {prefix}h:{hold_id}, only when ARGV[3] ~= ''
 -- KEYS[..]    fallback counter hashes, after those
--- ARGV[1]     '' to use Redis TIME, or a unix second (test-only override)
+-- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     marker TTL in seconds (how long a request_id is remembered)
 -- ARGV[3]     '' without a reservation record; else the owner key the report names,
 --             which must be the one the reservation was made for
@@ -12,9 +12,11 @@
 --             aggregates, recorded in this same atomic step, so a duplicate counts once
 --             (it counts a request only when no decision did: see usage.lua)
 -- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals),
--- 'added' (no live reservation: the fallback amounts were added) or 'foreign' (the
--- reservation was made for someone else: nothing was written).
-local sec = now_parts(ARGV[1])
+-- 'added' (no live reservation: the fallback amounts were added), 'foreign' (the
+-- reservation was made for someone else: nothing was written) or 'late' (Redis's clock
+-- was past the deadline in ARGV[1]: nothing was written).
+local sec, _, late = now_parts(ARGV[1])
+if late then return 'late' end  -- past the caller's deadline: nothing written
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
 local has_hold = ARGV[3] ~= ''
 local m = tonumber(ARGV[4])

@@ -291,4 +291,5 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         reference_test=_reference_test,
         tracer=reference.trace_rule,
         prices=unit.prices,
+        files=unit.ast.files,
     )

@@ -106,6 +106,9 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)
+    reloader = Reloader(
+        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
+    )
     http: HttpServer | None = None
     try:
         grpc_server = await start_grpc(engine, args.listen, attribute_headers=attribute_headers)
@@ -116,16 +119,14 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
         if args.http and args.http.lower() != "off":
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
             http = await start_http(
-                args.http, build_app(engine, metrics, readiness, limits=limits)
+                args.http,
+                build_app(engine, metrics, readiness, limits=limits, reloads=reloader.status),
             )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()
         return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
-    reloader = Reloader(
-        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
-    )
     reloader.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

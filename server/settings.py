@@ -88,7 +88,7 @@ class Setting:
     def shown_default(self) -> str | None:
         if self.default_text is not None:
             return self.default_text
-        if self.default is None or self.default is False or self.default == []:
+        if self.default in (None, False, [], ""):
             return None
         if self.repeated:
             return self.separator.join(self.type.show(v) for v in self.default)

@@ -77,7 +77,7 @@ def test_variables_are_for_server_and_connection_settings_only() -> None:
 
 def test_defaults_are_values_of_their_type() -> None:
     for s in SETTINGS:
-        if s.default in (None, []) or isinstance(s.type, Flag):
+        if s.default in (None, [], "") or isinstance(s.type, Flag):
             continue
         shown = s.shown_default()
         assert shown is not None

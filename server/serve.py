@@ -30,6 +30,7 @@ from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
+from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness
@@ -87,12 +88,21 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args, attribute_headers, _announce))
 
 
+_SERVING = (
+    "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
+    "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d"
+)
+
+
 def _announce(ready: dict[str, Any]) -> None:
     """The one line that says the server is up (tests and scripts wait for it)."""
-    log.info(
-        "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-        "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d", ready, extra=ready,
-    )
+    if "not_ready" in ready:
+        log.warning(
+            _SERVING + " NOT READY: %(not_ready)s; decisions follow on_store_error until it "
+            "answers", ready, extra=ready,
+        )
+    else:
+        log.info(_SERVING, ready, extra=ready)
 
 
 async def _refresh_stores(metrics: Metrics, every: float = 5.0) -> None:
@@ -164,7 +174,9 @@ async def _serve(
                 max_age_seconds=args.activity_max_age,
             ),
             store_options=StoreOptions(
-                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
+                timeout=args.store_timeout,
+                max_reservations=args.max_reservations,
+                max_report_ids=args.max_report_ids,
             ),
         )
     except RulesError as exc:
@@ -208,12 +220,16 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
+    watch = HealthWatch(readiness, grpc_server.health, grpc_server.health_names)
+    store_ok, store_reason = await watch.start()
     ruleset = engine.ruleset
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
         "store": _redact(args.store), "workers": args.workers,
     }
+    if not store_ok:  # serving anyway: decisions follow on_store_error until the store answers
+        ready["not_ready"] = store_reason
     announce(ready)
     refresh = asyncio.create_task(_refresh_stores(metrics)) if metrics.shared else None
     await stop.wait()
@@ -221,6 +237,7 @@ async def _serve(
         refresh.cancel()
 
     log.info("shutting down: draining in-flight calls (grace %gs)", args.grace)
+    await watch.stop()
     readiness.drain()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)

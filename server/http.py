@@ -193,10 +193,17 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 async def start_http(
-    listen: str, app: web.Application, *, ssl_context: ssl.SSLContext | None = None
+    listen: str,
+    app: web.Application,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> HttpServer:
     """Serve ``app`` on ``HOST:PORT`` in the running loop, over TLS with ``ssl_context``;
-    ``OSError`` if it cannot bind."""
+    ``OSError`` if it cannot bind.
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, beside the other workers of
+    ``serve --workers N``."""
     host, port = _host_port(listen)
     limits = app[LIMITS]
     runner = _Runner(
@@ -211,7 +218,9 @@ async def start_http(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()

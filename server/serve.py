@@ -15,13 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from importlib import resources
+from multiprocessing import parent_process
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tollway.dsl import load as load_rules
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
 from tollway.policy.observer import Fanout, Observer
@@ -29,19 +34,16 @@ from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
-from .auth import Authenticator, AuthFileError
-from .decision_log import DecisionLog, open_sink
-from .exposure import assess
 from .grpc_auth import AuthInterceptor
 from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness, consequence
-from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
-from .reload import Reloader, Watched, fingerprint
-from .tls import ServerTls, TlsError, TlsFiles
+from .reload import Reloader, fingerprint
+from .startup import Refused, Setup, check_exposure, decision_log, prepare
+from .workers import check_workers, die_with_parent, supervise
 
 __all__ = ["run", "builtin_rules"]
 
@@ -72,137 +74,123 @@ def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
     return code
 
 
-class _Refused(Exception):
-    """``serve`` will not start; the message is the one line to print, ``code`` the exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class _Security:
-    """What ``run`` prepares before the event loop starts (and may refuse to start for)."""
-
-    tls: ServerTls | None
-    auth: Authenticator | None
-    store_password: str | None = None
-    attribute_headers: dict[str, str] = field(default_factory=dict)
-
-    def watched(self) -> list[Watched]:
-        """The files reloaded with the rules."""
-        out = []
-        if self.auth is not None:
-            out.append(Watched("tokens", (self.auth.path,), self.auth.reload))
-        if self.tls is not None:
-            out.append(Watched("certificates", self.tls.files.paths, self.tls.reload))
-        return out
-
-
-def _security(args: argparse.Namespace) -> _Security:
-    """TLS, tokens and the exposure check; raises ``_Refused``."""
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise _Refused("--tls-cert and --tls-key go together: give both or neither", 2)
-    if args.tls_client_ca and not args.tls_cert:
-        raise _Refused("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS first)", 2)
-    try:
-        tls = (
-            ServerTls(TlsFiles(
-                Path(args.tls_cert), Path(args.tls_key),
-                Path(args.tls_client_ca) if args.tls_client_ca else None,
-            ))
-            if args.tls_cert
-            else None
-        )
-        auth = (
-            Authenticator(args.auth, client_certificates=tls is not None and tls.mutual)
-            if args.auth
-            else None
-        )
-    except (AuthFileError, TlsError) as exc:
-        raise _Refused(str(exc)) from None
-    http = args.http if args.http and args.http.lower() != "off" else ""
-    if http.startswith(":"):
-        http = "127.0.0.1" + http  # the HTTP port binds an empty host to loopback
-    exposure = assess(
-        {"--listen": args.listen, "--http": http},
-        auth=auth is not None, tls=tls is not None, insecure=args.insecure,
-    )
-    if exposure.refusal is not None:
-        raise _Refused(exposure.refusal, 2)
-    for warning in exposure.warnings:
-        log.warning("%s", warning)
-    return _Security(tls, auth)
-
-
-def _store_password(args: argparse.Namespace) -> str | None:
-    """The store's password: ``--store-password-file`` (read when the flags were parsed)
-    or ``TOLLWAY_STORE_PASSWORD``, never both, and only for a Redis store."""
-    if args.store_password_file is not None and args.store_password is not None:
-        raise _Refused(
-            "--store-password-file and TOLLWAY_STORE_PASSWORD both give a password; give one",
-            2,
-        )
-    password: str | None = args.store_password_file or args.store_password
-    if password is not None and args.store == "memory":
-        raise _Refused("a store password is for a Redis store, and --store is memory", 2)
-    return password
-
-
 def run(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format, sys.stderr)
+    refused = check_workers(args.workers, args.store, args.listen)
+    if refused is not None:
+        print(f"tollway serve: {refused}", file=sys.stderr)
+        return 2
     try:
-        attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
-    except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
-        return _fail(args, str(exc), 2)
-    try:
-        security = replace(
-            _security(args), store_password=_store_password(args),
-            attribute_headers=attribute_headers,
-        )
-    except _Refused as exc:
+        setup = prepare(args)
+        check_exposure(args, setup)
+    except Refused as exc:
         return _fail(args, str(exc), exc.code)
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
-    return asyncio.run(_serve(args, security))
+    if args.workers > 1:
+        return _supervise(args)
+    return asyncio.run(_serve(args, setup, _announce))
 
 
-def _decision_log(args: argparse.Namespace, metrics: Metrics) -> DecisionLog | None:
-    if not args.decision_log:
-        return None
-    # repeated flags, each possibly a comma-separated list (as the variable is)
-    keys = frozenset(
-        k.strip() for item in args.decision_log_metadata for k in item.split(",") if k.strip()
-    )
+_SERVING = (
+    "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
+    "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d tls=%(tls)s auth=%(auth)s"
+)
+
+
+def _announce(ready: dict[str, Any]) -> None:
+    """The one line that says the server is up (tests and scripts wait for it)."""
+    if "not_ready" in ready:
+        ready = {**ready, "meanwhile": consequence(ready["not_ready"])}
+        log.warning(_SERVING + " NOT READY: %(not_ready)s; %(meanwhile)s", ready, extra=ready)
+    else:
+        log.info(_SERVING, ready, extra=ready)
+
+
+async def _refresh_stores(metrics: Metrics, every: float = 5.0) -> None:
+    """Under ``--workers N`` another worker may answer the scrape: keep this worker's store
+    sizes in the shared metrics fresh."""
+    while True:
+        await asyncio.sleep(every)
+        metrics.refresh_stores()
+
+
+def _rules_failed(args: argparse.Namespace, exc: RulesError) -> int:
+    for d in exc.errors:
+        if args.log_format == "json":
+            log.error("%s", d.render())
+        else:
+            print(d.render(), file=sys.stderr)
+    return _fail(args, f"{len(exc.errors)} error(s) in {args.rules}; not starting")
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``--workers N``: reserve the ports and run N worker processes (``workers.py``)."""
+    try:  # once here, so that broken rules are reported once, not by every worker
+        load_rules(args.rules)
+    except RulesError as exc:
+        return _rules_failed(args, exc)
     try:
-        sink = open_sink(
-            args.decision_log, max_mb=args.decision_log_max_mb, keep=args.decision_log_keep
-        )
-    except OSError as exc:
-        raise _Refused(f"--decision-log {args.decision_log}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise _Refused(str(exc), 2) from None
-    return DecisionLog(sink, metadata_keys=keys, on_dropped=metrics.decision_log_line_dropped)
+        return supervise(args, _worker, _announce)
+    except OSError as exc:  # a port could not be reserved
+        return _fail(args, str(exc))
 
 
-async def _serve(args: argparse.Namespace, security: _Security) -> int:
+def _worker(args: argparse.Namespace, index: int, ready: Connection) -> None:
+    """One worker process of ``--workers N`` (started by ``spawn``): a whole server on the
+    ports the supervisor reserved, that tells it over ``ready`` once it serves."""
+    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor alone, which passes it on
+    die_with_parent()
+    parent = parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        raise SystemExit(1)  # the supervisor died before the line above could notice
+    configure(args.log_level, args.log_format, sys.stderr)
+    try:  # the supervisor prepared the same once: this refuses only what changed since
+        setup = prepare(args)
+    except Refused as exc:
+        raise SystemExit(_fail(args, str(exc), exc.code)) from None
+
+    def report(serving: dict[str, Any]) -> None:
+        log.debug("worker %d (pid %d) ready", index, os.getpid())
+        ready.send(serving)
+        ready.close()
+
+    code = asyncio.run(_serve(args, setup, report, reuse_port=True, worker=index))
+    raise SystemExit(code)
+
+
+async def _serve(
+    args: argparse.Namespace,
+    setup: Setup,
+    announce: Callable[[dict[str, Any]], None],
+    *,
+    reuse_port: bool = False,
+    worker: int | None = None,
+) -> int:
     metrics = Metrics(max_label_values=args.max_label_values)
     try:
-        decisions = _decision_log(args, metrics)
-    except _Refused as exc:
+        decisions = decision_log(args, metrics, worker)
+    except Refused as exc:
         return _fail(args, str(exc), exc.code)
     if decisions is None:
-        return await _serve_engine(args, security, metrics, metrics)
+        return await _serve_engine(args, setup, announce, metrics, metrics, reuse_port)
     decisions.start()
     try:
-        return await _serve_engine(args, security, metrics, Fanout(metrics, decisions))
+        return await _serve_engine(
+            args, setup, announce, metrics, Fanout(metrics, decisions), reuse_port
+        )
     finally:
         decisions.close()  # every line buffered so far is written
 
 
 async def _serve_engine(
-    args: argparse.Namespace, security: _Security, metrics: Metrics, observer: Observer
+    args: argparse.Namespace,
+    setup: Setup,
+    announce: Callable[[dict[str, Any]], None],
+    metrics: Metrics,
+    observer: Observer,
+    reuse_port: bool,
 ) -> int:
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
@@ -219,16 +207,11 @@ async def _serve_engine(
                 timeout=args.store_timeout,
                 max_reservations=args.max_reservations,
                 max_report_ids=args.max_report_ids,
-                password=security.store_password,
+                password=setup.store_password,
             ),
         )
     except RulesError as exc:
-        for d in exc.errors:
-            if args.log_format == "json":
-                log.error("%s", d.render())
-            else:
-                print(d.render(), file=sys.stderr)
-        return _fail(args, f"{len(exc.errors)} error(s) in {args.rules}; not starting")
+        return _rules_failed(args, exc)
     except (ValueError, OSError) as exc:
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
@@ -239,16 +222,16 @@ async def _serve_engine(
     readiness = Readiness(engine)
     reloader = Reloader(
         engine, args.rules, metrics, interval=args.reload_interval, initial=seen,
-        watched=security.watched(),
+        watched=setup.watched(),
     )
     http: HttpServer | None = None
     try:
         interceptors = (
-            (AuthInterceptor(security.auth, metrics.auth_failed),) if security.auth else ()
+            (AuthInterceptor(setup.auth, metrics.auth_failed),) if setup.auth else ()
         )
         grpc_server = await start_grpc(
-            engine, args.listen, attribute_headers=security.attribute_headers,
-            tls=security.tls, interceptors=interceptors,
+            engine, args.listen, attribute_headers=setup.attribute_headers, tls=setup.tls,
+            interceptors=interceptors, reuse_port=reuse_port,
         )
     except OSError as exc:
         engine.close()
@@ -258,10 +241,12 @@ async def _serve_engine(
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
             app = build_app(
                 engine, metrics, readiness, limits=limits, reloads=reloader.status,
-                auth=security.auth,
+                auth=setup.auth,
             )
-            ssl_context = security.tls.ssl_context() if security.tls else None
-            http = await start_http(args.http, app, ssl_context=ssl_context)
+            ssl_context = setup.tls.ssl_context() if setup.tls else None
+            http = await start_http(
+                args.http, app, ssl_context=ssl_context, reuse_port=reuse_port
+            )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()
@@ -280,21 +265,15 @@ async def _serve_engine(
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
-        "store": _redact(args.store),
-        "tls": ("mtls" if security.tls.mutual else "on") if security.tls else "off",
-        "auth": "on" if security.auth else "off",
+        "store": _redact(args.store), "workers": args.workers, **setup.shown,
     }
-    line = (
-        "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-        "rule_count=%(rule_count)d store=%(store)s tls=%(tls)s auth=%(auth)s"
-    )
-    if store_ok:
-        log.info(line, ready, extra=ready)
-    else:  # serving anyway: the log says what decisions do until the store is back
+    if not store_ok:  # serving anyway: the start line says what decisions do meanwhile
         ready["not_ready"] = store_reason
-        ready["meanwhile"] = consequence(store_reason)
-        log.warning(line + " NOT READY: %(not_ready)s; %(meanwhile)s", ready, extra=ready)
+    announce(ready)
+    refresh = asyncio.create_task(_refresh_stores(metrics)) if metrics.shared else None
     await stop.wait()
+    if refresh is not None:
+        refresh.cancel()
 
     log.info("shutting down: draining in-flight calls (grace %gs)", args.grace)
     await watch.stop()

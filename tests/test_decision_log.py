@@ -149,3 +149,36 @@ def test_tollway_serve_writes_the_decision_log_and_flushes_on_sigterm(tmp_path: 
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["request_id"] for r in records] == [f"r{i}" for i in range(5)]
     assert records[0]["metadata"]["user"] == {"email": "x@y.z", "region": "eu"}
+
+
+def test_each_worker_writes_its_own_log_and_checks_the_same_tokens(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """``--workers 2``: two processes never rotate one file; both enforce ``--auth``."""
+    from tollway.server.auth import new_token, token_block
+
+    token = new_token()
+    auth = tmp_path / "tokens.toml"
+    auth.write_text(token_block("gw", ["decide"], token))
+    path = tmp_path / "decisions.jsonl"
+    with tollway_serve(write_rules(tmp_path, RULES), "--workers", "2", "--store", redis_url,
+                       "--key-prefix", f"tollway-test:dlog-{tmp_path.name}:",
+                       "--auth", str(auth), "--decision-log", str(path)) as served:
+        served.wait_for_line("auth=on")
+        for i in range(30):  # a connection each: the kernel spreads them over the workers
+            with grpc.insecure_channel(served.grpc) as channel:
+                stub = pb_grpc.TollwayStub(channel)
+                stub.Decide(pb.DecideRequest(request_id=f"r{i}", model="m"),
+                            metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+                try:
+                    stub.Decide(pb.DecideRequest(model="m"), timeout=10)
+                    raise AssertionError("a call without a token was served")
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 0
+    files = sorted(p.name for p in tmp_path.glob("decisions*"))
+    assert files == ["decisions-w1.jsonl", "decisions-w2.jsonl"]
+    ids = [json.loads(line)["request_id"]
+           for name in files for line in (tmp_path / name).read_text().splitlines()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(30))

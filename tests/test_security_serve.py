@@ -324,11 +324,11 @@ def test_insecure_and_auth_without_tls_start_with_a_warning(tmp_path: Path) -> N
 )
 def test_unusable_security_flags_stop_the_server(flags: tuple[str, ...], message: str) -> None:
     from tollway.server.cli import parse_args
-    from tollway.server.serve import _Refused, _security
+    from tollway.server.startup import Refused, check_exposure, prepare
 
     args = parse_args(["serve", "--listen", "127.0.0.1:0", *flags], {})
-    with pytest.raises(_Refused) as err:
-        _security(args)
+    with pytest.raises(Refused) as err:
+        check_exposure(args, prepare(args))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -92,21 +92,21 @@ def test_the_password_is_given_once_and_only_for_redis(tmp_path: Path) -> None:
     from tollway import Engine
     from tollway.policy.stores import StoreOptions
     from tollway.server.cli import parse_args
-    from tollway.server.serve import _Refused, _store_password
+    from tollway.server.startup import Refused, store_password
 
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
     redis_url = ["--store", "redis://127.0.0.1:1/0"]
     file_flag = ["--store-password-file", str(secret)]
-    assert _store_password(parse_args(["serve", *redis_url, *file_flag], {})) == "from-file"
+    assert store_password(parse_args(["serve", *redis_url, *file_flag], {})) == "from-file"
     env = {"TOLLWAY_STORE_PASSWORD": "from-env"}
-    assert _store_password(parse_args(["serve", *redis_url], env)) == "from-env"
+    assert store_password(parse_args(["serve", *redis_url], env)) == "from-env"
     for argv, environ, message in (
         ([*redis_url, *file_flag], env, "give one"),
         ([], env, "for a Redis store"),
     ):
-        with pytest.raises(_Refused, match=message):
-            _store_password(parse_args(["serve", *argv], environ))
+        with pytest.raises(Refused, match=message):
+            store_password(parse_args(["serve", *argv], environ))
     with pytest.raises(ValueError, match="give it once") as err:
         Engine.from_text("default allow", store="redis://:inurl@127.0.0.1:1/0",
                          store_options=StoreOptions(password="from-file"))

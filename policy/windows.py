@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import cast
 
-from tollway.dsl.ast import Window
+from tollway.dsl.ast import CALENDARS, Window
 
 from .stores.base import CounterSpec, CounterState
 
@@ -69,7 +69,6 @@ MAX_UNITS = 2**53 - 1
 # Tolerance (in units) for float noise when converting: 0.0031 * 1e6 is 3100.0000000000005.
 _EPSILON = 1e-6
 _SCALES = {"cost": 1_000_000}
-_CALENDARS = ("day", "week", "month")
 
 
 # ------------------------------------------------------------------ sliding windows
@@ -134,7 +133,7 @@ def _period_of_day(kind: str, day_number: int) -> Period:
         first = today.replace(day=1)
         following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
         return Period(f"{first.year:04d}-{first.month:02d}", _unix(first), _unix(following))
-    raise ValueError(f"unknown calendar window {kind!r}: expected one of {', '.join(_CALENDARS)}")
+    raise ValueError(f"unknown calendar window {kind!r}: expected one of {', '.join(CALENDARS)}")
 
 
 # ------------------------------------------------------------------------- slots
@@ -170,7 +169,7 @@ def _check_window(window: Window) -> None:
     if window.seconds is not None:
         if window.seconds < 1:
             raise ValueError(f"window {window.text or window.seconds!r}: must be at least 1s")
-    elif window.calendar not in _CALENDARS:
+    elif window.calendar not in CALENDARS:
         raise ValueError(f"window {window.text!r}: neither a duration nor day/week/month")
 
 
@@ -249,10 +248,10 @@ def amount_units(amount: float, metric: str, what: str = "amount") -> int:
     """An amount in integer units, rounded up. Raises ValueError for NaN, negatives, overflow."""
     if not math.isfinite(amount) or amount < 0:
         raise ValueError(f"{what}: must be a finite number >= 0, got {amount!r}")
-    units = max(0, math.ceil(amount * metric_scale(metric) - _EPSILON))
-    if units > MAX_UNITS:
+    scaled = amount * metric_scale(metric) - _EPSILON
+    if scaled > MAX_UNITS:  # also inf, which ceil() could not convert
         raise ValueError(f"{what}: {amount!r} is too large for a {metric} counter")
-    return units
+    return max(0, math.ceil(scaled))
 
 
 def limit_units(limit: float, metric: str, what: str = "limit") -> int:

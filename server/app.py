@@ -1,4 +1,4 @@
-"""Build, start and stop the grpc.aio server: the Tollway service, health and reflection.
+"""Build, start and stop the grpc.aio server: the Tollway and Envoy services, health, reflection.
 
 Health and reflection are wired in one function; shutdown turns health to NOT_SERVING
 before ``server.stop(grace)`` drains in-flight calls, so load balancers stop sending
@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,7 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from .decoding import DecodeGuard
+from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
@@ -47,11 +49,14 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
     ]
 
 
-async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthServicer:
-    """Register health (SERVING for "" and the Tollway service) and reflection."""
+async def configure_maintenance(
+    server: grpc.aio.Server, extra_services: Sequence[str] = ()
+) -> health.aio.HealthServicer:
+    """Register health (SERVING for "", the Tollway service and ``extra_services``) and
+    reflection over all of them."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    services = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+    services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
     for name in ("", *services):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
@@ -126,14 +131,21 @@ async def start_grpc(
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_workers: int = 32,
+    attribute_headers: Mapping[str, str] | None = None,
 ) -> GrpcServer:
-    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind."""
+    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
+
+    One port serves ``tollway.v1.Tollway`` and Envoy's ext_authz, ext_proc and rate-limit
+    services, all over ``engine``; ``attribute_headers`` (header -> attribute) tells the
+    Envoy services which request headers become attributes.
+    """
     server = grpc.aio.server(
         options=server_options(max_message_bytes), interceptors=(DecodeGuard(),)
     )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
-    health_servicer = await configure_maintenance(server)
+    envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
+    health_servicer = await configure_maintenance(server, envoy)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind

@@ -1,6 +1,6 @@
 """The ``tollway.v1.Tollway`` servicer: translate, delegate to the one ``Engine``, translate back.
 
-No business logic lives here. Errors become status codes in one place (``_rpc``):
+No business logic lives here. Errors become status codes in one place (``rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
 an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE, anything else ->
 INTERNAL with a generic message and the traceback in the log.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -22,9 +21,9 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import convert, usage_convert
-from .offload import Offload
+from .engine_calls import EngineCalls
 
-__all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
+__all__ = ["TollwayService", "NotFound", "SERVICE_NAME", "rpc"]
 
 log = logging.getLogger("tollway.server")
 
@@ -39,16 +38,19 @@ class NotFound(LookupError):
     """The named entity or usage record does not exist."""
 
 
-def _rpc(
+def rpc(
     method: Callable[Concatenate[S, Any, grpc.aio.ServicerContext, P], Awaitable[R]],
 ) -> Callable[Concatenate[S, Any, grpc.aio.ServicerContext, P], Awaitable[R]]:
-    """Map exceptions to status codes; the only try/except of the servicer."""
+    """Map exceptions to status codes: the only try/except of every servicer of the port.
+
+    The servicer holds its ``EngineCalls`` as ``calls``; each call is noted there first.
+    """
 
     @functools.wraps(method)
     async def wrapper(
         self: S, request: Any, context: grpc.aio.ServicerContext, *args: P.args, **kw: P.kwargs
     ) -> R:
-        self.last_call = time.monotonic()  # type: ignore[attr-defined]
+        self.calls.touch()  # type: ignore[attr-defined]
         try:
             return await method(self, request, context, *args, **kw)
         except grpc.aio.AbortError:
@@ -69,54 +71,51 @@ def _rpc(
 
 
 class TollwayService(pb_grpc.TollwayServicer):
-    """The gRPC face of an ``Engine``.
-
-    When ``engine.blocking`` (a networked store), engine calls run in a bounded thread
-    pool so the event loop keeps accepting calls; otherwise they run inline, which is
-    cheaper than a thread hop for microsecond-long decisions.
-    """
+    """The gRPC face of an ``Engine``; its ``calls`` run the engine for every service."""
 
     def __init__(self, engine: Engine, *, max_workers: int = 32) -> None:
         self._engine = engine
-        self.last_call = 0.0  # monotonic time the latest call started (the drain watches it)
-        self._call = Offload(
-            threads=max_workers, name="tollway-engine", inline=not engine.blocking
-        )
+        self.calls = EngineCalls(engine, max_workers=max_workers)
+
+    @property
+    def last_call(self) -> float:
+        """Monotonic time the latest call of any service started (the drain watches it)."""
+        return self.calls.last_call
 
     def close(self) -> None:
-        self._call.close()
+        self.calls.close()
 
     # ------------------------------------------------------------------ RPCs
 
-    @_rpc
+    @rpc
     async def Decide(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Decision:
-        decision = await self._call(self._engine.decide, convert.to_decide_request(request))
+        decision = await self.calls(self._engine.decide, convert.to_decide_request(request))
         return convert.decision_to_proto(decision)
 
-    @_rpc
+    @rpc
     async def Report(
         self, request: pb.UsageReport, context: grpc.aio.ServicerContext
     ) -> pb.ReportAck:
-        ack = await self._call(self._engine.report, convert.usage_report(request))
+        ack = await self.calls(self._engine.report, convert.usage_report(request))
         return convert.ack_to_proto(ack)
 
-    @_rpc
+    @rpc
     async def Explain(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Explanation:
-        explanation = await self._call(self._engine.explain, convert.to_decide_request(request))
+        explanation = await self.calls(self._engine.explain, convert.to_decide_request(request))
         return convert.explanation_to_proto(explanation)
 
-    @_rpc
+    @rpc
     async def UpsertEntity(
         self, request: pb.UpsertEntityRequest, context: grpc.aio.ServicerContext
     ) -> pb.EntityInfo:
         metadata = (
             convert.struct_to_dict(request.metadata) if request.HasField("metadata") else None
         )
-        view = await self._call(
+        view = await self.calls(
             self._engine.upsert_entity,
             request.kind,
             request.id,
@@ -126,29 +125,29 @@ class TollwayService(pb_grpc.TollwayServicer):
         )
         return convert.entity_to_proto(view)
 
-    @_rpc
+    @rpc
     async def GetEntity(
         self, request: pb.GetEntityRequest, context: grpc.aio.ServicerContext
     ) -> pb.EntityInfo:
-        view = await self._call(self._engine.get_entity, request.kind, request.id)
+        view = await self.calls(self._engine.get_entity, request.kind, request.id)
         if view is None:
             raise NotFound(f"no {request.kind} with id {request.id!r}")
         return convert.entity_to_proto(view)
 
-    @_rpc
+    @rpc
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
         kind, ident = usage_convert.get_request(request)
-        detail = await self._call(self._engine.get_usage, kind, ident)
+        detail = await self.calls(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
         return usage_convert.detail_to_proto(detail)
 
-    @_rpc
+    @rpc
     async def ListUsage(
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
         query = usage_convert.list_request(request)  # names a bad parameter in its ValueError
-        page = await self._call(self._engine.list_usage, query)
+        page = await self.calls(self._engine.list_usage, query)
         return usage_convert.page_to_proto(page)

@@ -27,6 +27,7 @@ from .app import start_grpc
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness
+from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
@@ -65,10 +66,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
-    return asyncio.run(_serve(args))
+    try:
+        attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
+    except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, attribute_headers))
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) -> int:
     metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
@@ -100,9 +106,12 @@ async def _serve(args: argparse.Namespace) -> int:
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)
+    reloader = Reloader(
+        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
+    )
     http: HttpServer | None = None
     try:
-        grpc_server = await start_grpc(engine, args.listen)
+        grpc_server = await start_grpc(engine, args.listen, attribute_headers=attribute_headers)
     except OSError as exc:
         engine.close()
         return _fail(args, str(exc))
@@ -110,16 +119,14 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.http and args.http.lower() != "off":
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
             http = await start_http(
-                args.http, build_app(engine, metrics, readiness, limits=limits)
+                args.http,
+                build_app(engine, metrics, readiness, limits=limits, reloads=reloader.status),
             )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()
         return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
-    reloader = Reloader(
-        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
-    )
     reloader.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -26,6 +26,7 @@ from .setting_types import (
     Duration,
     FilePath,
     Flag,
+    HeaderAttribute,
     Integer,
     Text,
     ValueType,
@@ -87,7 +88,7 @@ class Setting:
     def shown_default(self) -> str | None:
         if self.default_text is not None:
             return self.default_text
-        if self.default is None or self.default is False or self.default == []:
+        if self.default in (None, False, [], ""):
             return None
         if self.repeated:
             return self.separator.join(self.type.show(v) for v in self.default)
@@ -203,6 +204,11 @@ SETTINGS: tuple[Setting, ...] = (
         "metric label values taken from clients (models, report statuses) kept as their "
         "own series beyond those the rules name; later ones are counted as 'other'",
         (SERVE,),
+    ),
+    Setting(
+        "attribute-header", HeaderAttribute(), [], "TOLLWAY_ATTRIBUTE_HEADER",
+        "an HTTP request header the Envoy services give the rules as request.ATTRIBUTE, "
+        "e.g. x-team=team (repeatable)", (SERVE,), repeated=True,
     ),
     Setting(
         "log-level", Choice(("debug", "info", "warning", "error")), "info",

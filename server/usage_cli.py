@@ -14,6 +14,8 @@ import json
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,7 +31,7 @@ from .csv_export import Cell, CsvEncoder
 from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
 from .usage_view import Line, detail_lines, page_lines, page_summary
 
-__all__ = ["run", "next_page_command", "LISTING_FLAGS"]
+__all__ = ["run"]
 
 TIMEOUT = 10.0
 # flags of a listing that the next page keeps, in the order the hint writes them
@@ -81,36 +83,45 @@ def _json_page(page: UsagePage) -> dict[str, Any]:
     }
 
 
-def _csv(header: tuple[str, ...], rows: list[list[Cell]]) -> None:
-    sys.stdout.write(CsvEncoder().encode([header, *rows]).decode())
+@dataclass(frozen=True)
+class _View:
+    """One answer in every form: JSON, CSV, and lines for a terminal or a pipe."""
+
+    json: Any
+    csv_header: tuple[str, ...]
+    csv_rows: list[list[Cell]]
+    lines: Callable[[int | None], list[Line]]  # given the terminal's width, or None
+    notes: tuple[str, ...] = ()  # about the output: the page, the next page
 
 
-def _show_page(page: UsagePage, args: argparse.Namespace) -> None:
+def _show(view: _View, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(_json_page(page), indent=2, ensure_ascii=False))
-        return
-    if args.csv:
-        _csv(RECORD_COLUMNS, [record_row(r) for r in page.results])
-        return
-    tty = sys.stdout.isatty()
-    console = Console(highlight=False) if tty else None
-    width = shutil.get_terminal_size().columns if tty else None
-    _emit(page_lines(page, width), console)
-    _note(page_summary(page), console)
+        print(json.dumps(view.json, indent=2, ensure_ascii=False))
+    elif args.csv:
+        sys.stdout.write(CsvEncoder().encode([view.csv_header, *view.csv_rows]).decode())
+    else:
+        tty = sys.stdout.isatty()
+        console = Console(highlight=False) if tty else None
+        _emit(view.lines(shutil.get_terminal_size().columns if tty else None), console)
+        for note in view.notes:
+            _note(note, console)
+
+
+def _page_view(page: UsagePage, args: argparse.Namespace) -> _View:
+    notes = [page_summary(page)]
     if page.next is not None:  # one line of its own: a command to copy, never broken
-        _note(f"next page: {next_page_command(args, page.next)}", console)
+        notes.append(f"next page: {next_page_command(args, page.next)}")
+    return _View(
+        _json_page(page), RECORD_COLUMNS, [record_row(r) for r in page.results],
+        lambda width: page_lines(page, width), tuple(notes),
+    )
 
 
-def _show_detail(detail: UsageDetail, args: argparse.Namespace) -> None:
-    if args.json:
-        print(json.dumps(detail.to_dict(), indent=2, ensure_ascii=False))
-        return
-    if args.csv:
-        _csv(ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports])
-        return
-    tty = sys.stdout.isatty()
-    console = Console(highlight=False) if tty else None
-    _emit(detail_lines(detail, shutil.get_terminal_size().columns if tty else None), console)
+def _detail_view(detail: UsageDetail) -> _View:
+    return _View(
+        detail.to_dict(), ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports],
+        lambda width: detail_lines(detail, width),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
         stub = pb_grpc.TollwayStub(channel)
         if subject is not None:
             reply = stub.GetUsage(usage_convert.get_request_to_proto(*subject), timeout=TIMEOUT)
-            _show_detail(usage_convert.detail_from_proto(reply), args)
+            _show(_detail_view(usage_convert.detail_from_proto(reply)), args)
         else:
             listing = stub.ListUsage(usage_convert.list_request_to_proto(query), timeout=TIMEOUT)
-            _show_page(usage_convert.page_from_proto(listing, query), args)
+            _show(_page_view(usage_convert.page_from_proto(listing, query), args), args)
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc, args.server))
     finally:

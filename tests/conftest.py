@@ -13,10 +13,18 @@ Fixtures
 ``redis_server`` (function)
     A private ``RedisServer`` for fault tests, always its own process even when
     ``TOLLWAY_TEST_REDIS_URL`` is set: ``.url``, ``.port``, ``.kill()`` (SIGKILL),
-    ``.start()`` (again on the same port), ``.restart()``, ``.pause()``/``.resume()``
+    ``.start()`` (again on the same port), ``.pause()``/``.resume()``
     (SIGSTOP/SIGCONT: a stalled server), ``.client()``.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
+``backend`` (function, parametrized)
+    Runs the test twice: on ``"memory"``, and on Redis (marked ``redis``). A ``Backend``
+    has ``.name``, ``.store`` (``"memory"`` or the Redis URL, what ``Engine(store=…)``
+    takes) and ``.prefix()`` (a fresh key prefix on each call). Tests build their store,
+    engine or server from it, so the memory/Redis choice is made here once.
+
+Every test that uses a Redis fixture (directly or through another fixture) carries the
+``redis`` marker, so ``pytest -m "not redis"`` runs exactly the tests that need no Redis.
 """
 
 from __future__ import annotations
@@ -34,8 +42,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from backends import Backend
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
+_REDIS_FIXTURES = frozenset({"redis_url", "redis_prefix", "redis_server", "redis_server_factory"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
 
 
 def _free_port() -> int:
@@ -140,10 +157,6 @@ class RedisServer:
         if self._process is not None:
             self._process.send_signal(signal.SIGCONT)
 
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
 
 @pytest.fixture(scope="session")
 def redis_server_factory() -> Iterator[Callable[[], RedisServer]]:
@@ -199,3 +212,12 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "memory":
+        return Backend("memory", "memory")
+    return Backend(
+        "redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    )

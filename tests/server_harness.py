@@ -111,8 +111,9 @@ class ServerThread(LoopThread):
         self.engine = engine
         self.server: GrpcServer | None = None
 
-    def start(self, listen: str = "127.0.0.1:0") -> str:
-        self.server = self.run(start_grpc(self.engine, listen))
+    def start(self, listen: str = "127.0.0.1:0", **options: Any) -> str:
+        """Serve on ``listen``; ``options`` go to ``start_grpc`` (``attribute_headers``, …)."""
+        self.server = self.run(start_grpc(self.engine, listen, **options))
         return self.server.address
 
     def stop(self, grace: float = 1.0) -> None:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from backends import Backend
 
 from tollway import Engine
 from tollway.policy.usage import SORT_FIELDS
@@ -47,20 +48,19 @@ rule banned {
 Make = Callable[[str], list[Engine]]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make(request: pytest.FixtureRequest) -> Iterator[Make]:
+@pytest.fixture
+def make(backend: Backend) -> Iterator[Make]:
     """``make(rules)``: two engines on one store (two replicas on Redis, the same engine
     twice in memory)."""
     made: list[Engine] = []
 
     def factory(rules: str) -> list[Engine]:
-        if request.param == "memory":
+        if backend.name == "memory":
             e = Engine.from_text(rules, store="memory")
             made.append(e)
             return [e, e]
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix") + f"{len(made)}:"
-        pair = [Engine.from_text(rules, store=url, key_prefix=prefix) for _ in range(2)]
+        prefix = backend.prefix()
+        pair = [Engine.from_text(rules, store=backend.store, key_prefix=prefix) for _ in range(2)]
         made.extend(pair)
         return pair
 

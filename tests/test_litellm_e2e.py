@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI
+from fake_openai import USAGE, FakeOpenAI
 from server_harness import Served, import_or_skip, tollway_serve
 
 from tollway.client import Client
@@ -33,6 +33,7 @@ from tollway.policy.usage import UsageDetail
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "litellm"
 MASTER_KEY = "sk-tollway-e2e"
+TOKENS = (USAGE["prompt_tokens"], USAGE["completion_tokens"])  # what every upstream answer used
 T = TypeVar("T")
 
 
@@ -76,7 +77,8 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     command = _litellm_command()
-    upstream = FakeOpenAI().start()
+    upstream = FakeOpenAI()
+    upstream.start()
     log = tmp_path_factory.mktemp("litellm") / "proxy.log"
     port = _free_port()
     with tollway_serve(EXAMPLE / "policy.rules") as served:
@@ -127,13 +129,15 @@ def _until(what: str, probe: Callable[[], T | None], stack: Stack, timeout: floa
     return found
 
 
-def _usage(stack: Stack, kind: str, ident: str, requests: int = 1) -> UsageDetail:
+def _usage(stack: Stack, kind: str, ident: str, reports: int = 1) -> UsageDetail:
+    """The usage of a user or group once ``reports`` reports landed (``Decide`` alone
+    already counts the request, without tokens)."""
     with Client(stack.tollway.grpc, admin_timeout=10) as tollway:
         def probe() -> UsageDetail | None:
             detail = tollway.get_usage(kind, ident)
-            return detail if detail is not None and detail.usage.request_count >= requests else None
+            return detail if detail is not None and len(detail.recent_reports) >= reports else None
 
-        return _until(f"usage of {kind} {ident}", probe, stack)
+        return _until(f"{reports} report(s) for {kind} {ident}", probe, stack)
 
 
 def _tollway_identity(user: str, **metadata: Any) -> dict[str, str]:
@@ -159,8 +163,8 @@ def _uid(prefix: str) -> str:
 def test_a_route_rewrites_the_model_the_upstream_is_asked_for(stack: Stack) -> None:
     user, marker = _uid("trial"), _uid("route")
     raw = _ask(stack.openai(), text=marker, metadata=_tollway_identity(user, tier="trial"))
-    assert raw.parse().choices[0].message.content == "Hello from the fake upstream."
-    [call] = stack.upstream.calls_for(marker)
+    assert raw.parse().choices[0].message.content == "Hello from the fake upstream"
+    [call] = stack.upstream.seen_with(marker)
     assert call.model == "gpt-4.1-mini"  # asked for openai/gpt-5, routed by the trial rule
     assert not {"metadata", "litellm_metadata", "tollway_decision"} & set(call.body)
     detail = _usage(stack, "user", user)
@@ -191,7 +195,7 @@ def test_a_suspended_user_is_permission_denied(stack: Stack) -> None:
         _ask(stack.openai(), text=marker, metadata=_tollway_identity(_uid("s"), status="suspended"))
     assert refused.value.status_code == 403
     assert "account suspended" in refused.value.message
-    assert stack.upstream.calls_for(marker) == []
+    assert stack.upstream.seen_with(marker) == []
 
 
 def test_tokens_and_litellms_cost_land_for_the_user_and_the_group(stack: Stack) -> None:
@@ -201,7 +205,7 @@ def test_tokens_and_litellms_cost_land_for_the_user_and_the_group(stack: Stack) 
     assert cost > 0
     for kind, ident in (("user", user), ("group", group)):
         usage = _usage(stack, kind, ident).usage
-        assert (usage.input_tokens, usage.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+        assert (usage.input_tokens, usage.output_tokens) == TOKENS
         assert usage.total_cost == pytest.approx(cost, rel=1e-6)
         assert usage.total_duration > 0
     event = _usage(stack, "user", user).recent_reports[0]
@@ -216,11 +220,9 @@ def test_a_streamed_call_is_reported_once(stack: Stack) -> None:
         stream=True, stream_options={"include_usage": True},
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text == "Hello from the fake upstream."
+    assert text == "Hello from the fake upstream"
     usage = _usage(stack, "user", user).usage
-    assert (usage.request_count, usage.input_tokens, usage.output_tokens) == (
-        1, PROMPT_TOKENS, COMPLETION_TOKENS,
-    )
+    assert (usage.request_count, usage.input_tokens, usage.output_tokens) == (1, *TOKENS)
     # a later call's report lands after any report the stream could still send
     _ask(stack.openai(), user=sentinel)
     _usage(stack, "user", sentinel)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from backends import Backend
 from server_harness import serving, write_rules
 
 from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
@@ -29,13 +30,10 @@ rule everyone { enforce calls, tokens, spend, team_spend }
 """
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def stub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pb_grpc.TollwayStub]:
-    store, prefix = "memory", "tollway:"
-    if request.param == "redis":
-        store = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-    with serving(write_rules(tmp_path, RULES), store=store, key_prefix=prefix) as (s, _, _):
+@pytest.fixture
+def stub(backend: Backend, tmp_path: Path) -> Iterator[pb_grpc.TollwayStub]:
+    rules = write_rules(tmp_path, RULES)
+    with serving(rules, store=backend.store, key_prefix=backend.prefix()) as (s, _, _):
         yield s
 
 

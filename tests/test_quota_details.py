@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from backends import Backend
 
 from tollway import Engine
 
@@ -26,22 +27,19 @@ rule cheap { when user.plan == "cheap" enforce pennies }
 T0 = 1_800_000_030.5  # 2027-01-15T08:00:30.5Z: mid-bucket
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def engine_and_clock(
-    request: pytest.FixtureRequest,
-) -> Iterator[tuple[Engine, Callable[[], float]]]:
-    if request.param == "memory":
+@pytest.fixture
+def engine_and_clock(backend: Backend) -> Iterator[tuple[Engine, Callable[[], float]]]:
+    if backend.name == "memory":
         e = Engine.from_text(RULES, store="memory", clock=lambda: T0)
         yield e, lambda: T0
     else:
-        url = request.getfixturevalue("redis_url")
-        client = redis.Redis.from_url(url)
+        client = redis.Redis.from_url(backend.store)
 
         def redis_now() -> float:
             sec, usec = client.time()
             return sec + usec / 1e6
 
-        e = Engine.from_text(RULES, store=url, key_prefix=request.getfixturevalue("redis_prefix"))
+        e = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix())
         yield e, redis_now
         client.close()
     e.close()

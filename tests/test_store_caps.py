@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from backends import Backend
 from prometheus_client.parser import text_string_to_metric_families
 
 from tollway import Engine
@@ -79,16 +80,15 @@ def _samples(metrics: Metrics, name: str) -> dict[str, float]:
     }
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def watched(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, Metrics, str]]:
+@pytest.fixture
+def watched(backend: Backend) -> Iterator[tuple[Engine, Metrics, str]]:
     metrics = Metrics()
-    if request.param == "memory":
+    if backend.name == "memory":
         engine = memory_engine(max_reservations=3)
     else:
-        engine = Engine.from_text(RULES, store=request.getfixturevalue("redis_url"),
-                                  key_prefix=request.getfixturevalue("redis_prefix"))
+        engine = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix())
     metrics.watch_stores(engine)
-    yield engine, metrics, request.param
+    yield engine, metrics, backend.name
     engine.close()
 
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import pytest
 import redis
+from backends import Backend
 
 from tollway.policy.stores.usage_memory import MemoryUsage
 from tollway.policy.stores.usage_redis import RedisUsage
@@ -38,16 +39,15 @@ class Usage(UsageReader, Protocol):
 Factory = Callable[..., Usage]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def make(request: pytest.FixtureRequest) -> Iterator[Factory]:
+@pytest.fixture
+def make(backend: Backend) -> Iterator[Factory]:
     made: list[Any] = []
 
     def factory(retention: Retention | None = None) -> Usage:
-        if request.param == "memory":
+        if backend.name == "memory":
             return MemoryUsage(retention)
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-        prefix = request.getfixturevalue("redis_prefix") + f"{len(made)}:"
-        store = RedisUsage(client, key_prefix=prefix, retention=retention)
+        client = redis.Redis.from_url(backend.store)
+        store = RedisUsage(client, key_prefix=backend.prefix(), retention=retention)
         made.append(store)
         return store
 

@@ -125,7 +125,7 @@ class TollwayHandler(CustomLogger):
             request = self.decide_request(user_api_key_dict, data)
             decision = await self.policy().decide(request)
         except ValueError as exc:
-            raise _refusal(invalid_request(str(exc))) from None
+            raise _refusal(invalid_request(exc)) from None
         if not decision.allowed:
             raise _refusal(error_for_decision(decision))
         _call_metadata(data)[STATE_KEY] = _state(request, decision)

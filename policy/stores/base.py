@@ -13,12 +13,14 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
+from ..model import REPORT_OUTCOMES, ReportOutcome
 from ..usage import RequestSeen, UsageEvent, UsageReader
 
 __all__ = [
     "CounterSpec",
     "CounterState",
     "ReportOutcome",
+    "REPORT_OUTCOMES",
     "StoreOptions",
     "StoreUnavailable",
     "CounterStore",
@@ -84,7 +86,6 @@ class CounterState:
     resets_at: float
 
 
-ReportOutcome = Literal["duplicate", "settled", "added"]
 
 
 class StoreUnavailable(Exception):

@@ -28,7 +28,13 @@ from redis.retry import Retry
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
 from ..windows import Checked
-from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
+from .base import (
+    REPORT_OUTCOMES,
+    CounterSpec,
+    CounterState,
+    ReportOutcome,
+    StoreUnavailable,
+)
 from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
@@ -192,9 +198,10 @@ class RedisCounterStore:
             args += usage_args(self._prefix, usage, self.retention)
         outcome = self._call(self._report, keys, args)
         text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        if text not in ("duplicate", "settled", "added"):
-            raise StoreUnavailable(f"redis report script answered {text!r}")
-        return text  # type: ignore[return-value]
+        for known in REPORT_OUTCOMES:
+            if text == known:
+                return known
+        raise StoreUnavailable(f"redis report script answered {text!r}")
 
     def record_request(self, seen: RequestSeen) -> None:
         self.usage.count_request(seen)

@@ -253,8 +253,22 @@ def test_process_reports_with_the_request_id_and_status(stubs: Stubs) -> None:
         resp_body(b"{}", True),
     )
     (report,) = reports_of(engine, "xp-report", 1)
-    assert (report.request_id, report.status) == ("rq-2", "error")
-    assert report.attributes == {"team": "search", "http_status": "503"}
+    assert (report.request_id, report.status) == (report.decision_id, "error")
+    assert report.attributes == {"team": "search", "http_status": "503", "x-request-id": "rq-2"}
+
+
+def test_a_recycled_request_id_does_not_make_a_duplicate_report(stubs: Stubs) -> None:
+    engine, _, stub, *_ = stubs
+    for _ in range(2):
+        process(
+            stub,
+            req_headers(x_request_id="same"),
+            req_body(body_of("xp-recycled")),
+            resp_headers(),
+            resp_body(USAGE, True),
+        )
+    reports = reports_of(engine, "xp-recycled", 2)
+    assert [r.input_tokens for r in reports] == [100, 100]
 
 
 def test_process_unchanged_model_means_no_body_mutation(stubs: Stubs) -> None:
@@ -519,3 +533,29 @@ def test_a_stream_cut_after_done_was_complete(stubs: Stubs, done: bool, status: 
     )
     (report,) = reports_of(engine, user, 1)
     assert (report.status, report.input_tokens, report.output_tokens) == (status, 4, 2)
+
+
+@pytest.mark.redis
+def test_a_long_answer_on_redis_is_still_reported(redis_url: str, redis_prefix: str) -> None:
+    """The store's time budget (0.1 s) runs per phase, not from the start of the exchange."""
+    engine = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix)
+    server = ServerThread(engine)
+    channel = grpc.insecure_channel(server.start())
+    try:
+        stub = ep_grpc.ExternalProcessorStub(channel)
+
+        def exchange() -> Iterator[ep.ProcessingRequest]:
+            yield req_headers()
+            yield req_body(body_of("xp-slow", model="openai/gpt-4.1"))
+            time.sleep(0.3)  # the model takes its time: longer than the store's budget
+            yield resp_headers()
+            yield resp_body(USAGE, True)
+
+        answers = list(stub.Process(exchange()))
+        assert len(answers) == 4
+        (report,) = reports_of(engine, "xp-slow", 1)
+        assert (report.status, report.input_tokens, report.output_tokens) == ("success", 100, 40)
+    finally:
+        channel.close()
+        server.stop()
+        engine.close()

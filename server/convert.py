@@ -407,6 +407,7 @@ def decision_from_proto(msg: pb.Decision) -> Decision:
         msg.decision_id,
         msg.ruleset_version,
         shadow,
+        tuple(msg.ignored_metadata),
     )
 
 

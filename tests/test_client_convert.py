@@ -63,7 +63,7 @@ duration = st.floats(0, MAX_DURATION_SECONDS, allow_nan=False)
 )
 def test_a_decide_request_reads_back_as_sent(data: dict[str, Any]) -> None:
     req = DecideRequest.parse(data)
-    assert convert.to_decide_request(convert.decide_request_to_proto(req)) == req
+    assert DecideRequest.parse(convert.decide_request(convert.decide_request_to_proto(req))) == req
 
 
 @settings(max_examples=200)

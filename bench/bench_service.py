@@ -6,6 +6,8 @@ Rows printed:
   (a) Decide over gRPC, memory store, the gateway example rules (server in a subprocess);
   (b) an empty unary RPC on a grpc.aio server with the same options (the stack's ceiling)
       and the ratio a/b (target >= 0.7);
+  (b2) the same empty RPC with its decoding guarded as tollway's methods are (registered
+       on ``GuardedServer``), and b2/b (what the guard costs);
   (c) Decide on a private redis-server with 3 quotas per request, and the Redis commands
       per Decide read from INFO commandstats (target: one EVALSHA and nothing else);
   (d) the ``limits`` library doing the same 3 limits on the same Redis (a peer row);
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tollway.server.app import server_options  # noqa: E402
+from tollway.server.decoding import GuardedServer  # noqa: E402
 from tollway.v1 import tollway_pb2 as pb  # noqa: E402
 
 READY = re.compile(r"tollway serving: grpc=(\S+)")
@@ -101,17 +104,22 @@ def tollway_server(rules: Path, store: str = "memory") -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def _echo_main(port_file: str) -> None:
-    """The empty-RPC server: grpc.aio with tollway's server options, one unary method."""
+def _echo_main(port_file: str, guarded: bool) -> None:
+    """The empty-RPC server: grpc.aio with tollway's server options, one unary method
+    (whose request is decoded by an identity function); ``guarded``: registered on
+    tollway's ``GuardedServer``, as every method of the real server is."""
 
     async def serve() -> None:
         server = grpc.aio.server(options=server_options())
+        if guarded:
+            server = GuardedServer(server)
 
         async def ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return b""
 
         handler = grpc.method_handlers_generic_handler(
-            "bench.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}
+            "bench.Echo",
+            {"Ping": grpc.unary_unary_rpc_method_handler(ping, request_deserializer=bytes)},
         )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -123,11 +131,13 @@ def _echo_main(port_file: str) -> None:
 
 
 @contextmanager
-def echo_server() -> Iterator[str]:
+def echo_server(guarded: bool = False) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as d:
         port_file = os.path.join(d, "port")
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--echo-server", port_file], cwd=ROOT
+            [sys.executable, __file__, "--echo-server", port_file,
+             *(["--echo-guarded"] if guarded else [])],
+            cwd=ROOT,
         )
         deadline = time.monotonic() + 20
         while not os.path.exists(port_file) or not Path(port_file).read_text():
@@ -388,9 +398,10 @@ def main() -> int:
     ap.add_argument("--inflight", type=int, default=64, help="calls in flight")
     ap.add_argument("--no-redis", action="store_true", help="skip rows (c), (d) and (e)")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--echo-guarded", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
-        _echo_main(args.echo_server)
+        _echo_main(args.echo_server, args.echo_guarded)
         return 0
 
     rows: list[Row] = []
@@ -407,6 +418,12 @@ def main() -> int:
                     "(b) empty unary RPC, same grpc.aio options")
     rows.append(b)
     notes.append(f"a/b = {a.calls_per_s / b.calls_per_s:.2f} (target >= 0.7)")
+    with echo_server(guarded=True) as address:
+        b2 = measure(address, "/bench.Echo/Ping", [b""], args.inflight, args.seconds,
+                     "(b2) the same, decoding guarded")
+    rows.append(b2)
+    notes.append(f"b2/b = {b2.calls_per_s / b.calls_per_s:.2f} (what guarding the decoding "
+                 "costs an empty call; 1.00 is free)")
 
     if not args.no_redis:
         try:

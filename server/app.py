@@ -23,7 +23,7 @@ from tollway.policy.engine import Engine
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
-from .decoding import DecodeGuard
+from .decoding import GuardedServer
 from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 from .health_watch import HealthServicer
@@ -141,9 +141,8 @@ async def start_grpc(
     services, all over ``engine``; ``attribute_headers`` (header -> attribute) tells the
     Envoy services which request headers become attributes.
     """
-    server = grpc.aio.server(
-        options=server_options(max_message_bytes), interceptors=(DecodeGuard(),)
-    )
+    # every service registers on the guarded server: each method decodes its own requests
+    server = GuardedServer(grpc.aio.server(options=server_options(max_message_bytes)))
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})

@@ -66,7 +66,7 @@ class _Decoder:
             yield await self(raw, context)
 
 
-def guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler, fed raw bytes that it decodes itself (a handler without a
     deserializer already takes bytes, and is returned as it is).
 
@@ -139,7 +139,7 @@ class _GuardedGeneric(grpc.GenericRpcHandler):
         known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        guarded = guard(handler, method)
+        guarded = _guard(handler, method)
         self._guarded[method] = (handler, guarded)
         return guarded
 
@@ -166,7 +166,7 @@ class GuardedServer(grpc.aio.Server):
     ) -> None:
         self.server.add_registered_method_handlers(
             service_name,
-            {name: guard(h, f"/{service_name}/{name}") for name, h in method_handlers.items()},
+            {name: _guard(h, f"/{service_name}/{name}") for name, h in method_handlers.items()},
         )
 
     def add_insecure_port(self, address: str) -> int:

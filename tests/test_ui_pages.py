@@ -241,6 +241,23 @@ def test_a_group_page_lists_its_members(port: HttpPort) -> None:
     assert members == ["u00", "u03", "u06", "u09"]
 
 
+def test_a_store_that_cannot_answer_is_a_503_page(redis_server: RedisServer) -> None:
+    engine = Engine.from_text(RULES, store=redis_server.url)
+    seed(engine)
+    try:
+        with http_serving(engine) as http:
+            assert fetch(http.url("/ui/users/u03")).status == 200
+            redis_server.kill()
+            for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
+                page = fetch(http.url(path))
+                assert page.status == 503, (path, page.text[:300])
+                assert page.headers["content-type"].startswith("text/html")
+                assert re.search(r'<p class="error" role="alert">[^<]*unavailable', page.text)
+            assert fetch(http.url("/ui/rules")).status == 200  # the rules need no store
+    finally:
+        engine.close()
+
+
 # ------------------------------------------------------------------ the explain box
 
 

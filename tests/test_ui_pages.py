@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from conftest import RedisServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markupsafe import escape

@@ -23,7 +23,7 @@ from tollway.policy.engine import Engine
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
-from .decoding import DecodeGuard
+from .decoding import GuardedServer
 from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 from .health_watch import HealthServicer
@@ -134,23 +134,6 @@ class GrpcServer:
         self.service.close()
 
 
-def _record_methods(server: grpc.aio.Server) -> list[str]:
-    """Remember the name of every method registered on ``server`` from now on.
-
-    Generated ``add_*Servicer_to_server`` functions declare their methods through
-    ``add_registered_method_handlers``; this list is what the role table is checked against.
-    """
-    methods: list[str] = []
-    register = server.add_registered_method_handlers
-
-    def recording(service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        methods.extend(f"/{service_name}/{name}" for name in method_handlers)
-        register(service_name, method_handlers)
-
-    server.add_registered_method_handlers = recording
-    return methods
-
-
 async def start_grpc(
     engine: Engine,
     listen: str,
@@ -172,11 +155,14 @@ async def start_grpc(
     read). ``reuse_port``: bind with ``SO_REUSEPORT``, beside the other workers of
     ``serve --workers N``.
     """
-    server = grpc.aio.server(
-        options=server_options(max_message_bytes, reuse_port=reuse_port),
-        interceptors=(*interceptors, DecodeGuard()),
+    # every service registers on the guarded server: each method decodes its own requests;
+    # interceptors (the auth check) run before that, on the raw call
+    server = GuardedServer(
+        grpc.aio.server(
+            options=server_options(max_message_bytes, reuse_port=reuse_port),
+            interceptors=interceptors or None,
+        )
     )
-    methods = _record_methods(server)
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
@@ -193,6 +179,6 @@ async def start_grpc(
     await server.start()
     return GrpcServer(
         server, health_servicer, service, _bound_address(listen, port), health_names,
-        tuple(methods),
+        tuple(server.methods),
     )
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -31,10 +30,11 @@ from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
-from ..windows import Checked
+from . import StoreAddress, parse_store_url
 from .base import (
     REPORT_OUTCOMES,
     CounterSpec,
@@ -73,32 +73,43 @@ _NO_HANDSHAKE: dict[str, Any] = (
 
 
 def redis_client(
-    url: str,
+    address: StoreAddress | str,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     connect_timeout: float | None = None,
     retry: Retry | None = None,
     max_connections: int | None = None,
-    password: str | None = None,
 ) -> redis.Redis:
     """A client with short socket timeouts; the pool reconnects by itself after an outage.
 
-    ``password`` is for a password kept out of the URL (and so out of ``ps``); a URL
-    that carries one as well is refused.
+    For a Sentinel address the client's pool asks the sentinels for the master each time
+    it opens a connection, so after a failover new connections go to the new master.
     """
-    if password is not None and urlsplit(url).password is not None:
-        raise ValueError("store: the URL has a password and one was given apart; give it once")
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=connect_timeout if connect_timeout is not None else timeout,
-        retry=retry if retry is not None else default_retry(),
-        health_check_interval=0,  # no PING on the hot path
-        max_connections=max_connections,
-        protocol=2,  # the replies RedisCalls reads raw: flat lists whatever the version
+    if isinstance(address, str):
+        address = parse_store_url(address)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
+        "retry": retry if retry is not None else default_retry(),
+        "health_check_interval": 0,  # no PING on the hot path
+        "protocol": 2,  # the replies RedisCalls reads raw: flat lists whatever the version
         **_NO_HANDSHAKE,
-        **({"password": password} if password is not None else {}),
-    )
+    }
+    if address.kind == "sentinel":
+        sentinels = Sentinel(
+            list(address.nodes),
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": options["socket_connect_timeout"],
+            },
+        )
+        return sentinels.master_for(
+            address.service, db=address.db, username=address.username,
+            password=address.password, max_connections=max_connections, **options,
+        )
+    if address.password is not None:  # given apart from the URL (``with_password``)
+        options["password"] = address.password
+    return redis.Redis.from_url(address.url, max_connections=max_connections, **options)
 
 
 def load_script(name: str, *parts: str) -> str:
@@ -109,7 +120,9 @@ def load_script(name: str, *parts: str) -> str:
 
 
 class RedisCounterStore:
-    """A ``CounterStore`` in Redis (``redis://``, ``rediss://``, ``unix://`` URLs).
+    """A ``CounterStore`` in Redis: one server, or the master a Sentinel names (the
+    ``StoreAddress`` of a ``redis://``, ``rediss://``, ``unix://`` or
+    ``redis+sentinel://`` URL).
 
     ``honour_now``: pass ``now=`` through to the scripts instead of using Redis TIME. For
     tests only (they cannot move Redis's clock); a deployment must leave it off so that
@@ -123,7 +136,7 @@ class RedisCounterStore:
 
     def __init__(
         self,
-        url: str,
+        url: StoreAddress | str,
         *,
         key_prefix: str = "tollway:",
         timeout: float = DEFAULT_TIMEOUT,
@@ -136,7 +149,6 @@ class RedisCounterStore:
         client: redis.Redis | None = None,
         retention: Retention | None = None,
         wall: Callable[[], float] = time.time,
-        password: str | None = None,
     ) -> None:
         self._client = client or redis_client(
             url,
@@ -144,7 +156,6 @@ class RedisCounterStore:
             connect_timeout=connect_timeout,
             retry=retry,
             max_connections=max_connections,
-            password=password,
         )
         self.timeout = timeout
         self._calls = RedisCalls(self._client, wall=wall)
@@ -176,7 +187,7 @@ class RedisCounterStore:
                 self.record_request(seen, deadline=deadline)
             return []
         deadline = self._deadline(deadline)
-        keys = [key for _, key, _, _, _ in prepared]
+        keys = [c.key for c in prepared]
         hold = consume and hold_id is not None
         if hold:
             assert hold_id is not None
@@ -187,8 +198,9 @@ class RedisCounterStore:
             self._hold_ttl if hold else "0",
             hold_owner,
         ]
-        for spec, _, amount, limit, plan in prepared:
-            args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
+        for spec, _, amount, limit in prepared:
+            window = spec.window
+            args += (window.code, str(window.bucket), str(limit), str(amount), spec.metric)
         if consume and seen is not None:
             args += request_args(self._prefix, seen)  # counted by the script if admitted
         calls = self._calls
@@ -201,17 +213,15 @@ class RedisCounterStore:
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
             )
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
-        state_of = windows.state_of
+        state = windows.counter_state
         states = []
-        for (spec, _, amount, limit, plan), raw in zip(prepared, reply[3:], strict=True):
+        for (spec, _, amount, limit), raw in zip(prepared, reply[3:], strict=True):
             # the script sends the counted total and the live buckets the state needs
             # (all of them when the amount does not fit, else the oldest one)
             fields: dict[int | str, int] = {
                 int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
             }
-            states.append(
-                state_of(spec, plan, t, fields, amount, limit, used=int(raw[0]), clean=True)
-            )
+            states.append(state(spec, t, fields, amount, limit, used=int(raw[0]), clean=True))
         return states
 
     def record_report(
@@ -228,7 +238,7 @@ class RedisCounterStore:
         deadline: float | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
-        checked = windows.check_counters(self._prefix, fallback)
+        checked = windows.prepare_counters(self._prefix, fallback)
         deadline = self._deadline(deadline)
         keys = [windows.report_key(self._prefix, reporter, request_id)]
         if hold_id is not None:
@@ -243,7 +253,7 @@ class RedisCounterStore:
         for metric, value in units.items():
             args += (metric, str(value))
         for c in checked:
-            args += (*_window_args(c), str(c.amount))
+            args += (c.spec.window.code, str(c.spec.window.bucket), str(c.amount))
         if usage is not None:
             args += usage_args(self._prefix, usage, self.retention)
         reply = self._calls.script(self._report, keys, args, deadline)
@@ -295,9 +305,3 @@ class RedisCounterStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _window_args(c: Checked) -> tuple[str, str]:
-    """Window code and bucket seconds of one counter, as the scripts read them."""
-    plan = windows.window_plan(c.spec.window)
-    return plan.code, str(plan.bucket)

@@ -54,6 +54,10 @@ from redis_processes import RedisClusterNodes, RedisSentinelSet, RedisServer
 from tollway.policy.stores import StoreOptions
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
+
+# LiteLLM fetches its model price map from the network when imported, retrying for seconds;
+# tests use the copy in the package (and so does every proxy they start, which inherits it)
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 _REDIS_FIXTURES = frozenset({
     "redis_url", "redis_prefix", "redis_server", "redis_server_factory", "redis_cluster",
     "redis_cluster_factory", "redis_sentinel_factory",

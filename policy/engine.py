@@ -9,6 +9,7 @@ its start, so in-flight decisions finish on the rules they began with.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ from tollway.dsl.compiled import CompiledRule, CompiledRuleset, EvalContext
 
 from .entities import EntityKind, EntityStore, EntityView, merge_metadata
 from .evaluation import Verdict, combine, combine_shadow
+from .ingest import Ingester
 from .model import (
     MAX_ID_BYTES,
     DecideRequest,
@@ -43,17 +45,13 @@ from .stores.base import (
     ReportOutcome,
     StoreUnavailable,
 )
-from .usage import (
-    ActivityQuery,
-    RequestSeen,
-    Retention,
-    UsageDetail,
-    UsageEvent,
-    UsagePage,
-    UsageQuery,
-)
+from .usage import Spike, UsageDetail, UsageEvent, UsageSeries, UsageUnavailable
+from .usage_db import DEFAULT_MAX_MODELS, DEFAULT_RETENTION_DAYS, UsageDatabase
+from .usage_query import ActivityQuery, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
 
 __all__ = ["Engine"]
+
+log = logging.getLogger("tollway.usage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +82,21 @@ class Engine:
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
         rules_path: str | Path | None = None,
-        retention: Retention | None = None,
+        usage_db: UsageDatabase | str | None = "memory",
+        usage_retention_days: float = DEFAULT_RETENTION_DAYS,
+        usage_max_models: int = DEFAULT_MAX_MODELS,
+        ingest: bool = True,
     ) -> None:
+        """``usage_db``: where usage is kept (a URL: ``sqlite:///PATH``, ``postgresql://…``,
+        ``memory``; a ``UsageDatabase``; or None for no usage at all). Its schema is
+        migrated here; a database migrated by a newer tollway raises ``SchemaTooNew``, one
+        that cannot be reached is only logged (usage waits for it). ``ingest`` runs the
+        thread that moves events from the counter store into the database (every process
+        should, so that a replica's events never wait for another)."""
         self._ruleset = ruleset
         url = store if isinstance(store, str) else None
         self._store: CounterStore = (
-            open_store(store, key_prefix=key_prefix, clock=clock, retention=retention)
+            open_store(store, key_prefix=key_prefix, clock=clock)
             if isinstance(store, str)
             else store
         )
@@ -100,6 +107,23 @@ class Engine:
         self._rules_path = Path(rules_path) if rules_path is not None else None
         self._perf = time.perf_counter
         self._clock = clock or time.time
+        self._usage: UsageDatabase | None = (
+            UsageDatabase(
+                usage_db, max_models=usage_max_models, retention_days=usage_retention_days,
+                clock=self._clock,
+            )
+            if isinstance(usage_db, str)
+            else usage_db
+        )
+        self._ingester: Ingester | None = None
+        if self._usage is not None:
+            try:
+                self._usage.prepare()
+            except UsageUnavailable as exc:
+                log.warning("%s; usage waits until it answers", exc)
+            if ingest:
+                self._ingester = Ingester(self._store.events, self._usage, observer=self._observer)
+                self._ingester.start()
 
     @classmethod
     def from_path(
@@ -143,9 +167,25 @@ class Engine:
         self.swap(ruleset)
         return ruleset
 
-    def close(self) -> None:
+    @property
+    def usage_db(self) -> UsageDatabase | None:
+        return self._usage
+
+    def flush_usage(self, timeout: float = 10.0) -> bool:
+        """Wait until the usage events accepted so far are in the usage database (or
+        ``timeout`` seconds); True when nothing is left waiting."""
+        if self._ingester is None:
+            return self._usage is None
+        return self._ingester.flush(timeout)
+
+    def close(self, *, drain: float = 5.0) -> None:
+        """Write the waiting usage events (up to ``drain`` seconds), then close."""
+        if self._ingester is not None:
+            self._ingester.stop(drain)
         self._store.close()
         self._entities.close()
+        if self._usage is not None:
+            self._usage.close()
 
     # --------------------------------------------------------------- entities
 
@@ -291,16 +331,17 @@ class Engine:
         consume = consume and not request.dry_run
         # usage counts the request where it is admitted (a report with this decision_id
         # then adds only amounts); explain and dry runs count nothing
-        seen = self._request_seen(request, verdict.model) if consume else None
+        event = self._decision_event(request, verdict.model, decision_id) if consume else None
         if not specs:
-            if seen is not None:
-                self._count_request(seen)
+            if event is not None:
+                self._record_event(event)
             return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
         try:
             states: list[CounterState] = self._store_call(
                 "consume" if consume else "peek",
                 lambda: self._store.check_and_consume(
-                    specs, consume=consume, hold_id=decision_id if consume else None, seen=seen
+                    specs, consume=consume, hold_id=decision_id if consume else None,
+                    event=event,
                 ),
             )
         except StoreUnavailable as exc:
@@ -323,22 +364,28 @@ class Engine:
             allowed=True, reason="ALLOWED", quotas=statuses, decision_id=decision_id, **base
         ), ()
 
-    def _request_seen(self, request: DecideRequest, model: str) -> RequestSeen | None:
-        """The usage a consumed decision counts, if it names anyone to count it for."""
+    def _decision_event(
+        self, request: DecideRequest, model: str, decision_id: str
+    ) -> UsageEvent | None:
+        """The usage event of a consumed decision, if usage is kept and it names anyone."""
+        if self._usage is None:
+            return None
         user = request.user.id if request.user is not None else ""
         group = request.group.id if request.group is not None else ""
         if not user and not group:
             return None
-        return RequestSeen(self._clock(), user, group, model)
+        return UsageEvent.decision(
+            self._clock(), decision_id, user, group, model, request.request_id
+        )
 
-    def _count_request(self, seen: RequestSeen) -> None:
-        """Count an allowed decision that has no counters (one store call).
+    def _record_event(self, event: UsageEvent) -> None:
+        """Record an allowed decision that has no counters (one store call).
 
         Usage is an account, not a limit: if the store is down the decision stands and
         only the failed call is observed.
         """
         with contextlib.suppress(StoreUnavailable):
-            self._store_call("consume", lambda: self._store.record_request(seen))
+            self._store_call("consume", lambda: self._store.record_event(event))
 
     def _store_down(
         self, specs: list[CounterSpec], base: dict[str, Any], decision_id: str, exc: Exception
@@ -418,13 +465,13 @@ class Engine:
         ruleset = self._ruleset
         ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
-        usage = UsageEvent.from_report(rep, self._clock())
+        event = UsageEvent.from_report(rep, self._clock()) if self._usage is not None else None
         # used only when no live reservation matches (no decision_id, or it expired)
         fallback = self._report_counters(ruleset, ctx, rep)
         outcome: ReportOutcome = self._store_call(
             "report",
             lambda: self._store.record_report(
-                rep.request_id, rep.decision_id or None, actual, fallback, usage=usage
+                rep.request_id, rep.decision_id or None, actual, fallback, event=event
             ),
         )
         self._observer.report(rep, outcome)
@@ -434,21 +481,47 @@ class Engine:
 
     # ------------------------------------------------------------------ usage
 
+    def _usage_db(self) -> UsageDatabase:
+        if self._usage is None:
+            raise NotImplementedError("usage is not kept by this engine (usage_db=None)")
+        return self._usage
+
     def get_usage(self, kind: str, id: str) -> UsageDetail | None:
-        """One user's or group's usage: aggregates, cost by model, recent reports."""
-        return self._store.usage.get(_need_kind(kind), id)
+        """One user's or group's lifetime usage: aggregates, cost by model, recent reports.
+
+        Raises ``ValueError`` for a bad kind or id, ``UsageUnavailable`` when the usage
+        database cannot answer, ``NotImplementedError`` without a usage database.
+        """
+        return self._usage_db().detail(kind, id)
 
     def list_usage(
         self, query: Mapping[str, Any] | UsageQuery | None = None, **params: Any
     ) -> UsagePage:
-        """A page of users or groups (``kind``) sorted, searched and filtered; raises ValueError."""
-        return self._store.usage.list(UsageQuery.parse(query, **params))
+        """A page of users or groups (``kind``): lifetime totals, or the amounts within
+        ``start``/``end``; sorted, searched, paged by offset or cursor."""
+        return self._usage_db().page(UsageQuery.parse(query, **params))
+
+    def usage_series(
+        self, kind: str, id: str, query: Mapping[str, Any] | SeriesQuery | None = None,
+        **params: Any,
+    ) -> UsageSeries | None:
+        """One entity's ``metric`` per ``step`` (``1h``/``1d``); None when it has no usage."""
+        parsed = query if isinstance(query, SeriesQuery) else SeriesQuery.parse(query, **params)
+        return self._usage_db().series(kind, id, parsed)
+
+    def list_spikes(
+        self, query: Mapping[str, Any] | SpikeQuery | None = None, **params: Any
+    ) -> list[Spike]:
+        """Users or groups whose usage in the last window is over ``factor`` times their
+        baseline average (see ``SpikeQuery``), highest ratio first."""
+        parsed = query if isinstance(query, SpikeQuery) else SpikeQuery.parse(query, **params)
+        return self._usage_db().spikes(parsed)
 
     def activity(
         self, query: Mapping[str, Any] | ActivityQuery | None = None, **params: Any
     ) -> Iterator[UsageEvent]:
-        """The report log, newest first, for billing export; raises ValueError."""
-        return self._store.usage.activity(ActivityQuery.parse(query, **params))
+        """The reports, newest first, for billing export; raises ValueError."""
+        return self._usage_db().activity(ActivityQuery.parse(query, **params))
 
     def _report_counters(
         self, ruleset: CompiledRuleset, ctx: EvalContext, rep: UsageReport

@@ -27,6 +27,14 @@ class Observer(Protocol):
         """Every counter-store call: its latency and whether it failed."""
         ...
 
+    def usage_backlog(self, events: int) -> None:
+        """About once a second: usage events accepted and not yet in the usage database."""
+        ...
+
+    def usage_dropped(self, events: int) -> None:
+        """Usage events lost: a bound was reached, or an event could not be stored."""
+        ...
+
 
 class NullObserver:
     def decision(
@@ -38,4 +46,10 @@ class NullObserver:
         pass
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
+        pass
+
+    def usage_backlog(self, events: int) -> None:
+        pass
+
+    def usage_dropped(self, events: int) -> None:
         pass

@@ -23,7 +23,10 @@ _COMMANDS = {
     "explain": "tollway.server.ops",
     "fmt": "tollway.server.ops",
     "usage": "tollway.server.usage_cli",
+    "db": "tollway.server.db_cli",
 }
+
+_DEFAULT_USAGE_DB = "sqlite:///tollway-usage.db"
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
@@ -79,16 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the rules path for changes; 0 disables [TOLLWAY_RELOAD_INTERVAL]",
     )
     serve.add_argument(
-        "--activity-max-reports",
-        type=int,
-        default=int(_env("activity-max-reports", "100000") or 100000),
-        help="reports kept in the activity log, newest first [TOLLWAY_ACTIVITY_MAX_REPORTS]",
+        "--usage-db",
+        default=_env("usage-db", _DEFAULT_USAGE_DB),
+        help="usage database: sqlite:///PATH, postgresql://USER@HOST/DB, memory, or off "
+        "[TOLLWAY_USAGE_DB]",
     )
     serve.add_argument(
-        "--activity-max-age",
+        "--usage-retention",
         type=float,
-        default=float(_env("activity-max-age", "30") or 30),
-        help="days a report stays in the activity log [TOLLWAY_ACTIVITY_MAX_AGE]",
+        default=float(_env("usage-retention", "400") or 400),
+        help="days usage events are kept (rollups are kept for good) [TOLLWAY_USAGE_RETENTION]",
+    )
+    serve.add_argument(
+        "--usage-max-models",
+        type=int,
+        default=int(_env("usage-max-models", "32") or 32),
+        help="models kept per user or group (1..32); later ones are summed as 'other' "
+        "[TOLLWAY_USAGE_MAX_MODELS]",
     )
     serve.add_argument(
         "--log-level",
@@ -128,6 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--group", default=_env("group"), help="show one group's detail")
     usage.add_argument("--groups", action="store_true", help="list groups instead of users")
     usage.add_argument("--search", default="", help="only ids containing this text")
+    usage.add_argument(
+        "--spikes", action="store_true",
+        help="show who spikes: usage in --window over --factor times the --baseline average",
+    )
+    usage.add_argument("--metric", default="cost", help="with --spikes: cost, tokens or requests")
+    usage.add_argument("--window", default="1h", help="with --spikes: the recent window (1h)")
+    usage.add_argument("--baseline", default="7d", help="with --spikes: the baseline span (7d)")
+    usage.add_argument("--factor", type=float, default=5.0, help="with --spikes: 5")
+    usage.add_argument(
+        "--min", type=float, default=1.0, help="with --spikes: least window amount (1)"
+    )
+
+    db = sub.add_parser("db", help="manage the usage database")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_sub.required = True
+    upgrade = db_sub.add_parser(
+        "upgrade", help="migrate the usage database to this version's schema"
+    )
+    upgrade.add_argument(
+        "--usage-db", default=_env("usage-db", _DEFAULT_USAGE_DB),
+        help="the usage database URL [TOLLWAY_USAGE_DB]",
+    )
     return parser
 
 

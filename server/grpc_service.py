@@ -2,8 +2,9 @@
 
 No business logic lives here. Errors become status codes in one place (``_rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
-an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE, anything else ->
-INTERNAL with a generic message and the traceback in the log.
+an unknown entity -> NOT_FOUND, an unreachable store or usage database -> UNAVAILABLE,
+an engine that keeps no usage -> UNIMPLEMENTED, anything else -> INTERNAL with a generic
+message and the traceback in the log.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 
 from tollway.policy.engine import Engine
 from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.usage import need_id
+from tollway.policy.usage import UsageUnavailable
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
@@ -62,6 +63,11 @@ def _rpc(
         except StoreUnavailable:
             log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
+        except UsageUnavailable as exc:
+            log.warning("%s: %s", method.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "usage database unavailable")
+        except NotImplementedError:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "usage is not kept by this server")
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -75,16 +81,21 @@ class TollwayService(pb_grpc.TollwayServicer):
 
     When ``engine.blocking`` (a networked store), engine calls run in a bounded thread
     pool so the event loop keeps accepting calls; otherwise they run inline, which is
-    cheaper than a thread hop for microsecond-long decisions.
+    cheaper than a thread hop for microsecond-long decisions. Usage queries read a
+    database: they always run in a pool of their own, so a slow listing never holds a
+    decision up.
     """
 
-    def __init__(self, engine: Engine, *, max_workers: int = 32) -> None:
+    def __init__(self, engine: Engine, *, max_workers: int = 32, query_workers: int = 8) -> None:
         self._engine = engine
         self.last_call = 0.0  # monotonic time the latest call started (the drain watches it)
         self._executor: ThreadPoolExecutor | None = (
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tollway-engine")
             if engine.blocking
             else None
+        )
+        self._queries = ThreadPoolExecutor(
+            max_workers=query_workers, thread_name_prefix="tollway-usage"
         )
 
     async def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
@@ -93,9 +104,15 @@ class TollwayService(pb_grpc.TollwayServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
+    async def _query(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._queries, functools.partial(fn, *args)
+        )
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self._queries.shutdown(wait=True)
 
     # ------------------------------------------------------------------ RPCs
 
@@ -150,9 +167,8 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
-        kind, ident = usage_convert.get_request(request)
-        ident = need_id(ident, f"{kind}_id")
-        detail = await self._call(self._engine.get_usage, kind, ident)
+        kind, ident = usage_convert.subject(request)
+        detail = await self._query(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
         return usage_convert.detail_to_proto(detail)
@@ -162,5 +178,24 @@ class TollwayService(pb_grpc.TollwayServicer):
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
         query = usage_convert.list_request(request)  # names a bad parameter in its ValueError
-        page = await self._call(self._engine.list_usage, query)
+        page = await self._query(self._engine.list_usage, query)
         return usage_convert.page_to_proto(page)
+
+    @_rpc
+    async def GetUsageSeries(
+        self, request: pb.UsageSeriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UsageSeries:
+        kind, ident = usage_convert.subject(request)
+        query = usage_convert.series_request(request)
+        series = await self._query(self._engine.usage_series, kind, ident, query)
+        if series is None:
+            raise NotFound(f"no usage recorded for {kind} {ident!r}")
+        return usage_convert.series_to_proto(series)
+
+    @_rpc
+    async def ListSpikes(
+        self, request: pb.ListSpikesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSpikesResponse:
+        query = usage_convert.spikes_request(request)
+        spikes = await self._query(self._engine.list_spikes, query)
+        return usage_convert.spikes_to_proto(spikes)

@@ -117,6 +117,20 @@ class Metrics:
         self.ruleset_rules = Gauge(
             "tollway_ruleset_rules", "Rules in the ruleset in force.", registry=r,
         )
+        self.usage_backlog_events = Gauge(
+            "tollway_usage_backlog",
+            "Usage events accepted and not yet written to the usage database.", registry=r,
+        )
+        self.usage_dropped_events = Counter(
+            "tollway_usage_dropped", "Usage events lost (a backlog bound was reached).",
+            registry=r,
+        )
+        self.usage_spiking = Gauge(
+            "tollway_usage_spiking",
+            "Users or groups spiking now (GET /v1/usage/spikes with its defaults), "
+            "computed every minute.",
+            ["kind", "metric"], registry=r,
+        )
         for result in ("success", "error"):
             self.ruleset_reloads.labels(result)
         self._lock = threading.Lock()
@@ -168,6 +182,16 @@ class Metrics:
         self._store_seconds(store, op).observe(seconds)
         if failed:
             self._store_errors(store, op).inc()
+
+    def usage_backlog(self, events: int) -> None:
+        self.usage_backlog_events.set(events)
+
+    def usage_dropped(self, events: int) -> None:
+        self.usage_dropped_events.inc(events)
+
+    def spiking(self, kind: str, metric: str, count: int) -> None:
+        """How many ``kind`` (users/groups) spike on ``metric`` now."""
+        self.usage_spiking.labels(kind, metric).set(count)
 
     # ---------------------------------------------------------------- ruleset
 

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import signal
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
-from tollway.policy.usage import Retention
+from tollway.policy.usage import UsageUnavailable
+from tollway.policy.usage_db import SchemaTooNew
+from tollway.policy.usage_db.database import redact_url
+from tollway.policy.usage_query import METRICS, SpikeQuery
 
 from .app import start_grpc
 from .http import HttpServer, Readiness, build_router, start_http
@@ -28,14 +30,8 @@ __all__ = ["run"]
 log = logging.getLogger("tollway.server")
 
 
-def _redact(store: str) -> str:
-    """The store URL without its password, for logs."""
-    parts = urlsplit(store)
-    if parts.password is None:
-        return store
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+SPIKES_EVERY = 60.0
+_SPIKE_COUNT_LIMIT = 1_000_000
 
 
 def _configure_logging(level: str) -> None:
@@ -63,10 +59,9 @@ async def _serve(args: argparse.Namespace) -> int:
             store=args.store,
             key_prefix=args.key_prefix,
             observer=metrics,
-            retention=Retention(
-                max_reports=args.activity_max_reports,
-                max_age_seconds=args.activity_max_age * 86400.0,
-            ),
+            usage_db=None if args.usage_db == "off" else args.usage_db,
+            usage_retention_days=args.usage_retention,
+            usage_max_models=args.usage_max_models,
         )
     except RulesError as exc:
         for d in exc.errors:
@@ -76,7 +71,7 @@ async def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, SchemaTooNew) as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
         return 1
     for w in engine.ruleset.warnings:
@@ -104,6 +99,7 @@ async def _serve(args: argparse.Namespace) -> int:
         engine, args.rules, metrics, interval=args.reload_interval, initial=seen
     )
     reloader.start()
+    spikes = asyncio.create_task(_watch_spikes(engine, metrics))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,9 +108,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
     ruleset = engine.ruleset
     log.info(
-        "tollway serving: grpc=%s http=%s rules=%s version=%s rule_count=%d store=%s",
+        "tollway serving: grpc=%s http=%s rules=%s version=%s rule_count=%d store=%s "
+        "usage_db=%s",
         grpc_server.address, http.address if http else "off", args.rules, ruleset.version,
-        len(ruleset.rules), _redact(args.store),
+        len(ruleset.rules), redact_url(args.store), redact_url(args.usage_db),
     )
     await stop.wait()
 
@@ -124,8 +121,26 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.remove_signal_handler(sig)
     await grpc_server.stop(args.grace)
     await reloader.stop()
+    spikes.cancel()
     if http is not None:
         http.stop()
-    engine.close()
+    await asyncio.to_thread(engine.close, drain=max(1.0, args.grace / 2))
     log.info("stopped")
     return 0
+
+
+async def _watch_spikes(engine: Engine, metrics: Metrics) -> None:
+    """Every minute: how many users and groups spike on each metric (the endpoint's
+    defaults), for ``tollway_usage_spiking``."""
+    if engine.usage_db is None:
+        return
+    while True:
+        try:
+            for kind in ("users", "groups"):
+                for metric in METRICS:
+                    query = SpikeQuery(kind=kind, metric=metric, limit=_SPIKE_COUNT_LIMIT)
+                    found = await asyncio.to_thread(engine.list_spikes, query)
+                    metrics.spiking(kind, metric, len(found))
+        except UsageUnavailable as exc:
+            log.debug("spike gauge not refreshed: %s", exc)
+        await asyncio.sleep(SPIKES_EVERY)

@@ -1,7 +1,7 @@
 """``tollway usage``: per-user (or per-group) usage of a running server, as terminal tables.
 
-Asks the server over gRPC (``ListUsage``, or ``GetUsage`` with ``--user``/``--group``)
-and prints with rich. Exit codes: 0 shown, 1 the server could not answer (unreachable,
+Asks the server over gRPC (``ListUsage``; ``GetUsage`` with ``--user``/``--group``;
+``ListSpikes`` with ``--spikes``) and prints with rich. Exit codes: 0 shown, 1 the server could not answer (unreachable,
 no such user, no usage support), 2 bad flags (checked here before any call).
 """
 
@@ -16,13 +16,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery, UsageRecord, need_id
+from tollway.policy.usage import Spike, UsageDetail, UsageRecord, need_id
+from tollway.policy.usage_query import SpikeQuery, UsagePage, UsageQuery
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
 
-__all__ = ["run", "render_page", "render_detail"]
+__all__ = ["run", "render_page", "render_detail", "render_spikes"]
 
 TIMEOUT = 10.0
 
@@ -64,7 +65,8 @@ def render_page(console: Console, page: UsagePage) -> None:
             _top_model(rec),
         )
     if not page.results:
-        found = f"no {query.kind} match" if query.filtered else f"no {query.kind} yet"
+        filtered = bool(query.search) or query.periodic
+        found = f"no {query.kind} match" if filtered else f"no {query.kind} yet"
         console.print(found + (f" (offset {query.offset})" if query.offset else ""))
         return
     console.print(table)
@@ -126,6 +128,36 @@ def render_detail(console: Console, detail: UsageDetail) -> None:
     console.print(recent)
 
 
+def _amount(metric: str, value: float) -> str:
+    return _usd(value) if metric == "cost" else f"{value:,.0f}"
+
+
+def render_spikes(console: Console, query: SpikeQuery, spikes: list[Spike]) -> None:
+    """Who spiked: window amount, baseline average and their ratio, highest first."""
+    what = f"{query.metric} in the last {query.window_hours}h"
+    if not spikes:
+        console.print(f"no {query.kind} spiking ({what} over {query.factor:g}x the "
+                      f"{query.baseline_hours}h baseline, at least {query.min:g})")
+        return
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    table.add_column("User" if query.kind == "users" else "Group", overflow="fold")
+    table.add_column(f"Last {query.window_hours}h", justify="right")
+    table.add_column("Baseline avg", justify="right")
+    table.add_column("Ratio", justify="right")
+    for s in spikes:
+        table.add_row(
+            s.id, _amount(query.metric, s.window_amount),
+            _amount(query.metric, s.baseline_average),
+            "new" if s.ratio is None else f"{s.ratio:,.1f}x",
+        )
+    console.print(table)
+    console.print(
+        f"{len(spikes)} {query.kind} spiking on {what} (over {query.factor:g}x their average "
+        f"per {query.window_hours}h of the {query.baseline_hours}h before)",
+        style="dim",
+    )
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"tollway usage: {message}", file=sys.stderr)
     return code
@@ -136,7 +168,16 @@ def run(args: argparse.Namespace) -> int:
     subject = None
     if args.user and args.group:
         return _fail("--user and --group: give one of them", 2)
+    if args.spikes and (args.user or args.group):
+        return _fail("--spikes lists entities; it cannot be combined with --user or --group", 2)
     try:
+        if args.spikes:
+            spike_query = SpikeQuery.parse(
+                kind="groups" if args.groups else "users", metric=args.metric,
+                window=args.window, baseline=args.baseline, factor=args.factor, min=args.min,
+                limit=args.limit,
+            )
+            return _spikes(console, args.server, spike_query)
         if args.user or args.group:
             flag = "--user" if args.user else "--group"
             subject = ("user_id", need_id(args.user or args.group, flag))
@@ -172,10 +213,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spikes(console: Console, server: str, query: SpikeQuery) -> int:
+    request = pb.ListSpikesRequest(
+        kind=query.kind, metric=query.metric, window=f"{query.window_hours}h",
+        baseline=f"{query.baseline_hours}h", factor=query.factor, min=query.min,
+        limit=query.limit,
+    )
+    channel = grpc.insecure_channel(server)
+    try:
+        reply = pb_grpc.TollwayStub(channel).ListSpikes(request, timeout=TIMEOUT)
+    except grpc.RpcError as exc:
+        return _fail(_rpc_message(exc, server))
+    finally:
+        channel.close()
+    render_spikes(console, query, usage_convert.spikes_from_proto(reply, query.entity_kind))
+    return 0
+
+
 def _rpc_message(exc: grpc.RpcError, server: str) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else ""
-    if code == grpc.StatusCode.UNAVAILABLE and "store" in details:
+    if code == grpc.StatusCode.UNAVAILABLE and ("store" in details or "database" in details):
         return f"the server at {server} answered: {details}"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return f"cannot reach the tollway server at {server}"

@@ -1,13 +1,15 @@
-"""HTTP usage API: ``/v1/usage/{users,groups}[/{id}]`` and ``/v1/activity``.
+"""HTTP usage API: ``/v1/usage/{users,groups}[/{id}[/series]]``, ``/v1/usage/spikes``
+and ``/v1/activity``.
 
 The handlers are pure functions ``(engine, …) -> HttpResult`` (status, headers, body
 chunks) that only translate to and from the engine's usage calls; ``install`` plugs them
 into the server's router. Listing pages link to their neighbours the way Django REST
-framework's limit/offset pagination does: ``next``/``previous`` are absolute URLs (when
-the request named its Host) with the same query and the new offset.
+framework's pagination does: ``next``/``previous`` are absolute URLs (when the request
+named its Host) with the same query and the new offset, or the new ``cursor`` when the
+request paged by cursor.
 
 Errors: a bad parameter -> 400 ``{"error", "parameter"}``; an unknown id -> 404; the
-store unreachable -> 503; an engine without usage -> 501.
+usage database unreachable -> 503; an engine without usage -> 501.
 """
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ from itertools import chain
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
-from tollway.policy.stores.base import StoreUnavailable
 from tollway.policy.usage import (
-    ActivityQuery,
+    Spike,
     UsageDetail,
     UsageEvent,
-    UsagePage,
     UsageParamError,
-    UsageQuery,
+    UsageSeries,
+    UsageUnavailable,
     need_id,
+)
+from tollway.policy.usage_query import (
+    ActivityQuery,
+    SeriesQuery,
+    SpikeQuery,
+    UsagePage,
+    UsageQuery,
 )
 
 __all__ = [
@@ -38,6 +46,8 @@ __all__ = [
     "ACTIVITY_COLUMNS",
     "list_usage",
     "get_usage",
+    "usage_series",
+    "list_spikes",
     "activity",
     "page_link",
     "install",
@@ -60,6 +70,10 @@ class UsageEngine(Protocol):
     def get_usage(self, kind: str, id: str) -> UsageDetail | None: ...
 
     def list_usage(self, query: UsageQuery) -> UsagePage: ...
+
+    def usage_series(self, kind: str, id: str, query: SeriesQuery) -> UsageSeries | None: ...
+
+    def list_spikes(self, query: SpikeQuery) -> list[Spike]: ...
 
     def activity(self, query: ActivityQuery) -> Iterator[UsageEvent]: ...
 
@@ -103,8 +117,8 @@ def _guarded(call: Callable[[], HttpResult]) -> HttpResult:
         return _error(400, str(exc), exc.parameter)
     except ValueError as exc:
         return _error(400, str(exc))
-    except StoreUnavailable:
-        return _error(503, "counter store unavailable")
+    except UsageUnavailable:
+        return _error(503, "usage database unavailable")
     except NotImplementedError:
         return _error(501, "usage is not available")
 
@@ -122,13 +136,17 @@ def _engine_call(engine: Any, name: str) -> Callable[..., Any]:
 def page_link(
     base: str,
     query: Mapping[str, Sequence[str]],
-    offset: int | None,
+    offset: int | None = None,
+    cursor: str | None = None,
 ) -> str | None:
-    """``base`` with the request's query and ``offset`` replaced (dropped when 0), or None."""
-    if offset is None:
+    """``base`` with the request's query and its ``offset`` (dropped when 0) or its
+    ``cursor`` replaced; None when neither is given (no such page)."""
+    if offset is None and cursor is None:
         return None
-    items = [(k, v) for k, vs in query.items() if k != "offset" for v in vs[:1]]
-    if offset > 0:
+    items = [(k, v) for k, vs in query.items() if k not in ("offset", "cursor") for v in vs[:1]]
+    if cursor is not None:
+        items.append(("cursor", cursor))
+    elif offset:
         items.append(("offset", str(offset)))
     text = urlencode(items, quote_via=quote)
     return f"{base}?{text}" if text else base
@@ -158,12 +176,12 @@ def list_usage(
         q = UsageQuery.parse(params, kind=kind)
         page: UsagePage = _engine_call(engine, "list_usage")(q)
         base = _base(path or f"/v1/usage/{kind}", host)
-        return _json({
-            "count": page.count,
-            "next": page_link(base, query, page.next),
-            "previous": page_link(base, query, page.previous),
-            "results": [r.to_dict() for r in page.results],
-        })
+        if "cursor" in query:  # the client pages by cursor: so do the links
+            links = (page_link(base, query, cursor=page.next_cursor),
+                     page_link(base, query, cursor=page.previous_cursor))
+        else:
+            links = (page_link(base, query, page.next), page_link(base, query, page.previous))
+        return _json({"next": links[0], "previous": links[1], **page.to_dict()})
 
     return _guarded(run)
 
@@ -182,6 +200,42 @@ def get_usage(engine: UsageEngine, kind: str, ident: str) -> HttpResult:
     return _guarded(run)
 
 
+def usage_series(
+    engine: UsageEngine, kind: str, ident: str, query: Mapping[str, Sequence[str]]
+) -> HttpResult:
+    """``GET /v1/usage/{users|groups}/{id}/series``: a metric per hour or day."""
+
+    def run() -> HttpResult:
+        entity = "user" if kind == "users" else "group"
+        need_id(ident)
+        q = SeriesQuery.parse(_first(query))
+        series: UsageSeries | None = _engine_call(engine, "usage_series")(entity, ident, q)
+        if series is None:
+            return _error(404, f"no usage recorded for {entity} {ident!r}")
+        return _json(series.to_dict())
+
+    return _guarded(run)
+
+
+def list_spikes(engine: UsageEngine, query: Mapping[str, Sequence[str]]) -> HttpResult:
+    """``GET /v1/usage/spikes``: who spiked in the last window."""
+
+    def run() -> HttpResult:
+        q = SpikeQuery.parse(_first(query))
+        spikes: list[Spike] = _engine_call(engine, "list_spikes")(q)
+        return _json({
+            "kind": q.kind,
+            "metric": q.metric,
+            "window": f"{q.window_hours}h",
+            "baseline": f"{q.baseline_hours}h",
+            "factor": q.factor,
+            "min": q.min,
+            "results": [s.to_dict() for s in spikes],
+        })
+
+    return _guarded(run)
+
+
 def activity(engine: UsageEngine, query: Mapping[str, Sequence[str]]) -> HttpResult:
     """``GET /v1/activity``: the report log, newest first, as JSON lines or CSV."""
 
@@ -192,7 +246,7 @@ def activity(engine: UsageEngine, query: Mapping[str, Sequence[str]]) -> HttpRes
             raise UsageParamError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
         q = ActivityQuery.parse(params)
         events = iter(_engine_call(engine, "activity")(q))
-        # pull the first event now, so that an unreachable store is a 503, not a cut stream
+        # pull the first event now, so that an unreachable database is a 503, not a cut stream
         first = next(events, None)
         stream = chain(() if first is None else (first,), events)
         if fmt == "csv":
@@ -245,6 +299,7 @@ def install(router: Any, engine: Any) -> None:
     def host(request: Request) -> str | None:
         return next((v for k, v in request.headers.items() if k.lower() == "host"), None)
 
+    router.add("GET", "/v1/usage/spikes", lambda request: respond(list_spikes(engine, request.query)))
     for kind in ("users", "groups"):
 
         def listing(request: Request, kind: str = kind) -> Response:
@@ -255,8 +310,12 @@ def install(router: Any, engine: Any) -> None:
         def detail(request: Request, kind: str = kind) -> Response:
             return respond(get_usage(engine, kind, request.params["id"]))
 
+        def series(request: Request, kind: str = kind) -> Response:
+            return respond(usage_series(engine, kind, request.params["id"], request.query))
+
         router.add("GET", f"/v1/usage/{kind}", listing)
         router.add("GET", f"/v1/usage/{kind}/{{id}}", detail)
+        router.add("GET", f"/v1/usage/{kind}/{{id}}/series", series)
 
     router.add(
         "GET",

@@ -1,4 +1,5 @@
-"""Shared fixtures: real Redis servers for the tests that need one.
+"""Shared fixtures: real Redis servers and real PostgreSQL databases for the tests that
+need one.
 
 Fixtures
 --------
@@ -17,10 +18,21 @@ Fixtures
     (SIGSTOP/SIGCONT: a stalled server), ``.client()``.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
+``postgres_url`` (session)
+    URL of a private database, made with a random name on the PostgreSQL at
+    ``TOLLWAY_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+    and dropped at the end. Without a reachable server the test is skipped, or, when
+    ``CI`` is set, fails.
+``postgres_cluster`` (session)
+    A private PostgreSQL server (``initdb`` in a temporary directory, a free port) that
+    fault tests may stop and start without disturbing anyone: ``.url``, ``.stop()``,
+    ``.start()``. Needs the PostgreSQL server binaries (``/usr/lib/postgresql/*/bin``);
+    run as root, the server runs as the ``postgres`` user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,6 +48,15 @@ import pytest
 import redis
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
+_PG_ENV = "TOLLWAY_TEST_POSTGRES_URL"
+_PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def missing(reason: str) -> None:
+    """Skip for a missing component, or fail when ``CI`` is set (CI has everything)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
+    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -48,10 +69,8 @@ def _redis_server_or_skip() -> str:
     """The redis-server executable; skip (or fail under CI) when there is none."""
     exe = shutil.which("redis-server")
     if exe is None:
-        reason = f"redis-server is not on PATH and {_URL_ENV} is not set"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
-        pytest.skip(reason)
+        missing(f"redis-server is not on PATH and {_URL_ENV} is not set")
+    assert exe is not None
     return exe
 
 
@@ -199,3 +218,109 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get(_PG_ENV) or _PG_DEFAULT
+    name = f"tollway_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        missing(f"no PostgreSQL at {admin} ({str(exc).strip().splitlines()[0]}); "
+                f"set {_PG_ENV}")
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts)
+    if found:
+        return found[-1].parent
+    exe = shutil.which("initdb")
+    return Path(exe).parent if exe else None
+
+
+class PostgresCluster:
+    """A private PostgreSQL server in its own directory, on its own port."""
+
+    def __init__(self, bindir: Path, directory: Path) -> None:
+        self.bindir = bindir
+        self.directory = directory
+        self.port = _free_port()
+        self._as_postgres = os.geteuid() == 0  # initdb refuses to run as root
+        if self._as_postgres:
+            shutil.chown(directory, "postgres")
+        self._run("initdb", "-D", str(directory / "data"), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bindir / tool), *args]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c max_connections=100")
+        self._run("pg_ctl", "-D", str(self.directory / "data"), "-o", options,
+                  "-l", str(self.directory / "log"), "-w", "-t", "30", "start")
+
+    def stop(self) -> None:
+        """Stop at once (clients see their connections drop, as in an outage)."""
+        self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "immediate", "-w", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    bindir = _postgres_bin()
+    if bindir is None:
+        missing("the PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    assert bindir is not None
+    with tempfile.TemporaryDirectory(prefix="tollway-pg-") as d:
+        cluster = PostgresCluster(bindir, Path(d))
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                cluster.stop()
+
+
+_USAGE_TABLES = ("usage_events", "usage_periods", "usage_model_periods", "usage_period_counts")
+
+
+def reset_postgres(url: str) -> None:
+    """Empty the usage tables of the session database (they stay migrated)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        present = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        )}
+        tables = [t for t in _USAGE_TABLES if t in present]
+        if tables:
+            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def usage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A usage database URL, empty: a SQLite file, then the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    reset_postgres(url)
+    return url

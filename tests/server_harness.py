@@ -99,9 +99,11 @@ class ServerThread:
 @contextmanager
 def serving(
     rules_path: Path, *, store: Any = "memory", metrics: Metrics | None = None,
-    key_prefix: str = "tollway:",
+    key_prefix: str = "tollway:", usage_db: Any = "memory",
 ) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread, grpc.Channel]]:
-    engine = Engine.from_path(rules_path, store=store, observer=metrics, key_prefix=key_prefix)
+    engine = Engine.from_path(
+        rules_path, store=store, observer=metrics, key_prefix=key_prefix, usage_db=usage_db
+    )
     server = ServerThread(engine)
     address = server.start()
     channel = grpc.insecure_channel(address)
@@ -118,6 +120,22 @@ def free_user(uid: str, **metadata: Any) -> pb.Entity:
     entity = pb.Entity(id=uid)
     entity.metadata.update({"tier": "free", **metadata})
     return entity
+
+
+def eventually(read: Any, expected: Any, timeout: float = 10.0) -> Any:
+    """Call ``read()`` until it returns ``expected`` (usage is written a moment after the
+    call that caused it); returns the last value read, for the caller's assert."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = read()
+        except grpc.RpcError as exc:  # NOT_FOUND until the first event is written
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            value = exc
+        if value == expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
 
 
 # ------------------------------------------------- `tollway serve` as a process
@@ -160,10 +178,12 @@ def _pump(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event)
 
 @contextmanager
 def tollway_serve(rules: Path, *extra: str, listen: str = "127.0.0.1:0") -> Iterator[Served]:
+    """``tollway serve`` in a process; usage in memory unless ``extra`` names a database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    usage = () if "--usage-db" in extra else ("--usage-db", "memory")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", "--rules", str(rules), "--listen", listen,
-         "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *extra],
+         "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *usage, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )
     lines: list[str] = []

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from tollway import Engine
-from tollway.policy.stores.base import StoreUnavailable
-from tollway.policy.usage import ActivityQuery, UsageEvent, UsageQuery
+from tollway.policy.usage import UsageEvent
 from tollway.server import usage_http
 from tollway.server.http import Router, start_http
 
@@ -22,15 +21,17 @@ T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
 def fill(engine: Engine) -> None:
-    """Thirty reports' worth of usage, written straight into the engine's store."""
-    usage: Any = engine.store.usage
-    for i in range(30):
-        usage.apply(UsageEvent(
+    """Thirty reports' worth of usage, written straight into the engine's usage database."""
+    assert engine.usage_db is not None
+    engine.usage_db.write([
+        UsageEvent(
             time=T0 + i, request_id=f"r{i}", user_id=f"user{i % 12:02d}",
             group_id="acme" if i % 2 else "initech", model="gpt" if i % 3 else "claude",
             input_tokens=10 * i, output_tokens=i, cost_usd=0.01 * (i % 12),
             duration_seconds=0.5, attributes={"region": "eu"} if i == 29 else {},
-        ))
+        )
+        for i in range(30)
+    ])
 
 
 @pytest.fixture
@@ -145,20 +146,65 @@ def test_activity_bad_parameters(engine: Engine) -> None:
         assert (result.status, body(result)["parameter"]) == (400, parameter)
 
 
-class _BrokenStore:
-    def list_usage(self, query: UsageQuery) -> Any:
-        raise StoreUnavailable("connection refused")
+def test_cursor_paging_links_carry_cursors(engine: Engine) -> None:
+    first = body(usage_http.list_usage(engine, "users", q(limit=5, cursor="")))
+    assert first["next"].startswith("/v1/usage/users?limit=5&cursor=")
+    assert first["previous"] is None and first["period"] is None
+    seen = [r["user_id"] for r in first["results"]]
+    link = first["next"]
+    while link:
+        query = {k: [v] for k, v in (kv.split("=", 1) for kv in link.split("?", 1)[1].split("&"))}
+        page = body(usage_http.list_usage(engine, "users", query))
+        assert page["previous"] is not None and "offset" not in page["previous"]
+        seen += [r["user_id"] for r in page["results"]]
+        link = page["next"]
+    assert seen == [r["user_id"] for r in body(usage_http.list_usage(
+        engine, "users", q(limit=100)))["results"]]
+    bad = usage_http.list_usage(engine, "users", q(cursor="garbage"))
+    assert (bad.status, body(bad)["parameter"]) == (400, "cursor")
 
-    def activity(self, query: ActivityQuery) -> Iterator[UsageEvent]:
-        raise StoreUnavailable("connection refused")
-        yield  # a generator, like the Redis reader
+
+def test_a_period_listing_says_which_hours_it_covers(engine: Engine) -> None:
+    data = body(usage_http.list_usage(
+        engine, "users", q(start="2027-01-15T08:00:10Z", end="2027-01-15T08:00:20Z")))
+    assert data["period"] == {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T09:00:00Z"}
+    assert data["count"] == 12
+    later = body(usage_http.list_usage(engine, "users", q(start="2027-01-15T09:00:00Z")))
+    assert later["count"] == 0
 
 
-def test_store_down_is_503_and_missing_usage_is_501() -> None:
-    broken: Any = _BrokenStore()
-    assert usage_http.list_usage(broken, "users", {}).status == 503
-    assert usage_http.activity(broken, {}).status == 503  # before any byte is streamed
-    assert usage_http.get_usage(broken, "users", "a").status == 501
+def test_series_and_spikes(engine: Engine) -> None:
+    data = body(usage_http.usage_series(
+        engine, "users", "user05", q(start="2027-01-15T06:00:00Z", end="2027-01-15T09:00:00Z")))
+    assert data["user_id"] == "user05" and data["metric"] == "cost" and data["step"] == "1h"
+    assert [(p["time"], p["value"]) for p in data["points"]] == [
+        ("2027-01-15T06:00:00Z", 0.0), ("2027-01-15T07:00:00Z", 0.0),
+        ("2027-01-15T08:00:00Z", pytest.approx(0.15))]
+    assert usage_http.usage_series(engine, "groups", "nobody", {}).status == 404
+    bad = usage_http.usage_series(engine, "users", "user05", q(step="5m"))
+    assert (bad.status, body(bad)["parameter"]) == (400, "step")
+    spikes = body(usage_http.list_spikes(engine, q(metric="tokens", min=1, baseline="1d")))
+    assert (spikes["kind"], spikes["window"], spikes["baseline"]) == ("users", "1h", "24h")
+    assert spikes["results"] == []  # all of it is long before the window
+    bad = usage_http.list_spikes(engine, q(window="5m"))
+    assert (bad.status, body(bad)["parameter"]) == (400, "window")
+
+
+def test_an_unreachable_database_is_503_and_no_usage_is_501() -> None:
+    down = Engine.from_text("default allow\n", usage_db="postgresql://tollway@127.0.0.1:1/x")
+    none = Engine.from_text("default allow\n", usage_db=None)
+    try:
+        for result in (usage_http.list_usage(down, "users", {}),
+                       usage_http.activity(down, {}),  # before any byte is streamed
+                       usage_http.usage_series(down, "users", "a", {}),
+                       usage_http.list_spikes(down, {})):
+            assert (result.status, body(result)) == (
+                503, {"error": "usage database unavailable"})
+        assert usage_http.get_usage(none, "users", "a").status == 501
+        assert usage_http.list_spikes(none, {}).status == 501
+    finally:
+        down.close()
+        none.close()
 
 
 # ------------------------------------------------------------------ real round trips

@@ -13,7 +13,6 @@ from .base import CounterSpec, CounterState, CounterStore, ReportOutcome, StoreU
 
 if TYPE_CHECKING:
     from ..entities import EntityStore
-    from ..usage import Retention
 
 __all__ = [
     "CounterSpec",
@@ -43,19 +42,15 @@ def open_store(
     *,
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
-    retention: Retention | None = None,
 ) -> CounterStore:
-    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps."""
+    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME)."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
-        if clock is not None:
-            return MemoryCounterStore(clock, retention=retention)
-        return MemoryCounterStore(retention=retention)
+        return MemoryCounterStore(clock) if clock is not None else MemoryCounterStore()
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention)
+    return RedisCounterStore(url, key_prefix=key_prefix)
 
 
 def open_entity_store(

@@ -13,7 +13,8 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
-from ..usage import RequestSeen, UsageEvent, UsageReader
+from ..usage import UsageEvent
+from .events import EventSource
 
 __all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
 
@@ -66,8 +67,8 @@ class CounterStore(Protocol):
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
 
     @property
-    def usage(self) -> UsageReader:
-        """The per-user and per-group usage that ``record_report`` accumulates."""
+    def events(self) -> EventSource:
+        """Where the usage events this store accepted wait for the ingester."""
         ...
 
     def check_and_consume(
@@ -77,7 +78,7 @@ class CounterStore(Protocol):
         consume: bool,
         hold_id: str | None = None,
         now: float | None = None,
-        seen: RequestSeen | None = None,
+        event: UsageEvent | None = None,
     ) -> list[CounterState]:
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
 
@@ -85,18 +86,16 @@ class CounterStore(Protocol):
         the store remembers what was added (bucket by bucket) so that ``record_report``
         can later replace the reservation by the actual usage. ``now`` overrides the
         store's clock (the memory store's injected clock; Redis uses its own TIME).
-        ``seen``, when given, is counted in the usage aggregates (one request, first and
-        last seen) in the same atomic step, and only if the amounts were added: a denied
-        decision or a read-only call counts nothing. On Redis it rides the same script call.
-        Raises ``StoreUnavailable``.
+        ``event``, when given, is appended to ``events`` in the same atomic step, and
+        only if the amounts were added: a denied decision or a read-only call appends
+        nothing. On Redis it rides the same script call. Raises ``StoreUnavailable``.
         """
         ...
 
-    def record_request(self, seen: RequestSeen) -> None:
-        """Count one admitted request in the usage aggregates, for a decision that has no
-        counters to consume (one round trip on Redis). Raises ``StoreUnavailable``."""
+    def record_event(self, event: UsageEvent) -> None:
+        """Append one usage event on its own (a decision with no counters to consume);
+        one round trip on Redis. Raises ``StoreUnavailable``."""
         ...
-
 
     def record_report(
         self,
@@ -106,7 +105,7 @@ class CounterStore(Protocol):
         fallback: Sequence[CounterSpec],
         *,
         now: float | None = None,
-        usage: UsageEvent | None = None,
+        event: UsageEvent | None = None,
     ) -> ReportOutcome:
         """Apply a usage report once per ``request_id``.
 
@@ -114,13 +113,11 @@ class CounterStore(Protocol):
         reservation, each reserved counter is adjusted by ``actual - reserved`` in the
         bucket it was reserved in (never below zero) -> "settled". Otherwise each
         ``fallback`` counter is increased by its ``amount`` -> "added". A request_id
-        already reported -> "duplicate", nothing changes. ``usage``, when given, is added
-        to the usage aggregates in the same atomic step (so it counts exactly once too);
-        it counts a request only when ``usage.counts_request`` (no decision counted it).
-        Raises ``StoreUnavailable``.
+        already reported -> "duplicate", nothing changes. ``event``, when given, is
+        appended to ``events`` in the same atomic step (so a duplicate appends
+        nothing). Raises ``StoreUnavailable``.
         """
         ...
-
 
     def close(self) -> None:
         ...

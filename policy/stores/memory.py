@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from .. import windows
-from ..usage import RequestSeen, Retention, UsageEvent
+from ..usage import UsageEvent
 from .base import CounterSpec, CounterState, ReportOutcome
-from .usage_memory import MemoryUsage
+from .events import DEFAULT_MAX_BACKLOG, MemoryEventQueue
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
 
@@ -56,11 +56,10 @@ class MemoryCounterStore:
         max_holds: int = 100_000,
         report_ttl: float = REPORT_TTL,
         max_reports: int = 200_000,
-        retention: Retention | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
         self._clock = clock
-        self.retention = retention or Retention()
-        self.usage = MemoryUsage(self.retention)
+        self.events = MemoryEventQueue(max_backlog)
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
         # Both caches expire on the store's clock so that tests moving time see it.
@@ -77,7 +76,7 @@ class MemoryCounterStore:
         consume: bool,
         hold_id: str | None = None,
         now: float | None = None,
-        seen: RequestSeen | None = None,
+        event: UsageEvent | None = None,
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
@@ -106,9 +105,9 @@ class MemoryCounterStore:
                         for (spec, key, amount, _, _), (field, _, until)
                         in zip(prepared, slots, strict=True)
                     )
-                if seen is not None:
-                    # under the store's lock: the request counts exactly when it consumed
-                    self.usage.count_request(seen)
+                if event is not None:
+                    # under the store's lock: the event exists exactly when it consumed
+                    self.events.append(event)
         # fields read from this store are bucket indices (or one period) holding amounts > 0
         state_of = windows.state_of
         return [
@@ -125,7 +124,7 @@ class MemoryCounterStore:
         fallback: Sequence[CounterSpec],
         *,
         now: float | None = None,
-        usage: UsageEvent | None = None,
+        event: UsageEvent | None = None,
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
@@ -135,9 +134,9 @@ class MemoryCounterStore:
             if request_id in self._reports:
                 return "duplicate"
             self._reports[request_id] = True
-            if usage is not None:
-                # under the store's lock: a report and its usage count once, together
-                self.usage.apply(usage)
+            if event is not None:
+                # under the store's lock: a report and its event count once, together
+                self.events.append(event)
             held = self._holds.pop(hold_id, None) if hold_id is not None else None
             if held is not None:
                 for key, field, metric, units, until in held:
@@ -152,9 +151,9 @@ class MemoryCounterStore:
                 self._add(c.key, s.field, s.until, c.amount)
             return "added"
 
-    def record_request(self, seen: RequestSeen) -> None:
-        # no counters change with it, so the usage's own lock is all it needs
-        self.usage.count_request(seen)
+    def record_event(self, event: UsageEvent) -> None:
+        # no counters change with it, so the queue's own safety is all it needs
+        self.events.append(event)
 
     def close(self) -> None:
         with self._lock:

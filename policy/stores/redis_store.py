@@ -1,8 +1,9 @@
 """Counters in Redis, shared by every replica: one Lua script call per decision.
 
 Every counter of a decision is read, checked and (all or none) consumed by one
-``EVALSHA`` of ``lua/consume.lua``, which also counts the admitted request in the usage
-aggregates; a report is one call of ``lua/report.lua``. Both take the time from Redis
+``EVALSHA`` of ``lua/consume.lua``, which also appends the admitted decision's usage event
+to the usage stream (``events_redis``); a report is one call of ``lua/report.lua``, which
+appends the report's event unless it is a duplicate. Both take the time from Redis
 ``TIME`` so that replicas with skewed clocks still agree on windows and periods. The
 scripts are registered once (``register_script``): a Redis that lost its script cache
 costs one ``SCRIPT LOAD``, not an error.
@@ -26,16 +27,18 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .. import windows
-from ..usage import RequestSeen, Retention, UsageEvent
+from ..usage import UsageEvent
 from ..windows import Checked
 from .base import CounterSpec, CounterState, ReportOutcome, StoreUnavailable
-from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
+from .events import DEFAULT_MAX_BACKLOG
+from .events_redis import DEFAULT_CLAIM_IDLE, RedisEventStream, stream_key
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
 
 HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
 REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
 DEFAULT_TIMEOUT = 0.1
+_EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
 
 
 def default_retry() -> Retry:
@@ -67,11 +70,14 @@ def redis_client(
     )
 
 
+def load_lua(name: str) -> str:
+    """The source of ``lua/<name>.lua``."""
+    return files("tollway.policy.stores").joinpath("lua", f"{name}.lua").read_text()
+
+
 def load_script(name: str, *parts: str) -> str:
     """The source of ``lua/<name>.lua`` with ``lua/common.lua`` and ``parts`` in front."""
-    lua = files("tollway.policy.stores").joinpath("lua")
-    head = [lua.joinpath("common.lua").read_text(), *parts]
-    return "\n".join([*head, lua.joinpath(f"{name}.lua").read_text()])
+    return "\n".join([load_lua("common"), *parts, load_lua(name)])
 
 
 class RedisCounterStore:
@@ -98,7 +104,8 @@ class RedisCounterStore:
         report_ttl: int = REPORT_TTL,
         honour_now: bool = False,
         client: redis.Redis | None = None,
-        retention: Retention | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        claim_idle: float = DEFAULT_CLAIM_IDLE,
     ) -> None:
         self._client = client or redis_client(
             url,
@@ -111,10 +118,16 @@ class RedisCounterStore:
         self._hold_ttl = str(int(hold_ttl))
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
-        self._consume = self._client.register_script(load_script("consume", USAGE_LUA))
-        self._report = self._client.register_script(load_script("report", USAGE_LUA))
-        self.retention = retention or Retention()
-        self.usage = RedisUsage(self._client, key_prefix=key_prefix, retention=self.retention)
+        events_lua = load_lua("events")
+        self._consume = self._client.register_script(load_script("consume", events_lua))
+        self._report = self._client.register_script(load_script("report", events_lua))
+        self._append = self._client.register_script(events_lua + "\n" + load_lua("append"))
+        self.events = RedisEventStream(
+            redis_client(url, timeout=_EVENTS_TIMEOUT),
+            stream_key(key_prefix),
+            max_backlog=max_backlog,
+            claim_idle=claim_idle,
+        )
 
     # ------------------------------------------------------------------ protocol
 
@@ -125,12 +138,12 @@ class RedisCounterStore:
         consume: bool,
         hold_id: str | None = None,
         now: float | None = None,
-        seen: RequestSeen | None = None,
+        event: UsageEvent | None = None,
     ) -> list[CounterState]:
         prepared = windows.prepare_counters(self._prefix, counters)
         if not prepared:
-            if consume and seen is not None:
-                self.record_request(seen)
+            if consume and event is not None:
+                self.record_event(event)
             return []
         keys = [key for _, key, _, _, _ in prepared]
         hold = consume and hold_id is not None
@@ -144,14 +157,15 @@ class RedisCounterStore:
         ]
         for spec, _, amount, limit, plan in prepared:
             args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
-        if consume and seen is not None:
-            args += request_args(self._prefix, seen)  # counted by the script if admitted
+        if consume and event is not None:
+            args += self.events.append_args(event)  # appended by the script if admitted
         reply = self._call(self._consume, keys, args)
         sec, usec = int(reply[0]), int(reply[1])
+        self._appended(reply[3])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
         state_of = windows.state_of
         states = []
-        for (spec, _, amount, limit, plan), raw in zip(prepared, reply[3:], strict=True):
+        for (spec, _, amount, limit, plan), raw in zip(prepared, reply[4:], strict=True):
             # the script sends the counted total and the live buckets the state needs
             # (all of them when the amount does not fit, else the oldest one)
             fields: dict[int | str, int] = {
@@ -170,7 +184,7 @@ class RedisCounterStore:
         fallback: Sequence[CounterSpec],
         *,
         now: float | None = None,
-        usage: UsageEvent | None = None,
+        event: UsageEvent | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.check_counters(self._prefix, fallback)
@@ -188,16 +202,18 @@ class RedisCounterStore:
             args += (metric, str(value))
         for c in checked:
             args += (*_window_args(c), str(c.amount))
-        if usage is not None:
-            args += usage_args(self._prefix, usage, self.retention)
-        outcome = self._call(self._report, keys, args)
+        if event is not None:
+            args += self.events.append_args(event)
+        reply = self._call(self._report, keys, args)
+        outcome = reply[0] if isinstance(reply, list) and len(reply) == 2 else reply
         text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if text not in ("duplicate", "settled", "added"):
             raise StoreUnavailable(f"redis report script answered {text!r}")
+        self._appended(reply[1])
         return text  # type: ignore[return-value]
 
-    def record_request(self, seen: RequestSeen) -> None:
-        self.usage.count_request(seen)
+    def record_event(self, event: UsageEvent) -> None:
+        self._appended(self._call(self._append, [], self.events.append_args(event)))
 
     def ping(self) -> bool:
         """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` when not."""
@@ -208,11 +224,17 @@ class RedisCounterStore:
 
     def close(self) -> None:
         self._client.close()
+        self.events.close()
 
     # ------------------------------------------------------------------ internals
 
     def _override(self, now: float | None) -> str:
         return str(math.floor(now)) if now is not None and self._honour_now else ""
+
+    def _appended(self, status: Any) -> None:
+        """Count an event the script could not append (the stream was full)."""
+        if int(status) < 0:
+            self.events.count_dropped()
 
     def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:

@@ -6,9 +6,10 @@
 -- ARGV[3]     reservation TTL in seconds, '0' for no reservation
 -- ARGV[4..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
--- then        optionally the 5 values of usage_request (lua/usage.lua, prepended): the
---             request counted in the usage aggregates, only when admitted and consumed
--- Returns {sec, usec, admitted (1/0), per counter {used, idx, units, idx, units, ...}}:
+-- then        optionally the 3 values of event_append (lua/events.lua, prepended): the
+--             decision's usage event, appended only when admitted and consumed
+-- Returns {sec, usec, admitted (1/0), event (1 appended, -1 dropped: the stream is full,
+-- 0 none), per counter {used, idx, units, idx, units, ...}}:
 -- the counted total and live buckets (> 0) come back so that the caller computes
 -- retry_after and resets_at with the same code as the memory store. A counter whose
 -- amount fits needs only its oldest live bucket for that, so only that one comes back
@@ -23,6 +24,7 @@ if hold_ttl > 0 then n = n - 1 end
 local tonumber = tonumber
 local plans, states = {}, {}
 local admitted = 1
+local appended = 0
 for i = 1, n do
   local base = 3 + (i - 1) * 5
   local field, first, finish = slot(ARGV[base + 1], tonumber(ARGV[base + 2]), sec)
@@ -88,8 +90,8 @@ if consume then
   if admitted == 1 and hold_ttl > 0 then
     redis.call('SET', KEYS[n + 1], cjson.encode(held), 'EX', hold_ttl)
   end
-  local usage_at = 4 + 5 * n
-  if admitted == 1 and #ARGV >= usage_at + 4 then usage_request(ARGV, usage_at) end
+  local event_at = 4 + 5 * n
+  if admitted == 1 and #ARGV >= event_at + 2 then appended = event_append(ARGV, event_at) end
 end
 
-return {sec, usec, admitted, unpack(states)}
+return {sec, usec, admitted, appended, unpack(states)}

@@ -1,0 +1,213 @@
+"""The usage rollups: newly inserted decision and report events, summed per user and per
+group into every period that holds them (all time, month, day, hour), overall and per
+model.
+
+One batch becomes one row change per touched rollup row (the batch is summed here
+first). Rows are written in key order, so two replicas writing at once take row locks
+in the same order; the all-time entity rows are written first, which serialises writers
+per entity before the per-model rows are decided (the model cap needs that: an entity
+keeps at most ``max_models`` named models, later ones are summed under ``other``).
+
+Sums saturate at ``MAX_UNITS`` instead of overflowing; the earliest and latest event
+times are kept as ``first_seen_us``/``last_seen_us``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, bindparam, case, select, update
+
+from ..usage import MAX_UNITS, EntityKind
+from .periods import periods_of
+from .schema import AMOUNTS, SUMMED, model_periods, period_counts, periods
+from .writer import StoredEvent, dialect_insert
+
+__all__ = ["UsageRollups", "OTHER_MODEL", "DEFAULT_MAX_MODELS", "MAX_MODELS_LIMIT"]
+
+ROLLUP_KINDS = frozenset({"decision", "report"})
+OTHER_MODEL = "other"
+# Every listing page (up to 100 records with up to this many models each, model names up
+# to 1 KiB) stays under the gRPC message limit of 4 MiB.
+DEFAULT_MAX_MODELS = 32
+MAX_MODELS_LIMIT = 32
+
+_FIRST = len(SUMMED)  # index of first_seen_us in an amounts list
+_LAST = _FIRST + 1
+
+Key = tuple[Any, ...]
+
+
+def _amounts(e: StoredEvent) -> list[int]:
+    tokens = min(e.input_tokens + e.output_tokens, MAX_UNITS)
+    return [
+        e.requests, e.input_tokens, e.output_tokens, tokens, e.cost_nusd, e.duration_us,
+        e.time_us, e.time_us,
+    ]
+
+
+def _fold_into(into: list[int], more: list[int]) -> None:
+    for i in range(_FIRST):
+        into[i] = min(into[i] + more[i], MAX_UNITS)
+    into[_FIRST] = min(into[_FIRST], more[_FIRST])
+    into[_LAST] = max(into[_LAST], more[_LAST])
+
+
+def _entities(e: StoredEvent) -> Iterator[tuple[EntityKind, str]]:
+    if e.user_id:
+        yield "user", e.user_id
+    if e.group_id:
+        yield "group", e.group_id
+
+
+class _Sums:
+    """Amounts per rollup key, summed in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Key, list[int]] = {}
+
+    def add(self, key: Key, amounts: list[int]) -> None:
+        row = self.rows.get(key)
+        if row is None:
+            self.rows[key] = list(amounts)
+        else:
+            _fold_into(row, amounts)
+
+
+class UsageRollups:
+    """The ``EventHandler`` that keeps ``usage_periods``, ``usage_model_periods`` and
+    ``usage_period_counts``."""
+
+    def __init__(self, max_models: int = DEFAULT_MAX_MODELS) -> None:
+        if not 1 <= max_models <= MAX_MODELS_LIMIT:
+            raise ValueError(f"max_models: must be between 1 and {MAX_MODELS_LIMIT}")
+        self.max_models = max_models
+
+    def apply(self, connection: Connection, inserted: Sequence[StoredEvent]) -> None:
+        rolled = [e for e in inserted if e.kind in ROLLUP_KINDS and (e.user_id or e.group_id)]
+        if not rolled:
+            return
+        entity_sums = _Sums()
+        for e in rolled:
+            amounts = _amounts(e)
+            spans = periods_of(e.time_us // 1_000_000)
+            for kind, ident in _entities(e):
+                for span, start in spans:
+                    entity_sums.add((kind, span, start, ident), amounts)
+        # all-time rows first: their row locks serialise writers of the same entity
+        keys = sorted(entity_sums.rows, key=lambda k: (k[1] != "a", k))
+        created = _write(connection, periods, keys, entity_sums.rows)
+        _count_new(connection, created)
+
+        models = self._model_names(connection, rolled)
+        model_sums = _Sums()
+        for e in rolled:
+            amounts = _amounts(e)
+            spans = periods_of(e.time_us // 1_000_000)
+            for kind, ident in _entities(e):
+                model = models[(kind, ident, e.model)]
+                for span, start in spans:
+                    model_sums.add((kind, ident, span, start, model), amounts)
+        _write(connection, model_periods, sorted(model_sums.rows), model_sums.rows)
+
+    def _model_names(
+        self, connection: Connection, rolled: Sequence[StoredEvent]
+    ) -> dict[tuple[str, str, str], str]:
+        """(kind, id, model) -> the model name the rollups use: itself while the entity
+        has fewer than ``max_models`` named models, else ``other``."""
+        wanted: dict[EntityKind, set[str]] = defaultdict(set)
+        for e in rolled:
+            for kind, ident in _entities(e):
+                wanted[kind].add(ident)
+        known: dict[tuple[str, str], set[str]] = defaultdict(set)
+        t = model_periods.c
+        for kind, ids in wanted.items():
+            for chunk in _chunks(sorted(ids), 500):
+                rows = connection.execute(
+                    select(t.entity_id, t.model).where(
+                        t.entity_kind == kind, t.span == "a", t.period == 0,
+                        t.entity_id.in_(chunk),
+                    )
+                )
+                for ident, model in rows:
+                    known[(kind, ident)].add(model)
+        names: dict[tuple[str, str, str], str] = {}
+        for e in rolled:
+            for kind, ident in _entities(e):
+                key = (kind, ident, e.model)
+                if key in names:
+                    continue
+                seen = known[(kind, ident)]
+                if e.model not in seen and len(seen - {OTHER_MODEL}) >= self.max_models:
+                    names[key] = OTHER_MODEL
+                else:
+                    seen.add(e.model)
+                    names[key] = e.model
+        return names
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _write(
+    connection: Connection, table: Table, keys: list[Key], sums: dict[Key, list[int]]
+) -> list[Key]:
+    """Insert the rows that are new, add to the rows that exist; returns the new keys.
+
+    Two statements: ``INSERT … ON CONFLICT DO NOTHING RETURNING`` the new keys, then an
+    ``UPDATE`` per existing row. (A row another writer inserts meanwhile conflicts and is
+    updated, so every amount lands exactly once.)
+    """
+    key_names = [c.name for c in table.primary_key.columns]
+    rows = [dict(zip(key_names, key, strict=True)) | dict(zip(AMOUNTS, sums[key], strict=True))
+            for key in keys]
+    pk = [table.c[name] for name in key_names]
+    stmt = dialect_insert(connection, table).on_conflict_do_nothing().returning(*pk)
+    created = {tuple(row) for row in connection.execute(stmt, rows)}
+    existing = [row for key, row in zip(keys, rows, strict=True) if key not in created]
+    if existing:
+        connection.execute(_add_statement(table, key_names), [
+            {f"k_{k}": v for k, v in row.items()} for row in existing
+        ])
+    return [key for key in keys if key in created]
+
+
+def _add_statement(table: Table, key_names: Sequence[str]) -> Any:
+    """``UPDATE`` one rollup row: sums saturate at ``MAX_UNITS``, times widen."""
+    values: dict[str, Any] = {}
+    for name in SUMMED:
+        column = table.c[name]
+        more: Any = bindparam(f"k_{name}")
+        values[name] = case((column > MAX_UNITS - more, MAX_UNITS), else_=column + more)
+    first, last = table.c.first_seen_us, table.c.last_seen_us
+    values["first_seen_us"] = case(
+        (bindparam("k_first_seen_us") < first, bindparam("k_first_seen_us")), else_=first
+    )
+    values["last_seen_us"] = case(
+        (bindparam("k_last_seen_us") > last, bindparam("k_last_seen_us")), else_=last
+    )
+    where = and_(*(table.c[name] == bindparam(f"k_{name}") for name in key_names))
+    return update(table).where(where).values(values)
+
+
+def _count_new(connection: Connection, created: Iterable[Key]) -> None:
+    """Add the entities that got their first row in a period to ``usage_period_counts``."""
+    counts: dict[tuple[str, str, int], int] = defaultdict(int)
+    for kind, span, start, _ in created:
+        counts[(kind, span, start)] += 1
+    if not counts:
+        return
+    t = period_counts.c
+    stmt = dialect_insert(connection, period_counts)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[t.entity_kind, t.span, t.period],
+        set_={"entities": period_counts.c.entities + stmt.excluded.entities},
+    )
+    connection.execute(stmt, [
+        {"entity_kind": k, "span": s, "period": p, "entities": n}
+        for (k, s, p), n in sorted(counts.items())
+    ])

@@ -30,6 +30,7 @@ __all__ = [
     "Window",
     "Scope",
     "Quota",
+    "Price",
     "METRICS",
     "SCOPE_SUBJECTS",
     "Deny",
@@ -244,6 +245,28 @@ class Quota:
     pos: Pos = NOWHERE
 
 
+# --------------------------------------------------------------------- prices
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """``price "GLOB" input X output Y [cached_input Z] per N tokens``: USD per ``per`` tokens.
+
+    ``pattern`` is a glob over model names (``*``, ``?``); when several cover a model the
+    most specific wins (see ``dsl/prices.py``). ``cached_input`` is None when not given:
+    cached input tokens then cost the ``input`` price. ``per_text`` keeps what was written
+    (``1M``) for messages and ``fmt``; ``per`` is 0 when it could not be read.
+    """
+
+    pattern: str
+    input: int | float
+    output: int | float
+    cached_input: int | float | None = None
+    per: int = 1_000_000
+    per_text: str = "1M"
+    pos: Pos = NOWHERE
+
+
 # -------------------------------------------------------------------- actions
 
 
@@ -425,6 +448,7 @@ class RuleFile:
     tests: tuple[TestCase, ...] = ()
     source: str = field(default="", repr=False, compare=False)
     comments: tuple[Comment, ...] = field(default=(), repr=False, compare=False)
+    prices: tuple[Price, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

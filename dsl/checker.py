@@ -22,6 +22,7 @@ from .ast import (
     Not,
     Or,
     Pos,
+    Price,
     Quota,
     Route,
     Rule,
@@ -32,6 +33,7 @@ from .ast import (
 from .check_logic import never_true, shadowed_rules
 from .check_types import Types
 from .diagnostics import Diagnostic
+from .prices import PriceTable
 from .reporter import Reporter
 from .scan import MAX_DEPTH
 from .spelling import did_you_mean
@@ -42,10 +44,17 @@ __all__ = ["check", "REQUEST_FIELDS"]
 REQUEST_FIELDS = ("request_id", "user", "group", "model", "attributes", "estimate", "dry_run")
 _CALENDAR = ("day", "week", "month")
 _Named = TypeVar("_Named", Quota, Rule, TestCase)
+_PRICE_PARTS = ("input", "output", "cached_input")
 
 
-def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
-    """``(errors, warnings)`` of a parsed ruleset, each sorted by location."""
+def check(
+    ast: RulesetAst, unparsed: frozenset[str] = frozenset()
+) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    """``(errors, warnings)`` of a parsed ruleset, each sorted by location.
+
+    ``unparsed``: names of declarations that failed to parse; naming one is not an error
+    (its syntax error is reported already).
+    """
     report = Reporter(ast)
     defaults: list[Default] = [rf.default for rf in ast.files if rf.default is not None]
     for extra in defaults[1:]:
@@ -66,7 +75,7 @@ def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
     enforced: set[str] = set()
     inline: list[str] = []
     for rule in rules:
-        _check_rule(rule, quotas, types, report, enforced, inline)
+        _check_rule(rule, quotas, types, report, enforced, inline, unparsed)
     # rules too deep to compare (an error is reported for them) stay out of the comparison
     shallow = [r for r in rules if r.condition is None or not _too_deep(r.condition)]
     for rule, other in shadowed_rules(shallow):
@@ -75,6 +84,9 @@ def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
             f"rule '{rule.name}' never takes effect: rule '{other.name}' "
             f"(priority {other.priority}) denies every request it matches",
         )
+    prices = [p for rf in ast.files for p in rf.prices]
+    _check_prices(prices, report)
+    _check_priced_routes(rules, quotas, PriceTable.of(prices), report)
     for name, quota in quotas.items():
         if name not in enforced:
             report.warn(quota.pos, f"quota '{name}' is declared but no rule enforces it")
@@ -82,7 +94,7 @@ def check(ast: RulesetAst) -> tuple[list[Diagnostic], list[Diagnostic]]:
     rule_names = [r.name for r in rules]
     for rf in ast.files:
         for case in rf.tests:
-            _check_test(case, known_quotas, rule_names, report)
+            _check_test(case, known_quotas, rule_names, report, unparsed)
     return report.result()
 
 
@@ -194,6 +206,58 @@ def _check_quota(quota: Quota, types: Types, report: Reporter) -> None:
         )
 
 
+def _check_prices(prices: list[Price], report: Reporter) -> None:
+    seen: dict[str, Price] = {}
+    for price in prices:
+        first = seen.setdefault(price.pattern, price)
+        if first is not price:
+            report.error(
+                price.pos, f"duplicate price for '{price.pattern}': first declared at {first.pos}"
+            )
+        if not price.pattern.strip():
+            report.error(price.pos, "price for an empty model pattern")
+        for part in _PRICE_PARTS:
+            value = getattr(price, part)
+            if value is not None and value < 0:
+                report.error(price.pos, f"price '{price.pattern}': {part} cannot be negative")
+
+
+def _check_priced_routes(
+    rules: list[Rule], quotas: dict[str, Quota], table: PriceTable, report: Reporter
+) -> None:
+    """Warn at each model a rule routes to that no price covers, when cost quotas apply.
+
+    Behind a gateway that reports tokens but no cost, tollway prices the tokens from the
+    table; a routed model the table does not cover then counts nothing against cost quotas.
+    """
+    cost: list[str] = []
+    for rule in rules:
+        if rule.shadow:
+            continue
+        for action in rule.actions:
+            if isinstance(action, Enforce):
+                cost += [n for n in action.names if n in quotas and quotas[n].metric == "cost"]
+            elif isinstance(action, InlineLimit) and action.quota.metric == "cost":
+                cost.append(action.quota.name)
+    if not cost:
+        return
+    names = ", ".join(dict.fromkeys(cost))
+    warned: set[str] = set()
+    for rule in rules:
+        if rule.shadow:
+            continue
+        for action in rule.actions:
+            if not isinstance(action, Route) or action.model in warned or not action.model.strip():
+                continue
+            if table.lookup(action.model) is None:
+                warned.add(action.model)
+                report.warn(
+                    action.pos,
+                    f"no price covers '{action.model}': cost quotas ({names}) count nothing "
+                    "for requests routed to it unless the gateway reports cost_usd",
+                )
+
+
 def _too_deep(expr: Expr) -> bool:
     """Whether ``expr`` nests deeper than the parser allows (trees built in code may);
     iterative, so that a deep tree cannot overflow the stack while being measured."""
@@ -226,6 +290,7 @@ def _check_rule(
     report: Reporter,
     enforced: set[str],
     inline: list[str],
+    unparsed: frozenset[str],
 ) -> None:
     if rule.condition is not None:
         what = f"rule '{rule.name}' can never match"
@@ -236,7 +301,7 @@ def _check_rule(
         if isinstance(action, Enforce):
             for i, name in enumerate(action.names):
                 enforced.add(name)
-                if name not in quotas:
+                if name not in quotas and name not in unparsed:
                     pos = action.name_pos[i] if i < len(action.name_pos) else action.pos
                     report.error(pos, f"unknown quota '{name}'" + did_you_mean(name, quotas))
         elif isinstance(action, InlineLimit):
@@ -258,7 +323,10 @@ def _check_rule(
             report.warn(action.pos, "deny with an empty message: say why the request is refused")
 
 
-def _check_test(case: TestCase, quotas: list[str], rules: list[str], report: Reporter) -> None:
+def _check_test(
+    case: TestCase, quotas: list[str], rules: list[str], report: Reporter,
+    unparsed: frozenset[str],
+) -> None:
     if not case.steps:
         report.warn(case.pos, f"test '{case.name}' sends no request")
     for step in case.steps:
@@ -277,5 +345,5 @@ def _check_test(case: TestCase, quotas: list[str], rules: list[str], report: Rep
             else:
                 continue
             for name in expect.args:
-                if name not in known:
+                if name not in known and name not in unparsed:
                     report.error(expect.pos, f"unknown {what} '{name}'" + did_you_mean(name, known))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .ast import Default, Quota, Rule, Schema, TestCase, Value
 from .diagnostics import Diagnostic
+
+if TYPE_CHECKING:  # prices.py reads values.py, which reads EvalContext from here
+    from .prices import PriceTable
 
 __all__ = [
     "EvalContext",
@@ -133,6 +136,8 @@ class CompiledRuleset:
     # the reference interpreter: evaluates a rule's AST condition directly, no index, no closures
     reference_test: Callable[[Rule, EvalContext], bool] = field(repr=False)
     tracer: Callable[[Rule, EvalContext], tuple[bool, tuple[TestTrace, ...]]] = field(repr=False)
+    # the `price` declarations: what a model's tokens cost when the gateway does not say
+    prices: PriceTable
 
     def match(self, ctx: EvalContext) -> list[CompiledRule]:
         """Matching rules (shadow included) in priority order, through the index."""

@@ -44,6 +44,7 @@ from .ast import (
 from .compiled import CompiledRoute, CompiledRule, CompiledRuleset, EvalContext, Predicate
 from .diagnostics import Diagnostic
 from .index import DecisionTree, build_index
+from .prices import PriceTable
 from .values import compile_glob, contains, equals, getter, index_key, ordered
 
 __all__ = ["compile_ruleset", "compile_condition", "PASSES"]
@@ -170,6 +171,7 @@ class _Unit:
     tests_of: list[Predicate] = field(default_factory=list)
     compiled: list[CompiledRule] = field(default_factory=list)
     index: DecisionTree | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
 
 
 def _fingerprint(unit: _Unit) -> None:
@@ -199,6 +201,11 @@ def _collect(unit: _Unit) -> None:
             for action in rule.actions:
                 if isinstance(action, InlineLimit):
                     unit.quotas[action.quota.name] = action.quota
+
+
+def _prices(unit: _Unit) -> None:
+    """The price table: every ``price`` of every file, most specific pattern first."""
+    unit.prices = PriceTable.of(p for f in unit.ast.files for p in f.prices)
 
 
 def _order(unit: _Unit) -> None:
@@ -254,6 +261,7 @@ def _index(unit: _Unit) -> None:
 PASSES: tuple[tuple[str, Callable[[_Unit], None]], ...] = (
     ("fingerprint", _fingerprint),
     ("collect", _collect),
+    ("price_table", _prices),
     ("order_rules", _order),
     ("compile_conditions", _conditions),
     ("flatten_actions", _actions),
@@ -283,4 +291,5 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         index=unit.index,
         reference_test=_reference_test,
         tracer=reference.trace_rule,
+        prices=unit.prices,
     )

@@ -15,7 +15,8 @@ __all__ = ["Diagnostic", "RulesError"]
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One error or warning at ``file:line:column`` (1-based; 0 when there is no position)."""
+    """One error or warning at ``file:line:column`` (1-based; line 0 when it is about the
+    whole file: a missing path, an unreadable file)."""
 
     file: str
     line: int
@@ -26,12 +27,16 @@ class Diagnostic:
 
     @property
     def location(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
 
     def render(self) -> str:
-        """``file:line:col: error: message`` then the line and a caret under the column."""
+        """``file:line:col: error: message`` then the line and a caret under the column;
+        ``file: message`` for an error about the whole file (``x.rules: no such file``)."""
+        if self.line <= 0:
+            kind = "" if self.severity == "error" else f"{self.severity}: "
+            return f"{self.file}: {kind}{self.message}"
         head = f"{self.location}: {self.severity}: {self.message}"
-        if not self.source_line or self.line <= 0:
+        if not self.source_line:
             return head
         text = self.source_line.rstrip("\n").expandtabs(4)
         caret = " " * max(self.column - 1, 0) + "^"

@@ -1,15 +1,17 @@
 """``tollway fmt``: the canonical layout of a rule file.
 
 Declarations keep their source order; four-space indents, one action or ``expect`` per
-line, one space around operators, quota names aligned within a run of quotas, a blank line
-around every block. Comments are put back: a comment on its own line goes above the line
+line, one space around operators, quota names and price patterns aligned within a run of
+them, a blank line around every block. Comments are put back: a comment on its own line goes above the line
 that followed it, a comment after code stays at the end of that line. The output parses
 back to the same tree, and formatting it again changes nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .ast import (
     Action,
@@ -21,6 +23,7 @@ from .ast import (
     Enforce,
     Expect,
     InlineLimit,
+    Price,
     Quota,
     Route,
     Rule,
@@ -36,7 +39,7 @@ __all__ = ["format_file", "INDENT"]
 
 INDENT = "    "
 _WIDTH = 100
-_KIND_ORDER = {Default: 0, Schema: 1, Quota: 2, Rule: 3, TestCase: 4}
+_KIND_ORDER = {Default: 0, Schema: 1, Quota: 2, Price: 3, Rule: 4, TestCase: 5}
 _BARE_NAME_KINDS = ("reason", "quotas", "rules", "exceeded")
 _NOT_BARE = ("request", "expect")
 
@@ -49,7 +52,8 @@ class _Line:
     closer: bool = False
 
 
-Decl = Default | Schema | Quota | Rule | TestCase
+Decl = Default | Schema | Quota | Price | Rule | TestCase
+_Aligned = TypeVar("_Aligned", Quota, Price)
 
 
 def format_file(rf: RuleFile) -> str:
@@ -65,7 +69,7 @@ def format_file(rf: RuleFile) -> str:
 
 
 def _decls(rf: RuleFile) -> list[Decl]:
-    decls: list[Decl] = [*rf.schemas, *rf.quotas, *rf.rules, *rf.tests]
+    decls: list[Decl] = [*rf.schemas, *rf.quotas, *rf.prices, *rf.rules, *rf.tests]
     if rf.default is not None:
         decls.insert(0, rf.default)
     keyed = [(d.pos.line, _KIND_ORDER[type(d)], i, d) for i, d in enumerate(decls)]
@@ -98,22 +102,36 @@ def _decl_lines(decl: Decl, decls: list[Decl], index: int) -> list[_Line]:
     if isinstance(decl, Schema):
         return _schema_lines(decl)
     if isinstance(decl, Quota):
-        width = _run_width(decls, index)
+        width = _run_width(decls, index, Quota, lambda q: q.name)
         return [_Line(0, f"quota {decl.name.ljust(width)} limits {_limit_body(decl)}", anchor)]
+    if isinstance(decl, Price):
+        width = _run_width(decls, index, Price, lambda p: quote(p.pattern))
+        return [_Line(0, _price_text(decl, width), anchor)]
     if isinstance(decl, Rule):
         return _rule_lines(decl)
     return _test_lines(decl)
 
 
-def _run_width(decls: list[Decl], index: int) -> int:
-    """The longest quota name in the run of consecutive quotas around ``index``."""
+def _price_text(p: Price, width: int) -> str:
+    pattern = quote(p.pattern).ljust(width)
+    text = f"price {pattern} input {number_text(p.input)} output {number_text(p.output)}"
+    if p.cached_input is not None:
+        text += f" cached_input {number_text(p.cached_input)}"
+    return f"{text} per {p.per_text} tokens"
+
+
+def _run_width(
+    decls: list[Decl], index: int, kind: type[_Aligned], text: Callable[[_Aligned], str]
+) -> int:
+    """The longest ``text`` in the run of consecutive ``kind`` declarations around ``index``
+    (quota names, quoted price patterns), which the run is aligned on."""
     start = index
-    while start > 0 and isinstance(decls[start - 1], Quota):
+    while start > 0 and isinstance(decls[start - 1], kind):
         start -= 1
     end = index
-    while end + 1 < len(decls) and isinstance(decls[end + 1], Quota):
+    while end + 1 < len(decls) and isinstance(decls[end + 1], kind):
         end += 1
-    return max(len(d.name) for d in decls[start : end + 1] if isinstance(d, Quota))
+    return max(len(text(d)) for d in decls[start : end + 1] if isinstance(d, kind))
 
 
 def _limit_body(q: Quota) -> str:

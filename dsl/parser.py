@@ -6,13 +6,18 @@ parsed on its own, so one broken rule never hides the next. Inside a piece, a st
 line that fails (``enforce``, ``expect``, …) is blanked out and the piece parsed again,
 which finds the next error in the same block; anything that could only cascade (an error
 at or before one already reported) is dropped.
+
+``read_ruleset`` keeps what did parse: the declarations of the pieces without errors, and
+the names of those with errors, so the checker can still report the mistakes of the rest
+without calling a declaration that failed to parse "unknown".
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lark.exceptions import UnexpectedInput, VisitError
@@ -22,22 +27,39 @@ from .diagnostics import Diagnostic, RulesError
 from .grammar import lark_parser
 from .scan import Chunk, scan
 from .source import read_rule_file, rule_files, text_problem
-from .syntax_errors import describe
+from .syntax_errors import DECLARATIONS, describe
 from .transform import Decl, ToAst
 
-__all__ = ["parse_text", "parse_path"]
+__all__ = ["parse_text", "parse_path", "read_ruleset", "read_text", "Parsed"]
 
-_EMPTY = "expected a rule, quota, schema, default or test"
+_EMPTY = f"expected {DECLARATIONS}"
+# the name a declaration gives itself: ``rule NAME``, ``quota NAME``, ``test "NAME"``, …
+_DECL_NAME = re.compile(r'\s*(?:rule|quota|test|price)\s+("(?:[^"\\\n]|\\.)*"|[A-Za-z_][\w-]*)')
 _STATEMENT = re.compile(r"[ \t]*(when|deny|allow|enforce|limit|check|route|annotate|expect)\b")
 _STRINGS = re.compile(r'"(?:[^"\\\n]|\\[^\n])*"?|#.*')
 _MAX_RETRIES = 50
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What parsing found: the declarations that parsed, every syntax error, and the names
+    of the declarations that did not parse (``rule a`` -> ``a``, ``test "t"`` -> ``t``)."""
+
+    ruleset: ast.RulesetAst
+    errors: tuple[Diagnostic, ...]
+    unparsed: frozenset[str]
+
+    def valid(self) -> ast.RulesetAst:
+        """The whole ruleset; ``RulesError`` when any part did not parse."""
+        if self.errors:
+            raise RulesError(self.errors)
+        return self.ruleset
+
+
 def parse_text(text: str, file: str) -> ast.RuleFile:
     """Parse one file's text; raises ``RulesError`` carrying every syntax error found."""
-    rule_file, errors = _parse(text, file)
-    if errors or rule_file is None:
-        raise RulesError(errors)
+    parsed = read_text(text, file)
+    (rule_file,) = parsed.valid().files
     return rule_file
 
 
@@ -47,20 +69,38 @@ def parse_path(path: str | Path) -> ast.RulesetAst:
     ``Rule.order`` runs across the whole set in that order. Raises ``RulesError`` with the
     errors of every file.
     """
+    return read_ruleset(path).valid()
+
+
+def read_text(text: str, file: str) -> Parsed:
+    """``parse_text`` that keeps what parsed instead of raising."""
+    rule_file, errors, unparsed = _parse(text, file)
+    files = (rule_file,) if rule_file is not None else ()
+    return Parsed(ast.RulesetAst(files), tuple(errors), unparsed)
+
+
+def read_ruleset(path: str | Path) -> Parsed:
+    """``parse_path`` that keeps what parsed instead of raising (a missing path or a
+    directory without rule files still raises ``RulesError``: there is nothing to keep)."""
     files: list[ast.RuleFile] = []
     errors: list[Diagnostic] = []
+    unparsed: set[str] = set()
     for file_path in rule_files(path):
         try:
             text = read_rule_file(file_path)
         except RulesError as exc:
             errors.extend(exc.errors)
             continue
-        rule_file, file_errors = _parse(text, str(file_path))
+        rule_file, file_errors, file_unparsed = _parse(text, str(file_path))
         errors.extend(file_errors)
+        unparsed |= file_unparsed
         if rule_file is not None:
             files.append(rule_file)
-    if errors:
-        raise RulesError(errors)
+    return Parsed(_numbered(files), tuple(errors), frozenset(unparsed))
+
+
+def _numbered(files: list[ast.RuleFile]) -> ast.RulesetAst:
+    """``Rule.order`` across the whole set, in file order."""
     order = 0
     numbered = []
     for rf in files:
@@ -75,14 +115,18 @@ def parse_path(path: str | Path) -> ast.RulesetAst:
 # ----------------------------------------------------------------- internals
 
 
-def _parse(text: str, file: str) -> tuple[ast.RuleFile | None, list[Diagnostic]]:
+def _parse(
+    text: str, file: str
+) -> tuple[ast.RuleFile | None, list[Diagnostic], frozenset[str]]:
+    """The file's declarations that parsed (None when nothing can: an unfit or empty text),
+    its syntax errors, and the names of the declarations that did not parse."""
     if text.startswith("\ufeff"):
         text = text[1:]
     if "\r" in text:  # Windows line ends: keep comments and source lines clean
         text = text.replace("\r\n", "\n")
     problem = text_problem(text, file)
     if problem is not None:
-        return None, [problem]
+        return None, [problem], frozenset()
     lines = text.split("\n")
 
     def diag(line: int, column: int, message: str) -> Diagnostic:
@@ -92,18 +136,32 @@ def _parse(text: str, file: str) -> tuple[ast.RuleFile | None, list[Diagnostic]]
     scanned = scan(text)
     if not scanned.has_code:
         what = "file has only comments" if scanned.comments else "file is empty"
-        return None, [Diagnostic(file, 1, 1, f"{what}: {_EMPTY}")]
+        return None, [Diagnostic(file, 1, 1, f"{what}: {_EMPTY}")], frozenset()
     decls: list[Decl] = []
     errors: list[Diagnostic] = []
+    unparsed: set[str] = set()
     for chunk in scanned.chunks:
         if chunk.too_deep is not None:
             errors.append(diag(*chunk.too_deep))
-            continue
-        chunk_decls, chunk_errors = _parse_chunk(text, chunk, file)
-        decls.extend(chunk_decls)
-        errors.extend(diag(line, col, msg) for line, col, msg in chunk_errors)
+            chunk_decls: list[Decl] = []
+        else:
+            chunk_decls, chunk_errors = _parse_chunk(text, chunk, file)
+            errors.extend(diag(line, col, msg) for line, col, msg in chunk_errors)
+        if chunk_decls:
+            decls.extend(chunk_decls)
+        elif (named := _DECL_NAME.match(text, chunk.start, chunk.end)) is not None:
+            unparsed.add(_unquote(named[1]))
     rule_file = _assemble(decls, file, text, scanned.comments, errors, diag)
-    return (None, errors) if errors else (rule_file, [])
+    return rule_file, errors, frozenset(unparsed)
+
+
+def _unquote(name: str) -> str:
+    if not name.startswith('"'):
+        return name
+    try:
+        return str(json.loads(name))
+    except ValueError:
+        return name[1:-1]
 
 
 def _parse_chunk(
@@ -185,6 +243,7 @@ def _assemble(
     default: ast.Default | None = None
     schemas: list[ast.Schema] = []
     quotas: list[ast.Quota] = []
+    prices: list[ast.Price] = []
     rules: list[ast.Rule] = []
     tests: list[ast.TestCase] = []
     for decl in decls:
@@ -204,10 +263,20 @@ def _assemble(
             schemas.append(decl)
         elif isinstance(decl, ast.Quota):
             quotas.append(decl)
+        elif isinstance(decl, ast.Price):
+            prices.append(decl)
         elif isinstance(decl, ast.Rule):
             rules.append(replace(decl, order=len(rules)))
         else:
             tests.append(decl)
     return ast.RuleFile(
-        file, default, tuple(schemas), tuple(quotas), tuple(rules), tuple(tests), text, comments
+        file,
+        default,
+        tuple(schemas),
+        tuple(quotas),
+        tuple(rules),
+        tuple(tests),
+        text,
+        comments,
+        prices=tuple(prices),
     )

@@ -43,7 +43,7 @@ def rule_files(path: str | Path) -> list[Path]:
             raise _error(str(root), "no .rules files in this directory")
         return found
     if not root.exists() and not root.is_symlink():
-        raise _error(str(root), "no such file or directory")
+        raise _error(str(root), "no such file")
     return [root]
 
 

@@ -17,7 +17,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from .grammar import terminal_literals
 from .scan import Chunk, previous_tokens
 
-__all__ = ["describe", "Problem", "NAMED_TERMINALS", "expected_phrase"]
+__all__ = ["describe", "Problem", "NAMED_TERMINALS", "expected_phrase", "DECLARATIONS"]
 
 NAMED_TERMINALS = {
     "NAME": "a name",
@@ -27,7 +27,8 @@ NAMED_TERMINALS = {
     "$END": "end of file",
 }
 _ACTIONS = ("deny", "allow", "enforce", "limit", "check", "route", "annotate")
-_TOP = ("rule", "quota", "schema", "default", "test")
+_TOP = ("rule", "quota", "price", "schema", "default", "test")
+DECLARATIONS = "a rule, quota, price, schema, default or test"
 _COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
 _KEYWORDS = frozenset(
     {
@@ -50,6 +51,10 @@ _KEYWORDS = frozenset(
         "of",
         "or",
         "and",
+        "input",
+        "output",
+        "cached_input",
+        "tokens",
     }
 )
 
@@ -57,6 +62,7 @@ _WORD = re.compile(r"\s*(\w+)")
 _CONDITION = 'expected a condition, like user.tier == "free"'
 _VALUE = "expected a value: a string, a number, true, false, null or a path like user.tier"
 _DURATION = "expected a duration like 30s, 5m, 1h, 1d, or day, week, month"
+_TOKEN_COUNT = "expected a token count like 1M or 1K, as in per 1M tokens"
 _METRIC = "expected a metric: requests, tokens, input_tokens, output_tokens, cost"
 
 # (token before the error, a token the parser would have taken) -> what to say
@@ -75,6 +81,10 @@ _AFTER: dict[tuple[str, str], str] = {
     ("deny", "STRING"): 'expected a message in quotes after deny, like deny "not allowed"',
     ("rule", "NAME"): "expected a rule name after 'rule'",
     ("quota", "NAME"): "expected a quota name after 'quota'",
+    ("price", "STRING"): 'expected a model glob in quotes after price, like price "openai/gpt-5*"',
+    ("input", "NUMBER"): "expected a price in USD after 'input', like input 1.25",
+    ("output", "NUMBER"): "expected a price in USD after 'output', like output 10",
+    ("cached_input", "NUMBER"): "expected a price in USD after 'cached_input', like cached_input 0.125",
     ("schema", "user"): "expected user, group or request after 'schema'",
     ("default", "allow"): 'expected allow or deny "message" after default',
     ("test", "STRING"): 'expected a test name in quotes after test, like test "vip users"',
@@ -117,7 +127,7 @@ def expected_phrase(expected: set[str]) -> str:
     rest = set(expected)
     parts: list[str] = []
     if set(_TOP) <= rest:
-        parts.append("a rule, quota, schema, default or test")
+        parts.append(DECLARATIONS)
         rest -= set(_TOP)
     if "when" in rest and set(_ACTIONS) <= rest:
         parts.append("'when'")
@@ -274,9 +284,11 @@ def _after(
     tokens = previous_tokens(src, 0, offset)
     if not tokens:
         if set(_TOP) <= expected:
-            return "expected a rule, quota, schema, default or test", None
+            return f"expected {DECLARATIONS}", None
         return None, None
     prev = tokens[-1][0]
+    if prev == "per" and "NAME" not in expected and "DURATION" in expected:
+        return _TOKEN_COUNT, None  # a price's `per`, where no calendar window fits
     for (word, needs), message in _AFTER.items():
         if word == prev and needs in expected:
             return message, None

@@ -18,12 +18,13 @@ from .spelling import did_you_mean, parse_number, unquote
 
 __all__ = ["ToAst", "Decl", "EXPECT_KINDS", "REASONS"]
 
-Decl = ast.Default | ast.Schema | ast.Quota | ast.Rule | ast.TestCase
+Decl = ast.Default | ast.Schema | ast.Quota | ast.Price | ast.Rule | ast.TestCase
 
 _ROOTS = ("user", "group", "request")
 _TYPES = ("string", "number", "bool", "any", "list")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _CALENDAR = ("day", "week", "month")
+_TOKEN_UNITS = {"K": 1_000, "k": 1_000, "M": 1_000_000}
 MAX_TIMES = 1_000_000
 EXPECT_KINDS = (
     "allow",
@@ -242,6 +243,33 @@ class ToAst(Transformer[Token, list[Decl]]):
 
     def store_error(self, meta: Meta, children: list[Any]) -> str:
         return str(children[1])
+
+    # --------------------------------------------------------------- prices
+
+    def price(self, meta: Meta, children: list[Any]) -> ast.Price:
+        pattern, input_tok, output_tok, cached_tok, per_tok = children
+        cached = None if cached_tok is None else self._number(cached_tok)
+        text = str(per_tok)
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        unit = text[len(digits) :]
+        per = 0
+        if unit in _TOKEN_UNITS:
+            per = int(parse_number(digits)) * _TOKEN_UNITS[unit]
+        if per <= 0:
+            self._error(
+                self._tpos(per_tok),
+                f"bad token count '{text}': expected a count like 1M (a million tokens) "
+                "or 1K (a thousand)",
+            )
+        return ast.Price(
+            self._string(pattern),
+            self._number(input_tok),
+            self._number(output_tok),
+            cached,
+            per,
+            text,
+            self._pos(meta),
+        )
 
     # ---------------------------------------------------------------- rules
 

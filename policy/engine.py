@@ -9,6 +9,7 @@ its start, so in-flight decisions finish on the rules they began with.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -25,7 +26,6 @@ from .entities import EntityKind, EntityStore, EntityView, merge_metadata
 from .evaluation import Verdict, combine, combine_shadow
 from .ingest import Ingester
 from .model import (
-    MAX_ID_BYTES,
     DecideRequest,
     Decision,
     EntityRef,
@@ -36,6 +36,7 @@ from .model import (
     UsageReport,
 )
 from .observer import NullObserver, Observer
+from .pricing import token_cost
 from .quotas import Unresolved, counters_for, metric_amounts
 from .stores import open_entity_store, open_store
 from .stores.base import (
@@ -48,6 +49,7 @@ from .stores.base import (
 from .usage import Spike, UsageDetail, UsageEvent, UsageSeries, UsageUnavailable
 from .usage_db import DEFAULT_MAX_MODELS, DEFAULT_RETENTION_DAYS, UsageDatabase
 from .usage_query import ActivityQuery, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
+from .validate import need_groups, need_hits, need_id, need_kind
 
 __all__ = ["Engine"]
 
@@ -242,26 +244,24 @@ class Engine:
         groups: Sequence[str] = (),
         replace: bool = False,
     ) -> EntityView:
-        """Set an entity's metadata ahead of time (admin); ``groups`` links a user to groups."""
-        entity_kind = _need_kind(kind)
-        ref = EntityRef.parse({"id": id, "metadata": metadata}, entity_kind)
-        assert ref is not None
-        if groups and entity_kind != "user":
-            raise ValueError("groups: only a user can be linked to groups")
-        for i, group_id in enumerate(groups):
-            EntityRef.parse({"id": group_id}, f"groups[{i}]")
+        """Set an entity's metadata ahead of time (admin); ``groups`` links a user to groups.
+
+        ``kind`` is ``user`` or ``group`` (``users``/``groups`` too). Everything is checked
+        before anything is written.
+        """
+        entity_kind = need_kind(kind)
+        ref = EntityRef.of(id, metadata, entity_kind)
+        group_ids = need_groups(groups, entity_kind)
         view = self._entities.put(entity_kind, ref.id, ref.metadata, replace=replace)
-        for group_id in groups:
+        for group_id in group_ids:
             self._entities.link(ref.id, group_id)
-        if groups:
+        if group_ids:
             return self._entities.get(entity_kind, ref.id) or view
         return view
 
     def get_entity(self, kind: str, id: str) -> EntityView | None:
-        entity_kind = _need_kind(kind)
-        if not id or len(id.encode()) > MAX_ID_BYTES:
-            raise ValueError(f"id: must be 1..{MAX_ID_BYTES} bytes")
-        return self._entities.get(entity_kind, id)
+        """A stored user or group (``kind``: ``user``/``users``/``group``/``groups``)."""
+        return self._entities.get(need_kind(kind), need_id(id, "id"))
 
     # -------------------------------------------------------------- decisions
 
@@ -289,8 +289,13 @@ class Engine:
         self._observer.store_call(self._store.name, op, self._perf() - start, False)
         return result
 
-    def _decide(self, ev: _Evaluated, consume: bool) -> tuple[Decision, tuple[str, ...]]:
-        """Apply the combining algorithm's quota step; returns the decision and exceeded names."""
+    def _decide(
+        self, ev: _Evaluated, consume: bool, hits: int = 1
+    ) -> tuple[Decision, tuple[str, ...]]:
+        """Apply the combining algorithm's quota step; returns the decision and exceeded names.
+
+        ``hits`` is how many requests the decision counts against ``requests`` quotas.
+        """
         verdict, request, ruleset = ev.verdict, ev.request, ev.ruleset
         base: dict[str, Any] = {
             "model": verdict.model,
@@ -310,11 +315,16 @@ class Engine:
                 decision_id=decision_id,
                 **base,
             ), ()
+        estimate = request.estimate
+        cost = estimate.cost_usd
+        if not cost and (estimate.input_tokens or estimate.output_tokens):
+            # tokens but no cost: priced for the model that will serve, when a price covers it
+            priced = token_cost(
+                ruleset.prices, verdict.model, estimate.input_tokens, estimate.output_tokens
+            )
+            cost = priced or 0.0
         amounts = metric_amounts(
-            request.estimate.input_tokens,
-            request.estimate.output_tokens,
-            request.estimate.cost_usd,
-            1.0,
+            estimate.input_tokens, estimate.output_tokens, cost, float(hits)
         )
         specs, unresolved = counters_for(
             verdict.quotas, ruleset.quotas, ev.ctx, verdict.model, amounts
@@ -423,16 +433,21 @@ class Engine:
             **base,
         )
 
-    def decide(self, request: Mapping[str, Any] | DecideRequest) -> Decision:
+    def decide(self, request: Mapping[str, Any] | DecideRequest, *, hits: int = 1) -> Decision:
         """Decide one request: rules, then quotas checked and consumed all-or-nothing.
 
+        ``hits`` (at least 1) is how many requests this decision counts against
+        ``requests`` quotas: a transport that batches calls (Envoy's rate-limit
+        ``hits_addend``) asks for them in one decision. An estimate with tokens but no
+        cost is priced from the ruleset's ``price`` table for the routed model.
         Raises ``ValueError`` naming the field for a malformed request (nothing is
         consumed or stored then).
         """
         start = self._perf()
+        hits = need_hits(hits)
         req = DecideRequest.parse(request)
         ev = self._evaluate(req, persist=not req.dry_run)
-        decision, exceeded = self._decide(ev, consume=True)
+        decision, exceeded = self._decide(ev, consume=True, hits=hits)
         self._observer.decision(decision, req.model, exceeded, self._perf() - start)
         return decision
 
@@ -454,6 +469,9 @@ class Engine:
     def report(self, report: Mapping[str, Any] | UsageReport) -> ReportAck:
         """Record what a request really used; idempotent per ``request_id``.
 
+        A report with tokens and no ``cost_usd`` is priced from the ruleset's ``price``
+        table for the reported model (none covers it: the cost stays 0).
+
         With a live ``decision_id`` the reservation made by ``decide`` is replaced by
         the actuals. Without one (or once it expired), the actual tokens and cost are
         added to the quotas that apply to the reported user, group and model; requests
@@ -463,6 +481,16 @@ class Engine:
         """
         rep = UsageReport.parse(report)
         ruleset = self._ruleset
+        if not rep.cost_usd and rep.total_tokens:
+            priced = token_cost(
+                ruleset.prices,
+                rep.model,
+                rep.input_tokens,
+                rep.output_tokens,
+                rep.cached_input_tokens,
+            )
+            if priced:
+                rep = dataclasses.replace(rep, cost_usd=priced)
         ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
         event = UsageEvent.from_report(rep, self._clock()) if self._usage is not None else None
@@ -489,8 +517,9 @@ class Engine:
     def get_usage(self, kind: str, id: str) -> UsageDetail | None:
         """One user's or group's lifetime usage: aggregates, cost by model, recent reports.
 
-        Raises ``ValueError`` for a bad kind or id, ``UsageUnavailable`` when the usage
-        database cannot answer, ``NotImplementedError`` without a usage database.
+        ``kind`` is ``user``/``users``/``group``/``groups``; a bad ``id`` is refused as
+        ``user_id``/``group_id`` (the proto's names). Raises ``UsageUnavailable`` when the
+        usage database cannot answer, ``NotImplementedError`` without a usage database.
         """
         return self._usage_db().detail(kind, id)
 
@@ -543,14 +572,6 @@ def _new_decision_id() -> str:
     """``uuid.uuid4().hex``, the same 32 hex digits, without building a ``UUID`` object."""
     n = int.from_bytes(os.urandom(16), "big")
     return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
-
-
-def _need_kind(kind: str) -> EntityKind:
-    if kind == "user":
-        return "user"
-    if kind == "group":
-        return "group"
-    raise ValueError(f"kind: must be 'user' or 'group', got {kind!r}")
 
 
 def _scope_of(spec: CounterSpec) -> str:

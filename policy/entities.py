@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from tollway.dsl.ast import Value
 
-__all__ = ["EntityKind", "EntityView", "EntityStore", "merge_metadata"]
+from .validate import EntityKind
 
-EntityKind = Literal["user", "group"]
+__all__ = ["EntityKind", "EntityView", "EntityStore", "merge_metadata"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,10 @@ ingester (``tollway.policy.ingest``); queries read only the database.
 Amounts are summed as integers so that every backend, and any order of concurrent
 writes, gives exactly the same totals: cost in nano-USD (1e-9; a single token of a
 cheap model costs ~1e-7 USD), durations and times in microseconds. Every stored number
-is clamped to ``MAX_UNITS`` (the largest signed 64-bit integer), and sums saturate
-there, so no aggregate can overflow a database column or an int64 proto field.
+is clamped to ``MAX_SUM`` (the largest signed 64-bit integer), and sums saturate
+there, so no aggregate can overflow a database column or an int64 proto field (with the
+per-report ranges of ``tollway.policy.validate`` an entity needs at least 920,000
+maximal reports, 9.2 billion USD, before a sum saturates).
 """
 
 from __future__ import annotations
@@ -22,16 +24,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .model import MAX_ID_BYTES, UsageReport
+from .model import UsageReport
+from .validate import EntityKind
 
 __all__ = [
     "EntityKind",
     "ListKind",
     "EventKind",
     "Metric",
-    "MAX_UNITS",
+    "MAX_SUM",
     "RECENT_REPORTS",
-    "UsageParamError",
     "UsageUnavailable",
     "UsageEvent",
     "ModelUsage",
@@ -40,9 +42,6 @@ __all__ = [
     "SeriesPoint",
     "UsageSeries",
     "Spike",
-    "need_kind",
-    "need_id",
-    "parse_time",
     "format_time",
     "fold",
     "clamp_units",
@@ -52,12 +51,11 @@ __all__ = [
     "from_time_units",
 ]
 
-EntityKind = Literal["user", "group"]
 ListKind = Literal["users", "groups"]
 EventKind = Literal["decision", "report"]
 Metric = Literal["cost", "tokens", "requests"]
 
-MAX_UNITS = 2**63 - 1  # the largest BIGINT / int64: every stored amount and sum stays below
+MAX_SUM = 2**63 - 1  # the largest BIGINT / int64: every stored amount and sum stays below
 RECENT_REPORTS = 50
 
 _COST_SCALE = 1_000_000_000  # nano-USD
@@ -65,14 +63,14 @@ _TIME_SCALE = 1_000_000  # microseconds
 
 
 def clamp_units(value: int) -> int:
-    """``value`` within ``0..MAX_UNITS`` (a sum saturates instead of overflowing)."""
-    return 0 if value < 0 else MAX_UNITS if value > MAX_UNITS else value
+    """``value`` within ``0..MAX_SUM`` (a sum saturates instead of overflowing)."""
+    return 0 if value < 0 else MAX_SUM if value > MAX_SUM else value
 
 
 def _scaled(value: float, scale: int) -> int:
     scaled = value * scale
-    if not math.isfinite(scaled) or scaled >= MAX_UNITS:
-        return MAX_UNITS
+    if not math.isfinite(scaled) or scaled >= MAX_SUM:
+        return MAX_SUM
     return clamp_units(round(scaled))
 
 
@@ -94,34 +92,8 @@ def from_time_units(units: int) -> float:
     return units / _TIME_SCALE
 
 
-class UsageParamError(ValueError):
-    """A bad query parameter; ``parameter`` names it (HTTP puts it in the 400 body)."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(f"{parameter}: {message}")
-        self.parameter = parameter
-
-
 class UsageUnavailable(Exception):
     """The usage database cannot answer now (down, unreachable, or not enabled)."""
-
-
-def need_kind(kind: str) -> EntityKind:
-    """``user``/``group`` (``users``/``groups`` accepted too, as in URLs)."""
-    if kind in ("user", "users"):
-        return "user"
-    if kind in ("group", "groups"):
-        return "group"
-    raise UsageParamError("kind", f"must be 'user' or 'group', got {kind!r}")
-
-
-def need_id(ident: Any, name: str = "id") -> str:
-    if not isinstance(ident, str):
-        raise UsageParamError(name, f"must be a string, got {type(ident).__name__}")
-    size = len(ident.encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= MAX_ID_BYTES:
-        raise UsageParamError(name, f"must be 1..{MAX_ID_BYTES} bytes, got {size}")
-    return ident
 
 
 _FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -130,36 +102,6 @@ _FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 def fold(text: str) -> str:
     """Lower-case ASCII letters only: what ``search`` compares, on every database."""
     return text.translate(_FOLD)
-
-
-def parse_time(value: Any, name: str) -> float | None:
-    """An ISO 8601 time (naive means UTC), a datetime or a unix time -> unix seconds.
-
-    None or "" -> None (unset).
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise UsageParamError(name, "must be an ISO 8601 time")
-    if isinstance(value, int | float):
-        t = float(value)
-    elif isinstance(value, datetime):
-        t = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise UsageParamError(
-                name, f"expected an ISO 8601 time such as 2026-01-15T12:00:00Z, got {value!r}"
-            ) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        t = parsed.timestamp()
-    else:
-        raise UsageParamError(name, f"must be an ISO 8601 time, got {type(value).__name__}")
-    if not math.isfinite(t) or t < 0 or t >= 253402300800:  # year 10000
-        raise UsageParamError(name, f"must be a time between 1970 and 9999, got {value!r}")
-    return t
 
 
 def format_time(t: float) -> str:

@@ -2,8 +2,8 @@
 validated once for every transport, and the pages they return.
 
 Every ``parse`` takes strings (from a URL) or typed values, treats empty values as
-unset, and raises ``UsageParamError`` (a ``ValueError``) whose ``parameter`` names the
-offending parameter and whose message starts with it.
+unset, and raises ``FieldError`` (a ``ValueError``, from ``tollway.policy.validate``)
+whose ``field`` names the offending parameter and whose message starts with it.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .model import MAX_ID_BYTES, MAX_MODEL_BYTES
-from .usage import (
+from .usage import ListKind, Metric, UsageRecord, format_time
+from .validate import (
+    MAX_ID_BYTES,
+    MAX_MODEL_BYTES,
     EntityKind,
-    ListKind,
-    Metric,
-    UsageParamError,
-    UsageRecord,
-    format_time,
+    FieldError,
     need_kind,
-    parse_time,
+    need_number,
+    need_text,
+    need_time,
+    need_whole,
 )
 
 __all__ = [
@@ -58,64 +59,19 @@ METRICS: tuple[Metric, ...] = ("cost", "tokens", "requests")
 MAX_SERIES_POINTS = 10_000
 
 
-def _need_int(value: Any, name: str, low: int, high: int, default: int) -> int:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise UsageParamError(name, "must be a whole number")
-    if isinstance(value, str):
-        text = value.strip()
-        if not (text.isascii() and text.isdigit()):
-            raise UsageParamError(name, f"must be a whole number, got {value!r}")
-        number = int(text)
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    else:
-        raise UsageParamError(name, f"must be a whole number, got {value!r}")
-    if not low <= number <= high:
-        raise UsageParamError(name, f"must be between {low} and {high}, got {number}")
-    return number
-
-
-def _need_number(value: Any, name: str, default: float) -> float:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise UsageParamError(name, "must be a number")
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise UsageParamError(name, f"must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise UsageParamError(name, f"must be a finite number, not negative, got {value!r}")
-    return number
-
-
-def _need_text(value: Any, name: str, max_bytes: int) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise UsageParamError(name, f"must be a string, got {type(value).__name__}")
-    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise UsageParamError(name, f"must be at most {max_bytes} bytes")
-    return value
-
-
 def _need_choice(value: Any, name: str, choices: tuple[str, ...], default: str) -> str:
     if value is None or value == "":
         return default
     if value not in choices:
-        raise UsageParamError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        raise FieldError(name, f"must be one of {', '.join(choices)}; got {value!r}")
     return str(value)
 
 
 def _span(data: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    start = parse_time(data.get("start"), "start")
-    end = parse_time(data.get("end"), "end")
+    start = need_time(data.get("start"), "start")
+    end = need_time(data.get("end"), "end")
     if start is not None and end is not None and start > end:
-        raise UsageParamError("end", "must not be before start")
+        raise FieldError("end", "must not be before start")
     return start, end
 
 
@@ -126,7 +82,7 @@ def _params(
     data.update(more)
     for key in data:
         if key not in allowed:
-            raise UsageParamError(str(key), "unknown parameter")
+            raise FieldError(str(key), "unknown parameter")
     return data
 
 
@@ -142,10 +98,10 @@ def parse_hours(value: Any, name: str, default: str) -> int:
     """A duration in whole hours: ``1h``, ``6h``, ``1d``, ``7d`` -> hours."""
     text = default if value is None or value == "" else value
     if not isinstance(text, str) or len(text) < 2 or text[-1] not in _HOURS:
-        raise UsageParamError(name, f"must be a duration such as 1h, 6h, 1d or 7d; got {value!r}")
+        raise FieldError(name, f"must be a duration such as 1h, 6h, 1d or 7d; got {value!r}")
     digits = text[:-1]
     if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 100_000:
-        raise UsageParamError(name, f"must be a duration such as 1h, 6h, 1d or 7d; got {value!r}")
+        raise FieldError(name, f"must be a duration such as 1h, 6h, 1d or 7d; got {value!r}")
     return int(digits) * _HOURS[text[-1]]
 
 
@@ -174,7 +130,7 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str, sort: str) -> Cursor:
-        bad = UsageParamError("cursor", "is not a cursor of this listing")
+        bad = FieldError("cursor", "is not a cursor of this listing")
         if not isinstance(text, str) or not text.isascii() or len(text) > 2048:
             raise bad
         try:
@@ -192,7 +148,7 @@ class Cursor:
         ):
             raise bad
         if data[0] != sort:
-            raise UsageParamError("cursor", f"was made for sort {data[0]!r}, not {sort!r}")
+            raise FieldError("cursor", f"was made for sort {data[0]!r}, not {sort!r}")
         return cls(data[0], data[1], data[2], bool(data[3]), bool(data[4]))
 
 
@@ -238,6 +194,11 @@ class UsageQuery:
         """True when the records hold amounts within a period, not lifetime totals."""
         return self.start is not None or self.end is not None
 
+    @property
+    def filtered(self) -> bool:
+        """True when not every entity is listed (a search, or a period)."""
+        return bool(self.search) or self.periodic
+
     @classmethod
     def parse(
         cls, params: Mapping[str, Any] | UsageQuery | None = None, **more: Any
@@ -251,11 +212,11 @@ class UsageQuery:
         sort = data.get("sort") or DEFAULT_SORT
         if not isinstance(sort, str) or sort.removeprefix("-") not in SORT_FIELDS:
             choices = ", ".join(SORT_FIELDS)
-            raise UsageParamError(
+            raise FieldError(
                 "sort", f"must be one of {choices}, with '-' for descending; got {sort!r}"
             )
         start, end = _span(data)
-        offset = _need_int(data.get("offset"), "offset", 0, MAX_OFFSET, 0)
+        offset = need_whole(data.get("offset"), "offset", 0, MAX_OFFSET, 0)
         raw_cursor = data.get("cursor")
         cursor = None
         if isinstance(raw_cursor, Cursor):
@@ -263,12 +224,12 @@ class UsageQuery:
         elif raw_cursor:
             cursor = Cursor.decode(raw_cursor, sort)
         if cursor is not None and offset:
-            raise UsageParamError("cursor", "give either cursor or offset, not both")
+            raise FieldError("cursor", "give either cursor or offset, not both")
         return cls(
             kind=kind,
-            search=_need_text(data.get("search"), "search", MAX_ID_BYTES),
+            search=need_text(data.get("search"), "search", MAX_ID_BYTES),
             sort=sort,
-            limit=_need_int(data.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
+            limit=need_whole(data.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
             offset=offset,
             start=start,
             end=end,
@@ -365,12 +326,12 @@ class ActivityQuery:
         limit = (
             None
             if raw_limit is None or raw_limit == ""
-            else _need_int(raw_limit, "limit", 1, MAX_OFFSET, 1)
+            else need_whole(raw_limit, "limit", 1, MAX_OFFSET, 1)
         )
         return cls(
-            user=_need_text(data.get("user"), "user", MAX_ID_BYTES),
-            group=_need_text(data.get("group"), "group", MAX_ID_BYTES),
-            model=_need_text(data.get("model"), "model", MAX_MODEL_BYTES),
+            user=need_text(data.get("user"), "user", MAX_ID_BYTES),
+            group=need_text(data.get("group"), "group", MAX_ID_BYTES),
+            model=need_text(data.get("model"), "model", MAX_MODEL_BYTES),
             start=start,
             end=end,
             limit=limit,
@@ -407,7 +368,7 @@ class SeriesQuery:
         if start is not None and end is not None:
             points = math.ceil(end / STEPS[step]) - math.floor(start / STEPS[step])
             if points > MAX_SERIES_POINTS:
-                raise UsageParamError(
+                raise FieldError(
                     "start", f"the span holds {points} steps, over the limit of {MAX_SERIES_POINTS}"
                 )
         return cls(metric=metric, step=step, start=start, end=end)
@@ -457,14 +418,14 @@ class SpikeQuery:
         window = parse_hours(data.get("window"), "window", "1h")
         baseline = parse_hours(data.get("baseline"), "baseline", "7d")
         if window > 24 * 400 or baseline > 24 * 400:
-            raise UsageParamError("window" if window > 24 * 400 else "baseline",
+            raise FieldError("window" if window > 24 * 400 else "baseline",
                                   "must be at most 400d")
         return cls(
             kind=kind,
             metric=metric,
             window_hours=window,
             baseline_hours=baseline,
-            factor=_need_number(data.get("factor"), "factor", 5.0),
-            min=_need_number(data.get("min"), "min", 1.0),
-            limit=_need_int(data.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
+            factor=need_number(data.get("factor"), "factor", 5.0),
+            min=need_number(data.get("min"), "min", 1.0),
+            limit=need_whole(data.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT),
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from tollway.policy.engine import Engine
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
+from .decoding import DecodeGuard
 from .grpc_service import TollwayService
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
@@ -51,6 +54,30 @@ async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthSer
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
     return servicer
+
+
+def bind_failure(listen: str) -> str:
+    """Why ``listen`` cannot be bound, in the operating system's words.
+
+    gRPC's own error only says "Failed to bind"; binding a plain socket to the same
+    address finds the reason (address already in use, permission denied, no such file).
+    """
+    try:
+        if listen.startswith("unix:"):
+            path = listen.removeprefix("unix:")
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.bind(path)
+            os.unlink(path)
+        else:
+            host, _, port = listen.rpartition(":")
+            host = host.strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as probe:
+                probe.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return reason[:1].lower() + reason[1:]
+    return "gRPC could not bind it"
 
 
 def _bound_address(listen: str, port: int) -> str:
@@ -97,16 +124,18 @@ async def start_grpc(
     max_workers: int = 32,
 ) -> GrpcServer:
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind."""
-    server = grpc.aio.server(options=server_options(max_message_bytes))
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes), interceptors=(DecodeGuard(),)
+    )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     health_servicer = await configure_maintenance(server)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
-        raise OSError(f"cannot listen on {listen}: {exc}") from exc
+        raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}") from exc
     if port == 0 and not listen.startswith("unix:"):
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}")
     await server.start()
     return GrpcServer(server, health_servicer, service, _bound_address(listen, port))
 

@@ -1,8 +1,10 @@
-"""The ``tollway`` command: argument parsing only; each command lives in its own module.
+"""The ``tollway`` command: parsers built from the settings table, then one module per command.
 
-Exit codes: 0 ok, 1 errors found (bad rules, failing tests), 2 usage errors.
-Every flag also reads ``TOLLWAY_<FLAG>`` from the environment (``--key-prefix`` ->
-``TOLLWAY_KEY_PREFIX``); a flag given on the command line wins.
+Exit codes: 0 ok, 1 errors found (bad rules, failing tests, a server that cannot start
+or answer), 2 usage errors (a bad flag or environment variable; the message names it).
+Values come from the command line, else from the setting's environment variable (server
+and connection settings only), else from the table's default. The parsed namespace also
+carries ``command`` and ``given``: the settings named on the command line.
 """
 
 from __future__ import annotations
@@ -11,162 +13,174 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
-__all__ = ["main", "build_parser"]
+from tollway import __version__
 
-# command -> module whose ``run(args) -> int`` carries it out
-_COMMANDS = {
-    "serve": "tollway.server.serve",
-    "check": "tollway.server.ops",
-    "test": "tollway.server.ops",
-    "explain": "tollway.server.ops",
-    "fmt": "tollway.server.ops",
-    "usage": "tollway.server.usage_cli",
-    "db": "tollway.server.db_cli",
-}
+from .settings import COMMANDS, Setting, command, settings_for
 
-_DEFAULT_USAGE_DB = "sqlite:///tollway-usage.db"
+__all__ = ["main", "build_parser", "parse_args"]
+
+USAGE_ERROR = 2
 
 
-def _env(flag: str, default: str | None = None) -> str | None:
-    return os.environ.get("TOLLWAY_" + flag.upper().replace("-", "_"), default)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors keep the 'tollway CMD: error: …' form without a traceback."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _env_list(flag: str) -> list[str]:
-    value = _env(flag)
-    return value.split(os.pathsep) if value else []
+def _type(setting: Setting) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return setting.type.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = setting.name  # argparse names the type in some messages
+    return parse
+
+
+def _help(setting: Setting) -> str:
+    notes = []
+    default = setting.shown_default()
+    if default is not None:
+        notes.append(f"default: {default}")
+    if setting.env is not None:
+        notes.append(f"env: {setting.env}")
+    text = setting.help + (f" [{'; '.join(notes)}]" if notes else "")
+    return text.replace("%", "%%")
+
+
+def _add(parser: argparse.ArgumentParser, setting: Setting) -> None:
+    common: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(setting)}
+    if setting.positional:
+        parser.add_argument(
+            setting.dest, nargs="*" if setting.repeated else "?", type=_type(setting),
+            metavar=setting.type.metavar, **common,
+        )
+        return
+    flags = [setting.flag] if setting.short is None else [setting.short, setting.flag]
+    if not setting.type.metavar:  # a switch
+        parser.add_argument(*flags, dest=setting.dest, action="store_true", **common)
+        return
+    parser.add_argument(
+        *flags, dest=setting.dest, type=_type(setting), metavar=setting.type.metavar,
+        action="append" if setting.repeated else "store", required=setting.required, **common,
+    )
+
+
+def _build() -> tuple[_Parser, dict[str, _Parser]]:
+    parser = _Parser(
+        prog="tollway",
+        description="Policy decision sidecar for LLM gateways.",
+        epilog="'tollway COMMAND --help' describes a command's flags. Environment "
+        "variables are listed in docs/operations.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"tollway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    parsers: dict[str, _Parser] = {}
+    for cmd in COMMANDS:
+        rows = list(settings_for(cmd.name))
+        env_only = [s for s in rows if not s.cli]
+        epilog = None
+        if env_only:
+            epilog = "environment only: " + "; ".join(f"{s.env}: {s.help}" for s in env_only)
+        parsers[cmd.name] = sub.add_parser(
+            cmd.name, help=cmd.summary, description=cmd.description, epilog=epilog,
+        )
+        for setting in rows:
+            if setting.cli:
+                _add(parsers[cmd.name], setting)
+    return parser, parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tollway", description="Policy decision sidecar for LLM gateways."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    return _build()[0]
 
-    serve = sub.add_parser("serve", help="run the gRPC and HTTP server")
-    serve.add_argument(
-        "--rules", default=_env("rules"), help="rule file or directory [TOLLWAY_RULES]"
-    )
-    serve.add_argument(
-        "--listen",
-        default=_env("listen", "127.0.0.1:50051"),
-        help="gRPC address, HOST:PORT or unix:PATH [TOLLWAY_LISTEN]",
-    )
-    serve.add_argument(
-        "--http",
-        default=_env("http", "127.0.0.1:9464"),
-        help="HTTP address for /metrics, /healthz, /readyz and /v1/usage; 'off' disables [TOLLWAY_HTTP]",
-    )
-    serve.add_argument(
-        "--store",
-        default=_env("store", "memory"),
-        help="counter store: memory or redis://HOST:PORT/DB [TOLLWAY_STORE]",
-    )
-    serve.add_argument(
-        "--key-prefix",
-        default=_env("key-prefix", "tollway:"),
-        help="prefix of every Redis key [TOLLWAY_KEY_PREFIX]",
-    )
-    serve.add_argument(
-        "--grace",
-        type=float,
-        default=float(_env("grace", "10") or 10),
-        help="seconds to drain in-flight calls on SIGTERM [TOLLWAY_GRACE]",
-    )
-    serve.add_argument(
-        "--reload-interval",
-        type=float,
-        default=float(_env("reload-interval", "1") or 1),
-        help="seconds between checks of the rules path for changes; 0 disables [TOLLWAY_RELOAD_INTERVAL]",
-    )
-    serve.add_argument(
-        "--usage-db",
-        default=_env("usage-db", _DEFAULT_USAGE_DB),
-        help="usage database: sqlite:///PATH, postgresql://USER@HOST/DB, memory, or off "
-        "[TOLLWAY_USAGE_DB]",
-    )
-    serve.add_argument(
-        "--usage-retention",
-        type=float,
-        default=float(_env("usage-retention", "400") or 400),
-        help="days usage events are kept (rollups are kept for good) [TOLLWAY_USAGE_RETENTION]",
-    )
-    serve.add_argument(
-        "--usage-max-models",
-        type=int,
-        default=int(_env("usage-max-models", "32") or 32),
-        help="models kept per user or group (1..32); later ones are summed as 'other' "
-        "[TOLLWAY_USAGE_MAX_MODELS]",
-    )
-    serve.add_argument(
-        "--log-level",
-        default=_env("log-level", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="[TOLLWAY_LOG_LEVEL]",
-    )
 
-    check = sub.add_parser("check", help="compile rule files and report errors and warnings")
-    check.add_argument("paths", nargs="*", default=_env_list("rules"), metavar="PATH")
-    check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--sort -request_count`` -> ``--sort=-request_count``.
 
-    test = sub.add_parser("test", help="run the test blocks of rule files")
-    test.add_argument("paths", nargs="*", default=_env_list("rules"), metavar="PATH")
-    test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    argparse takes any word starting with '-' for a flag, so a value such as a descending
+    sort order would be refused; a value-taking flag of the command takes the next word
+    as its value unless that word is itself one of the command's flags.
+    """
+    words = list(argv)
+    name = next((w for w in words if not w.startswith("-")), None)
+    rows = [s for s in settings_for(name or "") if s.cli and not s.positional]
+    valued = {s.flag for s in rows if s.type.metavar}
+    flags = {f for s in rows for f in (s.flag, s.short) if f} | {"-h", "--help"}
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        if word in valued and nxt and nxt.startswith("-") and nxt != "-" and nxt not in flags:
+            out.append(f"{word}={nxt}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
-    explain = sub.add_parser("explain", help="decide one request offline and show why")
-    explain.add_argument("path", nargs="?", default=_env("rules"), metavar="PATH")
-    explain.add_argument(
-        "--request", required=True, help="the request as JSON, or @FILE to read it from a file"
-    )
-    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
 
-    fmt = sub.add_parser("fmt", help="rewrite rule files in the canonical layout")
-    fmt.add_argument("paths", nargs="*", default=_env_list("rules"), metavar="PATH")
-    fmt.add_argument(
-        "--check", action="store_true", help="change nothing; exit 1 if a file is not formatted"
-    )
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """Parse ``argv``, fill what it does not give from ``environ`` and the defaults.
 
-    usage = sub.add_parser("usage", help="show per-user usage from a running server")
-    usage.add_argument(
-        "--server", default=_env("server", "127.0.0.1:50051"), help="[TOLLWAY_SERVER]"
-    )
-    usage.add_argument("--sort", default=_env("sort", "-total_cost"))
-    usage.add_argument("--limit", type=int, default=int(_env("limit", "25") or 25))
-    usage.add_argument("--user", default=_env("user"), help="show one user's detail")
-    usage.add_argument("--group", default=_env("group"), help="show one group's detail")
-    usage.add_argument("--groups", action="store_true", help="list groups instead of users")
-    usage.add_argument("--search", default="", help="only ids containing this text")
-    usage.add_argument(
-        "--spikes", action="store_true",
-        help="show who spikes: usage in --window over --factor times the --baseline average",
-    )
-    usage.add_argument("--metric", default="cost", help="with --spikes: cost, tokens or requests")
-    usage.add_argument("--window", default="1h", help="with --spikes: the recent window (1h)")
-    usage.add_argument("--baseline", default="7d", help="with --spikes: the baseline span (7d)")
-    usage.add_argument("--factor", type=float, default=5.0, help="with --spikes: 5")
-    usage.add_argument(
-        "--min", type=float, default=1.0, help="with --spikes: least window amount (1)"
-    )
+    Raises ``SystemExit(2)`` after printing the reason (naming the flag or variable),
+    ``SystemExit(0)`` after ``--help`` or ``--version``.
+    """
+    parser, parsers = _build()
+    args = parser.parse_args(_join_dash_values(argv))
+    sub = parsers[args.command]
+    rows = list(settings_for(args.command))
+    given = frozenset(s.name for s in rows if s.cli and s.dest in vars(args))
+    for setting in rows:
+        for other in setting.conflicts:
+            if setting.name in given and other in given:
+                sub.error(f"{setting.flag} cannot be used with --{other}")
+    for setting in rows:
+        if setting.name in given:
+            continue
+        raw = environ.get(setting.env, "") if setting.env else ""
+        if raw:
+            try:
+                value = setting.parse_env(raw)
+            except ValueError as exc:
+                sub.error(f"{setting.env}: {exc}")
+        else:
+            value = list(setting.default) if setting.repeated else setting.default
+        setattr(args, setting.dest, value)
+    args.given = given
+    return args
 
-    db = sub.add_parser("db", help="manage the usage database")
-    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
-    db_sub.required = True
-    upgrade = db_sub.add_parser(
-        "upgrade", help="migrate the usage database to this version's schema"
-    )
-    upgrade.add_argument(
-        "--usage-db", default=_env("usage-db", _DEFAULT_USAGE_DB),
-        help="the usage database URL [TOLLWAY_USAGE_DB]",
-    )
-    return parser
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else USAGE_ERROR
+
+
+def quiet_grpc_core(environ: dict[str, str] | os._Environ[str]) -> None:
+    """Keep gRPC core's own stderr lines (``E1129 … add_port.cc:83] …``) out of tollway's
+    output: the errors that matter reach tollway as exceptions and are reported once.
+    Must run before ``grpc`` is imported; an operator's own ``GRPC_VERBOSITY`` wins."""
+    environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    module = importlib.import_module(_COMMANDS[args.command])
+    words = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(words, os.environ)
+    except SystemExit as stop:
+        return _exit_code(stop.code)
+    quiet_grpc_core(os.environ)
+    module = importlib.import_module(command(args.command).module)
     try:
         return int(module.run(args))
     except KeyboardInterrupt:

@@ -11,7 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from tollway.dsl.ast import Value
 from tollway.dsl.compiled import RuleTrace
@@ -23,6 +24,7 @@ __all__ = [
     "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
     "decide_request", "to_decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
     "explanation_to_proto", "entity_to_proto", "quota_to_proto", "set_timestamp",
+    "message_to_json",
 ]
 
 _MAX_SAFE_INT = 2**53
@@ -182,6 +184,8 @@ def usage_report(msg: pb.UsageReport) -> dict[str, Any]:
         "duration_seconds": msg.duration_seconds,
         "status": msg.status,
     }
+    if msg.cached_input_tokens:
+        data["cached_input_tokens"] = msg.cached_input_tokens
     if msg.attributes:
         data["attributes"] = dict(msg.attributes)
     return data
@@ -261,6 +265,15 @@ def _trace_to_proto(t: RuleTrace, out: pb.RuleTrace) -> None:
         tt.held = test.held
         for path, value in test.values:
             python_to_value(value, tt.values[path])
+
+
+def message_to_json(msg: Message) -> dict[str, Any]:
+    """A message in the proto3 JSON mapping with the proto's field names: RFC 3339 times,
+    durations as ``"1.5s"``, enums by name, 64-bit integers as strings, fields at their
+    zero value included. The one JSON shape of a decision or explanation outside gRPC."""
+    return json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def explanation_to_proto(e: Explanation) -> pb.Explanation:

@@ -17,6 +17,9 @@ __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action != "upgrade":
+        print("tollway db: say what to do: 'tollway db upgrade'", file=sys.stderr)
+        return 2
     url = args.usage_db
     try:
         database = UsageDatabase(url)

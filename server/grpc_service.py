@@ -9,12 +9,10 @@ message and the traceback in the log.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
@@ -26,6 +24,7 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import convert, usage_convert
+from .offload import Offload
 
 __all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
 
@@ -89,30 +88,14 @@ class TollwayService(pb_grpc.TollwayServicer):
     def __init__(self, engine: Engine, *, max_workers: int = 32, query_workers: int = 8) -> None:
         self._engine = engine
         self.last_call = 0.0  # monotonic time the latest call started (the drain watches it)
-        self._executor: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tollway-engine")
-            if engine.blocking
-            else None
+        self._call = Offload(
+            threads=max_workers, name="tollway-engine", inline=not engine.blocking
         )
-        self._queries = ThreadPoolExecutor(
-            max_workers=query_workers, thread_name_prefix="tollway-usage"
-        )
-
-    async def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        if self._executor is None:
-            return fn(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    async def _query(self, fn: Callable[..., R], *args: Any) -> R:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._queries, functools.partial(fn, *args)
-        )
+        self._query = Offload(threads=query_workers, name="tollway-usage")
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self._queries.shutdown(wait=True)
+        self._call.close()
+        self._query.close()
 
     # ------------------------------------------------------------------ RPCs
 

@@ -1,276 +1,202 @@
-"""The HTTP port: ``/metrics``, ``/healthz``, ``/readyz``, and routes other modules add.
+"""The HTTP port: an aiohttp application on the event loop that also serves gRPC.
 
-A stdlib ``ThreadingHTTPServer`` in a daemon thread: scrapes and probes are rare and
-small, so it adds no dependency and stays off the gRPC event loop. Routing is a small
-table: a module listed in ``ROUTE_MODULES`` defines ``install(router, engine)`` and
-registers its handlers (``/v1/usage/...``, ``/v1/activity``) without touching this file's
-logic.
+``build_app`` assembles the application: the error middleware (every 4xx/5xx is the
+JSON error of ``http_errors``), the operational routes of ``http_ops`` and the routes of
+each module in ``ROUTE_MODULES``; each such module defines ``install(app, engine)`` and
+adds its routes with ``http_routes.add_route``. ``start_http`` serves it on ``HOST:PORT``
+within the running loop; ``HttpServer.stop`` closes it.
+
+What a client can hold is bounded (``HttpLimits``, docs/operations.md): a connection
+that has not completed a request head within ``idle_timeout`` seconds is closed (new,
+kept-alive and slow-header connections alike), request lines and headers have size
+limits, request bodies are framed by their length and read only by routes that take
+one; a body nobody reads is discarded for at most ``body_timeout`` seconds. Requests
+the HTTP parser refuses get the same JSON errors, and are logged at debug level only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-import importlib.util
-import json
 import logging
-import socket
-import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from tollway.policy.engine import Engine
 
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from . import http_ops
+from .http_errors import Handler, HttpError, error_for, errors_middleware
+from .http_limits import LIMITS, HttpLimits
+from .http_ops import Readiness
+from .http_routes import OFFLOAD, ROUTES
+from .metrics import Metrics
+from .offload import Offload
 
 __all__ = [
-    "Request", "Response", "Handler", "Router", "Readiness", "HttpServer", "ROUTE_MODULES",
-    "build_router", "start_http",
+    "HttpServer",
+    "ROUTE_MODULES",
+    "SERVER_HEADER",
+    "build_app",
+    "start_http",
 ]
 
 log = logging.getLogger("tollway.server.http")
 
-# Modules that add routes; each defines ``install(router: Router, engine: Engine) -> None``.
-# A module that is not present in this installation is skipped.
+# Modules that add routes; each defines ``install(app: web.Application, engine) -> None``.
 ROUTE_MODULES: tuple[str, ...] = ("tollway.server.usage_http",)
 
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    path: str
-    params: Mapping[str, str]  # from ``{name}`` segments of the route pattern
-    query: Mapping[str, list[str]]
-    headers: Mapping[str, str]
-
-    def arg(self, name: str, default: str = "") -> str:
-        """The first value of a query parameter."""
-        values = self.query.get(name)
-        return values[0] if values else default
+SERVER_HEADER = "tollway"
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A whole body (``bytes``) or a stream of chunks sent with chunked transfer encoding."""
-
-    status: int
-    body: bytes | Iterable[bytes]
-    content_type: str = "text/plain; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def json(cls, data: Any, status: int = 200) -> Response:
-        return cls(status, json.dumps(data).encode() + b"\n", "application/json")
-
-    @classmethod
-    def text(cls, text: str, status: int = 200) -> Response:
-        return cls(status, text.encode())
 
 
-Handler = Callable[[Request], Response]
-
-
-@dataclass(slots=True)
-class _Route:
-    method: str
-    parts: tuple[str, ...]
-    handler: Handler
-
-
-@dataclass(slots=True)
-class Router:
-    """Method + path pattern -> handler; ``{name}`` segments capture one path segment."""
-
-    routes: list[_Route] = field(default_factory=list)
-
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
-        parts = tuple(p for p in pattern.strip("/").split("/") if p)
-        self.routes.append(_Route(method.upper(), parts, handler))
-
-    def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
-        def decorate(handler: Handler) -> Handler:
-            self.add(method, pattern, handler)
-            return handler
-
-        return decorate
-
-    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | int:
-        """The handler and its params, or 404 (no such path) / 405 (path exists, not method)."""
-        segments = tuple(unquote(p) for p in path.strip("/").split("/") if p)
-        path_found = False
-        for r in self.routes:
-            params = _match(r.parts, segments)
-            if params is None:
-                continue
-            if r.method == method or (method == "HEAD" and r.method == "GET"):
-                return r.handler, params
-            path_found = True
-        return 405 if path_found else 404
-
-
-def _match(parts: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:
-    if len(parts) != len(segments):
-        return None
-    params: dict[str, str] = {}
-    for p, s in zip(parts, segments, strict=True):
-        if p.startswith("{") and p.endswith("}"):
-            params[p[1:-1]] = s
-        elif p != s:
-            return None
-    return params
-
-
-class Readiness:
-    """Ready when rules are loaded, the store answers, and the server is not draining."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._draining = False
-
-    def drain(self) -> None:
-        self._draining = True
-
-    def check(self) -> tuple[bool, str]:
-        if self._draining:
-            return False, "shutting down"
-        if self._engine.ruleset is None:
-            return False, "rules not loaded"
-        ping = getattr(self._engine.store, "ping", None)
-        if ping is not None:
+@web.middleware
+async def _decodable_target(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a path or query that is not UTF-8 once percent-decoded: the router would keep
+    such escapes in a path as they are, and query parsers put U+FFFD in their place."""
+    target = request.raw_path
+    if "%" in target:
+        path, _, query = target.partition("?")
+        for part, name in ((path, "path"), (query, "query string")):
             try:
-                ok = ping()
-            except Exception as exc:
-                return False, f"counter store unreachable: {exc}"
-            if ok is False:
-                return False, "counter store unreachable"
-        return True, "ready"
+                unquote_to_bytes(part).decode("utf-8")
+            except UnicodeDecodeError:
+                raise HttpError(
+                    400, f"the {name} is not valid UTF-8 once percent-decoded"
+                ) from None
+    return await handler(request)
 
 
-def build_router(engine: Engine, metrics: Metrics, readiness: Readiness) -> Router:
-    router = Router()
-
-    @router.route("GET", "/metrics")
-    def _metrics(_: Request) -> Response:
-        return Response(200, metrics.exposition(), CONTENT_TYPE_LATEST)
-
-    @router.route("GET", "/healthz")
-    def _healthz(_: Request) -> Response:
-        return Response.text("ok\n")
-
-    @router.route("GET", "/readyz")
-    def _readyz(_: Request) -> Response:
-        ok, reason = readiness.check()
-        body: dict[str, Any] = {"ready": ok, "reason": reason}
-        if ok:
-            body["ruleset_version"] = engine.ruleset.version
-        return Response.json(body, 200 if ok else 503)
-
-    for name in ROUTE_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).install(router, engine)
-    return router
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
 
 
-def _handler_class(router: Router) -> type[BaseHTTPRequestHandler]:
-    class _Handler(BaseHTTPRequestHandler):
-        server_version = "tollway"
-        protocol_version = "HTTP/1.1"
+def build_app(
+    engine: Engine,
+    metrics: Metrics,
+    readiness: Readiness,
+    *,
+    limits: HttpLimits | None = None,
+    route_modules: tuple[str, ...] = ROUTE_MODULES,
+) -> web.Application:
+    """The application: middlewares, ``/metrics``, ``/healthz``, ``/readyz`` and the routes
+    of ``route_modules``."""
+    limits = limits or HttpLimits()
+    app = web.Application(
+        middlewares=[errors_middleware, _decodable_target], client_max_size=limits.max_body_bytes
+    )
+    app[LIMITS] = limits
+    app[ROUTES] = {}
+    pool = Offload(threads=limits.threads, name="tollway-http")
+    app[OFFLOAD] = pool
 
-        def _serve(self) -> None:
-            url = urlsplit(self.path)
-            found = router.resolve(self.command, url.path)
-            if isinstance(found, int):
-                resp = Response.json(
-                    {"error": "not found" if found == 404 else "method not allowed"}, found
-                )
-            else:
-                handler, params = found
-                request = Request(
-                    self.command, url.path, params, parse_qs(url.query), dict(self.headers)
-                )
-                try:
-                    resp = handler(request)
-                except ValueError as exc:
-                    resp = Response.json({"error": str(exc)}, 400)
-                except Exception:
-                    log.exception("HTTP %s %s failed", self.command, url.path)
-                    resp = Response.json({"error": "internal error"}, 500)
-            self.send_response(resp.status)
-            self.send_header("Content-Type", resp.content_type)
-            if isinstance(resp.body, bytes):
-                self.send_header("Content-Length", str(len(resp.body)))
-            else:
-                self.send_header("Transfer-Encoding", "chunked")
-            for k, v in resp.headers:
-                self.send_header(k, v)
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if isinstance(resp.body, bytes):
-                self.wfile.write(resp.body)
-            else:
-                self._stream(resp.body)
+    async def close_pool(app: web.Application) -> None:
+        await asyncio.to_thread(pool.close)
 
-        def _stream(self, chunks: Iterable[bytes]) -> None:
-            """Chunked transfer: an export of any size without holding it in memory."""
-            try:
-                for chunk in chunks:
-                    if chunk:
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client went away mid-export
-            except Exception:
-                # the status line is gone already: cut the stream short so the client
-                # sees a truncated transfer, never a silently incomplete export
-                log.exception("HTTP %s %s failed while streaming", self.command, self.path)
-                self.close_connection = True
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-    return _Handler
+    app.on_cleanup.append(close_pool)
+    app.on_response_prepare.append(_server_header)
+    http_ops.install(app, engine, metrics=metrics, readiness=readiness)
+    for name in route_modules:
+        importlib.import_module(name).install(app, engine)
+    return app
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+# ------------------------------------------------------------------ the server
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+class _Protocol(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses with our JSON errors.
+
+    aiohttp answers those (an over-long URL, a malformed request line) itself, in plain
+    text, outside every middleware, and logs each at error level with a traceback; a
+    client could flood the log at will.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            log.debug("HTTP request from %s refused: %r", request.remote, exc)
+        else:
+            log.error("HTTP request from %s failed", request.remote, exc_info=exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response was already started")
+        reason = message or HTTPStatus(status).phrase.lower()
+        response = error_for(exc or HttpError(status, reason), url_limit=self.max_line_size)
+        response.headers["Server"] = SERVER_HEADER
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **made._kwargs,
+        )
 
 
 @dataclass(slots=True)
 class HttpServer:
-    server: ThreadingHTTPServer
-    thread: threading.Thread
+    """A started HTTP port."""
+
+    runner: web.AppRunner
     address: str  # as bound: the real port when asked for port 0
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    async def stop(self) -> None:
+        """Stop accepting, give in-flight requests ``shutdown_timeout``, close the rest."""
+        await self.runner.cleanup()
 
 
-def start_http(listen: str, router: Router) -> HttpServer:
-    """Serve ``router`` on ``HOST:PORT`` in a daemon thread; raises ``OSError`` if it cannot bind."""
+def _host_port(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"--http: expected HOST:PORT or 'off', got {listen!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    server_class = _Server6 if ":" in host else _Server
-    server = server_class((host, int(port)), _handler_class(router))
-    bound_host, bound_port = server.server_address[:2]
-    thread = threading.Thread(
-        target=server.serve_forever, name="tollway-http", kwargs={"poll_interval": 0.5},
-        daemon=True,
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def start_http(listen: str, app: web.Application) -> HttpServer:
+    """Serve ``app`` on ``HOST:PORT`` in the running loop; ``OSError`` if it cannot bind."""
+    host, port = _host_port(listen)
+    limits = app[LIMITS]
+    runner = _Runner(
+        app,
+        access_log=None,
+        keepalive_timeout=limits.idle_timeout,
+        lingering_time=limits.body_timeout,
+        max_line_size=limits.max_url_bytes,
+        max_field_size=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        shutdown_timeout=limits.shutdown_timeout,
     )
-    thread.start()
-    host_text = bound_host.decode() if isinstance(bound_host, bytes) else str(bound_host)
-    shown = f"[{host_text}]" if ":" in host_text else host_text
-    return HttpServer(server, thread, f"{shown}:{bound_port}")
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return HttpServer(runner, f"{shown}:{bound_port}")

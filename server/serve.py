@@ -1,7 +1,9 @@
 """``tollway serve``: one engine behind gRPC and HTTP, reloading its rules, until SIGTERM.
 
-Start-up failures (a rule file that does not compile, an address in use) exit 1 with the
-reason on stderr. SIGTERM or SIGINT: readiness and gRPC health turn NOT_SERVING, in-flight
+Without ``--rules`` it serves the built-in example ruleset (``example.rules`` beside this
+module, the same text as examples/gateway.rules) and says so. Start-up failures (a rule
+file that does not compile, an address in use) exit 1 with the reason on stderr, as one
+``tollway serve: …`` line (or one JSON log record each with ``--log-format json``). SIGTERM or SIGINT: readiness and gRPC health turn NOT_SERVING, in-flight
 calls drain for up to ``--grace`` seconds, then the process exits 0. SIGHUP reloads the rules.
 """
 
@@ -12,6 +14,8 @@ import asyncio
 import logging
 import signal
 import sys
+from importlib import resources
+from pathlib import Path
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
@@ -21,11 +25,14 @@ from tollway.policy.usage_db.database import redact_url
 from tollway.policy.usage_query import METRICS, SpikeQuery
 
 from .app import start_grpc
-from .http import HttpServer, Readiness, build_router, start_http
+from .http import HttpServer, build_app, start_http
+from .http_limits import HttpLimits
+from .http_ops import Readiness
+from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
 
-__all__ = ["run"]
+__all__ = ["run", "builtin_rules"]
 
 log = logging.getLogger("tollway.server")
 
@@ -34,19 +41,25 @@ SPIKES_EVERY = 60.0
 _SPIKE_COUNT_LIMIT = 1_000_000
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def builtin_rules() -> Path:
+    """The example ruleset shipped with tollway, served when no ``--rules`` is given."""
+    return Path(str(resources.files("tollway.server") / "example.rules"))
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """Report why the server cannot start: a plain line, or a JSON record; exit 1."""
+    if args.log_format == "json":
+        log.error("%s", message)
+    else:
+        print(f"tollway serve: {message}", file=sys.stderr)
+    return 1
 
 
 def run(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
+    configure(args.log_level, args.log_format, sys.stderr)
     if not args.rules:
-        print("tollway serve: --rules PATH (or TOLLWAY_RULES) is required", file=sys.stderr)
-        return 2
+        args.rules = str(builtin_rules())
+        log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
     return asyncio.run(_serve(args))
 
 
@@ -60,20 +73,18 @@ async def _serve(args: argparse.Namespace) -> int:
             key_prefix=args.key_prefix,
             observer=metrics,
             usage_db=None if args.usage_db == "off" else args.usage_db,
-            usage_retention_days=args.usage_retention,
+            usage_retention_days=args.usage_retention / 86400.0,
             usage_max_models=args.usage_max_models,
         )
     except RulesError as exc:
         for d in exc.errors:
-            print(d.render(), file=sys.stderr)
-        print(
-            f"tollway serve: {len(exc.errors)} error(s) in {args.rules}; not starting",
-            file=sys.stderr,
-        )
-        return 1
+            if args.log_format == "json":
+                log.error("%s", d.render())
+            else:
+                print(d.render(), file=sys.stderr)
+        return _fail(args, f"{len(exc.errors)} error(s) in {args.rules}; not starting")
     except (ValueError, OSError, SchemaTooNew) as exc:
-        print(f"tollway serve: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
     metrics.ruleset_loaded(engine.ruleset)
@@ -83,17 +94,18 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         grpc_server = await start_grpc(engine, args.listen)
     except OSError as exc:
-        print(f"tollway serve: {exc}", file=sys.stderr)
         engine.close()
-        return 1
+        return _fail(args, str(exc))
     try:
         if args.http and args.http.lower() != "off":
-            http = start_http(args.http, build_router(engine, metrics, readiness))
+            limits = HttpLimits(idle_timeout=args.http_idle_timeout)
+            http = await start_http(
+                args.http, build_app(engine, metrics, readiness, limits=limits)
+            )
     except (OSError, ValueError) as exc:
-        print(f"tollway serve: cannot serve HTTP on {args.http}: {exc}", file=sys.stderr)
         await grpc_server.stop(0)
         engine.close()
-        return 1
+        return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
     reloader = Reloader(
         engine, args.rules, metrics, interval=args.reload_interval, initial=seen
@@ -107,11 +119,14 @@ async def _serve(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
     ruleset = engine.ruleset
+    ready = {
+        "grpc": grpc_server.address, "http": http.address if http else "off",
+        "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
+        "store": redact_url(args.store), "usage_db": redact_url(args.usage_db),
+    }
     log.info(
-        "tollway serving: grpc=%s http=%s rules=%s version=%s rule_count=%d store=%s "
-        "usage_db=%s",
-        grpc_server.address, http.address if http else "off", args.rules, ruleset.version,
-        len(ruleset.rules), redact_url(args.store), redact_url(args.usage_db),
+        "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
+        "rule_count=%(rule_count)d store=%(store)s usage_db=%(usage_db)s", ready, extra=ready,
     )
     await stop.wait()
 
@@ -123,7 +138,7 @@ async def _serve(args: argparse.Namespace) -> int:
     await reloader.stop()
     spikes.cancel()
     if http is not None:
-        http.stop()
+        await http.stop()
     await asyncio.to_thread(engine.close, drain=max(1.0, args.grace / 2))
     log.info("stopped")
     return 0

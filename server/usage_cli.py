@@ -1,161 +1,41 @@
-"""``tollway usage``: per-user (or per-group) usage of a running server, as terminal tables.
+"""``tollway usage``: per-user (or per-group) usage of a running server.
 
 Asks the server over gRPC (``ListUsage``; ``GetUsage`` with ``--user``/``--group``;
-``ListSpikes`` with ``--spikes``) and prints with rich. Exit codes: 0 shown, 1 the server could not answer (unreachable,
-no such user, no usage support), 2 bad flags (checked here before any call).
+``ListSpikes`` with ``--spikes``) and prints a table fitted to the terminal, plain tab-separated lines when standard output
+is not a terminal (the page summary and the next-page hint then go to stderr), or JSON /
+CSV with ``--json`` / ``--csv``. Exit codes: 0 shown, 1 the server could not answer
+(unreachable, no such user, no usage support), 2 bad flags (checked before any call).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import shutil
 import sys
-from datetime import UTC, datetime
+from typing import Any
 
 import grpc
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from tollway.policy.usage import Spike, UsageDetail, UsageRecord, need_id
+from tollway.policy.usage import Spike, UsageDetail
 from tollway.policy.usage_query import SpikeQuery, UsagePage, UsageQuery
+from tollway.policy.validate import need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
+from .csv_export import Cell, CsvEncoder
+from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
+from .usage_view import Line, detail_lines, page_lines, page_summary, spike_lines, spike_summary
 
-__all__ = ["run", "render_page", "render_detail", "render_spikes"]
+__all__ = ["run", "next_page_command", "LISTING_FLAGS"]
 
 TIMEOUT = 10.0
-
-
-def _when(t: float) -> str:
-    if t <= 0:
-        return "-"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 100 else f"${amount:,.4f}"
-
-
-def _top_model(rec: UsageRecord) -> str:
-    return rec.models[0].model or "(none)" if rec.models else ""
-
-
-def render_page(console: Console, page: UsagePage) -> None:
-    """The listing: one row per entity with cost, tokens, requests and last seen."""
-    query = page.query
-    who = "User" if query.kind == "users" else "Group"
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column(who, overflow="fold")
-    table.add_column("Cost (USD)", justify="right")
-    table.add_column("Tokens", justify="right")
-    table.add_column("Requests", justify="right")
-    table.add_column("Last seen (UTC)")
-    table.add_column("Top model", overflow="fold")
-    for rank, rec in enumerate(page.results, start=query.offset + 1):
-        table.add_row(
-            str(rank),
-            rec.id,
-            _usd(rec.total_cost),
-            f"{rec.total_tokens:,}",
-            f"{rec.request_count:,}",
-            _when(rec.last_seen),
-            _top_model(rec),
-        )
-    if not page.results:
-        filtered = bool(query.search) or query.periodic
-        found = f"no {query.kind} match" if filtered else f"no {query.kind} yet"
-        console.print(found + (f" (offset {query.offset})" if query.offset else ""))
-        return
-    console.print(table)
-    first = query.offset + 1
-    last = query.offset + len(page.results)
-    console.print(
-        f"{query.kind} {first}-{last} of {page.count}, sorted by {query.sort}"
-        + (f", matching {query.search!r}" if query.search else ""),
-        style="dim",
-    )
-
-
-def render_detail(console: Console, detail: UsageDetail) -> None:
-    """One entity: its aggregates, cost by model and its latest reports."""
-    rec = detail.usage
-    console.print(f"[bold]{rec.kind} {rec.id}[/bold]", highlight=False)
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="dim")
-    summary.add_column()
-    summary.add_row("cost", _usd(rec.total_cost))
-    summary.add_row(
-        "tokens", f"{rec.total_tokens:,} ({rec.input_tokens:,} in, {rec.output_tokens:,} out)"
-    )
-    summary.add_row("requests", f"{rec.request_count:,}")
-    summary.add_row("model time", f"{rec.total_duration:,.1f} s")
-    summary.add_row("first seen", _when(rec.first_seen))
-    summary.add_row("last seen", _when(rec.last_seen))
-    console.print(summary)
-
-    models = Table(title="Cost by model", box=box.SIMPLE_HEAD, title_justify="left")
-    models.add_column("Model", overflow="fold")
-    models.add_column("Cost (USD)", justify="right")
-    models.add_column("Share", justify="right")
-    models.add_column("Tokens", justify="right")
-    models.add_column("Requests", justify="right")
-    for m in rec.models:
-        share = f"{m.total_cost / rec.total_cost:.0%}" if rec.total_cost else "-"
-        models.add_row(
-            m.model or "(none)", _usd(m.total_cost), share, f"{m.total_tokens:,}",
-            f"{m.request_count:,}",
-        )
-    console.print(models)
-
-    recent = Table(
-        title=f"Latest {len(detail.recent_reports)} reports", box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    for name, justify in (
-        ("Time (UTC)", "left"), ("Model", "left"), ("Tokens", "right"),
-        ("Cost (USD)", "right"), ("Seconds", "right"), ("Status", "left"),
-        ("Request", "left"),
-    ):
-        recent.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for e in detail.recent_reports:
-        recent.add_row(
-            _when(e.time), e.model, f"{e.total_tokens:,}", _usd(e.cost_usd),
-            f"{e.duration_seconds:.2f}", e.status, e.request_id,
-        )
-    console.print(recent)
-
-
-def _amount(metric: str, value: float) -> str:
-    return _usd(value) if metric == "cost" else f"{value:,.0f}"
-
-
-def render_spikes(console: Console, query: SpikeQuery, spikes: list[Spike]) -> None:
-    """Who spiked: window amount, baseline average and their ratio, highest first."""
-    what = f"{query.metric} in the last {query.window_hours}h"
-    if not spikes:
-        console.print(f"no {query.kind} spiking ({what} over {query.factor:g}x the "
-                      f"{query.baseline_hours}h baseline, at least {query.min:g})")
-        return
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
-    table.add_column("User" if query.kind == "users" else "Group", overflow="fold")
-    table.add_column(f"Last {query.window_hours}h", justify="right")
-    table.add_column("Baseline avg", justify="right")
-    table.add_column("Ratio", justify="right")
-    for s in spikes:
-        table.add_row(
-            s.id, _amount(query.metric, s.window_amount),
-            _amount(query.metric, s.baseline_average),
-            "new" if s.ratio is None else f"{s.ratio:,.1f}x",
-        )
-    console.print(table)
-    console.print(
-        f"{len(spikes)} {query.kind} spiking on {what} (over {query.factor:g}x their average "
-        f"per {query.window_hours}h of the {query.baseline_hours}h before)",
-        style="dim",
-    )
+# flags of a listing that the next page keeps, in the order the hint writes them
+LISTING_FLAGS = ("server", "groups", "sort", "limit", "search", "start", "end")
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -163,70 +43,148 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def run(args: argparse.Namespace) -> int:
-    console = Console()
-    subject = None
-    if args.user and args.group:
-        return _fail("--user and --group: give one of them", 2)
-    if args.spikes and (args.user or args.group):
-        return _fail("--spikes lists entities; it cannot be combined with --user or --group", 2)
+def next_page_command(args: argparse.Namespace, offset: int) -> str:
+    """The command line that shows the page at ``offset`` with the same flags."""
+    words = ["tollway", "usage"]
+    for name in LISTING_FLAGS:
+        if name not in args.given:
+            continue
+        value = getattr(args, name)
+        if value is True:
+            words.append(f"--{name}")
+        elif str(value).startswith("-"):  # a descending sort: one word, or it reads as a flag
+            words.append(f"--{name}={value}")
+        else:
+            words += [f"--{name}", str(value)]
+    words += ["--offset", str(offset)]
+    return shlex.join(words)
+
+
+def _emit(lines: list[Line], console: Console | None) -> None:
+    for style, text in lines:
+        if console is None:
+            print(text)
+        else:
+            console.print(Text(text, style=style), soft_wrap=True)
+
+
+def _note(text: str, console: Console | None) -> None:
+    """A line about the output (summary, next page): dim on a terminal, else on stderr."""
+    if console is None:
+        print(text, file=sys.stderr)
+    else:
+        console.print(Text(text, style="dim"), soft_wrap=True)
+
+
+def _json_page(page: UsagePage) -> dict[str, Any]:
+    return {"next": page.next, "previous": page.previous, **page.to_dict()}
+
+
+def _csv(header: tuple[str, ...], rows: list[list[Cell]]) -> None:
+    sys.stdout.write(CsvEncoder().encode([header, *rows]).decode())
+
+
+def _terminal() -> tuple[Console | None, int | None]:
+    """A console and its width when stdout is a terminal; (None, None) for a pipe."""
+    if not sys.stdout.isatty():
+        return None, None
+    return Console(highlight=False), shutil.get_terminal_size().columns
+
+
+def _show_page(page: UsagePage, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(_json_page(page), indent=2, ensure_ascii=False))
+        return
+    if args.csv:
+        _csv(RECORD_COLUMNS, [record_row(r) for r in page.results])
+        return
+    console, width = _terminal()
+    _emit(page_lines(page, width), console)
+    _note(page_summary(page), console)
+    if page.next is not None:  # one line of its own: a command to copy, never broken
+        _note(f"next page: {next_page_command(args, page.next)}", console)
+
+
+def _show_detail(detail: UsageDetail, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(detail.to_dict(), indent=2, ensure_ascii=False))
+        return
+    if args.csv:
+        _csv(ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports])
+        return
+    console, width = _terminal()
+    _emit(detail_lines(detail, width), console)
+
+
+def _show_spikes(query: SpikeQuery, spikes: list[Spike], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps([s.to_dict() for s in spikes], indent=2, ensure_ascii=False))
+        return
+    if args.csv:
+        header = (f"{query.entity_kind}_id", "window_amount", "baseline_average", "ratio")
+        _csv(header, [[s.id, s.window_amount, s.baseline_average,
+                       "" if s.ratio is None else s.ratio] for s in spikes])
+        return
+    console, width = _terminal()
+    _emit(spike_lines(query, spikes, width), console)
+    _note(spike_summary(query, spikes), console)
+
+
+def _spikes(args: argparse.Namespace) -> int:
     try:
-        if args.spikes:
-            spike_query = SpikeQuery.parse(
-                kind="groups" if args.groups else "users", metric=args.metric,
-                window=args.window, baseline=args.baseline, factor=args.factor, min=args.min,
-                limit=args.limit,
-            )
-            return _spikes(console, args.server, spike_query)
-        if args.user or args.group:
-            flag = "--user" if args.user else "--group"
-            subject = ("user_id", need_id(args.user or args.group, flag))
-        query = UsageQuery.parse(
-            kind="groups" if args.groups else "users",
-            sort=args.sort,
+        query = SpikeQuery.parse(
+            kind="groups" if args.groups else "users", metric=args.metric,
+            window=args.window, baseline=args.baseline, factor=args.factor, min=args.min,
             limit=args.limit,
-            search=args.search,
+        )
+    except ValueError as exc:
+        return _fail("--" + str(exc), 2)
+    request = pb.ListSpikesRequest(
+        kind=query.kind, metric=query.metric, window=f"{query.window_hours}h",
+        baseline=f"{query.baseline_hours}h", factor=query.factor, min=query.min,
+        limit=query.limit,
+    )
+    channel = grpc.insecure_channel(args.server)
+    try:
+        reply = pb_grpc.TollwayStub(channel).ListSpikes(request, timeout=TIMEOUT)
+    except grpc.RpcError as exc:
+        return _fail(_rpc_message(exc, args.server))
+    finally:
+        channel.close()
+    _show_spikes(query, usage_convert.spikes_from_proto(reply, query.entity_kind), args)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.spikes:
+        return _spikes(args)
+    subject: tuple[str, str] | None = None
+    try:
+        if args.user is not None:
+            subject = ("user_id", need_id(args.user, "--user"))
+        elif args.group is not None:
+            subject = ("group_id", need_id(args.group, "--group"))
+        query = UsageQuery.parse(
+            kind="groups" if args.groups else "users", sort=args.sort, limit=args.limit,
+            offset=args.offset, search=args.search, start=args.start, end=args.end,
         )
     except ValueError as exc:
         text = str(exc)
         return _fail(text if text.startswith("--") else "--" + text, 2)
-    if subject is not None and args.group:
-        subject = ("group_id", subject[1])
 
     channel = grpc.insecure_channel(args.server)
     try:
         stub = pb_grpc.TollwayStub(channel)
         if subject is not None:
             reply = stub.GetUsage(pb.GetUsageRequest(**{subject[0]: subject[1]}), timeout=TIMEOUT)
-            render_detail(console, usage_convert.detail_from_proto(reply))
+            _show_detail(usage_convert.detail_from_proto(reply), args)
         else:
-            request = pb.ListUsageRequest(
-                kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
-                offset=query.offset,
-            )
-            listing = stub.ListUsage(request, timeout=TIMEOUT)
-            render_page(console, usage_convert.page_from_proto(listing, query))
+            listing = stub.ListUsage(usage_convert.list_request_to_proto(query), timeout=TIMEOUT)
+            _show_page(usage_convert.page_from_proto(listing, query), args)
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc, args.server))
     finally:
         channel.close()
-    return 0
-
-
-def _spikes(console: Console, server: str, query: SpikeQuery) -> int:
-    request = pb.ListSpikesRequest(
-        kind=query.kind, metric=query.metric, window=f"{query.window_hours}h",
-        baseline=f"{query.baseline_hours}h", factor=query.factor, min=query.min,
-        limit=query.limit,
-    )
-    channel = grpc.insecure_channel(server)
-    try:
-        reply = pb_grpc.TollwayStub(channel).ListSpikes(request, timeout=TIMEOUT)
-    except grpc.RpcError as exc:
-        return _fail(_rpc_message(exc, server))
-    finally:
-        channel.close()
-    render_spikes(console, query, usage_convert.spikes_from_proto(reply, query.entity_kind))
     return 0
 
 

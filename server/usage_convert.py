@@ -12,17 +12,15 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from tollway.policy.usage import (
-    EntityKind,
     ModelUsage,
     Spike,
     UsageDetail,
     UsageEvent,
-    UsageParamError,
     UsageRecord,
     UsageSeries,
-    need_id,
 )
 from tollway.policy.usage_query import DEFAULT_LIMIT, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
+from tollway.policy.validate import EntityKind, FieldError, need_id
 from tollway.v1 import tollway_pb2 as pb
 
 from .convert import set_timestamp
@@ -30,6 +28,7 @@ from .convert import set_timestamp
 __all__ = [
     "subject",
     "list_request",
+    "list_request_to_proto",
     "series_request",
     "spikes_request",
     "record_to_proto",
@@ -63,7 +62,7 @@ def subject(msg: pb.GetUsageRequest | pb.UsageSeriesRequest) -> tuple[EntityKind
         return "user", need_id(msg.user_id, "user_id")
     if which == "group_id":
         return "group", need_id(msg.group_id, "group_id")
-    raise UsageParamError("user_id", "one of user_id or group_id is required")
+    raise FieldError("user_id", "one of user_id or group_id is required")
 
 
 def list_request(msg: pb.ListUsageRequest) -> UsageQuery:
@@ -108,6 +107,19 @@ def spikes_request(msg: pb.ListSpikesRequest) -> SpikeQuery:
 
 
 # ------------------------------------------------------------------ to the wire
+
+
+def list_request_to_proto(query: UsageQuery) -> pb.ListUsageRequest:
+    """The ``ListUsageRequest`` that ``list_request`` reads back as ``query``."""
+    msg = pb.ListUsageRequest(
+        kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
+        offset=query.offset, cursor="" if query.cursor is None else query.cursor.encode(),
+    )
+    if query.start is not None:
+        set_timestamp(msg.start, query.start)
+    if query.end is not None:
+        set_timestamp(msg.end, query.end)
+    return msg
 
 
 def record_to_proto(rec: UsageRecord, out: pb.UsageRecord | None = None) -> pb.UsageRecord:

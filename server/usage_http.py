@@ -1,37 +1,31 @@
 """HTTP usage API: ``/v1/usage/{users,groups}[/{id}[/series]]``, ``/v1/usage/spikes``
 and ``/v1/activity``.
 
-The handlers are pure functions ``(engine, …) -> HttpResult`` (status, headers, body
-chunks) that only translate to and from the engine's usage calls; ``install`` plugs them
-into the server's router. Listing pages link to their neighbours the way Django REST
-framework's pagination does: ``next``/``previous`` are absolute URLs (when the request
-named its Host) with the same query and the new offset, or the new ``cursor`` when the
-request paged by cursor.
+The handlers only translate between query strings and the engine's usage calls, which
+run off the event loop (they read the usage database). Listing pages link to their
+neighbours the way Django REST framework's pagination does: ``next``/``previous`` are
+absolute URLs (when the request named a plausible Host) with the same query and the new
+offset, or the new ``cursor`` when the request paged by cursor. The activity export is
+streamed in batches from a server-side cursor, so its memory does not grow with its
+length.
 
-Errors: a bad parameter -> 400 ``{"error", "parameter"}``; an unknown id -> 404; the
-usage database unreachable -> 503; an engine without usage -> 501.
+Errors (the shape is in docs/api.md): a bad parameter -> 400 ``invalid_parameter``
+naming it; an unknown id -> 404; the usage database unreachable -> 503; a server that
+keeps no usage -> 501.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from itertools import chain
-from typing import Any, Protocol
+import re
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Protocol
 from urllib.parse import quote, urlencode
 
-from tollway.policy.usage import (
-    Spike,
-    UsageDetail,
-    UsageEvent,
-    UsageParamError,
-    UsageSeries,
-    UsageUnavailable,
-    need_id,
-)
+from aiohttp import web
+
+from tollway.policy.usage import Spike, UsageDetail, UsageEvent, UsageSeries
 from tollway.policy.usage_query import (
     ActivityQuery,
     SeriesQuery,
@@ -39,33 +33,33 @@ from tollway.policy.usage_query import (
     UsagePage,
     UsageQuery,
 )
+from tollway.policy.validate import KIND_NAMES, FieldError, need_kind
 
-__all__ = [
-    "HttpResult",
-    "UsageEngine",
-    "ACTIVITY_COLUMNS",
-    "list_usage",
-    "get_usage",
-    "usage_series",
-    "list_spikes",
-    "activity",
-    "page_link",
-    "install",
-]
+from .csv_export import CsvEncoder
+from .http_errors import Handler, HttpError, json_response
+from .http_routes import (
+    add_route,
+    first_values,
+    offload,
+    query_params,
+    stream_response,
+)
+from .usage_csv import ACTIVITY_COLUMNS, activity_row
 
-JSON = "application/json"
+__all__ = ["UsageEngine", "ACTIVITY_COLUMNS", "ACTIVITY_BATCH", "page_link", "install"]
+
 JSONL = "application/x-ndjson"
 CSV = "text/csv; charset=utf-8"
 
-ACTIVITY_COLUMNS: tuple[str, ...] = (
-    "time", "kind", "request_id", "decision_id", "user_id", "group_id", "model",
-    "input_tokens", "output_tokens", "total_tokens", "cost_usd", "duration_seconds",
-    "status", "counts_request", "attributes",
-)
+# Events read per hop to the store's thread and written per chunk of the export.
+ACTIVITY_BATCH = 256
+
+# A Host header good enough to put in a link: a name or an IP literal, and a port.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 
 
 class UsageEngine(Protocol):
-    """What these handlers need from the engine."""
+    """What these routes need from the engine."""
 
     def get_usage(self, kind: str, id: str) -> UsageDetail | None: ...
 
@@ -76,61 +70,6 @@ class UsageEngine(Protocol):
     def list_spikes(self, query: SpikeQuery) -> list[Spike]: ...
 
     def activity(self, query: ActivityQuery) -> Iterator[UsageEvent]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResult:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: Iterable[bytes]
-
-    @property
-    def content_type(self) -> str:
-        return next((v for k, v in self.headers if k.lower() == "content-type"), JSON)
-
-    def read(self) -> bytes:
-        return b"".join(self.body)
-
-
-def _json(data: Any, status: int = 200) -> HttpResult:
-    body = json.dumps(data, ensure_ascii=False).encode() + b"\n"
-    return HttpResult(status, (("Content-Type", JSON),), (body,))
-
-
-def _error(status: int, message: str, parameter: str | None = None) -> HttpResult:
-    data = {"error": message}
-    if parameter is not None:
-        data["parameter"] = parameter
-    return _json(data, status)
-
-
-def _first(query: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """One value per parameter: the first, as most frameworks do."""
-    return {k: v[0] for k, v in query.items() if v}
-
-
-def _guarded(call: Callable[[], HttpResult]) -> HttpResult:
-    """The one place errors become status codes."""
-    try:
-        return call()
-    except UsageParamError as exc:
-        return _error(400, str(exc), exc.parameter)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    except UsageUnavailable:
-        return _error(503, "usage database unavailable")
-    except NotImplementedError:
-        return _error(501, "usage is not available")
-
-
-def _engine_call(engine: Any, name: str) -> Callable[..., Any]:
-    method = getattr(engine, name, None)
-    if method is None:
-        raise NotImplementedError(name)
-    return method
-
-
-# ------------------------------------------------------------------ links
 
 
 def page_link(
@@ -152,173 +91,124 @@ def page_link(
     return f"{base}?{text}" if text else base
 
 
-def _base(path: str, host: str | None) -> str:
-    return f"http://{host}{path}" if host else path
+def _links(base: str, query: Mapping[str, Sequence[str]], page: UsagePage) -> dict[str, object]:
+    """``next``/``previous`` as URLs: by cursor when the request paged by cursor."""
+    if "cursor" in query:
+        return {"next": page_link(base, query, cursor=page.next_cursor),
+                "previous": page_link(base, query, cursor=page.previous_cursor)}
+    return {"next": page_link(base, query, page.next),
+            "previous": page_link(base, query, page.previous)}
 
 
-# ------------------------------------------------------------------ handlers
+def _base(path: str, request: web.Request) -> str:
+    host = request.headers.get("Host")
+    return f"http://{host}{path}" if host and _HOST.fullmatch(host) else path
 
 
-def list_usage(
-    engine: UsageEngine,
-    kind: str,
-    query: Mapping[str, Sequence[str]],
-    *,
-    path: str = "",
-    host: str | None = None,
-) -> HttpResult:
-    """``GET /v1/usage/{users|groups}``: one page with ``results``, ``count``, links."""
-
-    def run() -> HttpResult:
-        params = _first(query)
-        if "kind" in params:
-            raise UsageParamError("kind", "unknown parameter (the kind is in the path)")
-        q = UsageQuery.parse(params, kind=kind)
-        page: UsagePage = _engine_call(engine, "list_usage")(q)
-        base = _base(path or f"/v1/usage/{kind}", host)
-        if "cursor" in query:  # the client pages by cursor: so do the links
-            links = (page_link(base, query, cursor=page.next_cursor),
-                     page_link(base, query, cursor=page.previous_cursor))
-        else:
-            links = (page_link(base, query, page.next), page_link(base, query, page.previous))
-        return _json({"next": links[0], "previous": links[1], **page.to_dict()})
-
-    return _guarded(run)
+def _take(events: Iterator[UsageEvent], n: int) -> list[UsageEvent]:
+    return list(islice(events, n))
 
 
-def get_usage(engine: UsageEngine, kind: str, ident: str) -> HttpResult:
-    """``GET /v1/usage/{users|groups}/{id}``: aggregates, cost by model, recent reports."""
-
-    def run() -> HttpResult:
-        entity = "user" if kind == "users" else "group"
-        need_id(ident)
-        detail: UsageDetail | None = _engine_call(engine, "get_usage")(entity, ident)
-        if detail is None:
-            return _error(404, f"no usage recorded for {entity} {ident!r}")
-        return _json(detail.to_dict())
-
-    return _guarded(run)
+def _jsonl(events: list[UsageEvent]) -> bytes:
+    return b"".join(
+        json.dumps(e.to_dict(), ensure_ascii=False).encode() + b"\n" for e in events
+    )
 
 
-def usage_series(
-    engine: UsageEngine, kind: str, ident: str, query: Mapping[str, Sequence[str]]
-) -> HttpResult:
-    """``GET /v1/usage/{users|groups}/{id}/series``: a metric per hour or day."""
-
-    def run() -> HttpResult:
-        entity = "user" if kind == "users" else "group"
-        need_id(ident)
-        q = SeriesQuery.parse(_first(query))
-        series: UsageSeries | None = _engine_call(engine, "usage_series")(entity, ident, q)
-        if series is None:
-            return _error(404, f"no usage recorded for {entity} {ident!r}")
-        return _json(series.to_dict())
-
-    return _guarded(run)
+Encode = Callable[[list[UsageEvent]], bytes]
 
 
-def list_spikes(engine: UsageEngine, query: Mapping[str, Sequence[str]]) -> HttpResult:
-    """``GET /v1/usage/spikes``: who spiked in the last window."""
+def _export(fmt: str) -> tuple[dict[str, str], bytes, Encode]:
+    """Headers, leading bytes and the batch encoder of an export format."""
+    if fmt == "jsonl":
+        return {"Content-Type": JSONL}, b"", _jsonl
+    if fmt != "csv":
+        raise FieldError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
+    encoder = CsvEncoder()
 
-    def run() -> HttpResult:
-        q = SpikeQuery.parse(_first(query))
-        spikes: list[Spike] = _engine_call(engine, "list_spikes")(q)
-        return _json({
-            "kind": q.kind,
-            "metric": q.metric,
-            "window": f"{q.window_hours}h",
-            "baseline": f"{q.baseline_hours}h",
-            "factor": q.factor,
-            "min": q.min,
-            "results": [s.to_dict() for s in spikes],
+    def encode(events: list[UsageEvent]) -> bytes:
+        return encoder.encode(activity_row(event) for event in events)
+
+    headers = {
+        "Content-Type": CSV,
+        "Content-Disposition": 'attachment; filename="tollway-activity.csv"',
+    }
+    return headers, encoder.encode([ACTIVITY_COLUMNS]), encode
+
+
+def install(app: web.Application, engine: UsageEngine) -> None:
+    """Add the usage routes (role ``admin``) to ``app``: plural and singular kinds."""
+
+    async def activity(request: web.Request) -> web.StreamResponse:
+        params = first_values(query_params(request))
+        headers, head, encode = _export(params.pop("format", "") or "jsonl")
+        query = ActivityQuery.parse(params)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            events = await offload(request, engine.activity, query)
+            batch = await offload(request, _take, events, ACTIVITY_BATCH)
+            yield head + encode(batch)  # the first read decides the status: 503 before any byte
+            while len(batch) == ACTIVITY_BATCH:
+                batch = await offload(request, _take, events, ACTIVITY_BATCH)
+                yield encode(batch)
+
+        return await stream_response(request, chunks(), headers=headers)
+
+    def listing(kind: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            query = query_params(request)
+            params = first_values(query)
+            if "kind" in params:
+                raise FieldError("kind", "unknown parameter (the kind is in the path)")
+            page = await offload(request, engine.list_usage, UsageQuery.parse(params, kind=kind))
+            base = _base(f"/v1/usage/{kind}", request)
+            return json_response({**_links(base, query, page), **page.to_dict()})
+
+        return handler
+
+    def detail(kind: str) -> Handler:
+        entity = need_kind(kind)
+
+        async def handler(request: web.Request) -> web.Response:
+            for name in query_params(request):
+                raise FieldError(name, "unknown parameter (this route takes none)")
+            ident = request.match_info["id"]  # the engine checks it (as user_id / group_id)
+            found = await offload(request, engine.get_usage, entity, ident)
+            if found is None:
+                raise HttpError(404, f"no usage recorded for {entity} {ident!r}")
+            return json_response(found.to_dict())
+
+        return handler
+
+    def series(kind: str) -> Handler:
+        entity = need_kind(kind)
+
+        async def handler(request: web.Request) -> web.Response:
+            query = SeriesQuery.parse(first_values(query_params(request)))
+            ident = request.match_info["id"]
+            found = await offload(request, engine.usage_series, entity, ident, query)
+            if found is None:
+                raise HttpError(404, f"no usage recorded for {entity} {ident!r}")
+            return json_response(found.to_dict())
+
+        return handler
+
+    async def spikes(request: web.Request) -> web.Response:
+        query = SpikeQuery.parse(first_values(query_params(request)))
+        found = await offload(request, engine.list_spikes, query)
+        return json_response({
+            "kind": query.kind,
+            "metric": query.metric,
+            "window": f"{query.window_hours}h",
+            "baseline": f"{query.baseline_hours}h",
+            "factor": query.factor,
+            "min": query.min,
+            "results": [s.to_dict() for s in found],
         })
 
-    return _guarded(run)
-
-
-def activity(engine: UsageEngine, query: Mapping[str, Sequence[str]]) -> HttpResult:
-    """``GET /v1/activity``: the report log, newest first, as JSON lines or CSV."""
-
-    def run() -> HttpResult:
-        params = _first(query)
-        fmt = params.pop("format", "jsonl") or "jsonl"
-        if fmt not in ("jsonl", "csv"):
-            raise UsageParamError("format", f"must be 'jsonl' or 'csv', got {fmt!r}")
-        q = ActivityQuery.parse(params)
-        events = iter(_engine_call(engine, "activity")(q))
-        # pull the first event now, so that an unreachable database is a 503, not a cut stream
-        first = next(events, None)
-        stream = chain(() if first is None else (first,), events)
-        if fmt == "csv":
-            headers = (
-                ("Content-Type", CSV),
-                ("Content-Disposition", 'attachment; filename="tollway-activity.csv"'),
-            )
-            return HttpResult(200, headers, _csv_rows(stream))
-        return HttpResult(200, (("Content-Type", JSONL),), _json_lines(stream))
-
-    return _guarded(run)
-
-
-def _json_lines(events: Iterable[UsageEvent]) -> Iterator[bytes]:
-    for event in events:
-        yield json.dumps(event.to_dict(), ensure_ascii=False).encode() + b"\n"
-
-
-def _csv_rows(events: Iterable[UsageEvent]) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(ACTIVITY_COLUMNS)
-    for event in events:
-        row = event.to_dict()
-        row["attributes"] = json.dumps(row["attributes"], ensure_ascii=False, sort_keys=True)
-        row["counts_request"] = "true" if row["counts_request"] else "false"
-        writer.writerow([row[c] for c in ACTIVITY_COLUMNS])
-        yield buffer.getvalue().encode()
-        buffer.seek(0)
-        buffer.truncate()
-    if buffer.tell():  # only the header: no events
-        yield buffer.getvalue().encode()
-
-
-# ------------------------------------------------------------------ router adapter
-
-
-def install(router: Any, engine: Any) -> None:
-    """Register the usage routes on the HTTP server's ``Router``.
-
-    Listings and details are sent whole; the activity export is streamed chunk by chunk.
-    """
-    from .http import Request, Response  # the transport, imported only when serving
-
-    def respond(result: HttpResult, *, stream: bool = False) -> Response:
-        headers = tuple((k, v) for k, v in result.headers if k.lower() != "content-type")
-        body = iter(result.body) if stream else result.read()
-        return Response(result.status, body, result.content_type, headers)
-
-    def host(request: Request) -> str | None:
-        return next((v for k, v in request.headers.items() if k.lower() == "host"), None)
-
-    router.add("GET", "/v1/usage/spikes", lambda request: respond(list_spikes(engine, request.query)))
-    for kind in ("users", "groups"):
-
-        def listing(request: Request, kind: str = kind) -> Response:
-            return respond(
-                list_usage(engine, kind, request.query, path=request.path, host=host(request))
-            )
-
-        def detail(request: Request, kind: str = kind) -> Response:
-            return respond(get_usage(engine, kind, request.params["id"]))
-
-        def series(request: Request, kind: str = kind) -> Response:
-            return respond(usage_series(engine, kind, request.params["id"], request.query))
-
-        router.add("GET", f"/v1/usage/{kind}", listing)
-        router.add("GET", f"/v1/usage/{kind}/{{id}}", detail)
-        router.add("GET", f"/v1/usage/{kind}/{{id}}/series", series)
-
-    router.add(
-        "GET",
-        "/v1/activity",
-        lambda request: respond(activity(engine, request.query), stream=True),
-    )
+    add_route(app, "GET", "/v1/usage/spikes", spikes, role="admin")
+    for kind in KIND_NAMES:  # /v1/usage/users/… and the singular /v1/usage/user/…
+        add_route(app, "GET", f"/v1/usage/{kind}", listing(kind), role="admin")
+        add_route(app, "GET", f"/v1/usage/{kind}/{{id}}", detail(kind), role="admin")
+        add_route(app, "GET", f"/v1/usage/{kind}/{{id}}/series", series(kind), role="admin")
+    add_route(app, "GET", "/v1/activity", activity, role="admin")

@@ -21,9 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from aiohttp import web
 
 from tollway.policy.engine import Engine
+from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
+from tollway.server.http import ROUTE_MODULES, HttpServer, build_app, start_http
+from tollway.server.http_limits import HttpLimits
+from tollway.server.http_ops import Readiness
 from tollway.server.metrics import Metrics
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
@@ -70,30 +75,84 @@ def write_rules(directory: Path, text: str = RULES, name: str = "main.rules") ->
     return path
 
 
-class ServerThread:
-    """A grpc.aio server over ``engine`` on 127.0.0.1:<free port>, in a background loop."""
+class LoopThread:
+    """An asyncio loop running in a daemon thread; ``run`` waits for a coroutine on it."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: GrpcServer | None = None
+        self._thread.start()
 
     def run(self, coro: Any) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout=30)
 
+    def close(self) -> None:
+        self.run(_cancel_the_rest())  # as asyncio.run does: no task is left pending
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ServerThread(LoopThread):
+    """A grpc.aio server over ``engine`` on 127.0.0.1:<free port>, in a background loop."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.server: GrpcServer | None = None
+
     def start(self, listen: str = "127.0.0.1:0") -> str:
-        self._thread.start()
         self.server = self.run(start_grpc(self.engine, listen))
         return self.server.address
 
     def stop(self, grace: float = 1.0) -> None:
         if self.server is not None:
             self.run(self.server.stop(grace))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self.close()
+
+
+@dataclass
+class HttpPort:
+    """A started HTTP port: its address, application and readiness."""
+
+    address: str
+    app: web.Application
+    readiness: Readiness
+
+    def url(self, path: str) -> str:
+        return f"http://{self.address}{path}"
+
+
+@contextmanager
+def http_serving(
+    engine: Any, *, metrics: Metrics | None = None, limits: HttpLimits | None = None,
+    loop: LoopThread | None = None, route_modules: tuple[str, ...] = ROUTE_MODULES,
+) -> Iterator[HttpPort]:
+    """The HTTP port over ``engine`` on 127.0.0.1:<free port>, as ``tollway serve`` runs
+    it: on the loop of ``loop`` (the gRPC server's), or on a loop of its own."""
+    owner = loop or LoopThread()
+    readiness = Readiness(engine)
+    app = build_app(engine, metrics or Metrics(), readiness, limits=limits,
+                    route_modules=route_modules)
+    http = owner.run(_start(app))
+    try:
+        yield HttpPort(http.address, app, readiness)
+    finally:
+        owner.run(http.stop())
+        if loop is None:
+            owner.close()
+
+
+async def _start(app: web.Application) -> HttpServer:
+    return await start_http("127.0.0.1:0", app)
 
 
 @contextmanager
@@ -113,6 +172,25 @@ def serving(
     finally:
         channel.close()
         server.stop()
+        engine.close()
+
+
+@contextmanager
+def engine_with_usage(reports: int, users: int) -> Iterator[Engine]:
+    """A memory engine whose usage holds ``reports`` reports of users ``u0``… (groups
+    ``g0``-``g2``, models ``m0``/``m1``), written straight into its usage database."""
+    engine = Engine.from_text("default allow\n", store="memory")
+    assert engine.usage_db is not None
+    engine.usage_db.write([
+        UsageEvent(
+            time=1_800_000_000.0 + i, request_id=f"r{i}", user_id=f"u{i % users}",
+            group_id=f"g{i % 3}", model=f"m{i % 2}", input_tokens=i, cost_usd=0.001 * i,
+        )
+        for i in range(reports)
+    ])
+    try:
+        yield engine
+    finally:
         engine.close()
 
 
@@ -140,7 +218,9 @@ def eventually(read: Any, expected: Any, timeout: float = 10.0) -> Any:
 
 # ------------------------------------------------- `tollway serve` as a process
 
-READY = re.compile(r"tollway serving: grpc=(?P<grpc>\S+) http=(?P<http>\S+) .*version=(?P<version>\S+)")
+READY = re.compile(
+    r"tollway serving: grpc=(?P<grpc>[^\s\"]+) http=(?P<http>[^\s\"]+) .*version=(?P<version>[^\s\"]+)"
+)
 
 
 @dataclass
@@ -177,12 +257,16 @@ def _pump(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event)
 
 
 @contextmanager
-def tollway_serve(rules: Path, *extra: str, listen: str = "127.0.0.1:0") -> Iterator[Served]:
-    """``tollway serve`` in a process; usage in memory unless ``extra`` names a database."""
+def tollway_serve(
+    rules: Path | None, *extra: str, listen: str = "127.0.0.1:0"
+) -> Iterator[Served]:
+    """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset); usage
+    in memory unless ``extra`` names a database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    rules_flag = [] if rules is None else ["--rules", str(rules)]
     usage = () if "--usage-db" in extra else ("--usage-db", "memory")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tollway", "serve", "--rules", str(rules), "--listen", listen,
+        [sys.executable, "-m", "tollway", "serve", *rules_flag, "--listen", listen,
          "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *usage, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )

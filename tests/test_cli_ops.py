@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import json_format
+from server_harness import ServerThread
 
+from tollway.policy.engine import Engine
 from tollway.server.cli import main
+from tollway.v1 import tollway_pb2 as pb
+from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.rules"
 
@@ -48,7 +55,7 @@ def write(tmp_path: Path, text: str, name: str = "r.rules") -> Path:
 def test_check_ok_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "check", str(EXAMPLE))
     assert code == 0, err
-    assert "ok:" in out and "13 rules" in out
+    assert "ok:" in out and "13 rules" in out and "5 prices" in out
 
 
 def test_check_errors_exit_1_with_location_and_caret(
@@ -68,10 +75,11 @@ def test_check_errors_exit_1_with_location_and_caret(
 
 def test_check_strict_fails_on_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, 'rule a { when user.tier == "x" and user.tier == "y" deny "never" }\n')
-    code, _, err = run(capsys, "check", str(path))
-    assert code == 0 and "warning:" in err
-    code, _, _ = run(capsys, "check", "--strict", str(path))
+    code, out, err = run(capsys, "check", str(path))
+    assert code == 0 and "warning:" in err and ": ok: " in out and "1 warning " in out
+    code, out, _ = run(capsys, "check", "--strict", str(path))
     assert code == 1
+    assert out == f"{path}: failed with --strict: 1 warning; 1 rule, 0 quotas, 0 prices, 0 tests\n"
 
 
 def test_check_without_a_path_is_a_usage_error(
@@ -88,8 +96,8 @@ def test_check_without_a_path_is_a_usage_error(
 def test_test_passes_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "test", "-v", str(EXAMPLE))
     assert code == 0
-    assert out.strip().endswith("12 passed, 0 failed")
-    assert out.count("PASS ") == 12
+    assert out.strip().endswith("13 passed, 0 failed")
+    assert out.count("PASS ") == 13
 
 
 def test_failing_test_shows_expected_and_got(
@@ -100,7 +108,7 @@ def test_failing_test_shows_expected_and_got(
         GOOD.replace('expect route "mini"', 'expect route "huge"')
         + """
 test "third request is refused" {
-    request { user: {id: "u2", metadata: {tier: "free"}} } times 3
+    request { user: {id: "u2", metadata: {tier: "free"}}, model: "m" } times 3
     expect reason QUOTA_EXCEEDED
     expect exceeded hourly
 }
@@ -114,9 +122,16 @@ test "third request is refused" {
     assert out.strip().endswith("1 passed, 1 failed")
 
 
-def test_test_with_a_broken_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "test", str(write(tmp_path, "rule {")))
-    assert code == 1 and "error:" in err and "0 passed, 1 failed" in out
+def test_test_on_a_file_that_does_not_compile_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = write(tmp_path, "rule {", "broken.rules")
+    code, out, err = run(capsys, "test", str(broken), str(write(tmp_path, GOOD)))
+    assert code == 1 and "error:" in err
+    assert out.splitlines() == [
+        f"{broken}: does not compile (1 error): its tests did not run",
+        "1 passed, 0 failed, 1 not compiled",
+    ]
 
 
 # ------------------------------------------------------------------- explain
@@ -138,13 +153,62 @@ def test_explain_json_and_request_from_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     req = tmp_path / "req.json"
-    req.write_text(json.dumps({"user": {"id": "s", "metadata": {"status": "suspended"}}}))
+    req.write_text(json.dumps(
+        {"user": {"id": "s", "metadata": {"status": "suspended"}}, "model": "m"}))
     code, out, _ = run(capsys, "explain", str(EXAMPLE), "--request", f"@{req}", "--json")
     assert code == 0
     data = json.loads(out)
     assert data["decision"]["reason"] == "DENIED_BY_RULE"
     assert data["decision"]["message"] == "account suspended"
-    assert data["total_rules"] == 13 and any(t["matched"] for t in data["trace"])
+    assert data["total_rules"] == "13" and any(t["matched"] for t in data["trace"])
+
+
+def test_explain_reads_the_request_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"user": {"id": "u1"}, "model": "m"}'))
+    code, out, _ = run(capsys, "explain", str(EXAMPLE), "--request", "@-")
+    assert code == 0 and "decision: ALLOW (ALLOWED)" in out
+
+
+def _without_run_specifics(data: dict) -> dict:
+    """An explanation's JSON minus what differs between two runs (id, clock)."""
+    decision = data["decision"]
+    decision.pop("decision_id")
+    for q in decision["quotas"]:
+        q.pop("resets_at", None)
+        q.pop("retry_after", None)
+    return data
+
+
+def test_explain_json_is_the_grpc_apis_json_mapping(capsys: pytest.CaptureFixture[str]) -> None:
+    """One JSON shape: what the CLI prints is what Explain answers over gRPC, in the proto3
+    JSON mapping (proto field names, RFC 3339 times, durations as "Ns", int64 as strings)."""
+    request = {"user": {"id": "u1", "metadata": {"tier": "free"}}, "model": "openai/gpt-5",
+               "estimate": {"output_tokens": 500}}
+    code, out, err = run(capsys, "explain", str(EXAMPLE), "--request", json.dumps(request),
+                         "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    parsed = json_format.Parse(out, pb.Explanation())  # it is the mapping: it parses back
+    quota = printed["decision"]["quotas"][0]
+    assert quota["retry_after"].endswith("s") and quota["resets_at"].endswith("Z")
+    assert {"matched_rules", "ruleset_version", "decision_id"} <= printed["decision"].keys()
+    engine = Engine.from_path(EXAMPLE, store="memory")
+    server = ServerThread(engine)
+    try:
+        with grpc.insecure_channel(server.start()) as channel:
+            reply = pb_grpc.TollwayStub(channel).Explain(
+                json_format.ParseDict(request, pb.DecideRequest()), timeout=10
+            )
+    finally:
+        server.stop()
+        engine.close()
+    over_grpc = json_format.MessageToDict(
+        reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    assert _without_run_specifics(printed) == _without_run_specifics(over_grpc)
+    assert parsed.decision.model == reply.decision.model == "openai/gpt-4.1-mini"
 
 
 @pytest.mark.parametrize(
@@ -188,6 +252,32 @@ def test_fmt_leaves_a_broken_file_untouched(
     assert code == 1 and "error:" in err
     assert broken.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["r.rules"]  # no temp file left behind
+
+
+def test_fmt_stdin_to_stdout(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO('rule   a{when user.tier=="x"   deny "no"}\n'))
+    code, out, _ = run(capsys, "fmt", "-")
+    assert code == 0
+    assert out == 'rule a {\n    when user.tier == "x"\n    deny "no"\n}\n'
+    monkeypatch.setattr("sys.stdin", io.StringIO(out))
+    assert run(capsys, "fmt", "--check", "-")[:2] == (0, "")
+    monkeypatch.setattr("sys.stdin", io.StringIO("rule {"))
+    code, out, err = run(capsys, "fmt", "-")
+    assert (code, out) == (1, "") and err.startswith("<stdin>:1:6: error:")
+
+
+def test_fmt_diff_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    messy = write(tmp_path, 'rule   a{when user.tier=="x"   deny "no"}\n')
+    before = messy.read_text()
+    code, out, _ = run(capsys, "fmt", "--diff", str(messy))
+    assert code == 0 and messy.read_text() == before
+    assert out.startswith(f"--- {messy} (current)\n+++ {messy} (formatted)\n@@ ")
+    assert '-rule   a{when user.tier=="x"   deny "no"}\n' in out
+    assert '+    when user.tier == "x"\n' in out
+    code, out2, _ = run(capsys, "fmt", "--diff", "--check", str(messy))
+    assert (code, out2) == (1, out)
+    run(capsys, "fmt", str(messy))
+    assert run(capsys, "fmt", "--diff", "--check", str(messy))[:2] == (0, "")
 
 
 def test_the_console_script_runs(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.rules"
 
 def meaning(rf: ast.RuleFile) -> object:
     """Everything of a file but its positions, name and comments."""
-    return strip_positions((rf.default, rf.schemas, rf.quotas, rf.rules, rf.tests))
+    return strip_positions((rf.default, rf.schemas, rf.quotas, rf.prices, rf.rules, rf.tests))
 
 
 def fmt(text: str) -> str:
@@ -283,6 +283,16 @@ schemas = st.builds(
 )
 
 
+prices = st.builds(
+    lambda pattern, i, o, c, per: ast.Price(pattern, i, o, c, *per),
+    texts,
+    numbers,
+    numbers,
+    st.none() | numbers,
+    st.sampled_from([(1_000_000, "1M"), (1000, "1K"), (1000, "1k"), (2_000_000, "2M")]),
+)
+
+
 @st.composite
 def rule_files(draw: st.DrawFn) -> ast.RuleFile:
     quota_names = draw(st.lists(idents, max_size=3))
@@ -299,6 +309,7 @@ def rule_files(draw: st.DrawFn) -> ast.RuleFile:
         tuple(draw(quota_of(n)) for n in quota_names),
         tuple(draw(rules(i)) for i in range(n_rules)),
         tuple(draw(st.lists(tests, max_size=2))),
+        prices=tuple(draw(st.lists(prices, max_size=3))),
     )
 
 

@@ -372,7 +372,7 @@ CASES = [
     ("rule r priority 1.5 { }", 1, 17, "priority must be a whole number"),
     ("rule { }", 1, 6, "expected a rule name after 'rule'"),
     ("}", 1, 1, "no block is open here"),
-    ("hello", 1, 1, "expected a rule, quota, schema, default or test"),
+    ("hello", 1, 1, "expected a rule, quota, price, schema, default or test"),
     ("default permit", 1, 9, "expected allow or deny"),
     ("schema user { tier: strin }", 1, 21, "unknown type 'strin'"),
     ("schema user { tier: list }", 1, 21, "'list' needs an element type"),

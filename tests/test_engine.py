@@ -58,9 +58,9 @@ def test_default_deny_unless_a_rule_allows() -> None:
         rule pros { when user.tier == "pro" allow }
         """
     )
-    d = e.decide({"user": user("u1", tier="free")})
+    d = e.decide({"model": "m", "user": user("u1", tier="free")})
     assert (d.allowed, d.reason, d.message) == (False, "DEFAULT_DENY", "not allowed here")
-    assert e.decide({"user": user("u2", tier="pro")}).reason == "ALLOWED"
+    assert e.decide({"model": "m", "user": user("u2", tier="pro")}).reason == "ALLOWED"
 
 
 def test_routes_by_priority_and_condition() -> None:
@@ -113,12 +113,12 @@ def test_shadow_rules_are_reported_not_enforced() -> None:
 
 def test_metadata_is_merged_and_null_removes_a_key() -> None:
     e = engine('rule free { when user.tier == "free" deny "free" }')
-    assert not e.decide({"user": user("u1", tier="free", region="eu")}).allowed
+    assert not e.decide({"model": "m", "user": user("u1", tier="free", region="eu")}).allowed
     # no metadata sent: the stored metadata still applies
-    assert not e.decide({"user": user("u1")}).allowed
+    assert not e.decide({"model": "m", "user": user("u1")}).allowed
     stored = e.get_entity("user", "u1")
     assert stored is not None and dict(stored.metadata) == {"tier": "free", "region": "eu"}
-    assert e.decide({"user": {"id": "u1", "metadata": {"tier": None}}}).allowed
+    assert e.decide({"model": "m", "user": {"id": "u1", "metadata": {"tier": None}}}).allowed
     stored = e.get_entity("user", "u1")
     assert stored is not None and dict(stored.metadata) == {"region": "eu"}
 
@@ -130,7 +130,7 @@ def test_user_and_group_are_linked_and_user_only_requests_skip_group_rules() -> 
         rule acme { when group.id == "acme" enforce per_group check "acme-audit" }
         """
     )
-    d = e.decide({"user": user("alice"), "group": {"id": "acme"}})
+    d = e.decide({"model": "m", "user": user("alice"), "group": {"id": "acme"}})
     assert d.allowed and d.checks == ("acme-audit",)
     assert [q.name for q in d.quotas] == ["per_group"]
     linked = e.get_entity("user", "alice")
@@ -138,10 +138,10 @@ def test_user_and_group_are_linked_and_user_only_requests_skip_group_rules() -> 
     members = e.get_entity("group", "acme")
     assert members is not None and members.links == ("alice",)
     # the same user alone: group rules and quotas do not apply, even though linked before
-    d = e.decide({"user": user("alice")})
+    d = e.decide({"model": "m", "user": user("alice")})
     assert d.allowed and d.checks == () and d.quotas == ()
     # with the group again: the group quota (1 per hour) is spent
-    assert e.decide({"user": user("alice"), "group": {"id": "acme"}}).reason == "QUOTA_EXCEEDED"
+    assert e.decide({"model": "m", "user": user("alice"), "group": {"id": "acme"}}).reason == "QUOTA_EXCEEDED"
 
 
 def test_request_without_entities_sees_only_global_quotas() -> None:
@@ -159,7 +159,7 @@ def test_request_without_entities_sees_only_global_quotas() -> None:
 def test_upsert_entity_sets_metadata_ahead_of_time() -> None:
     e = engine('rule s { when user.status == "suspended" deny "account suspended" }')
     e.upsert_entity("user", "bob", {"status": "suspended"}, groups=["acme"])
-    d = e.decide({"user": {"id": "bob"}})
+    d = e.decide({"model": "m", "user": {"id": "bob"}})
     assert d.message == "account suspended"
     got = e.get_entity("user", "bob")
     assert got is not None and got.links == ("acme",)
@@ -182,19 +182,19 @@ def test_request_quota_admits_exactly_the_limit_then_retry_after() -> None:
         clock,
     )
     for i in range(3):
-        d = e.decide({"user": user("u")})
+        d = e.decide({"model": "m", "user": user("u")})
         assert d.allowed, i
         assert d.quotas[0].used == i + 1 and d.quotas[0].remaining == 2 - i
-    d = e.decide({"user": user("u")})
+    d = e.decide({"model": "m", "user": user("u")})
     assert (d.allowed, d.reason) == (False, "QUOTA_EXCEEDED")
     q = d.quotas[0]
     assert q.exceeded and q.used == 3 and q.limit == 3
     assert 0 < q.retry_after <= 3600 + 60
     assert "hourly" in d.message
     # another user has their own counter
-    assert e.decide({"user": user("v")}).allowed
+    assert e.decide({"model": "m", "user": user("v")}).allowed
     clock.advance(3600 + 61)  # a full window and one bucket later everything has expired
-    assert e.decide({"user": user("u")}).allowed
+    assert e.decide({"model": "m", "user": user("u")}).allowed
 
 
 def test_all_or_nothing_when_one_quota_is_exceeded() -> None:
@@ -205,13 +205,13 @@ def test_all_or_nothing_when_one_quota_is_exceeded() -> None:
         rule all { enforce many, few }
         """
     )
-    assert e.decide({"user": user("u")}).allowed
+    assert e.decide({"model": "m", "user": user("u")}).allowed
     for _ in range(5):
-        d = e.decide({"user": user("u")})
+        d = e.decide({"model": "m", "user": user("u")})
         assert not d.allowed
         assert [q.name for q in d.quotas if q.exceeded] == ["few"]
     # the denied attempts consumed nothing from `many`
-    many = next(q for q in e.decide({"user": user("u")}).quotas if q.name == "many")
+    many = next(q for q in e.decide({"model": "m", "user": user("u")}).quotas if q.name == "many")
     assert many.used == 1
 
 
@@ -223,15 +223,15 @@ def test_dry_run_and_explain_consume_nothing() -> None:
         """
     )
     for _ in range(3):
-        assert e.decide({"user": user("u"), "dry_run": True}).allowed
-        assert e.explain({"user": user("u")}).decision.allowed
-    assert e.decide({"user": user("u")}).allowed
-    assert not e.decide({"user": user("u")}).allowed
+        assert e.decide({"model": "m", "user": user("u"), "dry_run": True}).allowed
+        assert e.explain({"model": "m", "user": user("u")}).decision.allowed
+    assert e.decide({"model": "m", "user": user("u")}).allowed
+    assert not e.decide({"model": "m", "user": user("u")}).allowed
 
 
 def test_explain_writes_no_entity() -> None:
     e = engine("rule all { allow }")
-    e.explain({"user": user("ghost", tier="x")})
+    e.explain({"model": "m", "user": user("ghost", tier="x")})
     assert e.get_entity("user", "ghost") is None
 
 
@@ -244,15 +244,15 @@ def test_unresolved_limit_fails_closed_and_fallback_and_percent() -> None:
         rule g { when group.id exists enforce credits, share, soft }
         """
     )
-    d = e.decide({"user": user("u"), "group": {"id": "nocredits"}})
+    d = e.decide({"model": "m", "user": user("u"), "group": {"id": "nocredits"}})
     assert (d.allowed, d.reason) == (False, "QUOTA_UNRESOLVED")
     assert "credits" in d.message
     g = {"id": "acme", "metadata": {"monthly_credits": 100}}
-    d = e.decide({"user": user("u"), "group": g, "estimate": {"cost_usd": 4}})
+    d = e.decide({"model": "m", "user": user("u"), "group": g, "estimate": {"cost_usd": 4}})
     assert d.allowed
     limits = {q.name: q.limit for q in d.quotas}
     assert limits == {"credits": 100, "share": 10, "soft": 2}
-    d = e.decide({"user": user("u"), "group": g, "estimate": {"cost_usd": 7}})
+    d = e.decide({"model": "m", "user": user("u"), "group": g, "estimate": {"cost_usd": 7}})
     assert d.reason == "QUOTA_EXCEEDED"  # 4 + 7 > 10% of 100
     assert [q.name for q in d.quotas if q.exceeded] == ["share"]
 
@@ -264,10 +264,10 @@ def test_zero_estimate_admits_while_used_below_limit() -> None:
         rule all { enforce tok }
         """
     )
-    d = e.decide({"user": user("u")})
+    d = e.decide({"model": "m", "user": user("u")})
     assert d.allowed
     e.report({"request_id": "r1", "decision_id": d.decision_id, "user": user("u"), "output_tokens": 150})
-    d = e.decide({"user": user("u")})
+    d = e.decide({"model": "m", "user": user("u")})
     assert d.reason == "QUOTA_EXCEEDED" and d.quotas[0].used == 150
 
 
@@ -278,21 +278,21 @@ def test_report_replaces_the_reservation_and_is_idempotent() -> None:
         rule all { enforce tok }
         """
     )
-    d = e.decide({"user": user("u"), "estimate": {"input_tokens": 100, "output_tokens": 400}})
+    d = e.decide({"model": "m", "user": user("u"), "estimate": {"input_tokens": 100, "output_tokens": 400}})
     assert d.quotas[0].used == 500
     ack = e.report(
         {"request_id": "r1", "decision_id": d.decision_id, "user": user("u"),
          "input_tokens": 100, "output_tokens": 50}
     )
     assert ack.outcome == "settled" and not ack.duplicate
-    peek = e.explain({"user": user("u")}).decision.quotas[0]
+    peek = e.explain({"model": "m", "user": user("u")}).decision.quotas[0]
     assert peek.used == 150
     again = e.report(
         {"request_id": "r1", "decision_id": d.decision_id, "user": user("u"),
          "input_tokens": 100, "output_tokens": 50}
     )
     assert again.duplicate and again.outcome == "duplicate"
-    assert e.explain({"user": user("u")}).decision.quotas[0].used == 150
+    assert e.explain({"model": "m", "user": user("u")}).decision.quotas[0].used == 150
 
 
 def test_report_without_decision_adds_tokens_but_not_requests() -> None:
@@ -305,7 +305,7 @@ def test_report_without_decision_adds_tokens_but_not_requests() -> None:
     )
     ack = e.report({"request_id": "r1", "user": user("u"), "input_tokens": 30, "output_tokens": 70})
     assert ack.outcome == "added"
-    used = {q.name: q.used for q in e.explain({"user": user("u")}).decision.quotas}
+    used = {q.name: q.used for q in e.explain({"model": "m", "user": user("u")}).decision.quotas}
     assert used == {"tok": 100, "req": 0}
 
 
@@ -318,13 +318,13 @@ def test_calendar_month_resets_at_the_boundary() -> None:
         """,
         clock,
     )
-    assert e.decide({"user": user("u")}).allowed
-    d = e.decide({"user": user("u")})
+    assert e.decide({"model": "m", "user": user("u")}).allowed
+    d = e.decide({"model": "m", "user": user("u")})
     assert not d.allowed
     assert d.quotas[0].retry_after == pytest.approx(60, abs=1)
     assert d.quotas[0].resets_at == pytest.approx(1_769_904_000.0)  # 2026-02-01T00:00:00Z
     clock.advance(61)
-    assert e.decide({"user": user("u")}).allowed
+    assert e.decide({"model": "m", "user": user("u")}).allowed
 
 
 def test_per_model_scope_counts_the_served_model() -> None:
@@ -347,16 +347,18 @@ def test_per_model_scope_counts_the_served_model() -> None:
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        ({"user": {"id": ""}}, "user.id"),
-        ({"user": {"id": "x" * 257}}, "user.id"),
-        ({"group": {"id": "g", "metadata": "nope"}}, "group.metadata"),
-        ({"user": {"id": "u", "metadata": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}}}, "user.metadata"),
-        ({"user": {"id": "u", "metadata": {"blob": "x" * 70_000}}}, "user.metadata"),
-        ({"user": {"id": "u"}, "estimate": {"output_tokens": -1}}, "estimate.output_tokens"),
-        ({"user": {"id": "u"}, "estimate": {"cost_usd": float("nan")}}, "estimate.cost_usd"),
+        ({"model": "m", "user": {"id": ""}}, "user.id"),
+        ({"model": "m", "user": {"id": "x" * 257}}, "user.id"),
+        ({"model": "m", "group": {"id": "g", "metadata": "nope"}}, "group.metadata"),
+        ({"model": "m", "user": {"id": "u", "metadata": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}}}, "user.metadata"),
+        ({"model": "m", "user": {"id": "u", "metadata": {"blob": "x" * 70_000}}}, "user.metadata"),
+        ({"model": "m", "user": {"id": "u"}, "estimate": {"output_tokens": -1}}, "estimate.output_tokens"),
+        ({"model": "m", "user": {"id": "u"}, "estimate": {"cost_usd": float("nan")}}, "estimate.cost_usd"),
         ({"user": {"id": "u"}, "model": 5}, "model"),
-        ({"user": {"id": "u"}, "colour": "red"}, "colour"),
-        ({"user": {"id": "u"}, "attributes": {"k": 1}}, "attributes.k"),
+        ({"model": "m", "user": {"id": "u"}, "colour": "red"}, "colour"),
+        ({"user": {"id": "u"}}, "model"),
+        ({"user": {"id": "u"}, "model": ""}, "model"),
+        ({"model": "m", "user": {"id": "u"}, "attributes": {"k": 1}}, "attributes.k"),
     ],
 )
 def test_bad_requests_name_the_field_and_consume_nothing(request_: dict[str, object], field: str) -> None:
@@ -368,7 +370,7 @@ def test_bad_requests_name_the_field_and_consume_nothing(request_: dict[str, obj
     )
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         e.decide(request_)
-    assert e.decide({"user": {"id": "u"}}).allowed  # the bad call took nothing
+    assert e.decide({"model": "m", "user": {"id": "u"}}).allowed  # the bad call took nothing
     assert e.get_entity("user", "x" * 10) is None
 
 
@@ -390,12 +392,12 @@ def test_reload_swaps_and_a_broken_file_keeps_the_old_rules(tmp_path: Path) -> N
     rules.write_text('rule a { deny "first" }\n')
     e = Engine.from_path(rules)
     v1 = e.ruleset.version
-    assert e.decide({}).message == "first"
+    assert e.decide({"model": "m"}).message == "first"
     rules.write_text('rule a { deny "second" }\n')
     assert e.reload().version != v1
-    assert e.decide({}).message == "second"
+    assert e.decide({"model": "m"}).message == "second"
     rules.write_text('rule a { deny "unterminated }\n')
     with pytest.raises(RulesError) as info:
         e.reload()
     assert info.value.errors and info.value.errors[0].line == 1
-    assert e.decide({}).message == "second"
+    assert e.decide({"model": "m"}).message == "second"

@@ -30,11 +30,11 @@ def test_decisions_match_the_memory_store(redis_url: str, redis_prefix: str) -> 
         for e in engines:
             assert e.blocking == (e.store.name == "redis")
             outcomes = [
-                e.decide({"user": {"id": "u", "metadata": {"tier": "free"}}}).allowed
+                e.decide({"model": "m", "user": {"id": "u", "metadata": {"tier": "free"}}}).allowed
                 for _ in range(7)
             ]
             assert outcomes == [True] * 5 + [False] * 2
-            d = e.decide({"user": {"id": "u"}})  # metadata remembered by the entity store
+            d = e.decide({"model": "m", "user": {"id": "u"}})  # metadata remembered by the entity store
             assert d.reason == "QUOTA_EXCEEDED"
             assert [q.name for q in d.quotas if q.exceeded] == ["hourly"]
     finally:
@@ -45,16 +45,16 @@ def test_decisions_match_the_memory_store(redis_url: str, redis_prefix: str) -> 
 def test_two_engines_share_counters_and_entities(redis_url: str, redis_prefix: str) -> None:
     a, b = redis_engine(redis_url, redis_prefix), redis_engine(redis_url, redis_prefix)
     try:
-        assert a.decide({"user": {"id": "x", "metadata": {"status": "blocked"}}}).message == "blocked"
+        assert a.decide({"model": "m", "user": {"id": "x", "metadata": {"status": "blocked"}}}).message == "blocked"
         # the other replica sees the metadata written by the first (no cache entry yet)
-        assert b.decide({"user": {"id": "x"}}).message == "blocked"
+        assert b.decide({"model": "m", "user": {"id": "x"}}).message == "blocked"
         user = {"id": "y", "metadata": {"tier": "free"}}
         allowed = 0
         lock = threading.Lock()
 
         def call(engine: Engine) -> None:
             nonlocal allowed
-            if engine.decide({"user": user}).allowed:
+            if engine.decide({"model": "m", "user": user}).allowed:
                 with lock:
                     allowed += 1
 
@@ -70,14 +70,14 @@ def test_report_settles_once_across_replicas(redis_url: str, redis_prefix: str) 
     a, b = redis_engine(redis_url, redis_prefix), redis_engine(redis_url, redis_prefix)
     try:
         u = {"id": "z", "metadata": {"tier": "free"}}
-        d = a.decide({"user": u, "estimate": {"output_tokens": 600}})
+        d = a.decide({"model": "m", "user": u, "estimate": {"output_tokens": 600}})
         assert d.quotas[[q.name for q in d.quotas].index("tok")].used == 600
         report = {"request_id": "r-1", "decision_id": d.decision_id, "user": {"id": "z"},
                   "input_tokens": 10, "output_tokens": 90}
         with ThreadPoolExecutor(4) as pool:
             acks = list(pool.map(lambda e: e.report(report), [a, b, a, b]))
         assert sorted(ack.outcome for ack in acks) == ["duplicate"] * 3 + ["settled"]
-        tok = next(q for q in b.explain({"user": {"id": "z"}}).decision.quotas if q.name == "tok")
+        tok = next(q for q in b.explain({"model": "m", "user": {"id": "z"}}).decision.quotas if q.name == "tok")
         assert tok.used == 100
     finally:
         a.close()
@@ -89,8 +89,8 @@ def test_dead_redis_fails_open_or_closed_per_quota_and_recovers(
 ) -> None:
     e = Engine.from_text(RULES, store=redis_server.url, key_prefix="t:")
     try:
-        free = {"user": {"id": "f", "metadata": {"tier": "free"}}}
-        guarded = {"user": {"id": "g", "metadata": {"tier": "guarded"}}}
+        free = {"user": {"id": "f", "metadata": {"tier": "free"}}, "model": "m"}
+        guarded = {"user": {"id": "g", "metadata": {"tier": "guarded"}}, "model": "m"}
         assert e.decide(free).allowed and e.decide(guarded).allowed
         redis_server.kill()
         d = e.decide(free)  # cached metadata; the counters are unreachable
@@ -112,7 +112,7 @@ def test_dead_redis_with_uncached_entity_is_a_store_error_not_a_crash(
     e = Engine.from_text(RULES, store=redis_server.url, key_prefix="t:")
     try:
         redis_server.kill()
-        d = e.decide({"user": {"id": "never-seen", "metadata": {"tier": "guarded"}}})
+        d = e.decide({"model": "m", "user": {"id": "never-seen", "metadata": {"tier": "guarded"}}})
         assert (d.allowed, d.reason) == (False, "STORE_UNAVAILABLE")
     finally:
         redis_server.start()
@@ -124,9 +124,9 @@ def test_bad_request_touches_nothing(store: str, redis_url: str, redis_prefix: s
     e = Engine.from_text(RULES, store=redis_url if store == "redis" else "memory", key_prefix=redis_prefix)
     try:
         with pytest.raises(ValueError, match=r"estimate\.cost_usd"):
-            e.decide({"user": {"id": "b", "metadata": {"tier": "free"}}, "estimate": {"cost_usd": -1}})
+            e.decide({"model": "m", "user": {"id": "b", "metadata": {"tier": "free"}}, "estimate": {"cost_usd": -1}})
         assert e.get_entity("user", "b") is None
-        d = e.decide({"user": {"id": "b", "metadata": {"tier": "free"}}})
+        d = e.decide({"model": "m", "user": {"id": "b", "metadata": {"tier": "free"}}})
         assert d.quotas[0].used == 1
     finally:
         e.close()

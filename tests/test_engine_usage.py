@@ -105,6 +105,25 @@ def test_reports_build_per_user_and_group_usage(engines: list[Engine]) -> None:
         e.list_usage(sort="colour")
 
 
+def test_kind_is_singular_or_plural_and_a_bad_kind_or_id_names_the_field(
+    engines: list[Engine],
+) -> None:
+    e = engines[0]
+    e.report({"request_id": "r1", "user": {"id": "ann"}, "group": {"id": "acme"}, "model": "m"})
+    assert e.flush_usage()
+    assert e.get_usage("users", "ann") == e.get_usage("user", "ann") is not None
+    assert e.get_usage("groups", "acme") is not None
+    assert [r.id for r in e.list_usage(kind="group").results] == ["acme"]
+    with pytest.raises(ValueError, match=r"^kind: must be 'user' or 'group'"):
+        e.get_usage("team", "ann")
+    with pytest.raises(ValueError, match=r"^kind:"):
+        e.list_usage(kind="teams")
+    with pytest.raises(ValueError, match=r"^user_id: must not be empty"):
+        e.get_usage("user", "")
+    with pytest.raises(ValueError, match=r"^group_id: 257 bytes is over the limit of 256"):
+        e.get_usage("groups", "x" * 257)
+
+
 def test_a_report_racing_on_two_replicas_counts_once(engines: list[Engine]) -> None:
     report = {"request_id": "dup", "user": {"id": "bo"}, "model": "m", "input_tokens": 5,
               "output_tokens": 5, "cost_usd": 0.1}
@@ -122,7 +141,7 @@ def test_a_report_racing_on_two_replicas_counts_once(engines: list[Engine]) -> N
     assert detail is not None
     assert (detail.usage.request_count, detail.usage.total_tokens) == (1, 10)
     assert detail.usage.total_cost == pytest.approx(0.1)
-    tok = engines[0].explain({"user": {"id": "bo"}}).decision.quotas[0]
+    tok = engines[0].explain({"model": "m", "user": {"id": "bo"}}).decision.quotas[0]
     assert tok.used == 10
 
 
@@ -201,15 +220,15 @@ def test_a_report_without_decision_id_counts_its_request(make: Make) -> None:
 
 def test_denied_dry_run_and_explain_count_nothing(make: Make) -> None:
     e = make(ROUTED)[0]
-    assert not e.decide({"user": {"id": "mallory"}, "group": {"id": "acme"}}).allowed
-    assert e.decide({"user": {"id": "ann"}, "group": {"id": "acme"}, "dry_run": True}).allowed
-    assert e.explain({"user": {"id": "ann"}, "group": {"id": "acme"}}).decision.allowed
+    assert not e.decide({"model": "m", "user": {"id": "mallory"}, "group": {"id": "acme"}}).allowed
+    assert e.decide({"model": "m", "user": {"id": "ann"}, "group": {"id": "acme"}, "dry_run": True}).allowed
+    assert e.explain({"model": "m", "user": {"id": "ann"}, "group": {"id": "acme"}}).decision.allowed
     assert e.flush_usage()
     for kind, ident in (("user", "mallory"), ("user", "ann"), ("group", "acme")):
         assert e.get_usage(kind, ident) is None
-    outcomes = [e.decide({"user": {"id": "scarce"}}).reason for _ in range(4)]
+    outcomes = [e.decide({"model": "m", "user": {"id": "scarce"}}).reason for _ in range(4)]
     assert outcomes == ["ALLOWED", "ALLOWED", "QUOTA_EXCEEDED", "QUOTA_EXCEEDED"]
-    assert counts(e, "user", "scarce") == (2, {"": 2})
+    assert counts(e, "user", "scarce") == (2, {"m": 2})
     assert e.list_usage().count == 1
 
 
@@ -217,7 +236,7 @@ def test_a_decision_without_quotas_counts_too(make: Make) -> None:
     e = make(NO_QUOTAS)[0]
     d = e.decide({"user": {"id": "ann"}, "group": {"id": "acme"}, "model": "m"})
     assert d.allowed and d.quotas == ()
-    assert not e.decide({"user": {"id": "mallory"}}).allowed
+    assert not e.decide({"model": "m", "user": {"id": "mallory"}}).allowed
     e.decide({"user": {"id": "ann"}, "model": "m", "dry_run": True})
     e.decide({"model": "m"})  # nobody named: nothing to count it for
     assert counts(e, "user", "ann") == (1, {"m": 1})
@@ -257,10 +276,10 @@ def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) 
     e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix, ingest=False)
     client = redis.Redis.from_url(redis_url)
     try:
-        d = e.decide({"user": {"id": "c"}})
+        d = e.decide({"model": "m", "user": {"id": "c"}})
         e.report({"request_id": "warm", "decision_id": d.decision_id, "user": {"id": "c"}})
         before = _calls(client)
-        d = e.decide({"user": {"id": "c"}, "estimate": {"output_tokens": 9}})
+        d = e.decide({"model": "m", "user": {"id": "c"}, "estimate": {"output_tokens": 9}})
         e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "c"},
                   "output_tokens": 7, "cost_usd": 0.01})
         e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "c"},
@@ -284,9 +303,9 @@ def test_a_decision_without_quotas_is_one_round_trip_on_redis(
     e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix, ingest=False)
     client = redis.Redis.from_url(redis_url)
     try:
-        e.decide({"user": {"id": "c"}})  # fills the entity cache and the script cache
+        e.decide({"model": "m", "user": {"id": "c"}})  # fills the entity cache and the script cache
         before = _calls(client)
-        e.decide({"user": {"id": "c"}})
+        e.decide({"model": "m", "user": {"id": "c"}})
         after = _calls(client)
         assert after["evalsha"] - before["evalsha"] == 1
         assert after["xadd"] - before["xadd"] == 1
@@ -301,9 +320,9 @@ def test_an_unreachable_redis_loses_the_count_not_the_decision(redis_server: obj
     url = redis_server.url  # type: ignore[attr-defined]
     e = Engine.from_text(NO_QUOTAS, store=url)
     try:
-        assert e.decide({"user": {"id": "a"}}).allowed
+        assert e.decide({"model": "m", "user": {"id": "a"}}).allowed
         redis_server.kill()  # type: ignore[attr-defined]
-        d = e.decide({"user": {"id": "a"}, "group": {"id": "g"}})
+        d = e.decide({"model": "m", "user": {"id": "a"}, "group": {"id": "g"}})
         assert d.allowed and d.reason == "ALLOWED"
     finally:
         e.close()

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
+from tollway.policy.engine import Engine
 from tollway.policy.entities import EntityStore
 from tollway.policy.entity_stores import MemoryEntityStore, RedisEntityStore
 from tollway.policy.stores import StoreUnavailable, open_entity_store
@@ -82,15 +83,30 @@ def test_put_merges_or_replaces(entities: EntityStore) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "id", "message"),
-    [("user", "", "user.id: must be a non-empty"), ("group", "x" * 257, "group.id: 257 bytes"),
+    [("user", "", "user.id: must not be empty"), ("group", "x" * 257, "group.id: 257 bytes"),
      ("robot", "r", "kind: must be 'user' or 'group'")],
 )
-def test_bad_ids_are_rejected(entities: EntityStore, kind: str, id: str, message: str) -> None:
+def test_bad_ids_are_rejected_before_anything_is_written(
+    entities: EntityStore, kind: str, id: str, message: str
+) -> None:
+    engine = Engine.from_text("default allow", entities=entities)
     with pytest.raises(ValueError, match=message):
-        entities.observe(kind, id, {"a": 1})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="must be a non-empty"):
-        entities.link("u1", "")
+        engine.upsert_entity(kind, id, {"a": 1})
+    with pytest.raises(ValueError, match=r"groups\[1\]: must not be empty"):
+        engine.upsert_entity("user", "u1", {"a": 1}, groups=["g1", ""])
+    with pytest.raises(ValueError, match=r"group\.id: must not be empty"):
+        engine.decide({"user": {"id": "u1", "metadata": {"a": 1}}, "group": {"id": ""},
+                       "model": "m"})
     assert entities.get("user", "u1") is None  # nothing half-written
+    assert entities.get("group", "g1") is None
+
+
+def test_kind_is_accepted_singular_or_plural(entities: EntityStore) -> None:
+    engine = Engine.from_text("default allow", entities=entities)
+    engine.upsert_entity("users", "u1", {"a": 1}, groups=["g1"])
+    assert engine.get_entity("user", "u1") == engine.get_entity("users", "u1")
+    group = engine.get_entity("groups", "g1")
+    assert group is not None and group.kind == "group" and group.links == ("u1",)
 
 
 # ------------------------------------------------------------- Redis specifics

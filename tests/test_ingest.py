@@ -68,7 +68,7 @@ def test_the_in_process_queue_is_bounded_and_counts_what_it_drops() -> None:
     store = MemoryCounterStore(max_backlog=3)
     e = Engine.from_text(RULES, store=store, observer=recorder, ingest=False)
     try:
-        decisions = [e.decide({"user": {"id": "u"}}) for _ in range(5)]
+        decisions = [e.decide({"model": "m", "user": {"id": "u"}}) for _ in range(5)]
         assert all(d.allowed for d in decisions)  # decisions never wait for usage
         assert (store.events.backlog(), store.events.dropped()) == (3, 2)
         ingester = Ingester(store.events, e.usage_db, observer=recorder)  # type: ignore[arg-type]
@@ -126,7 +126,7 @@ def test_events_wait_while_the_database_is_down(postgres_cluster: Any) -> None:
         postgres_cluster.stop()
         try:
             outcomes = [report(e, f"during{i}") for i in range(20)]
-            assert e.decide({"user": {"id": "u"}}).allowed  # decisions are unaffected
+            assert e.decide({"model": "m", "user": {"id": "u"}}).allowed  # decisions are unaffected
             assert outcomes == ["added"] * 20
             assert not e.flush_usage(timeout=1.5)
             assert recorder.backlog and recorder.backlog[-1] >= 21
@@ -198,7 +198,7 @@ def test_a_full_stream_drops_and_counts(redis_url: str, redis_prefix: str) -> No
     store = RedisCounterStore(redis_url, key_prefix=redis_prefix, max_backlog=2)
     e = Engine.from_text(RULES, store=store, ingest=False)
     try:
-        assert all(e.decide({"user": {"id": "u"}}).allowed for _ in range(3))
+        assert all(e.decide({"model": "m", "user": {"id": "u"}}).allowed for _ in range(3))
         assert report(e, "r1") == "added"  # the report counts; its event is dropped
         assert store.events.dropped() == 2
         assert store.events.backlog() == 2

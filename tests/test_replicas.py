@@ -110,10 +110,10 @@ def test_concurrent_reports_on_two_replicas_count_each_request_once(
     assert eventually(team, (40, 4_000_000_000)) == (40, 4_000_000_000)
     # what is left of the group's 10 USD admits a 6 USD request, and not a cent more
     ok = replicas[1].Decide(
-        pb.DecideRequest(user=user, group=group, estimate=pb.Estimate(cost_usd=6.0))
+        pb.DecideRequest(user=user, group=group, model="m", estimate=pb.Estimate(cost_usd=6.0))
     )
     assert ok.allowed
     over = replicas[0].Decide(
-        pb.DecideRequest(user=user, group=group, estimate=pb.Estimate(cost_usd=0.01))
+        pb.DecideRequest(user=user, group=group, model="m", estimate=pb.Estimate(cost_usd=0.01))
     )
     assert over.reason == pb.QUOTA_EXCEEDED

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import RedisServer
 from prometheus_client.parser import text_string_to_metric_families
-from server_harness import free_user, serving, write_rules
+from server_harness import HttpPort, free_user, http_serving, serving, write_rules
 
 from tollway.policy.engine import Engine
-from tollway.server.http import HttpServer, Readiness, Request, Response, build_router, start_http
+from tollway.server.http_errors import HttpError, json_response
+from tollway.server.http_ops import Readiness
+from tollway.server.http_routes import add_route, query_params
 from tollway.server.metrics import Metrics
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
@@ -47,10 +50,10 @@ class Stack:
     engine: Engine
     metrics: Metrics
     readiness: Readiness
-    http: HttpServer
+    http: HttpPort
 
     def url(self, path: str) -> str:
-        return f"http://{self.http.address}{path}"
+        return self.http.url(path)
 
 
 @pytest.fixture()
@@ -59,12 +62,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     with serving(write_rules(tmp_path), metrics=metrics) as (stub, server, _):
         engine = server.engine
         metrics.ruleset_loaded(engine.ruleset)
-        readiness = Readiness(engine)
-        http = start_http("127.0.0.1:0", build_router(engine, metrics, readiness))
-        try:
-            yield Stack(stub, engine, metrics, readiness, http)
-        finally:
-            http.stop()
+        # on the gRPC server's own event loop, as `tollway serve` runs it
+        with http_serving(engine, metrics=metrics, loop=server) as http:
+            yield Stack(stub, engine, metrics, http.readiness, http)
 
 
 def _traffic(stub: pb_grpc.TollwayStub) -> None:
@@ -142,12 +142,15 @@ def test_health_readiness_and_routing(stack: Stack) -> None:
     assert json.loads(body) == {
         "ready": True, "reason": "ready", "ruleset_version": stack.engine.ruleset.version
     }
-    status, _, body = _get(stack.url("/nope"))
-    assert status == 404 and json.loads(body)["error"] == "not found"
+    status, ctype, body = _get(stack.url("/nope"))
+    assert (status, ctype) == (404, "application/json")
+    assert json.loads(body) == {"error": {"code": "not_found", "message": "no such path"}}
     req = urllib.request.Request(stack.url("/metrics"), method="POST", data=b"")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 405
+    assert err.value.headers["Allow"] == "GET,HEAD"
+    assert json.loads(err.value.read())["error"]["code"] == "method_not_allowed"
 
     stack.readiness.drain()
     status, _, body = _get(stack.url("/readyz"))
@@ -171,30 +174,44 @@ def test_readiness_follows_a_real_redis_going_down_and_back(
         engine.close()
 
 
-def test_router_params_and_extension_routes(tmp_path: Path) -> None:
-    engine = Engine.from_path(write_rules(tmp_path))
-    router = build_router(engine, Metrics(), Readiness(engine))
+def _things(app: web.Application, engine: Engine) -> None:
+    """A route module as another part of tollway would write one."""
 
-    @router.route("GET", "/v1/things/{id}")
-    def _thing(request: Request) -> Response:
-        if request.params["id"] == "bad":
+    async def thing(request: web.Request) -> web.Response:
+        ident = request.match_info["id"]
+        if ident == "bad":
             raise ValueError("id: bad")
-        if request.params["id"] == "boom":
+        if ident == "gone":
+            raise HttpError(404, "no thing 'gone'")
+        if ident == "boom":
             raise RuntimeError("secret detail")
-        return Response.json({"id": request.params["id"], "q": request.arg("q", "none")})
+        q = query_params(request).get("q", ["none"])[0]
+        return json_response({"id": ident, "q": q})
 
-    http = start_http("127.0.0.1:0", router)
+    add_route(app, "GET", "/v1/things/{id}", thing, role="admin")
+
+
+def test_route_modules_add_routes_and_share_the_error_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = type(os)("things_module")
+    module.install = _things  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "things_module", module)
+    engine = Engine.from_path(write_rules(tmp_path))
     try:
-        base = f"http://{http.address}"
-        status, _, body = _get(base + "/v1/things/a%20b?q=1")
-        assert status == 200 and json.loads(body) == {"id": "a b", "q": "1"}
-        status, _, body = _get(base + "/v1/things/bad")
-        assert status == 400 and json.loads(body) == {"error": "id: bad"}
-        status, _, body = _get(base + "/v1/things/boom")
-        assert status == 500 and "secret" not in body
-        assert _get(base + "/v1/things")[0] == 404
+        with http_serving(engine, route_modules=("things_module",)) as http:
+            status, _, body = _get(http.url("/v1/things/a%20b?q=1"))
+            assert status == 200 and json.loads(body) == {"id": "a b", "q": "1"}
+            status, _, body = _get(http.url("/v1/things/bad"))
+            assert status == 400
+            assert json.loads(body) == {"error": {"code": "bad_request", "message": "id: bad"}}
+            status, _, body = _get(http.url("/v1/things/gone"))
+            assert status == 404 and json.loads(body)["error"]["message"] == "no thing 'gone'"
+            status, _, body = _get(http.url("/v1/things/boom"))
+            assert status == 500 and "secret" not in body
+            assert json.loads(body) == {"error": {"code": "internal", "message": "internal error"}}
+            assert _get(http.url("/v1/things"))[0] == 404
     finally:
-        http.stop()
         engine.close()
 
 
@@ -227,7 +244,7 @@ def test_usage_pipeline_metrics() -> None:
                               observer=metrics, ingest=False)
     try:
         for _ in range(5):
-            assert engine.decide({"user": {"id": "u"}}).allowed
+            assert engine.decide({"model": "m", "user": {"id": "u"}}).allowed
         now = [0.0]
         ingester = Ingester(store.events, engine.usage_db, observer=metrics,  # type: ignore[arg-type]
                             clock=lambda: now[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,12 +18,15 @@ import grpc
 import pytest
 from server_harness import free_user, tollway_serve, write_rules
 
+from tollway.server.serve import builtin_rules
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 
 def test_serves_decide_over_a_real_channel_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    with tollway_serve(write_rules(tmp_path)) as served:
+    with tollway_serve(write_rules(tmp_path), "--http-idle-timeout", "0.5") as served:
+        host, port = served.http.rsplit(":", 1)
+        silent = socket.create_connection((host, int(port)), timeout=10)
         with grpc.insecure_channel(served.grpc) as channel:
             stub = pb_grpc.TollwayStub(channel)
             d = stub.Decide(pb.DecideRequest(user=free_user("u1"), model="m"), timeout=10)
@@ -31,6 +35,8 @@ def test_serves_decide_over_a_real_channel_and_exits_0_on_sigterm(tmp_path: Path
             assert b"tollway_decisions_total" in resp.read()
         with urllib.request.urlopen(f"http://{served.http}/readyz", timeout=10) as resp:
             assert resp.status == 200
+        assert silent.recv(1) == b""  # closed by the server: it never sent a request
+        silent.close()
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=30) == 0, served.log()
         served.wait_for_line("stopped")
@@ -117,26 +123,56 @@ def test_bad_rules_exit_1_with_diagnostics(tmp_path: Path) -> None:
     assert "not starting" in result.stderr
 
 
-def test_missing_rules_flag_is_a_usage_error(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "tollway", "serve", "--listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60, env=env,
-    )
-    assert result.returncode == 2 and "--rules" in result.stderr
+def test_the_built_in_ruleset_is_the_example_file() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "gateway.rules"
+    assert builtin_rules().read_bytes() == example.read_bytes()
 
 
-def test_address_in_use_exits_1(tmp_path: Path) -> None:
-    with tollway_serve(write_rules(tmp_path)) as first:
-        result = subprocess.run(
-            [sys.executable, "-m", "tollway", "serve", "--rules", str(write_rules(tmp_path)),
-             "--listen", first.grpc, "--http", "off"],
-            capture_output=True, text=True, timeout=60,
+def test_without_rules_it_serves_the_built_in_example_and_says_so() -> None:
+    with tollway_serve(None) as served, grpc.insecure_channel(served.grpc) as channel:
+        assert "serving the built-in example ruleset" in served.log()
+        d = pb_grpc.TollwayStub(channel).Decide(
+            pb.DecideRequest(user=free_user("u1"), model="openai/gpt-5"), timeout=10
         )
-        assert result.returncode == 1, result.stderr
-        assert "cannot listen" in result.stderr
+        assert (d.allowed, d.model) == (True, "openai/gpt-4.1-mini")  # examples/gateway.rules
+        assert "free_hourly" in [q.name for q in d.quotas]
+
+
+def test_address_in_use_is_one_clean_line_and_exit_1(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TOLLWAY_") and not k.startswith("GRPC_")}
+    with tollway_serve(write_rules(tmp_path)) as first:
+        for fmt in ("text", "json"):
+            result = subprocess.run(
+                [sys.executable, "-m", "tollway", "serve", "--rules",
+                 str(write_rules(tmp_path, "default allow\n", "quiet.rules")),
+                 "--listen", first.grpc, "--http", "off",
+                 "--log-format", fmt],
+                capture_output=True, text=True, timeout=60, env=env,
+            )
+            assert result.returncode == 1, result.stderr
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1, result.stderr  # no gRPC core line before it
+            message = json.loads(lines[0])["message"] if fmt == "json" else lines[0]
+            assert message.endswith(f"cannot listen on {first.grpc}: address already in use")
         first.proc.send_signal(signal.SIGTERM)
         assert first.proc.wait(timeout=30) == 0
+
+
+def test_json_logs_and_no_grpc_lines_at_debug(tmp_path: Path) -> None:
+    with tollway_serve(
+        write_rules(tmp_path), "--log-format", "json", "--log-level", "debug"
+    ) as served:
+        with grpc.insecure_channel(served.grpc) as channel:
+            pb_grpc.TollwayStub(channel).Decide(pb.DecideRequest(model="m"), timeout=10)
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 0
+    records = [json.loads(line) for line in served.lines]  # every line is one JSON object
+    assert {r["logger"].split(".")[0] for r in records} == {"tollway"}
+    ready = next(r for r in records if r["message"].startswith("tollway serving"))
+    assert ready["level"] == "info" and ready["grpc"] == served.grpc
+    assert ready["rule_count"] == 5 and ready["time"].endswith("Z")
+    assert records[-1]["message"] == "stopped"
 
 
 @pytest.mark.parametrize("flag", ["TOLLWAY_RULES"])

@@ -30,14 +30,14 @@ def test_dead_redis_over_grpc(tmp_path: Path, redis_server: RedisServer) -> None
     rules = write_rules(tmp_path, RULES)
     with serving(rules, store=redis_server.url) as (stub, _, _):
         casual, paying = _user("c", "casual"), _user("p", "paying")
-        assert stub.Decide(pb.DecideRequest(user=casual)).allowed
-        d = stub.Decide(pb.DecideRequest(user=paying, estimate=pb.Estimate(cost_usd=1.0)))
+        assert stub.Decide(pb.DecideRequest(user=casual, model="m")).allowed
+        d = stub.Decide(pb.DecideRequest(user=paying, model="m", estimate=pb.Estimate(cost_usd=1.0)))
         assert d.allowed
 
         redis_server.kill()
-        d = stub.Decide(pb.DecideRequest(user=casual))
+        d = stub.Decide(pb.DecideRequest(user=casual, model="m"))
         assert d.allowed and d.reason == pb.ALLOWED  # on_store_error allow (the default)
-        d = stub.Decide(pb.DecideRequest(user=paying))
+        d = stub.Decide(pb.DecideRequest(user=paying, model="m"))
         assert (d.allowed, d.reason) == (False, pb.STORE_UNAVAILABLE)  # fails closed on money
         report = pb.UsageReport(request_id="r-down", user=pb.Entity(id="p"), cost_usd=2.0)
         with pytest.raises(grpc.RpcError) as err:
@@ -48,7 +48,7 @@ def test_dead_redis_over_grpc(tmp_path: Path, redis_server: RedisServer) -> None
         ack = stub.Report(report)
         assert not ack.duplicate
         assert stub.Report(report).duplicate  # the retry's retry counts once
-        hard = stub.Explain(pb.DecideRequest(user=paying)).decision.quotas[0]
+        hard = stub.Explain(pb.DecideRequest(user=paying, model="m")).decision.quotas[0]
         assert hard.name == "hard" and hard.used == pytest.approx(2.0)
         # the report's event went into the stream of the restarted Redis, and on into usage
         def spent() -> float:

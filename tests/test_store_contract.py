@@ -16,6 +16,7 @@ from tollway.dsl.ast import Window
 from tollway.policy.stores.base import CounterSpec, CounterStore
 from tollway.policy.stores.memory import MemoryCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore
+from tollway.policy.windows import MAX_UNITS
 
 HOUR = Window(seconds=3600, text="1h")
 MINUTE = Window(seconds=60, text="1m")
@@ -201,3 +202,18 @@ def test_counters_are_separate_per_key_and_quota(store: CounterStore) -> None:
     assert admitted(store, [req(1, key="u=b")], T0)
     assert admitted(store, [req(1, key="u=a", quota="other")], T0)
     assert not admitted(store, [req(1, key="u=a")], T0)
+
+
+def test_a_counter_saturates_where_it_would_stop_being_exact(store: CounterStore) -> None:
+    """Reports add without a limit; a field stops at MAX_UNITS (2**53 - 1), exact in Lua."""
+    big = float(MAX_UNITS - 10)
+    assert store.record_report("r1", None, {"tokens": big}, [tok(big)], now=T0) == "added"
+    for i in range(3):
+        assert store.record_report(f"r{i + 2}", None, {"tokens": 7}, [tok(7)], now=T0) == "added"
+    assert used(store, tok(0), T0) == MAX_UNITS
+    state = store.check_and_consume([tok(1)], consume=True, now=T0)[0]
+    assert state.exceeded  # a saturated counter is over any limit a store keeps
+
+
+def tok(amount: float) -> CounterSpec:
+    return CounterSpec("t", "tokens", "u=a", HOUR, MAX_UNITS, amount)

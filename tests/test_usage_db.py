@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tollway.policy.usage import MAX_UNITS, UsageEvent, UsageParamError, UsageRecord
+from tollway.policy.usage import MAX_SUM, UsageEvent, UsageRecord
 from tollway.policy.usage_db import OTHER_MODEL, UsageDatabase
 from tollway.policy.usage_query import (
     SORT_FIELDS,
@@ -24,6 +24,7 @@ from tollway.policy.usage_query import (
     UsagePage,
     UsageQuery,
 )
+from tollway.policy.validate import FieldError
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, on an hour edge
 H = 3600.0
@@ -117,10 +118,10 @@ def test_unknown_entity_is_none_and_bad_kind_or_id_is_an_error(db: UsageDatabase
     assert db.detail("group", "alice") is None
     with pytest.raises(ValueError, match=r"^kind:"):
         db.detail("team", "alice")
-    with pytest.raises(ValueError, match=r"^id:"):
+    with pytest.raises(ValueError, match=r"^user_id:"):
         db.detail("user", "")
-    with pytest.raises(ValueError, match=r"^id:"):
-        db.detail("user", "x" * 257)
+    with pytest.raises(ValueError, match=r"^group_id:"):
+        db.detail("groups", "x" * 257)
 
 
 def test_decisions_count_requests_and_reports_add_amounts(db: UsageDatabase) -> None:
@@ -380,10 +381,10 @@ def test_a_cursor_belongs_to_its_sort(db: UsageDatabase) -> None:
     db.write([ev(f"u{i}", cost=i) for i in range(5)])
     cursor = listing(db, limit=2).next_cursor
     assert cursor is not None
-    with pytest.raises(UsageParamError) as err:
+    with pytest.raises(FieldError) as err:
         listing(db, sort="last_seen", cursor=cursor)
     assert err.value.parameter == "cursor"
-    with pytest.raises(UsageParamError, match=r"^cursor: give either"):
+    with pytest.raises(FieldError, match=r"^cursor: give either"):
         listing(db, cursor=cursor, offset=2)
 
 
@@ -438,11 +439,11 @@ def test_sums_saturate_instead_of_overflowing(db: UsageDatabase) -> None:
     detail = db.detail("user", "u")
     assert detail is not None
     rec = detail.usage
-    assert rec.input_tokens == rec.output_tokens == rec.total_tokens == MAX_UNITS
-    assert rec.total_cost == MAX_UNITS / 1e9 and rec.request_count == 4
+    assert rec.input_tokens == rec.output_tokens == rec.total_tokens == MAX_SUM
+    assert rec.total_cost == MAX_SUM / 1e9 and rec.request_count == 4
     for params in ({}, {"start": T0, "end": T0 + 5 * D}, {"start": "2027-01-01", "end": "2027-02-01"}):
         (summed,) = listing(db, **params).results
-        assert summed.input_tokens == MAX_UNITS, params
+        assert summed.input_tokens == MAX_SUM, params
     assert len(list(db.activity(ActivityQuery()))) == 4
 
 

@@ -16,13 +16,11 @@ from hypothesis import strategies as st
 
 from tollway.policy.model import UsageReport
 from tollway.policy.usage import (
-    MAX_UNITS,
+    MAX_SUM,
     UsageEvent,
-    UsageParamError,
     clamp_units,
     cost_units,
     format_time,
-    parse_time,
     time_units,
 )
 from tollway.policy.usage_db.periods import HOUR, cover, next_period, period_start, periods_of
@@ -35,6 +33,7 @@ from tollway.policy.usage_query import (
     UsageQuery,
     parse_hours,
 )
+from tollway.policy.validate import FieldError, need_time
 
 T0 = 1_800_000_000.0
 
@@ -74,7 +73,7 @@ T0 = 1_800_000_000.0
     ],
 )
 def test_bad_listing_parameters_name_the_parameter(params: dict[str, Any], parameter: str) -> None:
-    with pytest.raises(UsageParamError) as info:
+    with pytest.raises(FieldError) as info:
         UsageQuery.parse(params)
     assert info.value.parameter == parameter
     assert str(info.value).startswith(f"{parameter}: ")
@@ -139,7 +138,7 @@ def test_cursors_round_trip(sort: str, value: int, ident: str, before: bool, inc
 def test_anything_else_is_not_a_cursor(text: str) -> None:
     try:
         cursor = Cursor.decode(text, "-total_cost")
-    except UsageParamError as exc:
+    except FieldError as exc:
         assert exc.parameter == "cursor"
     else:  # only an encoding of a well-formed cursor for that sort gets through
         assert cursor.sort == "-total_cost"
@@ -157,7 +156,7 @@ def test_anything_else_is_not_a_cursor(text: str) -> None:
 def test_bad_activity_parameters_name_the_parameter(
     params: dict[str, Any], parameter: str
 ) -> None:
-    with pytest.raises(UsageParamError) as info:
+    with pytest.raises(FieldError) as info:
         ActivityQuery.parse(params)
     assert info.value.parameter == parameter
 
@@ -168,7 +167,7 @@ def test_bad_activity_parameters_name_the_parameter(
      ({"start": 0, "end": 86400 * 1000}, "start"), ({"window": 1}, "window")],
 )
 def test_bad_series_parameters_name_the_parameter(params: dict[str, Any], parameter: str) -> None:
-    with pytest.raises(UsageParamError) as info:
+    with pytest.raises(FieldError) as info:
         SeriesQuery.parse(params)
     assert info.value.parameter == parameter
 
@@ -189,7 +188,7 @@ def test_series_bounds_round_out_to_the_step() -> None:
      ({"limit": 101}, "limit"), ({"since": "1h"}, "since")],
 )
 def test_bad_spike_parameters_name_the_parameter(params: dict[str, Any], parameter: str) -> None:
-    with pytest.raises(UsageParamError) as info:
+    with pytest.raises(FieldError) as info:
         SpikeQuery.parse(params)
     assert info.value.parameter == parameter
 
@@ -206,18 +205,18 @@ def test_spike_defaults_and_durations() -> None:
 
 
 def test_times_parse_and_format() -> None:
-    assert parse_time("2027-01-15T08:00:00Z", "start") == T0
-    assert parse_time("2027-01-15T08:00:00", "start") == T0  # naive means UTC
-    assert parse_time(datetime(2027, 1, 15, 8, tzinfo=UTC), "start") == T0
-    assert parse_time("", "start") is None
+    assert need_time("2027-01-15T08:00:00Z", "start") == T0
+    assert need_time("2027-01-15T08:00:00", "start") == T0  # naive means UTC
+    assert need_time(datetime(2027, 1, 15, 8, tzinfo=UTC), "start") == T0
+    assert need_time("", "start") is None
     assert format_time(T0) == "2027-01-15T08:00:00Z"
     assert format_time(T0 + 0.25) == "2027-01-15T08:00:00.250000Z"
 
 
 def test_units_are_exact_and_clamped() -> None:
     assert cost_units(0.0031) == 3_100_000 and time_units(1.5) == 1_500_000
-    assert cost_units(1e300) == MAX_UNITS and cost_units(float("inf")) == MAX_UNITS
-    assert clamp_units(-5) == 0 and clamp_units(2**70) == MAX_UNITS
+    assert cost_units(1e300) == MAX_SUM and cost_units(float("inf")) == MAX_SUM
+    assert clamp_units(-5) == 0 and clamp_units(2**70) == MAX_SUM
 
 
 def test_event_from_report_and_json_round_trip() -> None:

@@ -17,6 +17,7 @@ from cachetools import TTLCache
 
 from .. import windows
 from ..usage import UsageEvent
+from ..windows import MAX_UNITS
 from .base import CounterSpec, CounterState, ReportOutcome
 from .events import DEFAULT_MAX_BACKLOG, MemoryEventQueue
 
@@ -194,7 +195,8 @@ class MemoryCounterStore:
         }
 
     def _add(self, key: str, field: int | str, until: int, delta: int) -> None:
-        """Add ``delta`` units to one field, never going below zero."""
+        """Add ``delta`` units to one field, never below zero nor above ``MAX_UNITS``
+        (where the Redis store saturates too)."""
         if delta == 0:
             return
         counter = self._counters.get(key)
@@ -205,7 +207,7 @@ class MemoryCounterStore:
         fields = counter.fields
         value = fields.get(field, 0) + delta
         if value > 0:
-            fields[field] = value
+            fields[field] = value if value <= MAX_UNITS else MAX_UNITS
         else:
             fields.pop(field, None)
         if until > counter.until:

@@ -25,10 +25,9 @@ from ..usage import (
     UsageEvent,
     UsageSeries,
     UsageUnavailable,
-    need_id,
-    need_kind,
 )
 from ..usage_query import ActivityQuery, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
+from ..validate import need_id, need_kind
 from . import migrate, reader
 from .database import DEFAULT_URL, Backend, backend_of, create_sql_engine, redact_url
 from .migrate import SchemaTooNew
@@ -162,7 +161,8 @@ class UsageDatabase:
                 return call(connection)
 
     def detail(self, kind: str, ident: str) -> UsageDetail | None:
-        entity, ident = need_kind(kind), need_id(ident)
+        entity = need_kind(kind)
+        ident = need_id(ident, f"{entity}_id")
         found = self._read(lambda c: reader.get_detail(c, entity, ident, RECENT_REPORTS))
         return found  # type: ignore[return-value]
 
@@ -171,7 +171,8 @@ class UsageDatabase:
         return self._read(lambda c: reader.list_usage(c, query, now))  # type: ignore[return-value]
 
     def series(self, kind: str, ident: str, query: SeriesQuery) -> UsageSeries | None:
-        entity, ident, now = need_kind(kind), need_id(ident), self._clock()
+        entity, now = need_kind(kind), self._clock()
+        ident = need_id(ident, f"{entity}_id")
         found = self._read(lambda c: reader.series(c, entity, ident, query, now))
         return found  # type: ignore[return-value]
 

@@ -30,7 +30,7 @@ from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import BigInteger
 
 from ..usage import (
-    MAX_UNITS,
+    MAX_SUM,
     EntityKind,
     Metric,
     ModelUsage,
@@ -61,7 +61,7 @@ _METRIC_COLUMNS: dict[Metric, str] = {
 
 class clamped_sum(GenericFunction[int]):
     """``SUM`` that never overflows: PostgreSQL sums exactly (numeric) then caps at
-    ``MAX_UNITS``; SQLite, whose ``sum()`` raises on overflow, uses ``total()`` (a
+    ``MAX_SUM``; SQLite, whose ``sum()`` raises on overflow, uses ``total()`` (a
     double, exact up to 2**53 units) capped the same way."""
 
     type = BigInteger()
@@ -71,13 +71,13 @@ class clamped_sum(GenericFunction[int]):
 @compiles(clamped_sum)
 def _clamped_sum_sqlite(element: clamped_sum, compiler: Any, **kw: Any) -> str:
     inner = compiler.process(element.clauses, **kw)
-    return f"CAST(min(total({inner}), {MAX_UNITS}.0) AS INTEGER)"
+    return f"CAST(min(total({inner}), {MAX_SUM}.0) AS INTEGER)"
 
 
 @compiles(clamped_sum, "postgresql")
 def _clamped_sum_postgresql(element: clamped_sum, compiler: Any, **kw: Any) -> str:
     inner = compiler.process(element.clauses, **kw)
-    return f"CAST(LEAST(SUM({inner}), {MAX_UNITS}) AS BIGINT)"
+    return f"CAST(LEAST(SUM({inner}), {MAX_SUM}) AS BIGINT)"
 
 
 # ------------------------------------------------------------------ records

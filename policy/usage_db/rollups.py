@@ -8,7 +8,7 @@ in the same order; the all-time entity rows are written first, which serialises 
 per entity before the per-model rows are decided (the model cap needs that: an entity
 keeps at most ``max_models`` named models, later ones are summed under ``other``).
 
-Sums saturate at ``MAX_UNITS`` instead of overflowing; the earliest and latest event
+Sums saturate at ``MAX_SUM`` instead of overflowing; the earliest and latest event
 times are kept as ``first_seen_us``/``last_seen_us``.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, bindparam, case, select, update
 
-from ..usage import MAX_UNITS, EntityKind
+from ..usage import MAX_SUM, EntityKind
 from .periods import periods_of
 from .schema import AMOUNTS, SUMMED, model_periods, period_counts, periods
 from .writer import StoredEvent, dialect_insert
@@ -41,7 +41,7 @@ Key = tuple[Any, ...]
 
 
 def _amounts(e: StoredEvent) -> list[int]:
-    tokens = min(e.input_tokens + e.output_tokens, MAX_UNITS)
+    tokens = min(e.input_tokens + e.output_tokens, MAX_SUM)
     return [
         e.requests, e.input_tokens, e.output_tokens, tokens, e.cost_nusd, e.duration_us,
         e.time_us, e.time_us,
@@ -50,7 +50,7 @@ def _amounts(e: StoredEvent) -> list[int]:
 
 def _fold_into(into: list[int], more: list[int]) -> None:
     for i in range(_FIRST):
-        into[i] = min(into[i] + more[i], MAX_UNITS)
+        into[i] = min(into[i] + more[i], MAX_SUM)
     into[_FIRST] = min(into[_FIRST], more[_FIRST])
     into[_LAST] = max(into[_LAST], more[_LAST])
 
@@ -177,12 +177,12 @@ def _write(
 
 
 def _add_statement(table: Table, key_names: Sequence[str]) -> Any:
-    """``UPDATE`` one rollup row: sums saturate at ``MAX_UNITS``, times widen."""
+    """``UPDATE`` one rollup row: sums saturate at ``MAX_SUM``, times widen."""
     values: dict[str, Any] = {}
     for name in SUMMED:
         column = table.c[name]
         more: Any = bindparam(f"k_{name}")
-        values[name] = case((column > MAX_UNITS - more, MAX_UNITS), else_=column + more)
+        values[name] = case((column > MAX_SUM - more, MAX_SUM), else_=column + more)
     first, last = table.c.first_seen_us, table.c.last_seen_us
     values["first_seen_us"] = case(
         (bindparam("k_first_seen_us") < first, bindparam("k_first_seen_us")), else_=first

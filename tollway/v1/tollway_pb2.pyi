@@ -148,7 +148,7 @@ class Decision(_message.Message):
     def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[_Union[Reason, str]] = ..., message: _Optional[str] = ..., model: _Optional[str] = ..., routed: _Optional[bool] = ..., checks: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Iterable[_Union[QuotaStatus, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., decision_id: _Optional[str] = ..., ruleset_version: _Optional[str] = ..., shadow: _Optional[_Union[ShadowOutcome, _Mapping]] = ...) -> None: ...
 
 class UsageReport(_message.Message):
-    __slots__ = ("request_id", "decision_id", "user", "group", "model", "input_tokens", "output_tokens", "cost_usd", "duration_seconds", "status", "attributes")
+    __slots__ = ("request_id", "decision_id", "user", "group", "model", "input_tokens", "output_tokens", "cost_usd", "duration_seconds", "status", "attributes", "cached_input_tokens")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,7 @@ class UsageReport(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     decision_id: str
     user: Entity
@@ -178,7 +179,8 @@ class UsageReport(_message.Message):
     duration_seconds: float
     status: str
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., user: _Optional[_Union[Entity, _Mapping]] = ..., group: _Optional[_Union[Entity, _Mapping]] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., status: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cached_input_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., user: _Optional[_Union[Entity, _Mapping]] = ..., group: _Optional[_Union[Entity, _Mapping]] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., status: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., cached_input_tokens: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("request_id", "outcome", "duplicate")

@@ -80,11 +80,20 @@ local function keep_until(key, finish, sec)
   if ttl < want then redis.call('EXPIRE', key, want) end
 end
 
--- Add `delta` units to one field, never below zero (a field at zero is removed).
+-- Integers stay exact in Lua numbers (doubles) up to 2**53 - 1: a field saturates there
+-- (windows.MAX_UNITS), so no sum of reports can make a counter inexact.
+local MAX_UNITS = 9007199254740991
+
+-- Add `delta` units to one field, never below zero (a field at zero is removed) and
+-- never above MAX_UNITS.
 local function add(key, field, delta)
   if delta == 0 then return end
   local value = redis.call('HINCRBY', key, field, int(delta))
-  if value <= 0 then redis.call('HDEL', key, field) end
+  if value <= 0 then
+    redis.call('HDEL', key, field)
+  elseif value > MAX_UNITS then
+    redis.call('HSET', key, field, int(MAX_UNITS))
+  end
 end
 
 -- Every field of the hash that can never count again.

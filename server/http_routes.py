@@ -1,0 +1,175 @@
+"""What a route module needs: the route table, engine calls off the loop, strict query parsing.
+
+A route module defines ``install(app, engine)`` and adds each of its routes with
+``add_route(app, method, path, handler, role=…)``. The role says who may call the route
+(``"admin"`` for the ``/v1/…`` API, ``"metrics"`` for ``/metrics``, ``None`` for the
+probes anyone may call); every route states one, and ``route_table(app)`` lists them all,
+so an access check can be written once, against the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from .http_errors import Handler, HttpError
+from .http_limits import LIMITS
+from .offload import Offload
+
+__all__ = [
+    "Role",
+    "Route",
+    "ROUTES",
+    "OFFLOAD",
+    "MAX_QUERY_FIELDS",
+    "add_route",
+    "route_table",
+    "route_of",
+    "offload",
+    "query_params",
+    "first_values",
+    "read_json",
+    "stream_response",
+    "Handler",
+]
+
+log = logging.getLogger("tollway.server.http")
+
+Role = Literal["admin", "metrics"]
+R = TypeVar("R")
+
+# Parameters in one query string; more is a 400, never a long parse.
+MAX_QUERY_FIELDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One method on one path, and the role a caller needs (None: anyone)."""
+
+    method: str
+    path: str
+    role: Role | None
+
+
+ROUTES: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("tollway_routes")
+OFFLOAD: web.AppKey[Offload] = web.AppKey("tollway_offload")
+
+
+def add_route(
+    app: web.Application, method: str, path: str, handler: Handler, *, role: Role | None
+) -> None:
+    """Serve ``handler`` for ``method path`` (``GET`` serves ``HEAD`` too) to ``role``."""
+    method = method.upper()
+    table = app[ROUTES]
+    methods = ("GET", "HEAD") if method == "GET" else (method,)
+    for m in methods:
+        if (m, path) in table:
+            raise ValueError(f"route {m} {path} is already installed")
+    if method == "GET":
+        app.router.add_get(path, handler)
+    else:
+        app.router.add_route(method, path, handler)
+    for m in methods:
+        table[(m, path)] = Route(m, path, role)
+
+
+def route_table(app: web.Application) -> tuple[Route, ...]:
+    """Every installed route, in installation order."""
+    return tuple(app[ROUTES].values())
+
+
+def route_of(request: web.Request) -> Route | None:
+    """The table entry of the route ``request`` matched; None when it matched none."""
+    info = request.match_info
+    if info.http_exception is not None:
+        return None
+    resource = info.route.resource
+    if resource is None:
+        return None
+    return request.app[ROUTES].get((info.route.method, resource.canonical))
+
+
+async def offload(request: web.Request, fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` off the event loop, in the HTTP port's own thread pool."""
+    return await request.app[OFFLOAD](fn, *args)
+
+
+def query_params(request: web.Request) -> dict[str, list[str]]:
+    """The query string, parameter -> values in order; more than ``MAX_QUERY_FIELDS`` is a 400.
+
+    Parsed from the raw query, strictly: the server has already refused a query that is
+    not UTF-8 once percent-decoded, where a lenient parser would put U+FFFD in its place.
+    """
+    raw = request.rel_url.raw_query_string
+    if raw.count("&") >= MAX_QUERY_FIELDS:
+        raise HttpError(400, f"the query string has more than {MAX_QUERY_FIELDS} parameters")
+    pairs = parse_qsl(raw, keep_blank_values=True, errors="strict")
+    params: dict[str, list[str]] = {}
+    for key, value in pairs:
+        params.setdefault(key, []).append(value)
+    return params
+
+
+def first_values(query: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """One value per parameter: the first, as most frameworks do."""
+    return {k: v[0] for k, v in query.items() if v}
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON: at most ``max_body_bytes`` (413), within ``body_timeout``
+    (408), declared ``application/json`` (415)."""
+    if request.content_type != "application/json":
+        raise HttpError(415, "the body must be application/json")
+    try:
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise HttpError(408, "the request body did not arrive in time") from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HttpError(400, f"the body is not valid JSON: {exc}") from None
+
+
+async def stream_response(
+    request: web.Request, chunks: AsyncGenerator[bytes, None], *, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    """Send ``chunks`` with chunked transfer encoding, holding one chunk at a time.
+
+    The first chunk is awaited before the status line is sent, so a failure to start
+    (the store unreachable, a bad parameter found late) is an ordinary JSON error. A
+    failure after that cuts the connection without the final empty chunk: the client
+    sees a truncated transfer, never an export that looks complete.
+    """
+    try:
+        chunk = await anext(chunks, None)
+        response = web.StreamResponse(headers=headers)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        while chunk is not None:
+            if chunk:
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    return response  # the client went away
+            try:
+                chunk = await anext(chunks, None)
+            except Exception:
+                log.warning("HTTP %s %s: export cut short", request.method, request.path,
+                            exc_info=True)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+        await response.write_eof()
+        return response
+    finally:
+        await chunks.aclose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal as TypingLiteral
-from typing import TypeAlias
+from typing import TypeAlias, get_args
 
 __all__ = [
     "Pos",
@@ -28,6 +28,10 @@ __all__ = [
     "Expr",
     "Limit",
     "Window",
+    "Calendar",
+    "CALENDARS",
+    "Reason",
+    "REASONS",
     "Scope",
     "Quota",
     "Price",
@@ -196,6 +200,18 @@ class Limit:
     pos: Pos = NOWHERE
 
 
+# calendar windows (``per day|week|month``, UTC)
+Calendar: TypeAlias = TypingLiteral["day", "week", "month"]
+CALENDARS: tuple[Calendar, ...] = get_args(Calendar)
+
+# why a decision was made: the names of the proto's ``Reason`` enum (``expect reason …``)
+Reason: TypeAlias = TypingLiteral[
+    "ALLOWED", "DENIED_BY_RULE", "DEFAULT_DENY", "QUOTA_EXCEEDED", "QUOTA_UNRESOLVED",
+    "STORE_UNAVAILABLE",
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """``per 1h`` (sliding, ``seconds`` set) or ``per month`` (calendar, ``calendar`` set).
@@ -204,13 +220,9 @@ class Window:
     """
 
     seconds: int | None = None
-    calendar: TypingLiteral["day", "week", "month"] | None = None
+    calendar: Calendar | None = None
     text: str = ""
     pos: Pos = NOWHERE
-
-    @property
-    def sliding(self) -> bool:
-        return self.seconds is not None
 
 
 @dataclass(frozen=True, slots=True)

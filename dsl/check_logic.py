@@ -12,7 +12,7 @@ from .ast import And, Compare, Deny, Expr, In, ListLiteral, Literal, Not, Or, Pa
 from .nowhere import strip_positions
 from .render import path_text, scalar_text
 
-__all__ = ["never_true", "conjuncts", "shadowed_rules"]
+__all__ = ["never_true", "shadowed_rules"]
 
 _ORDERING = ("<", "<=", ">", ">=")
 

@@ -26,7 +26,7 @@ from .render import scalar_text
 from .reporter import Reporter
 from .spelling import did_you_mean
 
-__all__ = ["Types", "literal_kind"]
+__all__ = ["Types"]
 
 _STRING = TypeRef("string")
 _ORDERING = ("<", "<=", ">", ">=")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from .ast import (
+    CALENDARS,
     And,
     Annotate,
     Check,
@@ -38,11 +39,10 @@ from .reporter import Reporter
 from .scan import MAX_DEPTH
 from .spelling import did_you_mean
 
-__all__ = ["check", "REQUEST_FIELDS"]
+__all__ = ["check"]
 
 # the fields of a DecideRequest a test request may set
 REQUEST_FIELDS = ("request_id", "user", "group", "model", "attributes", "estimate", "dry_run")
-_CALENDAR = ("day", "week", "month")
 _Named = TypeVar("_Named", Quota, Rule, TestCase)
 _PRICE_PARTS = ("input", "output", "cached_input")
 
@@ -158,7 +158,7 @@ def _check_quota(quota: Quota, types: Types, report: Reporter) -> None:
             report.error(
                 window.pos,
                 f"bad window '{text}': expected a duration like 30s, 5m, 1h, 1d, "
-                "or day, week, month" + did_you_mean(text, _CALENDAR),
+                "or day, week, month" + did_you_mean(text, CALENDARS),
             )
     elif window.seconds is not None and window.seconds <= 0:
         report.error(window.pos, f"bad duration '{window.text}': a window must be at least 1s")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .ast import Default, Quota, Rule, Schema, TestCase, Value
+from .ast import Default, Quota, Rule, RuleFile, Schema, TestCase, Value
 from .diagnostics import Diagnostic
 
 if TYPE_CHECKING:  # prices.py reads values.py, which reads EvalContext from here
@@ -138,6 +138,9 @@ class CompiledRuleset:
     tracer: Callable[[Rule, EvalContext], tuple[bool, tuple[TestTrace, ...]]] = field(repr=False)
     # the `price` declarations: what a model's tokens cost when the gateway does not say
     prices: PriceTable
+    # the parsed files it was compiled from, text and comments kept (``format_file`` lays
+    # out what is in force, whatever the files on disk hold now)
+    files: tuple[RuleFile, ...] = ()
 
     def match(self, ctx: EvalContext) -> list[CompiledRule]:
         """Matching rules (shadow included) in priority order, through the index."""

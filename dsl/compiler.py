@@ -49,7 +49,6 @@ from .values import compile_glob, contains, equals, getter, index_key, ordered
 
 __all__ = ["compile_ruleset", "compile_condition", "PASSES"]
 
-_EMPTY = EvalContext()
 
 
 def _always(ctx: EvalContext) -> bool:
@@ -292,4 +291,5 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         reference_test=_reference_test,
         tracer=reference.trace_rule,
         prices=unit.prices,
+        files=unit.ast.files,
     )

@@ -35,7 +35,7 @@ from .ast import (
 from .render import expr_text, limit_text, scope_text, value_text, window_text
 from .spelling import is_identifier, number_text, quote
 
-__all__ = ["format_file", "INDENT"]
+__all__ = ["format_file"]
 
 INDENT = "    "
 _WIDTH = 100

@@ -35,7 +35,6 @@ __all__ = [
     "limit_text",
     "window_text",
     "scope_text",
-    "key_text",
 ]
 
 _UNITS = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .ast import Comment
 
-__all__ = ["MAX_DEPTH", "Chunk", "Scan", "scan", "previous_tokens", "TOP_KEYWORDS"]
+__all__ = ["MAX_DEPTH", "Chunk", "Scan", "scan", "previous_tokens"]
 
 MAX_DEPTH = 64
 TOP_KEYWORDS = frozenset({"rule", "quota", "price", "schema", "default", "test"})

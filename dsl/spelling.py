@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 __all__ = [
-    "IDENTIFIER",
     "is_identifier",
     "parse_number",
     "number_text",

@@ -17,7 +17,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from .grammar import terminal_literals
 from .scan import Chunk, previous_tokens
 
-__all__ = ["describe", "Problem", "NAMED_TERMINALS", "expected_phrase", "DECLARATIONS"]
+__all__ = ["describe", "Problem", "DECLARATIONS"]
 
 NAMED_TERMINALS = {
     "NAME": "a name",

@@ -16,14 +16,13 @@ from lark.tree import Meta
 from . import ast
 from .spelling import did_you_mean, parse_number, unquote
 
-__all__ = ["ToAst", "Decl", "EXPECT_KINDS", "REASONS"]
+__all__ = ["ToAst", "Decl"]
 
 Decl = ast.Default | ast.Schema | ast.Quota | ast.Price | ast.Rule | ast.TestCase
 
 _ROOTS = ("user", "group", "request")
 _TYPES = ("string", "number", "bool", "any", "list")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_CALENDAR = ("day", "week", "month")
 _TOKEN_UNITS = {"K": 1_000, "k": 1_000, "M": 1_000_000}
 MAX_TIMES = 1_000_000
 EXPECT_KINDS = (
@@ -37,14 +36,6 @@ EXPECT_KINDS = (
     "rules",
     "annotate",
     "exceeded",
-)
-REASONS = (
-    "ALLOWED",
-    "DENIED_BY_RULE",
-    "DEFAULT_DENY",
-    "QUOTA_EXCEEDED",
-    "QUOTA_UNRESOLVED",
-    "STORE_UNAVAILABLE",
 )
 
 
@@ -224,7 +215,7 @@ class ToAst(Transformer[Token, list[Decl]]):
     def window_calendar(self, meta: Meta, children: list[Any]) -> ast.Window:
         tok = children[0]
         text = str(tok)
-        calendar = text if text in _CALENDAR else None
+        calendar = text if text in ast.CALENDARS else None
         return ast.Window(None, cast(Any, calendar), text, self._tpos(tok))
 
     def scope_each(self, meta: Meta, children: list[Any]) -> ast.Scope:
@@ -471,11 +462,11 @@ class ToAst(Transformer[Token, list[Decl]]):
                 self._error(pos, "expect deny takes at most one message in quotes")
             return texts[:1]
         if kind == "reason":
-            if len(plain) != 1 or plain[0].quoted or plain[0].text not in REASONS:
+            if len(plain) != 1 or plain[0].quoted or plain[0].text not in ast.REASONS:
                 got = plain[0].text if plain else ""
                 self._error(
                     pos,
-                    f"expect reason needs one of {', '.join(REASONS)}" + did_you_mean(got, REASONS),
+                    f"expect reason needs one of {', '.join(ast.REASONS)}" + did_you_mean(got, ast.REASONS),
                 )
                 return ("ALLOWED",)
             return texts

@@ -17,7 +17,7 @@ from .compiled import EvalContext
 
 __all__ = [
     "Getter", "resolve", "getter", "equals", "ordered", "contains",
-    "glob_match", "compile_glob", "index_key", "NULL_KEY", "is_number",
+    "glob_match", "compile_glob", "index_key", "NULL_KEY",
 ]
 
 Getter = Callable[[EvalContext], Value]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tollway.dsl.ast import Default
+from tollway.dsl.ast import Default, Reason
 from tollway.dsl.compiled import CompiledRule, EvalContext
 
 from .model import ShadowOutcome
@@ -21,13 +21,13 @@ __all__ = ["Verdict", "combine", "combine_shadow"]
 class Verdict:
     """Everything about a decision except its quotas' counters.
 
-    ``reason`` is "DENIED_BY_RULE", "DEFAULT_DENY" or "" (not denied by rules; the
+    ``reason`` is "DENIED_BY_RULE", "DEFAULT_DENY" or None (not denied by rules; the
     quotas decide). ``quotas`` is the union of the matched rules' quotas, highest
     priority first, each once.
     """
 
     matched: tuple[str, ...]
-    reason: str
+    reason: Reason | None
     message: str
     quotas: tuple[str, ...]
     model: str
@@ -53,7 +53,8 @@ def combine(
     rules: Sequence[CompiledRule], default: Default, ctx: EvalContext, requested: str
 ) -> Verdict:
     """Combine the enforced (non-shadow) matched rules, given in priority order."""
-    reason = message = ""
+    reason: Reason | None = None
+    message = ""
     deny = next((r for r in rules if r.deny is not None), None)
     if deny is not None:
         reason, message = "DENIED_BY_RULE", deny.deny or ""

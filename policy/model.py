@@ -8,7 +8,7 @@ a request that parses is whole: nothing later can refuse it after something was 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias, get_args
 
 from tollway.dsl.ast import Value
 from tollway.dsl.compiled import RuleTrace
@@ -38,6 +38,8 @@ __all__ = [
     "ShadowOutcome",
     "Decision",
     "ReportAck",
+    "ReportOutcome",
+    "REPORT_OUTCOMES",
     "Explanation",
 ]
 
@@ -272,7 +274,9 @@ class ShadowOutcome:
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    reason: str  # the proto enum's name: "ALLOWED", "QUOTA_EXCEEDED", …
+    # the proto enum's name: one of ``tollway.dsl.ast.REASONS`` from the engine; a decision
+    # decoded from the wire may also carry "REASON_UNSPECIFIED" (a server that set none)
+    reason: str
     message: str = ""
     model: str = ""
     routed: bool = False
@@ -285,9 +289,16 @@ class Decision:
     shadow: ShadowOutcome = field(default_factory=ShadowOutcome)
 
 
+# what a report did: replaced a reservation, added to the counters, or nothing (seen before)
+ReportOutcome: TypeAlias = Literal["duplicate", "settled", "added"]
+REPORT_OUTCOMES: tuple[ReportOutcome, ...] = get_args(ReportOutcome)
+
+
 @dataclass(frozen=True, slots=True)
 class ReportAck:
-    """``outcome``: "settled" (replaced a reservation), "added" or "duplicate"."""
+    """``outcome``: a ``ReportOutcome`` — "settled" (replaced a reservation), "added" or
+    "duplicate" — from the engine; a client that could not reach the sidecar says
+    "queued" or "dropped"."""
 
     request_id: str
     outcome: str

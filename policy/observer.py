@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .model import Decision, UsageReport
+from .model import Decision, ReportOutcome, UsageReport
 
 __all__ = ["Observer", "NullObserver"]
 
@@ -19,7 +19,7 @@ class Observer(Protocol):
         """After every ``decide`` (not ``explain``). ``exceeded`` names the exceeded quotas."""
         ...
 
-    def report(self, report: UsageReport, outcome: str) -> None:
+    def report(self, report: UsageReport, outcome: ReportOutcome) -> None:
         """After every ``report``; outcome is "settled", "added" or "duplicate"."""
         ...
 
@@ -42,7 +42,7 @@ class NullObserver:
     ) -> None:
         pass
 
-    def report(self, report: UsageReport, outcome: str) -> None:
+    def report(self, report: UsageReport, outcome: ReportOutcome) -> None:
         pass
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import cast
 
-from tollway.dsl.ast import Window
+from tollway.dsl.ast import CALENDARS, Window
 
 from .stores.base import CounterSpec, CounterState
 
@@ -50,6 +50,7 @@ __all__ = [
     "amount_units",
     "limit_units",
     "from_units",
+    "enforced_limit",
     "fits",
     "counter_key",
     "hold_key",
@@ -68,7 +69,6 @@ MAX_UNITS = 2**53 - 1
 # Tolerance (in units) for float noise when converting: 0.0031 * 1e6 is 3100.0000000000005.
 _EPSILON = 1e-6
 _SCALES = {"cost": 1_000_000}
-_CALENDARS = ("day", "week", "month")
 
 
 # ------------------------------------------------------------------ sliding windows
@@ -133,7 +133,7 @@ def _period_of_day(kind: str, day_number: int) -> Period:
         first = today.replace(day=1)
         following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
         return Period(f"{first.year:04d}-{first.month:02d}", _unix(first), _unix(following))
-    raise ValueError(f"unknown calendar window {kind!r}: expected one of {', '.join(_CALENDARS)}")
+    raise ValueError(f"unknown calendar window {kind!r}: expected one of {', '.join(CALENDARS)}")
 
 
 # ------------------------------------------------------------------------- slots
@@ -169,7 +169,7 @@ def _check_window(window: Window) -> None:
     if window.seconds is not None:
         if window.seconds < 1:
             raise ValueError(f"window {window.text or window.seconds!r}: must be at least 1s")
-    elif window.calendar not in _CALENDARS:
+    elif window.calendar not in CALENDARS:
         raise ValueError(f"window {window.text!r}: neither a duration nor day/week/month")
 
 
@@ -248,10 +248,10 @@ def amount_units(amount: float, metric: str, what: str = "amount") -> int:
     """An amount in integer units, rounded up. Raises ValueError for NaN, negatives, overflow."""
     if not math.isfinite(amount) or amount < 0:
         raise ValueError(f"{what}: must be a finite number >= 0, got {amount!r}")
-    units = max(0, math.ceil(amount * metric_scale(metric) - _EPSILON))
-    if units > MAX_UNITS:
+    scaled = amount * metric_scale(metric) - _EPSILON
+    if scaled > MAX_UNITS:  # also inf, which ceil() could not convert
         raise ValueError(f"{what}: {amount!r} is too large for a {metric} counter")
-    return units
+    return max(0, math.ceil(scaled))
 
 
 def limit_units(limit: float, metric: str, what: str = "limit") -> int:
@@ -261,11 +261,18 @@ def limit_units(limit: float, metric: str, what: str = "limit") -> int:
     scaled = limit * metric_scale(metric) + _EPSILON
     if scaled >= MAX_UNITS:
         return MAX_UNITS
-    return max(0, math.floor(scaled))
+    if scaled <= 0:  # a negative limit, -inf included, admits nothing
+        return 0
+    return math.floor(scaled)
 
 
 def from_units(units: int, metric: str) -> float:
     return units / metric_scale(metric)
+
+
+def enforced_limit(limit: float, metric: str) -> float:
+    """The limit a store enforces: rounded down to whole units (2.5 requests -> 2)."""
+    return from_units(limit_units(limit, metric), metric)
 
 
 def fits(used: int, amount: int, limit: int) -> bool:
@@ -327,12 +334,15 @@ def state_of(
     exceeded = used >= limit if amount == 0 else used + amount > limit  # not fits()
     scale = _SCALES.get(spec.metric, 1)
     used_f = used / scale
+    limit_f = limit / scale  # what is enforced: the limit rounded down to whole units
     seconds = plan.seconds
     if seconds is None:
         assert plan.calendar is not None
         end = calendar_period(plan.calendar, t).end
-        return CounterState(used_f, spec.limit, exceeded, end - t if exceeded else 0.0, float(end))
+        return CounterState(used_f, limit_f, exceeded, end - t if exceeded else 0.0, float(end))
     size = plan.bucket
+    # a window holding nothing frees what is counted now when the current bucket leaves it
+    empty_until = float(bucket_until(math.floor(t) // size, seconds, size))
     if not exceeded:
         # only the oldest live bucket matters: when it leaves, the window frees usage
         oldest: int | None
@@ -342,10 +352,12 @@ def state_of(
             oldest = min(
                 (i for i, v in buckets.items() if isinstance(i, int) and v > 0), default=None
             )
-        resets_at = float((oldest + 1) * size + seconds) if oldest is not None else t + size
-        return CounterState(used_f, spec.limit, False, 0.0, resets_at)
+        resets_at = (
+            float(bucket_until(oldest, seconds, size)) if oldest is not None else empty_until
+        )
+        return CounterState(used_f, limit_f, False, 0.0, resets_at)
     live = sorted((i, v) for i, v in buckets.items() if isinstance(i, int) and v > 0)
-    resets_at = float(bucket_until(live[0][0], seconds, size)) if live else t + size
+    resets_at = float(bucket_until(live[0][0], seconds, size)) if live else empty_until
     retry_after = float(seconds)
     if amount <= limit and not (amount == 0 and limit == 0):
         remaining = used
@@ -354,7 +366,7 @@ def state_of(
             if fits(remaining, amount, limit):
                 retry_after = bucket_until(index, seconds, size) - t
                 break
-    return CounterState(used_f, spec.limit, True, retry_after, resets_at)
+    return CounterState(used_f, limit_f, True, retry_after, resets_at)
 
 
 @dataclass(frozen=True, slots=True)

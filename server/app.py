@@ -1,4 +1,4 @@
-"""Build, start and stop the grpc.aio server: the Tollway service, health and reflection.
+"""Build, start and stop the grpc.aio server: the Tollway and Envoy services, health, reflection.
 
 Health and reflection are wired in one function; shutdown turns health to NOT_SERVING
 before ``server.stop(grace)`` drains in-flight calls, so load balancers stop sending
@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,7 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from .decoding import DecodeGuard
+from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
@@ -40,20 +42,27 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
         ("grpc.max_send_message_length", max_message_bytes),
         # never share a port silently with another process (gRPC enables it by default)
         ("grpc.so_reuseport", 0),
+        # accept the keepalive pings of tollway.client (every 30 s, idle or not): by
+        # default gRPC answers pings closer than 5 minutes on an idle connection with GOAWAY
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ]
 
 
-async def configure_maintenance(server: grpc.aio.Server) -> health.aio.HealthServicer:
-    """Register health (SERVING for "" and the Tollway service) and reflection."""
+async def configure_maintenance(
+    server: grpc.aio.Server, extra_services: Sequence[str] = ()
+) -> tuple[health.aio.HealthServicer, tuple[str, ...]]:
+    """Register health (SERVING for "", the Tollway service and ``extra_services``) and
+    reflection over all of them; returns the servicer and the names health answers for."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    services = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+    services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
     for name in ("", *services):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
-    return servicer
+    return servicer, ("", *services)
 
 
 def bind_failure(listen: str) -> str:
@@ -95,6 +104,7 @@ class GrpcServer:
     health: health.aio.HealthServicer
     service: TollwayService
     address: str  # as bound: the real port when ``listen`` asked for port 0
+    health_names: tuple[str, ...] = ()  # what health answers for: "" and every service
 
     async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
         """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
@@ -122,14 +132,21 @@ async def start_grpc(
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_workers: int = 32,
+    attribute_headers: Mapping[str, str] | None = None,
 ) -> GrpcServer:
-    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind."""
+    """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
+
+    One port serves ``tollway.v1.Tollway`` and Envoy's ext_authz, ext_proc and rate-limit
+    services, all over ``engine``; ``attribute_headers`` (header -> attribute) tells the
+    Envoy services which request headers become attributes.
+    """
     server = grpc.aio.server(
         options=server_options(max_message_bytes), interceptors=(DecodeGuard(),)
     )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
-    health_servicer = await configure_maintenance(server)
+    envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
+    health_servicer, health_names = await configure_maintenance(server, envoy)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
@@ -137,5 +154,7 @@ async def start_grpc(
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}")
     await server.start()
-    return GrpcServer(server, health_servicer, service, _bound_address(listen, port))
+    return GrpcServer(
+        server, health_servicer, service, _bound_address(listen, port), health_names
+    )
 

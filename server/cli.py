@@ -20,7 +20,7 @@ from tollway import __version__
 
 from .settings import COMMANDS, Setting, command, settings_for
 
-__all__ = ["main", "build_parser", "parse_args"]
+__all__ = ["main", "parse_args"]
 
 USAGE_ERROR = 2
 
@@ -97,10 +97,6 @@ def _build() -> tuple[_Parser, dict[str, _Parser]]:
             if setting.cli:
                 _add(parsers[cmd.name], setting)
     return parser, parsers
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return _build()[0]
 
 
 def _join_dash_values(argv: Sequence[str]) -> list[str]:

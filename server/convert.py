@@ -1,8 +1,10 @@
 """Translation between the wire messages (``tollway.v1``) and the engine's values.
 
 Mechanical on purpose: validation lives in ``policy.model`` so that every transport
-rejects the same inputs with the same messages. Requests become the JSON-shaped
-mappings the model parses; results become messages field by field.
+rejects the same inputs with the same messages. On the server, requests become the
+JSON-shaped mappings the model parses and results become messages field by field; a
+client goes the other way (validated requests to messages, messages to the engine's
+result dataclasses), with the functions at the end of this module.
 """
 
 from __future__ import annotations
@@ -15,20 +17,32 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from tollway.dsl.ast import Value
-from tollway.dsl.compiled import RuleTrace
-from tollway.policy.entities import EntityView
-from tollway.policy.model import DecideRequest, Decision, Explanation, QuotaStatus, ReportAck
+from tollway.dsl.compiled import RuleTrace, TestTrace
+from tollway.policy.entities import EntityKind, EntityView
+from tollway.policy.model import (
+    DecideRequest,
+    Decision,
+    EntityRef,
+    Explanation,
+    QuotaStatus,
+    ReportAck,
+    ShadowOutcome,
+    UsageReport,
+)
 from tollway.v1 import tollway_pb2 as pb
 
 __all__ = [
     "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
     "decide_request", "to_decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
-    "explanation_to_proto", "entity_to_proto", "quota_to_proto", "set_timestamp",
-    "message_to_json",
+    "explanation_to_proto", "entity_to_proto", "quota_to_proto", "set_timestamp", "seconds_of",
+    "message_to_json", "decide_request_to_proto", "usage_report_to_proto",
+    "decision_from_proto", "quota_from_proto", "ack_from_proto", "explanation_from_proto",
+    "entity_from_proto",
 ]
 
 _MAX_SAFE_INT = 2**53
 _REASONS: dict[str, Any] = dict(pb.Reason.items())
+_REASON_NAMES: dict[int, str] = {number: name for name, number in _REASONS.items()}
 # deeper than the model's limit by a margin: the model names the field, this only bounds work
 _MAX_CONVERT_DEPTH = 32
 
@@ -198,6 +212,11 @@ def _set_duration(out: Any, seconds: float) -> None:
     out.seconds, out.nanos = divmod(round(seconds * 1e9), 1_000_000_000)
 
 
+def seconds_of(value: Any) -> float:
+    """A Timestamp as unix seconds, or a Duration as seconds (``set_timestamp`` read back)."""
+    return value.seconds + value.nanos / 1e9
+
+
 def set_timestamp(out: Any, unix: float) -> None:
     """A Timestamp (or Duration) from unix seconds, exact to the nanosecond a double holds."""
     # split first: unix * 1e9 is beyond a double's exact integers and would lose microseconds
@@ -238,7 +257,7 @@ def decision_to_proto(d: Decision, out: pb.Decision | None = None) -> pb.Decisio
     out.decision_id = d.decision_id
     out.ruleset_version = d.ruleset_version
     s = d.shadow
-    if s.matched_rules or s.denied or s.routed or s.checks:
+    if s.matched_rules or s.denied or s.routed or s.checks or s.model or s.message:
         sh = out.shadow
         sh.matched_rules.extend(s.matched_rules)
         sh.denied = s.denied
@@ -288,3 +307,142 @@ def entity_to_proto(view: EntityView) -> pb.EntityInfo:
     out = pb.EntityInfo(kind=view.kind, id=view.id, links=list(view.links))
     dict_to_struct(view.metadata, out.metadata)
     return out
+
+
+# ------------------------------------------------------------------ values to the wire
+#
+# The direction a client needs: validated requests (``DecideRequest``, ``UsageReport``)
+# as messages. Nothing is checked here: the values were checked when they were parsed.
+
+
+def _entity_to_proto(ref: EntityRef, out: pb.Entity) -> None:
+    out.id = ref.id
+    if ref.metadata is not None:
+        dict_to_struct(ref.metadata, out.metadata)
+
+
+def _parties_to_proto(value: DecideRequest | UsageReport, out: Any) -> None:
+    """Who a request or report is for, and its attributes (fields both messages share)."""
+    if value.user is not None:
+        _entity_to_proto(value.user, out.user)
+    if value.group is not None:
+        _entity_to_proto(value.group, out.group)
+    if value.attributes:
+        out.attributes.update(value.attributes)
+
+
+def decide_request_to_proto(req: DecideRequest) -> pb.DecideRequest:
+    out = pb.DecideRequest(request_id=req.request_id, model=req.model, dry_run=req.dry_run)
+    _parties_to_proto(req, out)
+    e = req.estimate
+    if e.input_tokens or e.output_tokens or e.cost_usd:
+        out.estimate.input_tokens = e.input_tokens
+        out.estimate.output_tokens = e.output_tokens
+        out.estimate.cost_usd = e.cost_usd
+    return out
+
+
+def usage_report_to_proto(rep: UsageReport) -> pb.UsageReport:
+    out = pb.UsageReport(
+        request_id=rep.request_id,
+        decision_id=rep.decision_id,
+        model=rep.model,
+        input_tokens=rep.input_tokens,
+        output_tokens=rep.output_tokens,
+        cost_usd=rep.cost_usd,
+        duration_seconds=rep.duration_seconds,
+        status=rep.status,
+        cached_input_tokens=rep.cached_input_tokens,
+    )
+    _parties_to_proto(rep, out)
+    return out
+
+
+# ------------------------------------------------------------------ results from the wire
+#
+# The inverse of the ``*_to_proto`` functions above: a client gets back the very
+# dataclasses the in-process ``Engine`` returns.
+
+
+def quota_from_proto(msg: pb.QuotaStatus) -> QuotaStatus:
+    # positional and read once: a decision carries several quotas, on every call
+    wait = msg.retry_after
+    return QuotaStatus(
+        msg.name,
+        msg.metric,
+        msg.scope,
+        msg.key,
+        msg.limit,
+        msg.used,
+        msg.remaining,
+        msg.exceeded,
+        wait.seconds + wait.nanos / 1e9 if wait.seconds or wait.nanos else 0.0,
+        seconds_of(msg.resets_at) if msg.HasField("resets_at") else None,
+    )
+
+
+_NO_SHADOW = ShadowOutcome()
+
+
+def decision_from_proto(msg: pb.Decision) -> Decision:
+    shadow = _NO_SHADOW
+    if msg.HasField("shadow"):
+        s = msg.shadow
+        shadow = ShadowOutcome(
+            tuple(s.matched_rules), s.denied, s.message, s.model, s.routed, tuple(s.checks)
+        )
+    annotations = msg.annotations
+    return Decision(
+        msg.allowed,
+        _REASON_NAMES.get(msg.reason, "REASON_UNSPECIFIED"),
+        msg.message,
+        msg.model,
+        msg.routed,
+        tuple(msg.checks),
+        tuple([quota_from_proto(q) for q in msg.quotas]),
+        tuple(msg.matched_rules),
+        dict(annotations) if annotations else {},
+        msg.decision_id,
+        msg.ruleset_version,
+        shadow,
+    )
+
+
+def ack_from_proto(msg: pb.ReportAck) -> ReportAck:
+    return ReportAck(request_id=msg.request_id, outcome=msg.outcome, duplicate=msg.duplicate)
+
+
+def _trace_from_proto(msg: pb.RuleTrace) -> RuleTrace:
+    tests = tuple(
+        TestTrace(
+            text=t.text,
+            held=t.held,
+            # a proto map keeps no order: paths come back sorted
+            values=tuple((path, value_to_python(t.values[path], path)) for path in sorted(t.values)),
+        )
+        for t in msg.tests
+    )
+    return RuleTrace(
+        rule=msg.rule,
+        priority=msg.priority,
+        shadow=msg.shadow,
+        candidate=msg.candidate,
+        matched=msg.matched,
+        tests=tests,
+    )
+
+
+def explanation_from_proto(msg: pb.Explanation) -> Explanation:
+    return Explanation(
+        decision=decision_from_proto(msg.decision),
+        trace=tuple(_trace_from_proto(t) for t in msg.trace),
+        candidates=msg.candidates,
+        total_rules=msg.total_rules,
+    )
+
+
+def entity_from_proto(msg: pb.EntityInfo) -> EntityView:
+    kind: EntityKind = "group" if msg.kind == "group" else "user"
+    return EntityView(
+        kind=kind, id=msg.id, metadata=struct_to_dict(msg.metadata), links=tuple(msg.links)
+    )

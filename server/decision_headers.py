@@ -15,6 +15,7 @@ sees what tollway decided.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .openai_errors import DECISION_ID_HEADER
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "decision_headers",
     "is_decision_header",
+    "forged_headers",
     "header_name",
     "header_value",
     "DECISION_ID_HEADER",
@@ -66,3 +68,10 @@ def decision_headers(decision: Decision) -> list[tuple[str, str]]:
 def is_decision_header(name: str) -> bool:
     """Whether ``name`` (lower case) is one of the headers above, which only tollway sets."""
     return name in _EXACT or name.startswith(ANNOTATION_PREFIX)
+
+
+def forged_headers(incoming: Iterable[str], setting: Iterable[tuple[str, str]]) -> list[str]:
+    """Names in ``incoming`` (lower case) that only tollway may set and that ``setting`` (the
+    decision's headers) does not overwrite: the ones to remove from the request."""
+    ours = {name for name, _ in setting}
+    return [name for name in incoming if is_decision_header(name) and name not in ours]

@@ -21,7 +21,7 @@ from tollway.policy.model import Decision, Explanation
 from .convert import explanation_to_proto, message_to_json
 from .ops import FAILED, OK, USAGE, compile_path, plural
 
-__all__ = ["run", "read_request"]
+__all__ = ["run"]
 
 
 def read_request(spec: str) -> Any:

@@ -1,17 +1,17 @@
 """The ``tollway.v1.Tollway`` servicer: translate, delegate to the one ``Engine``, translate back.
 
-No business logic lives here. Errors become status codes in one place (``_rpc``):
+No business logic lives here. Errors become status codes in one place (``rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
-an unknown entity -> NOT_FOUND, an unreachable store or usage database -> UNAVAILABLE,
-an engine that keeps no usage -> UNIMPLEMENTED, anything else -> INTERNAL with a generic
-message and the traceback in the log.
+an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE (whose message and
+``tollway-outcome`` trailer say whether the call may have been applied), an unreachable
+usage database -> UNAVAILABLE, an engine that keeps no usage -> UNIMPLEMENTED, anything
+else -> INTERNAL with a generic message and the traceback in the log.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -24,9 +24,10 @@ from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import convert, usage_convert
+from .engine_calls import EngineCalls
 from .offload import Offload
 
-__all__ = ["TollwayService", "NotFound", "SERVICE_NAME"]
+__all__ = ["TollwayService", "NotFound", "SERVICE_NAME", "OUTCOME_KEY", "rpc"]
 
 log = logging.getLogger("tollway.server")
 
@@ -41,16 +42,32 @@ class NotFound(LookupError):
     """The named entity or usage record does not exist."""
 
 
-def _rpc(
+# The trailer an UNAVAILABLE answer carries: "not-applied" (nothing changed: retry at
+# will) or "unknown" (it may have been applied: retry a Report with the same request_id,
+# which counts once).
+OUTCOME_KEY = "tollway-outcome"
+_UNAVAILABLE = {
+    "not_applied": "counter store unavailable; nothing was applied: retry",
+    "unknown": (
+        "counter store did not answer in time; the call may have been applied: retry a "
+        "Report with the same request_id (it counts once)"
+    ),
+}
+
+
+def rpc(
     method: Callable[Concatenate[S, Any, grpc.aio.ServicerContext, P], Awaitable[R]],
 ) -> Callable[Concatenate[S, Any, grpc.aio.ServicerContext, P], Awaitable[R]]:
-    """Map exceptions to status codes; the only try/except of the servicer."""
+    """Map exceptions to status codes: the only try/except of every servicer of the port.
+
+    The servicer holds its ``EngineCalls`` as ``calls``; each call is noted there first.
+    """
 
     @functools.wraps(method)
     async def wrapper(
         self: S, request: Any, context: grpc.aio.ServicerContext, *args: P.args, **kw: P.kwargs
     ) -> R:
-        self.last_call = time.monotonic()  # type: ignore[attr-defined]
+        self.calls.touch()  # type: ignore[attr-defined]
         try:
             return await method(self, request, context, *args, **kw)
         except grpc.aio.AbortError:
@@ -59,11 +76,13 @@ def _rpc(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StoreUnavailable:
-            log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
+        except StoreUnavailable as exc:
+            # per call at debug: an outage is told once by health, and counted in metrics
+            log.debug("%s: counter store unavailable: %s", method.__name__, exc)
+            context.set_trailing_metadata(((OUTCOME_KEY, exc.outcome.replace("_", "-")),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE[exc.outcome])
         except UsageUnavailable as exc:
-            log.warning("%s: %s", method.__name__, exc)
+            log.debug("%s: %s", method.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "usage database unavailable")
         except NotImplementedError:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "usage is not kept by this server")
@@ -76,58 +95,57 @@ def _rpc(
 
 
 class TollwayService(pb_grpc.TollwayServicer):
-    """The gRPC face of an ``Engine``.
+    """The gRPC face of an ``Engine``; its ``calls`` run the engine for every service.
 
-    When ``engine.blocking`` (a networked store), engine calls run in a bounded thread
-    pool so the event loop keeps accepting calls; otherwise they run inline, which is
-    cheaper than a thread hop for microsecond-long decisions. Usage queries read a
-    database: they always run in a pool of their own, so a slow listing never holds a
-    decision up.
+    Usage queries read a database: they run in a pool of their own (``queries``), so a
+    slow listing never holds a decision up.
     """
 
     def __init__(self, engine: Engine, *, max_workers: int = 32, query_workers: int = 8) -> None:
         self._engine = engine
-        self.last_call = 0.0  # monotonic time the latest call started (the drain watches it)
-        self._call = Offload(
-            threads=max_workers, name="tollway-engine", inline=not engine.blocking
-        )
-        self._query = Offload(threads=query_workers, name="tollway-usage")
+        self.calls = EngineCalls(engine, max_workers=max_workers)
+        self.queries = Offload(threads=query_workers, name="tollway-usage")
+
+    @property
+    def last_call(self) -> float:
+        """Monotonic time the latest call of any service started (the drain watches it)."""
+        return self.calls.last_call
 
     def close(self) -> None:
-        self._call.close()
-        self._query.close()
+        self.calls.close()
+        self.queries.close()
 
     # ------------------------------------------------------------------ RPCs
 
-    @_rpc
+    @rpc
     async def Decide(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Decision:
-        decision = await self._call(self._engine.decide, convert.to_decide_request(request))
+        decision = await self.calls(self._engine.decide, convert.to_decide_request(request))
         return convert.decision_to_proto(decision)
 
-    @_rpc
+    @rpc
     async def Report(
         self, request: pb.UsageReport, context: grpc.aio.ServicerContext
     ) -> pb.ReportAck:
-        ack = await self._call(self._engine.report, convert.usage_report(request))
+        ack = await self.calls(self._engine.report, convert.usage_report(request))
         return convert.ack_to_proto(ack)
 
-    @_rpc
+    @rpc
     async def Explain(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Explanation:
-        explanation = await self._call(self._engine.explain, convert.to_decide_request(request))
+        explanation = await self.calls(self._engine.explain, convert.to_decide_request(request))
         return convert.explanation_to_proto(explanation)
 
-    @_rpc
+    @rpc
     async def UpsertEntity(
         self, request: pb.UpsertEntityRequest, context: grpc.aio.ServicerContext
     ) -> pb.EntityInfo:
         metadata = (
             convert.struct_to_dict(request.metadata) if request.HasField("metadata") else None
         )
-        view = await self._call(
+        view = await self.calls(
             self._engine.upsert_entity,
             request.kind,
             request.id,
@@ -137,48 +155,48 @@ class TollwayService(pb_grpc.TollwayServicer):
         )
         return convert.entity_to_proto(view)
 
-    @_rpc
+    @rpc
     async def GetEntity(
         self, request: pb.GetEntityRequest, context: grpc.aio.ServicerContext
     ) -> pb.EntityInfo:
-        view = await self._call(self._engine.get_entity, request.kind, request.id)
+        view = await self.calls(self._engine.get_entity, request.kind, request.id)
         if view is None:
             raise NotFound(f"no {request.kind} with id {request.id!r}")
         return convert.entity_to_proto(view)
 
-    @_rpc
+    @rpc
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
         kind, ident = usage_convert.subject(request)
-        detail = await self._query(self._engine.get_usage, kind, ident)
+        detail = await self.queries(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
         return usage_convert.detail_to_proto(detail)
 
-    @_rpc
+    @rpc
     async def ListUsage(
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
         query = usage_convert.list_request(request)  # names a bad parameter in its ValueError
-        page = await self._query(self._engine.list_usage, query)
+        page = await self.queries(self._engine.list_usage, query)
         return usage_convert.page_to_proto(page)
 
-    @_rpc
+    @rpc
     async def GetUsageSeries(
         self, request: pb.UsageSeriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageSeries:
         kind, ident = usage_convert.subject(request)
         query = usage_convert.series_request(request)
-        series = await self._query(self._engine.usage_series, kind, ident, query)
+        series = await self.queries(self._engine.usage_series, kind, ident, query)
         if series is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
         return usage_convert.series_to_proto(series)
 
-    @_rpc
+    @rpc
     async def ListSpikes(
         self, request: pb.ListSpikesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSpikesResponse:
         query = usage_convert.spikes_request(request)
-        spikes = await self._query(self._engine.list_spikes, query)
+        spikes = await self.queries(self._engine.list_spikes, query)
         return usage_convert.spikes_to_proto(spikes)

@@ -34,9 +34,10 @@ from . import http_ops
 from .http_errors import Handler, HttpError, error_for, errors_middleware
 from .http_limits import LIMITS, HttpLimits
 from .http_ops import Readiness
-from .http_routes import OFFLOAD, ROUTES
+from .http_routes import OFFLOAD, RELOAD_STATUS, ROUTES
 from .metrics import Metrics
 from .offload import Offload
+from .reload import ReloadStatus
 
 __all__ = [
     "HttpServer",
@@ -49,7 +50,7 @@ __all__ = [
 log = logging.getLogger("tollway.server.http")
 
 # Modules that add routes; each defines ``install(app: web.Application, engine) -> None``.
-ROUTE_MODULES: tuple[str, ...] = ("tollway.server.usage_http",)
+ROUTE_MODULES: tuple[str, ...] = ("tollway.server.usage_http", "tollway.server.ui")
 
 SERVER_HEADER = "tollway"
 
@@ -84,14 +85,17 @@ def build_app(
     *,
     limits: HttpLimits | None = None,
     route_modules: tuple[str, ...] = ROUTE_MODULES,
+    reloads: ReloadStatus | None = None,
 ) -> web.Application:
     """The application: middlewares, ``/metrics``, ``/healthz``, ``/readyz`` and the routes
-    of ``route_modules``."""
+    of ``route_modules``; ``reloads`` is the rules watcher's status, when there is one."""
     limits = limits or HttpLimits()
     app = web.Application(
         middlewares=[errors_middleware, _decodable_target], client_max_size=limits.max_body_bytes
     )
     app[LIMITS] = limits
+    if reloads is not None:
+        app[RELOAD_STATUS] = reloads
     app[ROUTES] = {}
     pool = Offload(threads=limits.threads, name="tollway-http")
     app[OFFLOAD] = pool

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -26,8 +27,10 @@ __all__ = [
     "JSON",
     "ERROR_CODES",
     "HttpError",
+    "ErrorInfo",
     "json_response",
     "error_response",
+    "error_info",
     "error_for",
     "errors_middleware",
     "Handler",
@@ -41,6 +44,8 @@ JSON = "application/json"
 # query parameter that was refused in ``parameter``.
 ERROR_CODES: Mapping[int, str] = {
     400: "bad_request",
+    401: "unauthenticated",
+    403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
@@ -76,6 +81,18 @@ class HttpError(Exception):
         self.headers = dict(headers or {})
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What an error answer says, whatever shape carries it (JSON here, an HTML page in
+    the dashboard)."""
+
+    status: int
+    code: str
+    message: str
+    parameter: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
@@ -98,7 +115,7 @@ def error_response(
     return json_response({"error": error}, status, headers)
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.Response:
+def _from_http_exception(exc: web.HTTPException) -> ErrorInfo:
     status = exc.status
     headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
     if isinstance(exc, web.HTTPMethodNotAllowed):
@@ -108,49 +125,55 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
         message = "no such path"
     else:
         message = exc.reason.lower()
-    return error_response(status, ERROR_CODES.get(status, "error"), message, headers=headers)
+    return ErrorInfo(status, ERROR_CODES.get(status, "error"), message, headers=headers)
 
 
-def _from_parser(exc: HttpProcessingError, url_limit: int | None) -> web.Response:
+def _from_parser(exc: HttpProcessingError, url_limit: int | None) -> ErrorInfo:
     if isinstance(exc, LineTooLong):
         # aiohttp reports both limits with one exception; its ``limit`` says which one
         limit = exc.args[1] if len(exc.args) > 1 else None
         if url_limit is not None and limit == url_limit:
-            return error_response(414, "uri_too_long", f"the URL is longer than {limit} bytes")
-        return error_response(
+            return ErrorInfo(414, "uri_too_long", f"the URL is longer than {limit} bytes")
+        return ErrorInfo(
             431, "headers_too_large", f"a request header is longer than {limit} bytes"
         )
     if isinstance(exc, BadHttpMethod):
-        return error_response(405, "method_not_allowed", "unknown request method")
+        return ErrorInfo(405, "method_not_allowed", "unknown request method")
     first_line = (exc.message or "").strip().partition("\n")[0].rstrip(" :")
-    return error_response(400, "bad_request", first_line[:_MAX_MESSAGE] or "malformed request")
+    return ErrorInfo(400, "bad_request", first_line[:_MAX_MESSAGE] or "malformed request")
 
 
-def error_for(exc: BaseException, *, url_limit: int | None = None) -> web.Response:
-    """The JSON error answer for ``exc``: the one mapping of exceptions to statuses.
+def error_info(exc: BaseException, *, url_limit: int | None = None) -> ErrorInfo:
+    """The answer for ``exc``: the one mapping of exceptions to statuses.
 
     ``url_limit`` is the parser's URL limit, which tells an over-long URL (414) from an
     over-long header (431).
     """
     match exc:
         case HttpError():
-            return error_response(exc.status, exc.code, exc.message, exc.parameter, exc.headers)
+            return ErrorInfo(exc.status, exc.code, exc.message, exc.parameter, exc.headers)
         case FieldError():
-            return error_response(400, "invalid_parameter", str(exc), exc.field)
+            return ErrorInfo(400, "invalid_parameter", str(exc), exc.field)
         case ValueError():
-            return error_response(400, "bad_request", str(exc))
+            return ErrorInfo(400, "bad_request", str(exc))
         case StoreUnavailable():
-            return error_response(503, "unavailable", "counter store unavailable")
+            return ErrorInfo(503, "unavailable", "counter store unavailable")
         case UsageUnavailable():
-            return error_response(503, "unavailable", "usage database unavailable")
+            return ErrorInfo(503, "unavailable", "usage database unavailable")
         case NotImplementedError():
-            return error_response(501, "not_implemented", "not available on this server")
+            return ErrorInfo(501, "not_implemented", "not available on this server")
         case web.HTTPException() if exc.status >= 400:
             return _from_http_exception(exc)
         case HttpProcessingError():
             return _from_parser(exc, url_limit)
         case _:
-            return error_response(500, "internal", "internal error")
+            return ErrorInfo(500, "internal", "internal error")
+
+
+def error_for(exc: BaseException, *, url_limit: int | None = None) -> web.Response:
+    """The JSON error answer for ``exc`` (``error_info`` says which)."""
+    info = error_info(exc, url_limit=url_limit)
+    return error_response(info.status, info.code, info.message, info.parameter, info.headers)
 
 
 # What a route (and the rest of a middleware chain) is.

@@ -22,12 +22,14 @@ from aiohttp import web
 from .http_errors import Handler, HttpError
 from .http_limits import LIMITS
 from .offload import Offload
+from .reload import ReloadStatus
 
 __all__ = [
     "Role",
     "Route",
     "ROUTES",
     "OFFLOAD",
+    "RELOAD_STATUS",
     "MAX_QUERY_FIELDS",
     "add_route",
     "route_table",
@@ -36,6 +38,7 @@ __all__ = [
     "query_params",
     "first_values",
     "read_json",
+    "read_form",
     "stream_response",
     "Handler",
 ]
@@ -60,6 +63,8 @@ class Route:
 
 ROUTES: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("tollway_routes")
 OFFLOAD: web.AppKey[Offload] = web.AppKey("tollway_offload")
+# The outcome of the last rules (re)load, when the server watches its rules.
+RELOAD_STATUS: web.AppKey[ReloadStatus] = web.AppKey("tollway_reload_status")
 
 
 def add_route(
@@ -122,16 +127,39 @@ def first_values(query: Mapping[str, Sequence[str]]) -> dict[str, str]:
     return {k: v[0] for k, v in query.items() if v}
 
 
+async def _read_body(request: web.Request, content_type: str) -> bytes:
+    """The body, declared ``content_type`` (415), at most ``max_body_bytes`` (413),
+    within ``body_timeout`` (408)."""
+    if request.content_type != content_type:
+        raise HttpError(415, f"the body must be {content_type}")
+    try:
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise HttpError(408, "the request body did not arrive in time") from None
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """An HTML form's fields (``application/x-www-form-urlencoded``), the first value of
+    each, decoded as strictly as ``query_params`` decodes a query string."""
+    raw = await _read_body(request, "application/x-www-form-urlencoded")
+    try:
+        text = raw.decode("ascii")  # the encoding percent-escapes everything else
+        if text.count("&") >= MAX_QUERY_FIELDS:
+            raise HttpError(400, f"the form has more than {MAX_QUERY_FIELDS} fields")
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(400, "the form is not valid UTF-8 once percent-decoded") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    return form
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON: at most ``max_body_bytes`` (413), within ``body_timeout``
     (408), declared ``application/json`` (415)."""
-    if request.content_type != "application/json":
-        raise HttpError(415, "the body must be application/json")
-    try:
-        async with asyncio.timeout(request.app[LIMITS].body_timeout):
-            raw = await request.read()
-    except TimeoutError:
-        raise HttpError(408, "the request body did not arrive in time") from None
+    raw = await _read_body(request, "application/json")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -29,6 +29,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tollway.policy.validate import FieldError
+
 from .decision_headers import header_name
 
 __all__ = [
@@ -119,14 +121,14 @@ def parse_attribute_headers(specs: Iterable[str]) -> dict[str, str]:
         header, sep, attribute = spec.partition("=")
         header, attribute = header.strip().lower(), attribute.strip()
         if not sep or not header or not attribute:
-            raise ValueError(f"attribute-header: expected HEADER=ATTRIBUTE, got {spec!r}")
+            raise FieldError("attribute-header", f"expected HEADER=ATTRIBUTE, got {spec!r}")
         plain = header.removeprefix(":")  # Envoy's pseudo-headers: :path, :authority, :method
         if not plain or header_name(plain) != plain:
-            raise ValueError(f"attribute-header: {header!r} is not a header name")
+            raise FieldError("attribute-header", f"{header!r} is not a header name")
         if attribute == "model":
-            raise ValueError("attribute-header: 'model' is not an attribute (request.model is)")
+            raise FieldError("attribute-header", "'model' is not an attribute (request.model is)")
         if header in out and out[header] != attribute:
-            raise ValueError(f"attribute-header: {header!r} is mapped twice")
+            raise FieldError("attribute-header", f"{header!r} is mapped twice")
         out[header] = attribute
     return out
 
@@ -139,7 +141,7 @@ def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{key}: must be a string, got {type(value).__name__}")
+        raise FieldError(f"{key}", f"must be a string, got {type(value).__name__}")
     return value
 
 
@@ -148,23 +150,24 @@ def _tollway_metadata(metadata: Any) -> Mapping[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise ValueError(f"metadata: must be an object of strings, got {type(metadata).__name__}")
+        raise FieldError("metadata", f"must be an object of strings, got {type(metadata).__name__}")
     if len(metadata) > OPENAI_METADATA_KEYS:
-        raise ValueError(
-            f"metadata: {len(metadata)} keys is over OpenAI's limit of {OPENAI_METADATA_KEYS}"
+        raise FieldError(
+            "metadata", f"{len(metadata)} keys is over OpenAI's limit of {OPENAI_METADATA_KEYS}"
         )
     for key, value in metadata.items():
         if not isinstance(key, str) or len(key) > OPENAI_METADATA_KEY_CHARS:
-            raise ValueError(
-                f"metadata: key {str(key)[:80]!r} is over OpenAI's limit of "
-                f"{OPENAI_METADATA_KEY_CHARS} characters"
+            raise FieldError(
+                "metadata",
+                f"key {str(key)[:80]!r} is over OpenAI's limit of "
+                f"{OPENAI_METADATA_KEY_CHARS} characters",
             )
         if not isinstance(value, str):
-            raise ValueError(f"metadata.{key}: must be a string, got {type(value).__name__}")
+            raise FieldError(f"metadata.{key}", f"must be a string, got {type(value).__name__}")
         if len(value) > OPENAI_METADATA_VALUE_CHARS:
-            raise ValueError(
-                f"metadata.{key}: {len(value)} characters is over OpenAI's limit of "
-                f"{OPENAI_METADATA_VALUE_CHARS}"
+            raise FieldError(
+                f"metadata.{key}",
+                f"{len(value)} characters is over OpenAI's limit of {OPENAI_METADATA_VALUE_CHARS}",
             )
     raw = metadata.get(METADATA_KEY)
     if raw is None:
@@ -172,9 +175,9 @@ def _tollway_metadata(metadata: Any) -> Mapping[str, Any]:
     decoded = _json_object(raw, f"metadata.{METADATA_KEY}")
     unknown = set(decoded) - _ENTITY_KEYS
     if unknown:
-        raise ValueError(
-            f"metadata.{METADATA_KEY}: unknown field {sorted(unknown)[0]!r} "
-            "(expected user and group)"
+        raise FieldError(
+            f"metadata.{METADATA_KEY}",
+            f"unknown field {sorted(unknown)[0]!r} (expected user and group)",
         )
     return decoded
 
@@ -183,9 +186,9 @@ def _json_object(text: str, name: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"{name}: not valid JSON ({exc})") from None
+        raise FieldError(f"{name}", f"not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{name}: must be a JSON object, got {type(value).__name__}")
+        raise FieldError(f"{name}", f"must be a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -205,12 +208,12 @@ def _entity(
         ident, metadata = from_body.get("id"), from_body.get("metadata")
         unknown = set(from_body) - {"id", "metadata"}
         if unknown:
-            raise ValueError(
-                f"metadata.{METADATA_KEY}.{kind}: unknown field {sorted(unknown)[0]!r}"
+            raise FieldError(
+                f"metadata.{METADATA_KEY}.{kind}", f"unknown field {sorted(unknown)[0]!r}"
             )
     elif from_body is not None:
-        raise ValueError(
-            f"metadata.{METADATA_KEY}.{kind}: must be an object, got {type(from_body).__name__}"
+        raise FieldError(
+            f"metadata.{METADATA_KEY}.{kind}", f"must be an object, got {type(from_body).__name__}"
         )
     if ident is None or ident == "":
         ident = next((i for i in ids if i), None)
@@ -218,7 +221,7 @@ def _entity(
         metadata = _json_object(metadata_header, metadata_header_name)
     if ident is None or ident == "":
         if metadata is not None:
-            raise ValueError(f"{kind}: metadata was sent but no {kind} id")
+            raise FieldError(f"{kind}", f"metadata was sent but no {kind} id")
         return None
     out: dict[str, Any] = {"id": ident}
     if metadata is not None:

@@ -12,7 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["configure", "JsonFormatter", "TEXT_FORMAT", "LEVELS"]
+__all__ = ["configure"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,

@@ -2,18 +2,27 @@
 
 Each ``Metrics`` owns its ``CollectorRegistry`` so that several servers (and tests) can
 live in one process. No label ever carries a user or group id: their number is unbounded.
+Labels whose values come from clients (``model``, ``from_model``, ``to_model``,
+``status``) are bounded (``labels.LabelValues``): the models the rules name and the usual
+statuses keep their own series, then the first ``max_label_values`` others, then
+everything else is counted as ``other``.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Generic, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tollway.dsl.compiled import CompiledRuleset
+from tollway.dsl.models import named_models
 from tollway.policy.model import Decision, UsageReport
+
+from .labels import DEFAULT_EXTRA, KNOWN_STATUSES, LabelValues
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
@@ -28,7 +37,7 @@ STORE_BUCKETS = (
 )
 
 # Label sets kept per metric before the cache starts over (the metric keeps every child;
-# only the shortcut is dropped). Rule, quota and check names are few; models may not be.
+# only the shortcut is dropped). Every label is bounded; this bounds the shortcut anyway.
 _MAX_CHILDREN = 4096
 
 M = TypeVar("M", Counter, Gauge, Histogram)
@@ -53,11 +62,54 @@ class _Children(Generic[M]):
         return child
 
 
+class StoreSizes(Protocol):
+    """What the store gauges read (an ``Engine``)."""
+
+    def store_entries(self) -> Mapping[str, int]: ...
+
+    def store_evictions(self) -> Mapping[str, int]: ...
+
+
+class _StoreCollector:
+    """``tollway_store_entries{kind}`` and ``tollway_store_evictions_total{kind}``, read
+    from the stores at scrape time."""
+
+    def __init__(self, source: StoreSizes) -> None:
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to read at registration
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily(
+            "tollway_store_entries", "Entries the stores keep in this process, by kind.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self._source.store_entries().items()):
+            entries.add_metric([kind], count)
+        yield entries
+        evictions = CounterMetricFamily(
+            "tollway_store_evictions", "Entries dropped early to respect a cap, by kind.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self._source.store_evictions().items()):
+            evictions.add_metric([kind], count)
+        yield evictions
+
+
 class Metrics:
     """Counts what the engine reports through the ``Observer`` hooks."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_label_values: int = DEFAULT_EXTRA,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # one budget for every model label (a model is a model, requested or served)
+        self.models = LabelValues(max_label_values)
+        self.statuses = LabelValues(max_label_values, KNOWN_STATUSES)
         r = self.registry
         self.decisions = Counter(
             "tollway_decisions_total", "Decisions by reason and whether they routed.",
@@ -165,18 +217,19 @@ class Metrics:
         if not decision.allowed:  # a denied request goes nowhere and runs no checks
             return
         if decision.routed:
-            self._routes(requested_model, decision.model).inc()
+            models = self.models
+            self._routes(models(requested_model), models(decision.model)).inc()
         for check in decision.checks:
             self._checks(check).inc()
 
     def report(self, report: UsageReport, outcome: str) -> None:
-        self._reports(report.status).inc()
+        self._reports(self.statuses(report.status)).inc()
         if outcome == "duplicate":
             return
         if report.total_tokens:
-            self._usage_tokens(report.model).inc(report.total_tokens)
+            self._usage_tokens(self.models(report.model)).inc(report.total_tokens)
         if report.cost_usd:
-            self._usage_cost(report.model).inc(report.cost_usd)
+            self._usage_cost(self.models(report.model)).inc(report.cost_usd)
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
         self._store_seconds(store, op).observe(seconds)
@@ -196,7 +249,9 @@ class Metrics:
     # ---------------------------------------------------------------- ruleset
 
     def ruleset_loaded(self, ruleset: CompiledRuleset) -> None:
-        """Point the info gauge at ``ruleset.version`` alone and count its rules."""
+        """Point the info gauge at ``ruleset.version`` alone, count its rules, and give the
+        models it names their own series."""
+        self.models.know(named_models(ruleset))
         with self._lock:
             self.ruleset_info.clear()
             self.ruleset_info.labels(ruleset.version).set(1)
@@ -204,6 +259,10 @@ class Metrics:
 
     def reload_result(self, ok: bool) -> None:
         self.ruleset_reloads.labels("success" if ok else "error").inc()
+
+    def watch_stores(self, source: StoreSizes) -> None:
+        """Export the stores' sizes and early evictions (read at each scrape)."""
+        self.registry.register(_StoreCollector(source))
 
     # ---------------------------------------------------------------- exposition
 

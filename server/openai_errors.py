@@ -105,11 +105,8 @@ def error_for_decision(decision: Decision) -> OpenAIError:
     return OpenAIError(status, kind, code, message, None, tuple(headers))
 
 
-def invalid_request(message: str) -> OpenAIError:
-    """A 400 for a request tollway cannot read; ``param`` is the field its message names.
-
-    Messages follow the ``field: problem`` convention of every validation error.
-    """
-    field, sep, _ = message.partition(": ")
-    param = field if sep and " " not in field else None
-    return OpenAIError(400, "invalid_request_error", "invalid_request", message, param)
+def invalid_request(error: ValueError) -> OpenAIError:
+    """A 400 for a request tollway cannot read: the message is the error's
+    (``field: problem``), ``param`` its field when it names one (a ``FieldError``)."""
+    param = getattr(error, "field", None)
+    return OpenAIError(400, "invalid_request_error", "invalid_request", str(error), param)

@@ -4,23 +4,26 @@ Polling mtimes and sizes needs no dependency and works on every filesystem (incl
 the bind mounts and ConfigMap symlink swaps of containers, where inotify is unreliable).
 A successful compile is swapped into the engine in one assignment; calls already running
 finish on the snapshot they took. A ``RulesError`` keeps the old rules, is counted, and
-every diagnostic is logged.
+every diagnostic is logged. ``Reloader.status`` holds the outcome of the last attempt
+(diagnostics included) for whoever shows it, the dashboard's Rules page among them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tollway.dsl.diagnostics import RulesError
+from tollway.dsl.diagnostics import Diagnostic, RulesError
 from tollway.dsl.source import rule_files
 from tollway.policy.engine import Engine
 
 from .metrics import Metrics
 
-__all__ = ["Fingerprint", "fingerprint", "Reloader"]
+__all__ = ["Fingerprint", "fingerprint", "ReloadOutcome", "ReloadStatus", "Reloader"]
 
 log = logging.getLogger("tollway.server.reload")
 
@@ -44,6 +47,39 @@ def fingerprint(path: str | Path) -> Fingerprint:
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """One attempt to load the rules: when (unix seconds), why, whether the new rules are
+    in force, the version in force after it, and what the compiler said.
+
+    ``errors`` are the diagnostics of a ruleset that did not compile; ``message`` says why
+    an attempt failed without any (the rules path unreadable, say); ``warnings`` are those
+    of the ruleset in force after a successful attempt.
+    """
+
+    time: float
+    why: str
+    ok: bool
+    version: str
+    errors: tuple[Diagnostic, ...] = ()
+    warnings: tuple[Diagnostic, ...] = ()
+    message: str = ""
+
+
+class ReloadStatus:
+    """The outcome of the last attempt to load the rules (the start-up load first)."""
+
+    def __init__(self, first: ReloadOutcome) -> None:
+        self._last = first
+
+    @property
+    def last(self) -> ReloadOutcome:
+        return self._last
+
+    def record(self, outcome: ReloadOutcome) -> None:
+        self._last = outcome  # one assignment: readers on other threads see old or new
+
+
 class Reloader:
     """Watches ``path`` every ``interval`` seconds (0: only on request) and reloads the engine."""
 
@@ -56,6 +92,7 @@ class Reloader:
         interval: float = 1.0,
         initial: Fingerprint | None = None,
         scan: Callable[[str | Path], Fingerprint] = fingerprint,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._path = path
@@ -66,6 +103,17 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
+        self._clock = clock
+        ruleset = engine.ruleset
+        self.status = ReloadStatus(
+            ReloadOutcome(clock(), "start", True, ruleset.version, warnings=ruleset.warnings)
+        )
+
+    def _failed(self, why: str, errors: tuple[Diagnostic, ...] = (), message: str = "") -> None:
+        self._metrics.reload_result(False)
+        self.status.record(ReloadOutcome(
+            self._clock(), why, False, self._engine.ruleset.version, errors, message=message
+        ))
 
     async def reload(self, why: str) -> bool:
         """Compile and swap; returns whether the new rules are in force. One at a time."""
@@ -75,7 +123,7 @@ class Reloader:
             try:  # compiling can take a while: keep it off the event loop
                 ruleset = await loop.run_in_executor(None, self._engine.reload)
             except RulesError as exc:
-                self._metrics.reload_result(False)
+                self._failed(why, tuple(exc.errors))
                 log.error(
                     "reload (%s) failed, keeping ruleset %s: %d error(s)",
                     why, self._engine.ruleset.version, len(exc.errors),
@@ -84,7 +132,7 @@ class Reloader:
                     log.error("%s", d.render())
                 return False
             except Exception as exc:
-                self._metrics.reload_result(False)
+                self._failed(why, message=str(exc) or type(exc).__name__)
                 log.error(
                     "reload (%s) failed, keeping ruleset %s: %s",
                     why, self._engine.ruleset.version, exc, exc_info=not isinstance(exc, OSError),
@@ -92,6 +140,9 @@ class Reloader:
                 return False
             self._metrics.reload_result(True)
             self._metrics.ruleset_loaded(ruleset)
+            self.status.record(ReloadOutcome(
+                self._clock(), why, True, ruleset.version, warnings=ruleset.warnings
+            ))
             log.info(
                 "rules reloaded (%s): version %s, %d rules", why, ruleset.version, len(ruleset.rules)
             )

@@ -19,15 +19,18 @@ from pathlib import Path
 
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import UsageUnavailable
 from tollway.policy.usage_db import SchemaTooNew
 from tollway.policy.usage_db.database import redact_url
 from tollway.policy.usage_query import METRICS, SpikeQuery
 
 from .app import start_grpc
+from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness
+from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
@@ -60,11 +63,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
-    return asyncio.run(_serve(args))
+    try:
+        attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
+    except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, attribute_headers))
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    metrics = Metrics()
+async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) -> int:
+    metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(
@@ -72,6 +80,11 @@ async def _serve(args: argparse.Namespace) -> int:
             store=args.store,
             key_prefix=args.key_prefix,
             observer=metrics,
+            store_options=StoreOptions(
+                timeout=args.store_timeout,
+                max_reservations=args.max_reservations,
+                max_report_ids=args.max_report_ids,
+            ),
             usage_db=None if args.usage_db == "off" else args.usage_db,
             usage_retention_days=args.usage_retention / 86400.0,
             usage_max_models=args.usage_max_models,
@@ -87,12 +100,16 @@ async def _serve(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
+    metrics.watch_stores(engine)
     metrics.ruleset_loaded(engine.ruleset)
 
     readiness = Readiness(engine)
+    reloader = Reloader(
+        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
+    )
     http: HttpServer | None = None
     try:
-        grpc_server = await start_grpc(engine, args.listen)
+        grpc_server = await start_grpc(engine, args.listen, attribute_headers=attribute_headers)
     except OSError as exc:
         engine.close()
         return _fail(args, str(exc))
@@ -100,16 +117,14 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.http and args.http.lower() != "off":
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
             http = await start_http(
-                args.http, build_app(engine, metrics, readiness, limits=limits)
+                args.http,
+                build_app(engine, metrics, readiness, limits=limits, reloads=reloader.status),
             )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
         engine.close()
         return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
-    reloader = Reloader(
-        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
-    )
     reloader.start()
     spikes = asyncio.create_task(_watch_spikes(engine, metrics))
     stop = asyncio.Event()
@@ -118,19 +133,30 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
+    watch = HealthWatch(readiness, grpc_server.health, grpc_server.health_names)
+    store_ok, store_reason = await watch.start()
     ruleset = engine.ruleset
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
         "store": redact_url(args.store), "usage_db": redact_url(args.usage_db),
     }
-    log.info(
+    line = (
         "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-        "rule_count=%(rule_count)d store=%(store)s usage_db=%(usage_db)s", ready, extra=ready,
+        "rule_count=%(rule_count)d store=%(store)s usage_db=%(usage_db)s"
     )
+    if store_ok:
+        log.info(line, ready, extra=ready)
+    else:  # serving anyway: decisions follow on_store_error until the store answers
+        ready["not_ready"] = store_reason
+        log.warning(
+            line + " NOT READY: %(not_ready)s; decisions follow on_store_error until it "
+            "answers", ready, extra=ready,
+        )
     await stop.wait()
 
     log.info("shutting down: draining in-flight calls (grace %gs)", args.grace)
+    await watch.stop()
     readiness.drain()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)

@@ -207,6 +207,26 @@ class KeyValue:
 
 
 @dataclass(frozen=True)
+class HeaderAttribute(KeyValue):
+    """``HEADER=ATTRIBUTE``: a request header read as a request attribute; becomes
+    ``(header, attribute)``, checked by ``tollway.server.identity.parse_attribute_headers``
+    (header names may hold ``:``, as Envoy's pseudo-headers do)."""
+
+    metavar: str = "HEADER=ATTRIBUTE"
+
+    def parse(self, text: str) -> tuple[str, str]:
+        from tollway.policy.validate import FieldError
+
+        from .identity import parse_attribute_headers
+
+        try:
+            ((header, attribute),) = parse_attribute_headers([text]).items()
+        except FieldError as exc:  # the flag is named by whoever reports it
+            raise ValueError(exc.problem) from None
+        return header, attribute
+
+
+@dataclass(frozen=True)
 class SecretFile:
     """A path to a file holding a secret; the value is the file's text without the
     trailing newline. The secret itself never appears in ``--help`` or in an error."""

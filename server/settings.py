@@ -26,6 +26,7 @@ from .setting_types import (
     Duration,
     FilePath,
     Flag,
+    HeaderAttribute,
     Integer,
     Text,
     ValueType,
@@ -87,7 +88,7 @@ class Setting:
     def shown_default(self) -> str | None:
         if self.default_text is not None:
             return self.default_text
-        if self.default is None or self.default is False or self.default == []:
+        if self.default in (None, False, [], ""):
             return None
         if self.repeated:
             return self.separator.join(self.type.show(v) for v in self.default)
@@ -205,6 +206,33 @@ SETTINGS: tuple[Setting, ...] = (
         "usage-max-models", Integer(low=1, high=32), 32, "TOLLWAY_USAGE_MAX_MODELS",
         "models kept apart per user or group; later ones are summed under 'other'",
         (SERVE,),
+    ),
+    Setting(
+        "store-timeout", Duration("s", high=60.0), 0.1, "TOLLWAY_STORE_TIMEOUT",
+        "Redis store: the time a decision's or report's store work may take in all, "
+        "counted from when the call arrived; past it on_store_error decides",
+        (SERVE,), default_text="100ms",
+    ),
+    Setting(
+        "max-reservations", Integer(low=1), 100_000, "TOLLWAY_MAX_RESERVATIONS",
+        "memory store: open reservations kept for their reports; past it the oldest is "
+        "released early (and counted in tollway_store_evictions_total)", (SERVE,),
+    ),
+    Setting(
+        "max-report-ids", Integer(low=1), 200_000, "TOLLWAY_MAX_REPORT_IDS",
+        "memory store: request_ids remembered so that a retried report counts once; "
+        "past it the oldest is forgotten early (and counted)", (SERVE,),
+    ),
+    Setting(
+        "max-label-values", Integer(low=0), 100, "TOLLWAY_MAX_LABEL_VALUES",
+        "metric label values taken from clients (models, report statuses) kept as their "
+        "own series beyond those the rules name; later ones are counted as 'other'",
+        (SERVE,),
+    ),
+    Setting(
+        "attribute-header", HeaderAttribute(), [], "TOLLWAY_ATTRIBUTE_HEADER",
+        "an HTTP request header the Envoy services give the rules as request.ATTRIBUTE, "
+        "e.g. x-team=team (repeatable)", (SERVE,), repeated=True,
     ),
     Setting(
         "log-level", Choice(("debug", "info", "warning", "error")), "info",

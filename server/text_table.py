@@ -17,7 +17,7 @@ from typing import Literal
 
 from rich.cells import cell_len, set_cell_size
 
-__all__ = ["Column", "fit", "render", "plain", "printable", "ELLIPSIS", "GAP"]
+__all__ = ["Column", "fit", "render", "plain", "printable", "ELLIPSIS"]
 
 ELLIPSIS = "…"
 GAP = 2  # spaces between two columns

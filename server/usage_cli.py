@@ -1,7 +1,8 @@
 """``tollway usage``: per-user (or per-group) usage of a running server.
 
 Asks the server over gRPC (``ListUsage``; ``GetUsage`` with ``--user``/``--group``;
-``ListSpikes`` with ``--spikes``) and prints a table fitted to the terminal, plain tab-separated lines when standard output
+``ListSpikes`` with ``--spikes``)
+and prints a table fitted to the terminal, plain tab-separated lines when standard output
 is not a terminal (the page summary and the next-page hint then go to stderr), or JSON /
 CSV with ``--json`` / ``--csv``. Exit codes: 0 shown, 1 the server could not answer
 (unreachable, no such user, no usage support), 2 bad flags (checked before any call).
@@ -14,6 +15,8 @@ import json
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -22,7 +25,7 @@ from rich.text import Text
 
 from tollway.policy.usage import Spike, UsageDetail
 from tollway.policy.usage_query import SpikeQuery, UsagePage, UsageQuery
-from tollway.policy.validate import need_id
+from tollway.policy.validate import EntityKind, need_id
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
@@ -31,7 +34,7 @@ from .csv_export import Cell, CsvEncoder
 from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
 from .usage_view import Line, detail_lines, page_lines, page_summary, spike_lines, spike_summary
 
-__all__ = ["run", "next_page_command", "LISTING_FLAGS"]
+__all__ = ["run"]
 
 TIMEOUT = 10.0
 # flags of a listing that the next page keeps, in the order the hint writes them
@@ -80,54 +83,57 @@ def _json_page(page: UsagePage) -> dict[str, Any]:
     return {"next": page.next, "previous": page.previous, **page.to_dict()}
 
 
-def _csv(header: tuple[str, ...], rows: list[list[Cell]]) -> None:
-    sys.stdout.write(CsvEncoder().encode([header, *rows]).decode())
+@dataclass(frozen=True)
+class _View:
+    """One answer in every form: JSON, CSV, and lines for a terminal or a pipe."""
+
+    json: Any
+    csv_header: tuple[str, ...]
+    csv_rows: list[list[Cell]]
+    lines: Callable[[int | None], list[Line]]  # given the terminal's width, or None
+    notes: tuple[str, ...] = ()  # about the output: the page, the next page
 
 
-def _terminal() -> tuple[Console | None, int | None]:
-    """A console and its width when stdout is a terminal; (None, None) for a pipe."""
-    if not sys.stdout.isatty():
-        return None, None
-    return Console(highlight=False), shutil.get_terminal_size().columns
-
-
-def _show_page(page: UsagePage, args: argparse.Namespace) -> None:
+def _show(view: _View, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(_json_page(page), indent=2, ensure_ascii=False))
-        return
-    if args.csv:
-        _csv(RECORD_COLUMNS, [record_row(r) for r in page.results])
-        return
-    console, width = _terminal()
-    _emit(page_lines(page, width), console)
-    _note(page_summary(page), console)
+        print(json.dumps(view.json, indent=2, ensure_ascii=False))
+    elif args.csv:
+        sys.stdout.write(CsvEncoder().encode([view.csv_header, *view.csv_rows]).decode())
+    else:
+        tty = sys.stdout.isatty()
+        console = Console(highlight=False) if tty else None
+        _emit(view.lines(shutil.get_terminal_size().columns if tty else None), console)
+        for note in view.notes:
+            _note(note, console)
+
+
+def _page_view(page: UsagePage, args: argparse.Namespace) -> _View:
+    notes = [page_summary(page)]
     if page.next is not None:  # one line of its own: a command to copy, never broken
-        _note(f"next page: {next_page_command(args, page.next)}", console)
+        notes.append(f"next page: {next_page_command(args, page.next)}")
+    return _View(
+        _json_page(page), RECORD_COLUMNS, [record_row(r) for r in page.results],
+        lambda width: page_lines(page, width), tuple(notes),
+    )
 
 
-def _show_detail(detail: UsageDetail, args: argparse.Namespace) -> None:
-    if args.json:
-        print(json.dumps(detail.to_dict(), indent=2, ensure_ascii=False))
-        return
-    if args.csv:
-        _csv(ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports])
-        return
-    console, width = _terminal()
-    _emit(detail_lines(detail, width), console)
+def _detail_view(detail: UsageDetail) -> _View:
+    return _View(
+        detail.to_dict(), ACTIVITY_COLUMNS, [activity_row(e) for e in detail.recent_reports],
+        lambda width: detail_lines(detail, width),
+    )
 
 
-def _show_spikes(query: SpikeQuery, spikes: list[Spike], args: argparse.Namespace) -> None:
-    if args.json:
-        print(json.dumps([s.to_dict() for s in spikes], indent=2, ensure_ascii=False))
-        return
-    if args.csv:
-        header = (f"{query.entity_kind}_id", "window_amount", "baseline_average", "ratio")
-        _csv(header, [[s.id, s.window_amount, s.baseline_average,
-                       "" if s.ratio is None else s.ratio] for s in spikes])
-        return
-    console, width = _terminal()
-    _emit(spike_lines(query, spikes, width), console)
-    _note(spike_summary(query, spikes), console)
+def _spikes_view(query: SpikeQuery, spikes: list[Spike]) -> _View:
+    header = (f"{query.entity_kind}_id", "window_amount", "baseline_average", "ratio")
+    rows: list[list[Cell]] = [
+        [s.id, s.window_amount, s.baseline_average, "" if s.ratio is None else s.ratio]
+        for s in spikes
+    ]
+    return _View(
+        [s.to_dict() for s in spikes], header, rows,
+        lambda width: spike_lines(query, spikes, width), (spike_summary(query, spikes),),
+    )
 
 
 def _spikes(args: argparse.Namespace) -> int:
@@ -151,19 +157,19 @@ def _spikes(args: argparse.Namespace) -> int:
         return _fail(_rpc_message(exc, args.server))
     finally:
         channel.close()
-    _show_spikes(query, usage_convert.spikes_from_proto(reply, query.entity_kind), args)
+    _show(_spikes_view(query, usage_convert.spikes_from_proto(reply, query.entity_kind)), args)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     if args.spikes:
         return _spikes(args)
-    subject: tuple[str, str] | None = None
+    subject: tuple[EntityKind, str] | None = None
     try:
         if args.user is not None:
-            subject = ("user_id", need_id(args.user, "--user"))
+            subject = ("user", need_id(args.user, "--user"))
         elif args.group is not None:
-            subject = ("group_id", need_id(args.group, "--group"))
+            subject = ("group", need_id(args.group, "--group"))
         query = UsageQuery.parse(
             kind="groups" if args.groups else "users", sort=args.sort, limit=args.limit,
             offset=args.offset, search=args.search, start=args.start, end=args.end,
@@ -176,11 +182,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         stub = pb_grpc.TollwayStub(channel)
         if subject is not None:
-            reply = stub.GetUsage(pb.GetUsageRequest(**{subject[0]: subject[1]}), timeout=TIMEOUT)
-            _show_detail(usage_convert.detail_from_proto(reply), args)
+            reply = stub.GetUsage(usage_convert.get_request_to_proto(*subject), timeout=TIMEOUT)
+            _show(_detail_view(usage_convert.detail_from_proto(reply)), args)
         else:
             listing = stub.ListUsage(usage_convert.list_request_to_proto(query), timeout=TIMEOUT)
-            _show_page(usage_convert.page_from_proto(listing, query), args)
+            _show(_page_view(usage_convert.page_from_proto(listing, query), args), args)
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc, args.server))
     finally:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from tollway.policy.usage import (
     ModelUsage,
     Spike,
@@ -23,12 +21,13 @@ from tollway.policy.usage_query import DEFAULT_LIMIT, SeriesQuery, SpikeQuery, U
 from tollway.policy.validate import EntityKind, FieldError, need_id
 from tollway.v1 import tollway_pb2 as pb
 
-from .convert import set_timestamp
+from .convert import seconds_of, set_timestamp
 
 __all__ = [
     "subject",
     "list_request",
     "list_request_to_proto",
+    "get_request_to_proto",
     "series_request",
     "spikes_request",
     "record_to_proto",
@@ -43,12 +42,8 @@ __all__ = [
 ]
 
 
-def _time(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
-
 def _optional_time(msg: Any, name: str) -> float | None:
-    return _time(getattr(msg, name)) if msg.HasField(name) else None
+    return seconds_of(getattr(msg, name)) if msg.HasField(name) else None
 
 
 # ------------------------------------------------------------------ requests
@@ -104,6 +99,11 @@ def spikes_request(msg: pb.ListSpikesRequest) -> SpikeQuery:
             "limit": msg.limit or DEFAULT_LIMIT,
         }
     )
+
+
+def get_request_to_proto(kind: EntityKind, ident: str) -> pb.GetUsageRequest:
+    """``subject`` read back: the message that names one user's or group's usage."""
+    return pb.GetUsageRequest(user_id=ident) if kind == "user" else pb.GetUsageRequest(group_id=ident)
 
 
 # ------------------------------------------------------------------ to the wire
@@ -221,8 +221,8 @@ def record_from_proto(msg: pb.UsageRecord) -> UsageRecord:
         kind=kind,
         id=msg.user_id or msg.group_id,
         request_count=msg.request_count,
-        first_seen=_time(msg.first_seen),
-        last_seen=_time(msg.last_seen),
+        first_seen=seconds_of(msg.first_seen),
+        last_seen=seconds_of(msg.last_seen),
         total_tokens=msg.total_tokens,
         input_tokens=msg.input_tokens,
         output_tokens=msg.output_tokens,
@@ -238,7 +238,7 @@ def record_from_proto(msg: pb.UsageRecord) -> UsageRecord:
 def detail_from_proto(msg: pb.UsageDetail) -> UsageDetail:
     recent = tuple(
         UsageEvent(
-            time=_time(e.time),
+            time=seconds_of(e.time),
             request_id=e.request_id,
             decision_id=e.decision_id,
             user_id=e.user_id,
@@ -258,7 +258,7 @@ def detail_from_proto(msg: pb.UsageDetail) -> UsageDetail:
 def page_from_proto(msg: pb.ListUsageResponse, query: UsageQuery) -> UsagePage:
     """A page as received; ``query`` is the one the request was built from."""
     period = (
-        (_time(msg.period_start), _time(msg.period_end)) if msg.HasField("period_start") else None
+        (seconds_of(msg.period_start), seconds_of(msg.period_end)) if msg.HasField("period_start") else None
     )
     return UsagePage(
         results=tuple(record_from_proto(r) for r in msg.results),

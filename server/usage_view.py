@@ -136,7 +136,8 @@ def detail_lines(detail: UsageDetail, width: int | None) -> list[Line]:
         for m in rec.models
     ], width)
 
-    lines += [("", ""), ("bold", f"Latest {len(detail.recent_reports)} reports")]
+    count = len(detail.recent_reports)
+    lines += [("", ""), ("bold", f"Latest {count} report{'' if count == 1 else 's'}")]
     reports = [
         Column("Time (UTC)", 100), Column("Model", 90, cut_to=12),
         Column("Tokens", 70, "right"), Column("Cost (USD)", 80, "right"),

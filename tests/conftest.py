@@ -14,8 +14,10 @@ Fixtures
 ``redis_server`` (function)
     A private ``RedisServer`` for fault tests, always its own process even when
     ``TOLLWAY_TEST_REDIS_URL`` is set: ``.url``, ``.port``, ``.kill()`` (SIGKILL),
-    ``.start()`` (again on the same port), ``.restart()``, ``.pause()``/``.resume()``
+    ``.start()`` (again on the same port), ``.pause()``/``.resume()``
     (SIGSTOP/SIGCONT: a stalled server), ``.client()``.
+``ROOMY``
+    ``StoreOptions`` with a long store budget, for Redis tests of counting, not latency.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
 ``postgres_url`` (session)
@@ -28,6 +30,14 @@ Fixtures
     fault tests may stop and start without disturbing anyone: ``.url``, ``.stop()``,
     ``.start()``. Needs the PostgreSQL server binaries (``/usr/lib/postgresql/*/bin``);
     run as root, the server runs as the ``postgres`` user.
+``backend`` (function, parametrized)
+    Runs the test twice: on ``"memory"``, and on Redis (marked ``redis``). A ``Backend``
+    has ``.name``, ``.store`` (``"memory"`` or the Redis URL, what ``Engine(store=…)``
+    takes) and ``.prefix()`` (a fresh key prefix on each call). Tests build their store,
+    engine or server from it, so the memory/Redis choice is made here once.
+
+Every test that uses a Redis fixture (directly or through another fixture) carries the
+``redis`` marker, so ``pytest -m "not redis"`` runs exactly the tests that need no Redis.
 """
 
 from __future__ import annotations
@@ -46,6 +56,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from backends import Backend
+
+from tollway.policy.stores import StoreOptions
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
 _PG_ENV = "TOLLWAY_TEST_POSTGRES_URL"
@@ -57,6 +70,21 @@ def missing(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
     pytest.skip(reason)
+
+
+_REDIS_FIXTURES = frozenset({"redis_url", "redis_prefix", "redis_server", "redis_server_factory"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+# For tests of what is counted, not of how fast: a store budget that a loaded machine
+# (several test runs on two cores) cannot exhaust and turn decisions into fail-open ones.
+# Tests of the budget itself set their own.
+ROOMY = StoreOptions(timeout=10.0)
 
 
 def _free_port() -> int:
@@ -158,10 +186,6 @@ class RedisServer:
     def resume(self) -> None:
         if self._process is not None:
             self._process.send_signal(signal.SIGCONT)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -324,3 +348,12 @@ def usage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_url")
     reset_postgres(url)
     return url
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "memory":
+        return Backend("memory", "memory")
+    return Backend(
+        "redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    )

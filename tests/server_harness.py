@@ -7,6 +7,7 @@ tests talk to it with the ordinary synchronous gRPC client over a real TCP socke
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 import subprocess
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from aiohttp import web
 
 from tollway.policy.engine import Engine
+from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
 from tollway.server.http import ROUTE_MODULES, HttpServer, build_app, start_http
@@ -109,8 +112,9 @@ class ServerThread(LoopThread):
         self.engine = engine
         self.server: GrpcServer | None = None
 
-    def start(self, listen: str = "127.0.0.1:0") -> str:
-        self.server = self.run(start_grpc(self.engine, listen))
+    def start(self, listen: str = "127.0.0.1:0", **options: Any) -> str:
+        """Serve on ``listen``; ``options`` go to ``start_grpc`` (``attribute_headers``, …)."""
+        self.server = self.run(start_grpc(self.engine, listen, **options))
         return self.server.address
 
     def stop(self, grace: float = 1.0) -> None:
@@ -158,10 +162,12 @@ async def _start(app: web.Application) -> HttpServer:
 @contextmanager
 def serving(
     rules_path: Path, *, store: Any = "memory", metrics: Metrics | None = None,
-    key_prefix: str = "tollway:", usage_db: Any = "memory",
+    key_prefix: str = "tollway:", store_options: StoreOptions | None = None,
+    usage_db: Any = "memory",
 ) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread, grpc.Channel]]:
     engine = Engine.from_path(
-        rules_path, store=store, observer=metrics, key_prefix=key_prefix, usage_db=usage_db
+        rules_path, store=store, observer=metrics, key_prefix=key_prefix,
+        store_options=store_options, usage_db=usage_db,
     )
     server = ServerThread(engine)
     address = server.start()
@@ -283,3 +289,13 @@ def tollway_serve(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def import_or_skip(module: str, reason: str) -> Any:
+    """``pytest.importorskip`` that fails instead of skipping when ``CI`` is set."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: {module} is not installed (CI is set, so this is an error)")
+        pytest.skip(f"{reason}: {module} is not installed")

@@ -78,7 +78,7 @@ def test_variables_are_for_server_and_connection_settings_only() -> None:
 
 def test_defaults_are_values_of_their_type() -> None:
     for s in SETTINGS:
-        if s.default in (None, []) or isinstance(s.type, Flag):
+        if s.default in (None, [], "") or isinstance(s.type, Flag):
             continue
         shown = s.shown_default()
         assert shown is not None
@@ -187,16 +187,15 @@ def test_conflicting_flags_are_an_error(
 def test_repeated_and_environment_only_settings_from_one_row(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The row forms other commands' flags use: repeated KEY=VALUE, and a secret."""
+    """The row forms other commands' flags use: repeated HEADER=ATTRIBUTE (serve's own
+    --attribute-header row), and a secret."""
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
-    header = Setting("attribute-header", KeyValue(), [], "TOLLWAY_ATTRIBUTE_HEADER", "h",
-                     ("serve",), repeated=True)
     password = Setting("store-password-file", SecretFile(), None, None, "p", ("serve",))
     env_only = Setting("store-password", Text(), None, "TOLLWAY_STORE_PASSWORD", "the pw",
                        ("serve",), cli=False)
     monkeypatch.setattr(
-        "tollway.server.settings.SETTINGS", (*SETTINGS, header, password, env_only)
+        "tollway.server.settings.SETTINGS", (*SETTINGS, password, env_only)
     )
     assert parse_args(["serve"], {"TOLLWAY_STORE_PASSWORD": "pw"}).store_password == "pw"
     with pytest.raises(SystemExit):

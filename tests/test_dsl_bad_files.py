@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tollway.dsl import load_text
 from tollway.dsl.diagnostics import RulesError
 from tollway.dsl.parser import parse_path, parse_text
 from tollway.dsl.source import MAX_FILE_BYTES
@@ -247,6 +248,29 @@ def test_random_text_never_raises_anything_but_rules_error(text: str) -> None:
         parse_text(text, "junk.rules")
     except RulesError as exc:
         assert exc.errors
+
+
+EXAMPLE_LINES = (
+    Path(__file__).resolve().parent.parent / "examples" / "gateway.rules"
+).read_text().split("\n")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, len(EXAMPLE_LINES) - 1),
+    st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join),
+)
+def test_a_broken_line_in_a_good_ruleset_is_reported_never_a_crash(line: int, soup: str) -> None:
+    """After a syntax error the checker runs on what parsed: it must cope with any part
+    missing (a quota whose rule is gone, a rule whose quota is gone, a lone test)."""
+    lines = list(EXAMPLE_LINES)
+    lines[line] = soup
+    try:
+        load_text("\n".join(lines), "broken.rules")
+    except RulesError as exc:
+        assert exc.errors
+        for d in exc.errors:
+            assert d.message and d.line >= 0 and d.column >= 0
 
 
 def test_hidden_files_such_as_editor_locks_are_skipped(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from backends import Backend
+from conftest import ROOMY
 
 from tollway import Engine
 from tollway.policy.usage_query import SORT_FIELDS
@@ -49,23 +51,21 @@ rule banned {
 Make = Callable[[str], list[Engine]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
+@pytest.fixture
+def make(backend: Backend, tmp_path: Path) -> Iterator[Make]:
     """``make(rules)``: two engines on one store and one usage database (two replicas on
     Redis sharing a SQLite file, the same engine twice in memory)."""
     made: list[Engine] = []
 
     def factory(rules: str) -> list[Engine]:
-        if request.param == "memory":
+        if backend.name == "memory":
             e = Engine.from_text(rules, store="memory")
             made.append(e)
             return [e, e]
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix") + f"{len(made)}:"
+        prefix = backend.prefix()
         db = f"sqlite:///{tmp_path / f'usage{len(made)}.db'}"
-        pair = [
-            Engine.from_text(rules, store=url, key_prefix=prefix, usage_db=db) for _ in range(2)
-        ]
+        pair = [Engine.from_text(rules, store=backend.store, key_prefix=prefix, usage_db=db,
+                                 store_options=ROOMY) for _ in range(2)]
         made.extend(pair)
         return pair
 
@@ -273,7 +273,8 @@ def test_concurrent_decides_on_two_replicas_count_exactly(make: Make) -> None:
 @pytest.mark.redis
 def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) -> None:
     # no ingester here: only this engine's commands reach Redis
-    e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix, ingest=False)
+    e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix, ingest=False,
+                         store_options=ROOMY)
     client = redis.Redis.from_url(redis_url)
     try:
         d = e.decide({"model": "m", "user": {"id": "c"}})
@@ -300,7 +301,8 @@ def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) 
 def test_a_decision_without_quotas_is_one_round_trip_on_redis(
     redis_url: str, redis_prefix: str
 ) -> None:
-    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix, ingest=False)
+    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix, ingest=False,
+                         store_options=ROOMY)
     client = redis.Redis.from_url(redis_url)
     try:
         e.decide({"model": "m", "user": {"id": "c"}})  # fills the entity cache and the script cache

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from backends import Backend
 
 from tests.conftest import RedisServer
 from tollway.policy.engine import Engine
@@ -14,14 +15,12 @@ from tollway.policy.entity_stores import MemoryEntityStore, RedisEntityStore
 from tollway.policy.stores import StoreUnavailable, open_entity_store
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def entities(request: pytest.FixtureRequest) -> Iterator[EntityStore]:
-    if request.param == "memory":
-        s: EntityStore = MemoryEntityStore()
-    else:
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-        s = RedisEntityStore(url, key_prefix=prefix, timeout=2)
+@pytest.fixture
+def entities(backend: Backend) -> Iterator[EntityStore]:
+    s: EntityStore = (
+        MemoryEntityStore() if backend.name == "memory"
+        else RedisEntityStore(backend.store, key_prefix=backend.prefix(), timeout=2)
+    )
     yield s
     s.close()
 

@@ -7,6 +7,7 @@ import math
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import redis
@@ -35,7 +36,16 @@ def test_decision_ids_are_uuid4_hex() -> None:
 
 def test_encoded_ids_are_percent_encoded_and_cached() -> None:
     assert _enc("a b/c+d=é") == "a%20b%2Fc%2Bd%3D%C3%A9"
-    assert _enc("a b/c+d=é") == "a%20b%2Fc%2Bd%3D%C3%A9"  # from the cache: the same answer
+    before = _enc.cache_info()
+    assert _enc("a b/c+d=é") == "a%20b%2Fc%2Bd%3D%C3%A9"
+    assert _enc.cache_info().hits == before.hits + 1  # the second call came from the cache
+
+
+@given(st.text())
+def test_encoded_ids_keep_the_key_separators_unambiguous(ident: str) -> None:
+    encoded = _enc(ident)
+    assert not set(encoded) & set("=/+:*")
+    assert unquote(encoded, errors="surrogatepass") == ident
 
 
 # ------------------------------------------------------------ units fast path

@@ -60,9 +60,31 @@ def port(engine: Engine) -> Iterator[HttpPort]:
 # ------------------------------------------------------------------ what a good answer is
 
 
+def check_page(reply: Reply, method: str) -> None:
+    """A dashboard answer: an HTML page (its errors too), or a redirect within the
+    dashboard; what is refused before any page runs (no such path, a method a route does
+    not take, a target that is not UTF-8) is the JSON error of every route."""
+    if reply.status in (302, 303):
+        assert reply.headers["location"].startswith("/ui/"), reply.headers
+        return
+    assert reply.status in (200, 400, 403, 404, 405, 413, 415), (reply.status, reply.body[:300])
+    if reply.content_type == "application/json":
+        assert reply.status in (400, 404, 405, 413, 415), reply.status
+        if method != "HEAD":
+            assert_json_error(reply)
+        return
+    kind = reply.content_type.split(";")[0]
+    assert kind in ("text/html", "text/css"), reply.headers
+    if method != "HEAD" and kind == "text/html":
+        assert reply.body.startswith(b"<!doctype html>") and b"<script" not in reply.body
+
+
 def check(reply: Reply, method: str, path: str) -> None:
     assert reply.status < 500 or (reply.status == 503 and path == "/readyz"), (
         reply.status, reply.body[:300])
+    if path.startswith("/ui/"):
+        check_page(reply, method)
+        return
     if method == "HEAD":  # the headers of the GET answer, without its body
         assert reply.body == b""
         if reply.status >= 400:
@@ -95,12 +117,14 @@ def check(reply: Reply, method: str, path: str) -> None:
 # ------------------------------------------------------------------ strategies
 
 PARAMS = ["search", "sort", "limit", "offset", "start", "end", "kind", "user", "group",
-          "model", "format", "cursor", "id", "step", "metric", "window", "baseline", "factor",
-          "min"]
+          "model", "format", "cursor", "id", "period", "next", "step", "metric", "window",
+          "baseline", "factor", "min"]
+UI_PATHS = ["/ui/", "/ui/users", "/ui/groups", "/ui/users/{id}", "/ui/groups/{id}",
+            "/ui/rules", "/ui/rules/explain", "/ui/login", "/ui/logout", "/ui/static/{name}"]
 ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/activity", "/v1/usage/spikes"] + [
     f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
     for tail in ("", "/{id}", "/{id}/series")
-]
+] + UI_PATHS
 
 values = st.one_of(
     st.text(max_size=40),
@@ -127,6 +151,8 @@ def targets(draw: st.DrawFn) -> tuple[str, str]:
     path = draw(st.sampled_from(ROUTE_PATHS))
     if "{id}" in path:
         path = path.replace("{id}", draw(encoded(st.text(min_size=0, max_size=30))) or "x")
+    if "{name}" in path:
+        path = path.replace("{name}", draw(st.sampled_from(["tollway.css", "x.js", "..%2F"])))
     if draw(st.integers(0, 9)) == 0:
         path += "/" + draw(encoded(st.text(max_size=10)))
     pairs = draw(st.lists(st.tuples(st.one_of(st.sampled_from(PARAMS), st.text(max_size=8)),

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollway import Engine
+from tollway.policy.validate import FieldError
 from tollway.server.identity import identity_from_http, parse_attribute_headers
 
 
@@ -169,9 +170,10 @@ def test_a_header_mapped_twice_is_refused() -> None:
 def test_bad_identity_names_its_field(
     headers: dict[str, str], body: dict[str, Any] | None, message: str
 ) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(FieldError) as caught:
         identity_from_http(headers, body)
     assert str(caught.value).startswith(message)
+    assert str(caught.value).startswith(caught.value.field + ": ")
 
 
 def test_the_limits_themselves_are_allowed() -> None:

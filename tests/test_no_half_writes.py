@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
+from backends import Backend
+from conftest import ROOMY
 from server_harness import ServerThread, serving, write_rules
 
 from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
@@ -29,15 +31,13 @@ rule everyone { enforce calls, tokens, spend, team_spend }
 """
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture
 def served(
-    request: pytest.FixtureRequest, tmp_path: Path
+    backend: Backend, tmp_path: Path
 ) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread]]:
-    store, prefix = "memory", "tollway:"
-    if request.param == "redis":
-        store = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-    with serving(write_rules(tmp_path, RULES), store=store, key_prefix=prefix) as (s, server, _):
+    rules = write_rules(tmp_path, RULES)
+    with serving(rules, store=backend.store, key_prefix=backend.prefix(),
+                 store_options=ROOMY) as (s, server, _):
         yield s, server
 
 

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tollway.policy.model import Decision, QuotaStatus
+from tollway.policy.validate import FieldError
 from tollway.server.decision_headers import decision_headers, header_name, is_decision_header
 from tollway.server.openai_errors import (
     OpenAIError,
@@ -78,9 +79,10 @@ def test_an_allowed_decision_is_not_an_error() -> None:
 
 
 def test_invalid_request_names_the_param() -> None:
-    err = invalid_request("metadata.tollway: not valid JSON (Expecting value)")
+    err = invalid_request(FieldError("metadata.tollway", "not valid JSON (Expecting value)"))
     assert (err.status, err.type, err.param) == (400, "invalid_request_error", "metadata.tollway")
-    assert invalid_request("the body is not JSON").param is None
+    assert err.message == "metadata.tollway: not valid JSON (Expecting value)"
+    assert invalid_request(ValueError("the body is not JSON")).param is None
 
 
 def test_decision_headers_and_what_a_client_may_not_forge() -> None:
@@ -170,7 +172,7 @@ def test_the_sdk_raises_its_usual_exception_with_our_message(
 
 def test_the_sdk_reads_a_bad_request_param(answering: tuple[str, list[OpenAIError]]) -> None:
     url, queue = answering
-    queue.append(invalid_request("metadata: 17 keys is over OpenAI's limit of 16"))
+    queue.append(invalid_request(FieldError("metadata", "17 keys is over OpenAI's limit of 16")))
     client = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])

@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
+from tollway.dsl.ast import REASONS
 from tollway.v1 import tollway_pb2, tollway_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +86,12 @@ def test_pyi_is_present() -> None:
     text = pyi.read_text()
     for name in tollway_pb2.DESCRIPTOR.message_types_by_name:
         assert f"class {name}(" in text, f"{name} missing from tollway_pb2.pyi"
+
+
+def test_the_languages_reasons_are_the_protos() -> None:
+    """``Reason`` is written once in the DSL (``expect reason …``, ``Decision.reason``) and
+    must name exactly the proto enum's values."""
+    assert set(REASONS) == set(tollway_pb2.Reason.keys()) - {"REASON_UNSPECIFIED"}
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def replicas(
         for _ in range(2):
             served = stack.enter_context(
                 tollway_serve(rules, "--store", redis_url, "--key-prefix", redis_prefix,
-                              "--usage-db", f"sqlite:///{tmp_path / 'usage.db'}")
+                              "--usage-db", f"sqlite:///{tmp_path / 'usage.db'}",
+                              "--store-timeout", "10s")
             )
             channel = stack.enter_context(grpc.insecure_channel(served.grpc))
             stubs.append(pb_grpc.TollwayStub(channel))

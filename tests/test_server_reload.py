@@ -84,10 +84,15 @@ def test_broken_file_keeps_the_old_rules_and_logs_every_diagnostic(
 
     async def scenario() -> None:
         reloader, metrics = _reloader(engine, path)
+        assert reloader.status.last.why == "start" and reloader.status.last.ok
         _touch(path, BROKEN)
         with caplog.at_level(logging.ERROR, logger="tollway.server.reload"):
             assert await reloader.poll_once() is False
         assert engine.ruleset is old
+        failed = reloader.status.last  # what the dashboard shows: the diagnostics themselves
+        assert not failed.ok and failed.why == "rules changed" and failed.version == old.version
+        assert [(d.file, d.line) for d in failed.errors] == [(str(path), 5)]
+        assert "no_such_quota" in failed.errors[0].message
         assert _value(metrics, "tollway_ruleset_reloads_total", result="error") == 1
         assert _value(metrics, "tollway_ruleset_reloads_total", result="success") == 0
         assert _value(metrics, "tollway_ruleset_info", version=old.version) == 1
@@ -97,6 +102,8 @@ def test_broken_file_keeps_the_old_rules_and_logs_every_diagnostic(
         _touch(path, GOOD_V2)
         assert await reloader.poll_once() is True
         assert engine.ruleset is not old
+        fixed = reloader.status.last
+        assert fixed.ok and fixed.version == engine.ruleset.version and fixed.errors == ()
 
     asyncio.run(scenario())
     logged = "\n".join(r.getMessage() for r in caplog.records)
@@ -138,6 +145,7 @@ def test_a_deleted_file_is_an_error_not_an_empty_ruleset(tmp_path: Path) -> None
         path.unlink()
         assert await reloader.poll_once() is False
         assert engine.ruleset is old
+        assert [d.message for d in reloader.status.last.errors] == ["no such file"]
         assert _value(metrics, "tollway_ruleset_reloads_total", result="error") == 1
 
     asyncio.run(scenario())

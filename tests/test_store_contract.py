@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from backends import Backend
 
 from tollway.dsl.ast import Window
 from tollway.policy.stores.base import CounterSpec, CounterStore
@@ -24,14 +25,14 @@ MONTH = Window(calendar="month", text="month")
 T0 = 1_800_000_000.25  # 2027-01-15T08:00:00.25Z
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def store(request: pytest.FixtureRequest) -> Iterator[CounterStore]:
-    if request.param == "memory":
-        s: CounterStore = MemoryCounterStore(clock=lambda: T0)
-    else:
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-        s = RedisCounterStore(url, key_prefix=prefix, honour_now=True, timeout=2.0)
+@pytest.fixture
+def store(backend: Backend) -> Iterator[CounterStore]:
+    s: CounterStore = (
+        MemoryCounterStore(clock=lambda: T0) if backend.name == "memory"
+        else RedisCounterStore(
+            backend.store, key_prefix=backend.prefix(), honour_now=True, timeout=2.0
+        )
+    )
     yield s
     s.close()
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollway.dsl.ast import Window
-from tollway.policy.stores.base import CounterSpec
+from tollway.policy.stores.base import CounterSpec, StoreOptions
 from tollway.policy.stores.memory import MemoryCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore
 
@@ -58,10 +58,11 @@ def test_expired_buckets_and_idle_counters_are_dropped() -> None:
 
 def test_reservations_expire_and_are_bounded() -> None:
     clock = Clock()
-    s = MemoryCounterStore(clock, hold_ttl=10, max_holds=3)
+    s = MemoryCounterStore(clock, hold_ttl=10, options=StoreOptions(max_reservations=3))
     for i in range(5):
         s.check_and_consume([req(100)], consume=True, hold_id=f"d{i}")
-    assert len(s._holds) == 3
+    assert s.entries()["reservations"] == 3
+    assert s.evictions()["reservations"] == 2
     clock.t += 11
     assert s.record_report("r1", "d4", {"requests": 1}, [req(100)]) == "added"
 

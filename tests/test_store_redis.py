@@ -4,7 +4,6 @@ decision, Redis TIME, exactness under concurrency, faults and recovery."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -165,18 +164,26 @@ def test_script_flush_costs_one_reload(redis_server: RedisServer) -> None:
 def test_redis_time_decides_not_the_callers_clock(store: RedisCounterStore, client: redis.Redis) -> None:
     sec, _ = client.time()
     state = store.check_and_consume([req(10)], consume=True, now=0.0)[0]  # now is ignored
-    assert sec <= state.resets_at <= sec + 60 + 5  # an empty window resets one bucket ahead
+    # what an empty window counts now leaves it with the current bucket: a window ahead
+    assert sec + 3600 <= state.resets_at <= sec + 3600 + 60 + 5
     state = store.check_and_consume([CounterSpec("m", "cost", "*", MONTH, 1, 0)], consume=False)[0]
     assert state.resets_at == windows.calendar_period("month", sec).end
 
 
-def test_a_real_one_second_window_frees_itself(store: RedisCounterStore) -> None:
+def test_a_one_second_window_frees_itself_when_retry_after_says(
+    redis_url: str, redis_prefix: str
+) -> None:
+    store = RedisCounterStore(redis_url, key_prefix=redis_prefix, honour_now=True)
     spec = req(1, window=Window(seconds=1, text="1s"))
-    assert not store.check_and_consume([spec], consume=True)[0].exceeded
-    denied = store.check_and_consume([spec], consume=True)[0]
+    t = 1_800_000_000.25
+    assert not store.check_and_consume([spec], consume=True, now=t)[0].exceeded
+    denied = store.check_and_consume([spec], consume=True, now=t)[0]
     assert denied.exceeded and 0 < denied.retry_after <= 2
-    time.sleep(denied.retry_after + 0.05)
-    assert not store.check_and_consume([spec], consume=True)[0].exceeded
+    early = store.check_and_consume([spec], consume=False, now=t + denied.retry_after - 0.01)
+    assert early[0].exceeded
+    later = t + denied.retry_after
+    assert not store.check_and_consume([spec], consume=True, now=later)[0].exceeded
+    store.close()
 
 
 def test_keys_expire_with_their_window(store: RedisCounterStore, client: redis.Redis,

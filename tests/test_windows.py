@@ -148,9 +148,12 @@ def test_sliding_state_walks_the_oldest_buckets_forward() -> None:
     assert not fine.exceeded and fine.retry_after == 0
 
 
-def test_empty_sliding_state_resets_one_bucket_ahead() -> None:
+def test_empty_sliding_state_resets_when_the_current_bucket_leaves_the_window() -> None:
+    """What a request adds to an empty window at t=500 lands in bucket 8 ([480, 540)) and
+    counts until that bucket leaves the 1h window: at 540 + 3600, at least t + window."""
     state = windows.counter_state(spec(10, 1, HOUR), 500.0, {}, 1, 10)
-    assert (state.used, state.exceeded, state.resets_at) == (0, False, 560.0)
+    assert (state.used, state.exceeded, state.resets_at) == (0, False, 4140.0)
+    assert state.resets_at >= 500.0 + 3600
 
 
 def test_calendar_state_retries_at_the_period_end() -> None:

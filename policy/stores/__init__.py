@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .base import CounterSpec, CounterState, CounterStore, ReportOutcome, StoreUnavailable
+from .base import (
+    CounterSpec,
+    CounterState,
+    CounterStore,
+    ReportOutcome,
+    StoreOptions,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from ..entities import EntityStore
@@ -19,6 +26,7 @@ __all__ = [
     "CounterState",
     "CounterStore",
     "ReportOutcome",
+    "StoreOptions",
     "StoreUnavailable",
     "open_store",
     "open_entity_store",
@@ -42,23 +50,33 @@ def open_store(
     *,
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
+    options: StoreOptions | None = None,
 ) -> CounterStore:
-    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME)."""
+    """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
+    ``options`` its caps and time budget."""
     if _kind(url) == "memory":
         from .memory import MemoryCounterStore
 
-        return MemoryCounterStore(clock) if clock is not None else MemoryCounterStore()
+        if clock is not None:
+            return MemoryCounterStore(clock, options=options)
+        return MemoryCounterStore(options=options)
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(url, key_prefix=key_prefix)
+    timeout = (options or StoreOptions()).timeout
+    return RedisCounterStore(url, key_prefix=key_prefix, timeout=timeout)
 
 
 def open_entity_store(
-    url: str, *, key_prefix: str = "tollway:", clock: Callable[[], float] | None = None
+    url: str,
+    *,
+    key_prefix: str = "tollway:",
+    clock: Callable[[], float] | None = None,
+    options: StoreOptions | None = None,
 ) -> EntityStore:
     """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
     from ..entity_stores import MemoryEntityStore, RedisEntityStore
 
     if _kind(url) == "memory":
         return MemoryEntityStore()
-    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock)
+    timeout = (options or StoreOptions()).timeout
+    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock, timeout=timeout)

@@ -13,10 +13,45 @@ from typing import Literal, Protocol
 
 from tollway.dsl.ast import Window
 
+from ..model import REPORT_OUTCOMES, ReportOutcome
 from ..usage import UsageEvent
 from .events import EventSource
 
-__all__ = ["CounterSpec", "CounterState", "ReportOutcome", "StoreUnavailable", "CounterStore"]
+__all__ = [
+    "CounterSpec",
+    "CounterState",
+    "ReportOutcome",
+    "REPORT_OUTCOMES",
+    "StoreOptions",
+    "StoreOutcome",
+    "StoreUnavailable",
+    "CounterStore",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How a counter store is bounded.
+
+    ``timeout``: seconds a decision's or report's store work may take in all, from the
+    moment the call arrived (Redis; the memory store never waits). ``max_reservations``:
+    open reservations the memory store keeps (a decision's reservation waits there for
+    its report); ``max_report_ids``: request_ids it remembers to make reports
+    idempotent. Past either cap the oldest entry is dropped early and counted. Redis
+    keeps both as keys with a TTL instead.
+    """
+
+    timeout: float = 0.1
+    max_reservations: int = 100_000
+    max_report_ids: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.timeout <= 60:
+            raise ValueError("timeout: must be more than 0 and at most 60 seconds")
+        if self.max_reservations < 1:
+            raise ValueError("max_reservations: must be at least 1")
+        if self.max_report_ids < 1:
+            raise ValueError("max_report_ids: must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +80,10 @@ class CounterState:
     means this decision's amount does not fit (``used + amount > limit``, or
     ``used >= limit`` when the amount is 0). ``retry_after`` is seconds until it would
     fit (0 when it fits), ``resets_at`` the unix time the window next frees usage
-    (the calendar boundary, or when the oldest counted bucket leaves a sliding window).
+    (the calendar boundary, or when the oldest counted bucket leaves a sliding window;
+    for an empty sliding window, when the current bucket leaves it: what this decision
+    adds counts until then). ``limit`` is the limit as enforced: rounded down to whole
+    units (``50% of 5`` requests is 2).
     """
 
     used: float
@@ -55,16 +93,30 @@ class CounterState:
     resets_at: float
 
 
-ReportOutcome = Literal["duplicate", "settled", "added"]
+StoreOutcome = Literal["not_applied", "unknown"]
 
 
 class StoreUnavailable(Exception):
-    """The store could not be reached or answered too slowly; nothing was changed."""
+    """The store could not be reached, or did not answer in time.
+
+    ``outcome`` says what is known of the call's effect: ``"not_applied"`` (nothing was
+    changed: nothing was sent, or the store refused to act past its deadline) or
+    ``"unknown"`` (sent, no answer: a script carrying a deadline does nothing once the
+    store's clock is past it, so it applied only if it ran in time and its answer was
+    lost; a report retried with the same request_id then counts once either way).
+    """
+
+    def __init__(self, message: str, *, outcome: StoreOutcome = "not_applied") -> None:
+        super().__init__(message)
+        self.outcome: StoreOutcome = outcome
 
 
 class CounterStore(Protocol):
     name: str  # "memory" or "redis": the ``store`` label of tollway_store_* metrics
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
+    # seconds one decision's or report's store work may take in all (its deadline is the
+    # time the call arrived plus this); 0 for a store that never waits
+    timeout: float
 
     @property
     def events(self) -> EventSource:
@@ -79,6 +131,7 @@ class CounterStore(Protocol):
         hold_id: str | None = None,
         now: float | None = None,
         event: UsageEvent | None = None,
+        deadline: float | None = None,
     ) -> list[CounterState]:
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
 
@@ -88,11 +141,14 @@ class CounterStore(Protocol):
         store's clock (the memory store's injected clock; Redis uses its own TIME).
         ``event``, when given, is appended to ``events`` in the same atomic step, and
         only if the amounts were added: a denied decision or a read-only call appends
-        nothing. On Redis it rides the same script call. Raises ``StoreUnavailable``.
+        nothing. On Redis it rides the same script call. ``deadline``
+        (``time.monotonic()``; None: ``timeout`` from now) bounds the wait, and a
+        networked store makes sure nothing is written after it. Raises
+        ``StoreUnavailable`` (its ``outcome`` says whether anything may have changed).
         """
         ...
 
-    def record_event(self, event: UsageEvent) -> None:
+    def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         """Append one usage event on its own (a decision with no counters to consume);
         one round trip on Redis. Raises ``StoreUnavailable``."""
         ...
@@ -106,6 +162,7 @@ class CounterStore(Protocol):
         *,
         now: float | None = None,
         event: UsageEvent | None = None,
+        deadline: float | None = None,
     ) -> ReportOutcome:
         """Apply a usage report once per ``request_id``.
 
@@ -114,9 +171,21 @@ class CounterStore(Protocol):
         bucket it was reserved in (never below zero) -> "settled". Otherwise each
         ``fallback`` counter is increased by its ``amount`` -> "added". A request_id
         already reported -> "duplicate", nothing changes. ``event``, when given, is
-        appended to ``events`` in the same atomic step (so a duplicate appends
-        nothing). Raises ``StoreUnavailable``.
+        appended to ``events`` in the same atomic step (so a duplicate appends nothing).
+        ``deadline`` as for ``check_and_consume``. Raises ``StoreUnavailable``: with
+        ``outcome`` "unknown" the report may have been applied, and its retry with the same
+        request_id settles it (it counts once).
         """
+        ...
+
+
+    def entries(self) -> Mapping[str, int]:
+        """How many entries the store keeps in this process, by kind (empty for a store
+        that keeps nothing here)."""
+        ...
+
+    def evictions(self) -> Mapping[str, int]:
+        """Entries dropped early to respect a cap since the store opened, by kind."""
         ...
 
     def close(self) -> None:

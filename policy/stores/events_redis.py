@@ -104,9 +104,11 @@ class RedisEventStream:
 
     # ------------------------------------------------------------------ reading side
 
-    def _call(self, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self._redis.<method>(*args)`` (redis-py's parsed replies), errors as
+        ``StoreUnavailable``."""
         try:
-            return self._redis.execute_command(*args)
+            return getattr(self._redis, method)(*args, **kwargs)
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the stream (and its group) is gone: Redis restarted
                 self._group_ready = False
@@ -163,20 +165,18 @@ class RedisEventStream:
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            self._call("XACK", self.key, GROUP, *(d.token for d in deliveries))
+            self._call("xack", self.key, GROUP, *(d.token for d in deliveries))
 
     def backlog(self) -> int:
         """Entries not yet read by the group plus entries read and not acknowledged."""
         self._ensure_group()
-        groups = self._call("XINFO", "GROUPS", self.key)
-        for group in groups:
-            info = {_text(k): v for k, v in group.items()}
+        for info in self._call("xinfo_groups", self.key):
             if _text(info["name"]) == GROUP:
                 lag = info.get("lag")
                 if lag is None:  # Redis cannot tell after some deletions: count the stream
-                    return int(self._call("XLEN", self.key))
+                    return int(self._call("xlen", self.key))
                 return int(lag) + int(info["pending"])
-        return int(self._call("XLEN", self.key))
+        return int(self._call("xlen", self.key))
 
     def maintain(self) -> None:
         self._ensure_group()
@@ -189,8 +189,8 @@ class RedisEventStream:
         if self._claimed:
             return
         reply = self._call(
-            "XAUTOCLAIM", self.key, GROUP, self.consumer, int(self.claim_idle * 1000),
-            self._claim_from, "COUNT", 1000,
+            "xautoclaim", self.key, GROUP, self.consumer, int(self.claim_idle * 1000),
+            self._claim_from, count=1000,
         )
         next_from, entries, deleted = reply[0], reply[1], reply[2] if len(reply) > 2 else []
         self._claim_from = _text(next_from)
@@ -207,26 +207,23 @@ class RedisEventStream:
     def _trim(self) -> None:
         """Drop the entries every group has acknowledged."""
         keep_from: tuple[int, int] | None = None
-        for group in self._call("XINFO", "GROUPS", self.key):
-            info = {_text(k): v for k, v in group.items()}
+        for info in self._call("xinfo_groups", self.key):
             if int(info["pending"]):
-                oldest = self._call("XPENDING", self.key, _text(info["name"]))
-                first = _text(oldest["min"] if isinstance(oldest, dict) else oldest[1])
+                first = _text(self._call("xpending", self.key, _text(info["name"]))["min"])
             else:
                 first = _after(_text(info["last-delivered-id"]))
             if keep_from is None or _id_key(first) < keep_from:
                 keep_from = _id_key(first)
         if keep_from is not None and keep_from > (0, 0):
-            self._call("XTRIM", self.key, "MINID", f"{keep_from[0]}-{keep_from[1]}")
+            self._call("xtrim", self.key, minid=f"{keep_from[0]}-{keep_from[1]}", approximate=False)
 
     def _forget_idle_consumers(self) -> None:
-        for consumer in self._call("XINFO", "CONSUMERS", self.key, GROUP):
-            info = {_text(k): v for k, v in consumer.items()}
+        for info in self._call("xinfo_consumers", self.key, GROUP):
             name = _text(info["name"])
             if name != self.consumer and not int(info["pending"]) and (
                 int(info["idle"]) > _CONSUMER_EXPIRY_MS
             ):
-                self._call("XGROUP", "DELCONSUMER", self.key, GROUP, name)
+                self._call("xgroup_delconsumer", self.key, GROUP, name)
 
     def interrupt(self) -> None:
         """Nothing to do: a read blocks on the server for at most its ``wait``."""

@@ -3,6 +3,13 @@
 One lock makes check-and-consume atomic. Expired buckets and periods are pruned when a
 counter is touched, and a sweep once a minute (of the store's clock) drops counters no
 one touches any more, so memory follows the set of *active* counters.
+
+Two tables are capped (``StoreOptions``): open reservations and the request_ids that make
+reports idempotent. Past a cap the oldest entry is dropped early and counted
+(``evictions()``). A reservation dropped that way is released first, so its report,
+which then finds no reservation and adds its actuals, never counts next to the estimate.
+A request_id dropped early is forgotten: a retry of that report would count again, so
+the cap must exceed the reports of the retry horizon (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -12,16 +19,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cachetools import TTLCache
 
 from .. import windows
 from ..usage import UsageEvent
 from ..windows import MAX_UNITS
-from .base import CounterSpec, CounterState, ReportOutcome
+from .base import CounterSpec, CounterState, ReportOutcome, StoreOptions
 from .events import DEFAULT_MAX_BACKLOG, MemoryEventQueue
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # A reservation outlives any sane model call; after an hour the report falls back to
 # adding its actuals (the reservation then simply stays counted).
@@ -43,29 +54,54 @@ class _Counter:
 _Held = tuple[str, int | str, str, int, int]
 
 
+class _Capped(TTLCache[K, V]):
+    """A ``TTLCache`` that tells ``evicted`` about each entry it drops to make room.
+
+    Entries that simply expire are not reported: only early evictions, which a cap causes.
+    """
+
+    def __init__(
+        self, maxsize: int, ttl: float, timer: Callable[[], float],
+        evicted: Callable[[K, V], None],
+    ) -> None:
+        super().__init__(maxsize, ttl, timer=timer)
+        self._evicted = evicted
+
+    def popitem(self) -> tuple[K, V]:
+        key, value = super().popitem()
+        self._evicted(key, value)
+        return key, value
+
+
 class MemoryCounterStore:
     """A ``CounterStore`` for one process. ``clock`` is injectable for tests."""
 
     name = "memory"
     blocking = False
+    timeout = 0.0  # nothing waits: no store budget to keep
 
     def __init__(
         self,
         clock: Callable[[], float] = time.time,
         *,
         hold_ttl: float = HOLD_TTL,
-        max_holds: int = 100_000,
         report_ttl: float = REPORT_TTL,
-        max_reports: int = 200_000,
+        options: StoreOptions | None = None,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
         self._clock = clock
+        self.options = options or StoreOptions()
         self.events = MemoryEventQueue(max_backlog)
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
+        self._evictions = {"reservations": 0, "report_ids": 0}
         # Both caches expire on the store's clock so that tests moving time see it.
-        self._holds: TTLCache[str, tuple[_Held, ...]] = TTLCache(max_holds, hold_ttl, timer=clock)
-        self._reports: TTLCache[str, bool] = TTLCache(max_reports, report_ttl, timer=clock)
+        self._holds: _Capped[str, tuple[_Held, ...]] = _Capped(
+            self.options.max_reservations, hold_ttl, clock, self._release
+        )
+        self._reports: _Capped[str, bool] = _Capped(
+            self.options.max_report_ids, report_ttl, clock, self._forget
+        )
         self._next_sweep = -math.inf
 
     # ------------------------------------------------------------------ protocol
@@ -78,6 +114,7 @@ class MemoryCounterStore:
         hold_id: str | None = None,
         now: float | None = None,
         event: UsageEvent | None = None,
+        deadline: float | None = None,  # nothing here waits
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
@@ -126,6 +163,7 @@ class MemoryCounterStore:
         *,
         now: float | None = None,
         event: UsageEvent | None = None,
+        deadline: float | None = None,  # nothing here waits
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
@@ -152,17 +190,46 @@ class MemoryCounterStore:
                 self._add(c.key, s.field, s.until, c.amount)
             return "added"
 
-    def record_event(self, event: UsageEvent) -> None:
+    def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         # no counters change with it, so the queue's own safety is all it needs
         self.events.append(event)
+
+    def entries(self) -> dict[str, int]:
+        """What the store holds now, by kind (``tollway_store_entries``)."""
+        return {
+            "counters": len(self._counters),
+            "reservations": len(self._holds),
+            "report_ids": len(self._reports),
+        }
+
+    def evictions(self) -> dict[str, int]:
+        """Entries dropped early to respect a cap, by kind (``tollway_store_evictions_total``)."""
+        return dict(self._evictions)
 
     def close(self) -> None:
         with self._lock:
             self._counters.clear()
-            self._holds.clear()
-            self._reports.clear()
+            # emptied by dropping them, not one by one (that would count as evictions)
+            self._holds = _Capped(
+                self.options.max_reservations, self._holds.ttl, self._clock, self._release
+            )
+            self._reports = _Capped(
+                self.options.max_report_ids, self._reports.ttl, self._clock, self._forget
+            )
 
     # ------------------------------------------------------------------ internals
+
+    def _release(self, hold_id: str, held: tuple[_Held, ...]) -> None:
+        """A reservation dropped to make room: give back what it still holds (under the
+        store's lock, which the insert that caused it holds)."""
+        self._evictions["reservations"] += 1
+        sec = math.floor(self._clock())
+        for key, field, _, units, until in held:
+            if sec < until:
+                self._add(key, field, until, -units)
+
+    def _forget(self, request_id: str, _: bool) -> None:
+        self._evictions["report_ids"] += 1
 
     def _read(
         self, key: str, field: int | str, first: int | None, prune: bool

@@ -26,6 +26,7 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 from .decoding import DecodeGuard
 from .envoy import add_envoy_services
 from .grpc_service import TollwayService
+from .health_watch import HealthServicer
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
 
@@ -54,7 +55,7 @@ async def configure_maintenance(
 ) -> tuple[health.aio.HealthServicer, tuple[str, ...]]:
     """Register health (SERVING for "", the Tollway service and ``extra_services``) and
     reflection over all of them; returns the servicer and the names health answers for."""
-    servicer = health.aio.HealthServicer()
+    servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
     for name in ("", *services):

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -267,10 +268,11 @@ def tollway_serve(
     rules: Path | None, *extra: str, listen: str = "127.0.0.1:0"
 ) -> Iterator[Served]:
     """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset); usage
-    in memory unless ``extra`` names a database."""
+    in a SQLite file of its own unless ``extra`` names a database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     rules_flag = [] if rules is None else ["--rules", str(rules)]
-    usage = () if "--usage-db" in extra else ("--usage-db", "memory")
+    scratch = tempfile.TemporaryDirectory(prefix="tollway-usage-")
+    usage = () if "--usage-db" in extra else ("--usage-db", f"sqlite:///{scratch.name}/usage.db")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", *rules_flag, "--listen", listen,
          "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *usage, *extra],
@@ -289,6 +291,7 @@ def tollway_serve(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        scratch.cleanup()
 
 
 def import_or_skip(module: str, reason: str) -> Any:

@@ -8,7 +8,10 @@ replica never writes into a schema it does not understand.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+from collections.abc import Iterator
 from importlib import resources
 from typing import Literal
 
@@ -80,13 +83,30 @@ def state(connection: Connection) -> SchemaState:
     return "behind"
 
 
+@contextlib.contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file: an exclusive lock on ``PATH.migrate.lock`` beside it, so that
+    processes starting together on one file migrate one after the other (PostgreSQL
+    takes an advisory lock instead)."""
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or not path:
+        yield
+        return
+    with open(f"{path}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def upgrade(engine: Engine) -> bool:
     """Migrate to this version's schema; True when something was applied.
 
     Raises ``SchemaTooNew`` (nothing touched) and the driver's errors when the database
     cannot be reached.
     """
-    with engine.connect() as connection:
+    with _file_lock(engine), engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
         if postgres:
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})

@@ -11,6 +11,8 @@ grpc      (a) Decide over gRPC, memory store, the gateway example rules (server 
           (b) an empty unary RPC on a grpc.aio server with the same options (the stack's
               ceiling). a/b: target >= 0.7. The client runs in this process with
               ``--inflight`` calls outstanding and sends pre-serialized requests.
+          (b2) the same empty RPC with its decoding guarded as every tollway method is
+              (registered on ``GuardedServer``); b2/b is what the guard costs (1.00: free).
 redis     all in this process, sequential, on one private redis-server:
           (e) ``Engine.decide`` with 3 quotas (1m, 1h, 1d) per user;
           (p) a redis-py ``PING``: one round trip, nothing else (target e <= 2x p in time);
@@ -52,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tollway.server.app import server_options  # noqa: E402
+from tollway.server.decoding import GuardedServer  # noqa: E402
 from tollway.v1 import tollway_pb2 as pb  # noqa: E402
 
 READY = re.compile(r"tollway serving: grpc=(\S+)")
@@ -114,17 +117,22 @@ def tollway_server(rules: Path, store: str = "memory", *extra: str) -> Iterator[
         proc.wait(timeout=60)
 
 
-def _echo_main(port_file: str) -> None:
-    """The empty-RPC server: grpc.aio with tollway's server options, one unary method."""
+def _echo_main(port_file: str, guarded: bool) -> None:
+    """The empty-RPC server: grpc.aio with tollway's server options, one unary method
+    (whose request is decoded by an identity function); ``guarded``: registered on
+    tollway's ``GuardedServer``, as every method of the real server is."""
 
     async def serve() -> None:
         server = grpc.aio.server(options=server_options())
+        if guarded:
+            server = GuardedServer(server)
 
         async def ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return b""
 
         handler = grpc.method_handlers_generic_handler(
-            "bench.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}
+            "bench.Echo",
+            {"Ping": grpc.unary_unary_rpc_method_handler(ping, request_deserializer=bytes)},
         )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -136,11 +144,13 @@ def _echo_main(port_file: str) -> None:
 
 
 @contextmanager
-def echo_server() -> Iterator[str]:
+def echo_server(guarded: bool = False) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as d:
         port_file = os.path.join(d, "port")
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--echo-server", port_file], cwd=ROOT
+            [sys.executable, __file__, "--echo-server", port_file,
+             *(["--echo-guarded"] if guarded else [])],
+            cwd=ROOT,
         )
         deadline = time.monotonic() + 30
         while not os.path.exists(port_file) or not Path(port_file).read_text():
@@ -503,17 +513,25 @@ def limits_runner(port: int) -> tuple[Callable[[float], tuple[float, list[float]
 
 def grpc_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
     requests = _decide_requests(2000, MODELS)
-    with tollway_server(Path(args.rules)) as decide_at, echo_server() as echo_at:
+    with (
+        tollway_server(Path(args.rules)) as decide_at,
+        echo_server() as echo_at,
+        echo_server(guarded=True) as guarded_at,
+    ):
         a = GrpcLoad(decide_at, "/tollway.v1.Tollway/Decide", requests, args.inflight)
         b = GrpcLoad(echo_at, "/bench.Echo/Ping", [b""], args.inflight)
-        got = alternate({"a": a, "b": b}, args.rounds, args.seconds)
-        a.close()
-        b.close()
+        b2 = GrpcLoad(guarded_at, "/bench.Echo/Ping", [b""], args.inflight)
+        got = alternate({"a": a, "b": b, "b2": b2}, args.rounds, args.seconds)
+        for load in (a, b, b2):
+            load.close()
     ra = _row("(a) Decide, memory store, gateway.rules", got["a"])
     rb = _row("(b) empty unary RPC, same grpc.aio options", got["b"])
-    rows += [ra, rb]
+    rb2 = _row("(b2) the same, its decoding guarded", got["b2"])
+    rows += [ra, rb, rb2]
     notes.append(f"a/b = {ra.calls_per_s / rb.calls_per_s:.2f} (target >= 0.7); client in this "
                  f"process, {args.inflight} calls in flight")
+    notes.append(f"b2/b = {rb2.calls_per_s / rb.calls_per_s:.2f} (what guarding the decoding "
+                 "costs an empty call; 1.00 is free)")
 
 
 def redis_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
@@ -596,10 +614,11 @@ def main() -> int:
     ap.add_argument("--inflight", type=int, default=64, help="gRPC calls in flight")
     ap.add_argument("--only", default=",".join(GROUPS), help="groups to run: grpc,redis,workers")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--echo-guarded", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
-        _echo_main(args.echo_server)
+        _echo_main(args.echo_server, args.echo_guarded)
         return 0
     if args.client:
         _client_main(args.client)

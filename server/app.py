@@ -23,7 +23,7 @@ from tollway.policy.engine import Engine
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
-from .decoding import DecodeGuard
+from .decoding import GuardedServer
 from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 from .health_watch import HealthServicer
@@ -147,9 +147,9 @@ async def start_grpc(
     Envoy services which request headers become attributes. ``reuse_port``: bind with
     ``SO_REUSEPORT``, beside the other workers of ``serve --workers N``.
     """
-    server = grpc.aio.server(
-        options=server_options(max_message_bytes, reuse_port=reuse_port),
-        interceptors=(DecodeGuard(),),
+    # every service registers on the guarded server: each method decodes its own requests
+    server = GuardedServer(
+        grpc.aio.server(options=server_options(max_message_bytes, reuse_port=reuse_port))
     )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)

@@ -5,35 +5,35 @@ grpc.aio deserializes a request before any handler runs; a message it cannot dec
 protobuf's recursion limit) is then answered ``UNKNOWN`` with the exception's text, and
 logged at ERROR with a traceback: a client could flood the log.
 
-``DecodeGuard`` is a server interceptor: it takes whatever handler the registered
-services provide (Tollway, health, reflection, any service added later), asks gRPC for
-the raw bytes instead, and decodes them itself with the handler's own deserializer. A
-message that does not decode is answered ``INVALID_ARGUMENT`` with a short, fixed
-message naming the expected type, and logged at debug level only. Nothing is listed:
-every method of every registered service gets the same treatment, streaming ones
-included (each message of a request stream is decoded as it is read).
+``GuardedServer`` is the ``grpc.aio.Server`` services register on: it rewrites every
+method handler registered on it (by ``add_XServicer_to_server``, health, reflection,
+Envoy's services, any service added later) to take the raw bytes and decode them itself
+with the handler's own deserializer. A message that does not decode is answered
+``INVALID_ARGUMENT`` with a short, fixed message naming the expected type, and logged at
+debug level only. Nothing is listed: every method of every service gets the same
+treatment, streaming ones included (each message of a request stream is decoded as it is
+read). The rewrite happens once, at registration, so a call costs one wrapper call more,
+not an interceptor pipeline.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 
-__all__ = ["DecodeGuard", "UNDECODABLE"]
+__all__ = ["GuardedServer", "UNDECODABLE"]
 
 log = logging.getLogger("tollway.server.decoding")
 
 # the status message's start: a client can tell "your bytes" from "your values"
 UNDECODABLE = "request: not a valid"
 
-Decode = Callable[[bytes], Any]
 
-
-def _type_name(decode: Decode, method: str) -> str:
+def _type_name(decode: Any, method: str) -> str:
     """``tollway.v1.DecideRequest`` for ``DecideRequest.FromString``; the method otherwise."""
     owner = getattr(decode, "__self__", None)
     descriptor = getattr(owner, "DESCRIPTOR", None)
@@ -46,7 +46,7 @@ class _Decoder:
 
     __slots__ = ("_decode", "_message", "_method")
 
-    def __init__(self, decode: Decode, method: str) -> None:
+    def __init__(self, decode: Any, method: str) -> None:
         self._decode = decode
         self._method = method
         self._message = f"{UNDECODABLE} {_type_name(decode, method)} message"
@@ -67,13 +67,16 @@ class _Decoder:
 
 
 def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """The same handler, fed raw bytes that it decodes itself.
+    """The same handler, fed raw bytes that it decodes itself (a handler without a
+    deserializer already takes bytes, and is returned as it is).
 
     A response-streaming behaviour is either an async generator or a coroutine that
     writes with ``context.write``; the guarded one has the same form. A request stream
     reaches the behaviour as an async iterator of decoded messages (``context.read()``
     would see raw bytes: behaviours iterate their requests instead).
     """
+    if handler is None or handler.request_deserializer is None:
+        return handler
     decoder = _Decoder(handler.request_deserializer, method)
     serialize = handler.response_serializer
     if handler.unary_unary is not None:
@@ -121,22 +124,15 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
     return grpc.stream_stream_rpc_method_handler(behaviour, response_serializer=serialize)
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):
-    """The interceptor: every handler with a deserializer is swapped for its guarded twin.
+class _GuardedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose handlers decode their own requests (built once per method)."""
 
-    Guarded handlers are built once per method and reused, so a call costs one dict
-    lookup more than without the guard.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = self._inner.service(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
         method: str = handler_call_details.method
@@ -146,3 +142,44 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         guarded = _guard(handler, method)
         self._guarded[method] = (handler, guarded)
         return guarded
+
+
+class GuardedServer(grpc.aio.Server):
+    """A ``grpc.aio.Server`` every registered method of which decodes its own requests.
+
+    Both registration paths of grpcio (generic handlers, and the registered method
+    handlers generated code adds too) are rewritten; everything else is ``server``'s.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]
+    ) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_GuardedGeneric(h) for h in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.server.add_registered_method_handlers(
+            service_name,
+            {name: _guard(h, f"/{service_name}/{name}") for name, h in method_handlers.items()},
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self.server.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return int(self.server.add_secure_port(address, server_credentials))
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(await self.server.wait_for_termination(timeout))

@@ -66,7 +66,7 @@ DECIDE_FIELDS = dict(
 @given(st.fixed_dictionaries({"model": st.text(min_size=1, max_size=12)}, optional=DECIDE_FIELDS))
 def test_a_decide_request_reads_back_as_sent(data: dict[str, Any]) -> None:
     req = DecideRequest.parse(data)
-    assert convert.to_decide_request(convert.decide_request_to_proto(req)) == req
+    assert DecideRequest.parse(convert.decide_request(convert.decide_request_to_proto(req))) == req
 
 
 REPORT_FIELDS = dict(

@@ -283,6 +283,29 @@ def test_a_sidecar_decides_and_hears_reports() -> None:
         engine.close()
 
 
+@pytest.mark.redis
+def test_in_process_on_a_shared_redis(redis_url: str, redis_prefix: str) -> None:
+    """``rules`` + ``store``: an engine in the proxy's process, its Redis calls off the loop."""
+    handler = TollwayHandler(Settings(rules=str(RULES), store=redis_url, key_prefix=redis_prefix))
+
+    async def calls() -> list[str]:
+        outcomes = []
+        for i in range(4):
+            try:
+                data = await handler.async_pre_call_hook(
+                    UserAPIKeyAuth(api_key="k"), None,
+                    _data(body=_identity("redis-trial", tier="trial"), call_id=f"r{i}"), "acompletion",
+                )
+                outcomes.append(data["model"])
+            except ProxyException as exc:
+                outcomes.append(exc.code)
+        await handler.policy().close()
+        return outcomes
+
+    assert asyncio.run(calls()) == ["openai/gpt-4.1-mini"] * 3 + ["429"]
+    assert handler.policy().engine.blocking  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ settings
 
 
@@ -310,7 +333,8 @@ def test_bad_settings_name_the_key(raw: Any, message: str) -> None:
 def test_settings_cover_every_field() -> None:
     full = {
         "target": "h:1", "token": "t", "tls": "ca.pem", "timeout": 1, "on_error": "raise",
-        "rules": "r.rules", "store": "memory", "user": ["request"], "group": "key.team_id",
+        "rules": "r.rules", "store": "memory", "key_prefix": "gw:", "user": ["request"],
+        "group": "key.team_id",
         "request_metadata": False, "attribute_headers": "x-a=a", "endpoint_attribute": False,
     }
     s = Settings.parse(full)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from conftest import RedisServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
@@ -72,6 +73,7 @@ def seed(engine: Engine) -> None:
             n += 1
     engine.report({"request_id": "hostile", "user": {"id": HOSTILE}, "model": "m",
                    "cost_usd": 0.001})
+    assert engine.flush_usage()  # usage is written a moment after the reports
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +243,33 @@ def test_a_group_page_lists_its_members(port: HttpPort) -> None:
     assert members == ["u00", "u03", "u06", "u09"]
 
 
+def test_usage_pages_do_not_need_redis_and_a_usage_database_down_is_a_503_page(
+    redis_server: RedisServer,
+) -> None:
+    engine = Engine.from_text(RULES, store=redis_server.url)
+    seed(engine)
+    try:
+        with http_serving(engine) as http:
+            assert fetch(http.url("/ui/users/u03")).status == 200
+            redis_server.kill()  # usage is read from the usage database, never from Redis
+            for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
+                page = fetch(http.url(path))
+                assert page.status == 200, (path, page.text[:300])
+    finally:
+        engine.close()
+    down = Engine.from_text(RULES, usage_db="postgresql://tollway@127.0.0.1:1/x")
+    try:
+        with http_serving(down) as http:
+            for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
+                page = fetch(http.url(path))
+                assert page.status == 503, (path, page.text[:300])
+                assert page.headers["content-type"].startswith("text/html")
+                assert re.search(r'<p class="error" role="alert">[^<]*unavailable', page.text)
+            assert fetch(http.url("/ui/rules")).status == 200  # the rules need no database
+    finally:
+        down.close()
+
+
 # ------------------------------------------------------------------ the explain box
 
 
@@ -284,6 +313,22 @@ def test_the_explain_box_takes_posts_from_its_own_pages_only(port: HttpPort) -> 
     as_json = fetch(url, FREE.encode(), {"Content-Type": "application/json"})
     assert as_json.status == 415
     assert fetch(url).status == 405  # GET is not a way to explain
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda t: urlencode({"request": t}).encode(), st.text(max_size=200)),
+    st.sampled_from([b"request=%ff", b"request=%c3%28", b"request", b"=&=&", b"request=%",
+                     b"&".join([b"x=1"] * 70), b"request=" + b"%5B" * 5000]),
+))
+def test_any_form_body_is_explained_or_refused_by_name(port: HttpPort, body: bytes) -> None:
+    page = fetch(port.url("/ui/rules/explain"), body, {
+        "Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{port.address}"})
+    assert page.status in (200, 400), (page.status, page.text[:300])
+    assert page.headers["content-type"].startswith("text/html")
+    if page.status == 400:
+        assert re.search(r'role="alert"[^>]*>[^<]+', page.text), page.text[-800:]
 
 
 # ------------------------------------------------------------------ rules and reloads
@@ -418,7 +463,7 @@ def test_the_chart_stays_inside_its_frame(values: list[tuple[float, int]]) -> No
     assert 0 < chart.width == WIDTH and chart.height == HEIGHT
 
 
-@given(st.floats(min_value=1e-9, max_value=1e12))
+@given(st.floats(min_value=2e-9, max_value=1e12))
 def test_axis_tops_are_round_and_close(value: float) -> None:
     top = nice_ceiling(value)
     assert value * (1 - 1e-9) <= top <= value * 10

@@ -17,6 +17,7 @@ repeated event counts once. A failed call is reported by ``async_post_call_failu
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import weakref
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ __all__ = ["TollwayHandler", "STATE_KEY"]
 log = logging.getLogger("tollway.integrations.litellm")
 
 STATE_KEY = "tollway_decision"  # in the call's metadata
+_EXIT_FLUSH_SECONDS = 5.0
 
 
 class TollwayHandler(CustomLogger):
@@ -81,7 +83,10 @@ class TollwayHandler(CustomLogger):
         if settings.rules is not None:
             from tollway.policy.engine import Engine
 
-            self._policy = EmbeddedPolicy(Engine.from_path(settings.rules, store=settings.store))
+            engine = Engine.from_path(
+                settings.rules, store=settings.store, key_prefix=settings.key_prefix
+            )
+            self._policy = EmbeddedPolicy(engine)
             return self._policy
         loop = asyncio.get_running_loop()
         policy = self._per_loop.get(loop)
@@ -91,6 +96,8 @@ class TollwayHandler(CustomLogger):
                 settings.target, token=settings.token, tls=tls, timeout=settings.timeout,
                 on_error=settings.on_error,
             )
+            # the proxy has no shutdown hook for callbacks: deliver queued reports at exit
+            atexit.register(client.close_reports, _EXIT_FLUSH_SECONDS)
             policy = self._per_loop[loop] = SidecarPolicy(client)
         return policy
 

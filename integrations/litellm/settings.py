@@ -38,6 +38,7 @@ class Settings:
     on_error: OnError = "allow"
     rules: str | None = None  # decide in process with these rules instead of a sidecar
     store: str = "memory"  # the in-process engine's counter store
+    key_prefix: str = "tollway:"  # its keys' prefix in a shared store
     user: tuple[str, ...] = ("request", "key.user_id")
     group: tuple[str, ...] = ("key.team_id", "request")
     request_metadata: bool = True  # take user and group metadata from the request too
@@ -148,6 +149,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "on_error": _on_error,
     "rules": _text,
     "store": _text,
+    "key_prefix": _text,
     "user": _sources,
     "group": _sources,
     "request_metadata": _flag,

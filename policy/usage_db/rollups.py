@@ -3,10 +3,13 @@ group into every period that holds them (all time, month, day, hour), overall an
 model.
 
 One batch becomes one row change per touched rollup row (the batch is summed here
-first). Rows are written in key order, so two replicas writing at once take row locks
-in the same order; the all-time entity rows are written first, which serialises writers
-per entity before the per-model rows are decided (the model cap needs that: an entity
-keeps at most ``max_models`` named models, later ones are summed under ``other``).
+first): the rows that exist are updated with one ``executemany`` of the driver, the rows
+that did not are inserted the same way (``insert_new``), and a row another writer
+inserted meanwhile is updated instead. Rows are written in key order, so two
+replicas writing at once take row locks in the same order; the all-time entity rows are
+written first, which serialises writers per entity before the per-model rows are decided
+(the model cap needs that: an entity keeps at most ``max_models`` named models, later
+ones are summed under ``other``).
 
 Sums saturate at ``MAX_SUM`` instead of overflowing; the earliest and latest event
 times are kept as ``first_seen_us``/``last_seen_us``.
@@ -18,12 +21,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, case, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, case, or_, select, update
 
 from ..usage import MAX_SUM, EntityKind
 from .periods import periods_of
 from .schema import AMOUNTS, SUMMED, model_periods, period_counts, periods
-from .writer import StoredEvent, dialect_insert
+from .writer import StoredEvent, dialect_insert, insert_new, run_many
 
 __all__ = ["UsageRollups", "OTHER_MODEL", "DEFAULT_MAX_MODELS", "MAX_MODELS_LIMIT"]
 
@@ -41,18 +44,24 @@ Key = tuple[Any, ...]
 
 
 def _amounts(e: StoredEvent) -> list[int]:
-    tokens = min(e.input_tokens + e.output_tokens, MAX_SUM)
     return [
-        e.requests, e.input_tokens, e.output_tokens, tokens, e.cost_nusd, e.duration_us,
-        e.time_us, e.time_us,
+        e.requests, e.input_tokens, e.output_tokens, e.input_tokens + e.output_tokens,
+        e.cost_nusd, e.duration_us, e.time_us, e.time_us,
     ]
 
 
 def _fold_into(into: list[int], more: list[int]) -> None:
-    for i in range(_FIRST):
-        into[i] = min(into[i] + more[i], MAX_SUM)
-    into[_FIRST] = min(into[_FIRST], more[_FIRST])
-    into[_LAST] = max(into[_LAST], more[_LAST])
+    """Add ``more`` (Python integers do not overflow: sums are clamped when written)."""
+    into[0] += more[0]
+    into[1] += more[1]
+    into[2] += more[2]
+    into[3] += more[3]
+    into[4] += more[4]
+    into[5] += more[5]
+    if more[_FIRST] < into[_FIRST]:
+        into[_FIRST] = more[_FIRST]
+    if more[_LAST] > into[_LAST]:
+        into[_LAST] = more[_LAST]
 
 
 def _entities(e: StoredEvent) -> Iterator[tuple[EntityKind, str]]:
@@ -153,31 +162,64 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i : i + size]
 
 
+def _existing(connection: Connection, table: Table, keys: list[Key]) -> set[Key]:
+    """Which of ``keys`` (primary keys of ``table``) are rows already."""
+    t = table.c
+    key_names = [c.name for c in table.primary_key.columns]
+    at = key_names.index("span")
+    wanted: dict[str, set[str]] = defaultdict(set)
+    periods_in: set[tuple[str, int]] = set()
+    for key in keys:
+        wanted[key[0]].add(key[key_names.index("entity_id")])
+        periods_in.add((key[at], key[at + 1]))
+    in_periods = or_(*(and_(t.span == span, t.period == start) for span, start in sorted(periods_in)))
+    found: set[Key] = set()
+    pk = [t[name] for name in key_names]
+    for kind, ids in wanted.items():
+        for chunk in _chunks(sorted(ids), 500):
+            rows = connection.execute(
+                select(*pk).where(t.entity_kind == kind, t.entity_id.in_(chunk), in_periods)
+            )
+            found.update(tuple(row) for row in rows)
+    return found
+
+
 def _write(
     connection: Connection, table: Table, keys: list[Key], sums: dict[Key, list[int]]
 ) -> list[Key]:
-    """Insert the rows that are new, add to the rows that exist; returns the new keys.
-
-    Two statements: ``INSERT … ON CONFLICT DO NOTHING RETURNING`` the new keys, then an
-    ``UPDATE`` per existing row. (A row another writer inserts meanwhile conflicts and is
-    updated, so every amount lands exactly once.)
-    """
+    """Insert the rows that are new, add to the rows that exist; returns the new keys."""
     key_names = [c.name for c in table.primary_key.columns]
-    rows = [dict(zip(key_names, key, strict=True)) | dict(zip(AMOUNTS, sums[key], strict=True))
-            for key in keys]
-    pk = [table.c[name] for name in key_names]
-    stmt = dialect_insert(connection, table).on_conflict_do_nothing().returning(*pk)
-    created = {tuple(row) for row in connection.execute(stmt, rows)}
-    existing = [row for key, row in zip(keys, rows, strict=True) if key not in created]
-    if existing:
-        connection.execute(_add_statement(table, key_names), [
-            {f"k_{k}": v for k, v in row.items()} for row in existing
-        ])
+    names = [*key_names, *AMOUNTS]
+    as_keys = [f"k_{name}" for name in names]
+
+    def values(key: Key) -> tuple[Any, ...]:
+        amounts = sums[key]
+        summed = [v if v <= MAX_SUM else MAX_SUM for v in amounts[:_FIRST]]
+        return (*key, *summed, *amounts[_FIRST:])
+
+    existing = _existing(connection, table, keys)
+    new = [key for key in keys if key not in existing]
+    created: set[Key] = set()
+    if new:
+        pk = [table.c[name] for name in key_names]
+        found = insert_new(connection, table, [dict(zip(names, values(k), strict=True)) for k in new], pk)
+        created = set(new) if found is None else {tuple(row) for row in found}
+    # rows that existed, and new ones another writer inserted first
+    update = [dict(zip(as_keys, values(key), strict=True)) for key in keys if key not in created]
+    run_many(connection, _add_statement(table), update)
     return [key for key in keys if key in created]
 
 
-def _add_statement(table: Table, key_names: Sequence[str]) -> Any:
-    """``UPDATE`` one rollup row: sums saturate at ``MAX_SUM``, times widen."""
+_ADDS: dict[str, Any] = {}
+
+
+def _add_statement(table: Table) -> Any:
+    """``UPDATE`` one rollup row: sums saturate at ``MAX_SUM``, times widen (one statement
+    per table, so that ``run_many`` compiles it once)."""
+    found = _ADDS.get(table.name)
+    if found is not None:
+        return found
+    key_names = [c.name for c in table.primary_key.columns]
     values: dict[str, Any] = {}
     for name in SUMMED:
         column = table.c[name]
@@ -191,7 +233,8 @@ def _add_statement(table: Table, key_names: Sequence[str]) -> Any:
         (bindparam("k_last_seen_us") > last, bindparam("k_last_seen_us")), else_=last
     )
     where = and_(*(table.c[name] == bindparam(f"k_{name}") for name in key_names))
-    return update(table).where(where).values(values)
+    stmt = _ADDS[table.name] = update(table).where(where).values(values)
+    return stmt
 
 
 def _count_new(connection: Connection, created: Iterable[Key]) -> None:

@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from tollway.dsl.ast import Value
 
 from .entities import EntityKind, EntityView, merge_metadata
+from .stores import StoreAddress
 from .stores.base import StoreUnavailable
 from .stores.redis_calls import RedisCalls
 from .stores.redis_store import DEFAULT_TIMEOUT, redis_client
@@ -159,7 +160,7 @@ class RedisEntityStore:
 
     def __init__(
         self,
-        url: str,
+        url: StoreAddress | str,
         *,
         key_prefix: str = "tollway:",
         clock: Callable[[], float] | None = None,

@@ -176,7 +176,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "store", Text(metavar="URL", allow_empty=False), "memory", "TOLLWAY_STORE",
-        "counter store: memory, or redis://HOST:PORT/DB shared by replicas", (SERVE,),
+        "counter store: memory, or redis://HOST:PORT/DB or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] shared by replicas", (SERVE,),
     ),
     Setting(
         "key-prefix", Text(metavar="PREFIX"), "tollway:", "TOLLWAY_KEY_PREFIX",

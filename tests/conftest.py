@@ -66,6 +66,9 @@ from redis_processes import RedisClusterNodes, RedisSentinelSet, RedisServer
 from tollway.policy.stores import StoreOptions
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
+# LiteLLM fetches its model price map from the network when imported, retrying for seconds;
+# tests use the copy in the package (and so does every proxy they start, which inherits it)
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 _PG_ENV = "TOLLWAY_TEST_POSTGRES_URL"
 _PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -44,7 +44,6 @@ def _free_port() -> int:
 
 
 def _litellm_command() -> list[str]:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM's prices, offline
     import_or_skip("litellm", "the LiteLLM tests need the extra .[litellm]")
     import_or_skip("openai", "the LiteLLM tests use the official openai SDK (extra .[litellm])")
     exe = Path(sys.executable).with_name("litellm")

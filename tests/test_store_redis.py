@@ -307,5 +307,5 @@ def test_open_store_chooses_the_backend(redis_url: str) -> None:
     m = open_store("memory")
     assert (m.name, m.blocking) == ("memory", False)
     for bad in ("", "redis", "http://localhost:6379", "mem"):
-        with pytest.raises(ValueError, match="use 'memory' or a redis://"):
+        with pytest.raises(ValueError, match="use 'memory', a redis://"):
             open_store(bad)

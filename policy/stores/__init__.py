@@ -1,13 +1,23 @@
 """Counter stores: where quota counters live (memory or Redis).
 
 ``open_store`` and ``open_entity_store`` are the one place where a backend is chosen
-from a URL; the Redis modules are imported only when a Redis URL is given.
+from a URL (``parse_store_url``); the Redis modules are imported only when a Redis URL
+is given. The URL forms:
+
+- ``memory``: this process;
+- ``redis://[USER:PASSWORD@]HOST:PORT/DB``, ``rediss://…`` (TLS), ``unix:///PATH?db=N``:
+  one Redis (redis-py's URL syntax);
+- ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]``: the master
+  that Redis Sentinel names ``SERVICE``, found through any of the sentinels listed
+  (port 26379 when left out); the password is the master's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote
 
 from .base import (
     CounterSpec,
@@ -28,21 +38,83 @@ __all__ = [
     "ReportOutcome",
     "StoreOptions",
     "StoreUnavailable",
+    "StoreAddress",
+    "parse_store_url",
     "open_store",
     "open_entity_store",
 ]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_SENTINEL = "redis+sentinel://"
+_SENTINEL_PORT = 26379
+_FORMS = (
+    "'memory', a redis://, rediss:// or unix:// URL, or "
+    "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]"
+)
 
 
-def _kind(url: str) -> str:
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    """Where a store lives, read from its URL by ``parse_store_url``.
+
+    ``kind``: ``memory``, ``redis`` (one server: ``url`` is redis-py's URL) or
+    ``sentinel`` (``nodes`` are the sentinels, ``service`` the master's name, ``db`` its
+    database). ``username``/``password`` are the master's credentials (sentinel only:
+    a plain Redis URL keeps them in ``url``).
+    """
+
+    kind: Literal["memory", "redis", "sentinel"]
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
+    host, port = text, ""
+    if text.startswith("["):  # [IPv6]:PORT
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError(f"store: {url!r}: a host is missing")
+    if not port:
+        return host, default_port
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"store: {url!r}: {port!r} is not a port")
+    return host, int(port)
+
+
+def parse_store_url(url: str) -> StoreAddress:
+    """The address of a store URL (the forms are in this module's docstring); ValueError
+    naming the URL and its problem otherwise."""
     if url == "memory":
-        return "memory"
-    if isinstance(url, str) and url.startswith(_REDIS_SCHEMES):
-        return "redis"
-    raise ValueError(
-        f"store: {url!r} is not a store; use 'memory' or a redis://, rediss:// or unix:// URL"
-    )
+        return StoreAddress("memory", url)
+    if not isinstance(url, str) or not url.startswith((*_REDIS_SCHEMES, _SENTINEL)):
+        raise ValueError(f"store: {url!r} is not a store; use {_FORMS}")
+    if not url.startswith(_SENTINEL):
+        return StoreAddress("redis", url)
+    rest = url.removeprefix(_SENTINEL)
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(_host_port(h, _SENTINEL_PORT, url) for h in hosts.split(",") if h)
+    if not nodes:
+        raise ValueError(f"store: {url!r}: list at least one sentinel as HOST:PORT")
+    parts = [unquote(p) for p in path.split("/")] if path else []
+    if not parts or not parts[0] or len(parts) > 2:
+        raise ValueError(f"store: {url!r}: expected …/SERVICE or …/SERVICE/DB after the sentinels")
+    db = parts[1] if len(parts) == 2 else "0"
+    if not (db.isascii() and db.isdigit()):
+        raise ValueError(f"store: {url!r}: the database {db!r} is not a number")
+    return StoreAddress("sentinel", url, nodes, parts[0], int(db), username, password)
 
 
 def open_store(
@@ -54,7 +126,8 @@ def open_store(
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
     ``options`` its caps and time budget."""
-    if _kind(url) == "memory":
+    address = parse_store_url(url)
+    if address.kind == "memory":
         from .memory import MemoryCounterStore
 
         if clock is not None:
@@ -63,7 +136,7 @@ def open_store(
     from .redis_store import RedisCounterStore
 
     timeout = (options or StoreOptions()).timeout
-    return RedisCounterStore(url, key_prefix=key_prefix, timeout=timeout)
+    return RedisCounterStore(address, key_prefix=key_prefix, timeout=timeout)
 
 
 def open_entity_store(
@@ -76,7 +149,8 @@ def open_entity_store(
     """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
     from ..entity_stores import MemoryEntityStore, RedisEntityStore
 
-    if _kind(url) == "memory":
+    address = parse_store_url(url)
+    if address.kind == "memory":
         return MemoryEntityStore()
     timeout = (options or StoreOptions()).timeout
-    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock, timeout=timeout)
+    return RedisEntityStore(address, key_prefix=key_prefix, clock=clock, timeout=timeout)

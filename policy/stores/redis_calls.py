@@ -16,7 +16,8 @@ any effect:
 
 Scripts get their deadline on Redis's clock: each script call returns Redis ``TIME``,
 from which the offset between this host's clock and Redis's is kept (the sample with the
-shortest round trip of the last minute; ``TIME`` is asked for when none is known). The
+shortest round trip, replaced by a newer one every 30 seconds; ``TIME`` is asked for only
+when no sample is known or the latest is over a minute old). The
 deadline sent leaves a margin of the round trip for the reply to come back in time.
 """
 
@@ -171,7 +172,9 @@ class RedisCalls:
         rtt = max(0.0, received_at - sent_at)
         now = self._clock()
         with self._lock:
-            if rtt <= self._offset_rtt or now - self._offset_at > _OFFSET_MAX_AGE:
+            # half the age limit: replies keep the sample fresh, so that a busy store never
+            # needs an extra TIME call
+            if rtt <= self._offset_rtt or now - self._offset_at > _OFFSET_MAX_AGE / 2:
                 self._offset = sec + usec / 1_000_000 - (sent_at + received_at) / 2
                 self._offset_rtt = rtt
                 self._offset_at = now

@@ -31,9 +31,11 @@ from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from .. import windows
 from ..usage import UsageEvent
+from . import StoreAddress, parse_store_url
 from .base import (
     REPORT_OUTCOMES,
     CounterSpec,
@@ -73,24 +75,41 @@ _NO_HANDSHAKE: dict[str, Any] = (
 
 
 def redis_client(
-    url: str,
+    address: StoreAddress | str,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     connect_timeout: float | None = None,
     retry: Retry | None = None,
     max_connections: int | None = None,
 ) -> redis.Redis:
-    """A client with short socket timeouts; the pool reconnects by itself after an outage."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=connect_timeout if connect_timeout is not None else timeout,
-        retry=retry if retry is not None else default_retry(),
-        health_check_interval=0,  # no PING on the hot path
-        max_connections=max_connections,
-        protocol=2,  # the replies RedisCalls reads raw: flat lists whatever the version
+    """A client with short socket timeouts; the pool reconnects by itself after an outage.
+
+    For a Sentinel address the client's pool asks the sentinels for the master each time
+    it opens a connection, so after a failover new connections go to the new master.
+    """
+    if isinstance(address, str):
+        address = parse_store_url(address)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
+        "retry": retry if retry is not None else default_retry(),
+        "health_check_interval": 0,  # no PING on the hot path
+        "protocol": 2,  # the replies RedisCalls reads raw: flat lists whatever the version
         **_NO_HANDSHAKE,
-    )
+    }
+    if address.kind == "sentinel":
+        sentinels = Sentinel(
+            list(address.nodes),
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": options["socket_connect_timeout"],
+            },
+        )
+        return sentinels.master_for(
+            address.service, db=address.db, username=address.username,
+            password=address.password, max_connections=max_connections, **options,
+        )
+    return redis.Redis.from_url(address.url, max_connections=max_connections, **options)
 
 
 def load_lua(name: str) -> str:
@@ -104,7 +123,9 @@ def load_script(name: str, *parts: str) -> str:
 
 
 class RedisCounterStore:
-    """A ``CounterStore`` in Redis (``redis://``, ``rediss://``, ``unix://`` URLs).
+    """A ``CounterStore`` in Redis: one server, or the master a Sentinel names (the
+    ``StoreAddress`` of a ``redis://``, ``rediss://``, ``unix://`` or
+    ``redis+sentinel://`` URL).
 
     ``honour_now``: pass ``now=`` through to the scripts instead of using Redis TIME. For
     tests only (they cannot move Redis's clock); a deployment must leave it off so that
@@ -118,7 +139,7 @@ class RedisCounterStore:
 
     def __init__(
         self,
-        url: str,
+        url: StoreAddress | str,
         *,
         key_prefix: str = "tollway:",
         timeout: float = DEFAULT_TIMEOUT,

@@ -265,14 +265,20 @@ def _pump(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event)
 
 @contextmanager
 def tollway_serve(
-    rules: Path | None, *extra: str, listen: str = "127.0.0.1:0"
+    rules: Path | None,
+    *extra: str,
+    listen: str = "127.0.0.1:0",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Served]:
-    """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset); usage
-    in a SQLite file of its own unless ``extra`` names a database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset);
+    ``env`` adds variables to an environment cleared of every ``TOLLWAY_*`` one. Usage is
+    kept in a SQLite file of its own unless ``extra`` or ``env`` names a database."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    env = {**clean, **(env or {})}
     rules_flag = [] if rules is None else ["--rules", str(rules)]
     scratch = tempfile.TemporaryDirectory(prefix="tollway-usage-")
-    usage = () if "--usage-db" in extra else ("--usage-db", f"sqlite:///{scratch.name}/usage.db")
+    named = "--usage-db" in extra or "TOLLWAY_USAGE_DB" in env
+    usage = () if named else ("--usage-db", f"sqlite:///{scratch.name}/usage.db")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", *rules_flag, "--listen", listen,
          "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *usage, *extra],

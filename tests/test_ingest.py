@@ -18,6 +18,7 @@ from conftest import reset_postgres
 
 from tollway import Engine
 from tollway.policy.ingest import Ingester
+from tollway.policy.observer import NullObserver
 from tollway.policy.stores.events_redis import GROUP, RedisEventStream, stream_key
 from tollway.policy.stores.memory import MemoryCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore, redis_client
@@ -30,18 +31,12 @@ rule all { enforce tok }
 """
 
 
-class Recorder:
+class Recorder(NullObserver):
     """An ``Observer`` that remembers what the ingester published."""
 
     def __init__(self) -> None:
         self.backlog: list[int] = []
         self.dropped = 0
-
-    def decision(self, *args: Any) -> None: ...
-
-    def report(self, *args: Any) -> None: ...
-
-    def store_call(self, *args: Any) -> None: ...
 
     def usage_backlog(self, events: int) -> None:
         self.backlog.append(events)

@@ -264,7 +264,7 @@ def test_usage_pages_do_not_need_redis_and_a_usage_database_down_is_a_503_page(
                 page = fetch(http.url(path))
                 assert page.status == 503, (path, page.text[:300])
                 assert page.headers["content-type"].startswith("text/html")
-                assert re.search(r'<p class="error" role="alert">[^<]*unavailable', page.text)
+                assert re.search(r'<p class="error" role="alert">[^<]*usage database unavailable', page.text)
             assert fetch(http.url("/ui/rules")).status == 200  # the rules need no database
     finally:
         down.close()

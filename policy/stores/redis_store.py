@@ -40,12 +40,13 @@ from .base import (
     REPORT_OUTCOMES,
     CounterSpec,
     CounterState,
+    ForeignDecision,
     ReportOutcome,
     StoreUnavailable,
 )
 from .events import DEFAULT_MAX_BACKLOG
 from .events_redis import DEFAULT_CLAIM_IDLE, RedisEventStream, stream_key
-from .redis_calls import RedisCalls, Script
+from .redis_calls import RedisCalls, Script, store_error
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
 
@@ -109,6 +110,8 @@ def redis_client(
             address.service, db=address.db, username=address.username,
             password=address.password, max_connections=max_connections, **options,
         )
+    if address.password is not None:  # given apart from the URL (``with_password``)
+        options["password"] = address.password
     return redis.Redis.from_url(address.url, max_connections=max_connections, **options)
 
 
@@ -186,6 +189,7 @@ class RedisCounterStore:
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,
@@ -205,6 +209,7 @@ class RedisCounterStore:
             self._clock_arg(now, deadline),
             "1" if consume else "0",
             self._hold_ttl if hold else "0",
+            hold_owner,
         ]
         for spec, _, amount, limit in prepared:
             window = spec.window
@@ -240,6 +245,8 @@ class RedisCounterStore:
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,
@@ -247,14 +254,14 @@ class RedisCounterStore:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters(self._prefix, fallback)
         deadline = self._deadline(deadline)
-        keys = [windows.report_key(self._prefix, request_id)]
+        keys = [windows.report_key(self._prefix, reporter, request_id)]
         if hold_id is not None:
             keys.append(windows.hold_key(self._prefix, hold_id))
         keys += [c.key for c in checked]
         args = [
             self._clock_arg(now, deadline),
             self._report_ttl,
-            "1" if hold_id is not None else "0",
+            owner if hold_id is not None else "",
             str(len(units)),
         ]
         for metric, value in units.items():
@@ -271,6 +278,8 @@ class RedisCounterStore:
             raise StoreUnavailable(
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
             )
+        if text == "foreign":
+            raise ForeignDecision()
         for known in REPORT_OUTCOMES:
             if text == known:
                 self._appended(reply[1])
@@ -284,11 +293,12 @@ class RedisCounterStore:
         self._appended(status)
 
     def ping(self) -> bool:
-        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` when not."""
+        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` (or
+        ``StoreRejected`` for refused credentials) when not."""
         try:
             return bool(self._client.ping())
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            raise store_error(exc) from exc
 
     def entries(self) -> dict[str, int]:
         return {}  # everything lives in Redis: watch Redis's own memory metrics

@@ -92,10 +92,10 @@ def _sqlite_transactions(engine: Engine, *, in_memory: bool) -> None:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and messages."""
+    """The URL without its password, for logs and messages (any scheme, a host list too)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))

@@ -30,6 +30,7 @@ from tollway.policy.engine import Engine
 from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
+from tollway.server.auth import Authenticator
 from tollway.server.http import ROUTE_MODULES, HttpServer, build_app, start_http
 from tollway.server.http_limits import HttpLimits
 from tollway.server.http_ops import Readiness
@@ -140,13 +141,15 @@ class HttpPort:
 def http_serving(
     engine: Any, *, metrics: Metrics | None = None, limits: HttpLimits | None = None,
     loop: LoopThread | None = None, route_modules: tuple[str, ...] = ROUTE_MODULES,
+    auth: Authenticator | None = None,
 ) -> Iterator[HttpPort]:
     """The HTTP port over ``engine`` on 127.0.0.1:<free port>, as ``tollway serve`` runs
-    it: on the loop of ``loop`` (the gRPC server's), or on a loop of its own."""
+    it: on the loop of ``loop`` (the gRPC server's), or on a loop of its own; with
+    ``auth``, every route needs its role."""
     owner = loop or LoopThread()
     readiness = Readiness(engine)
     app = build_app(engine, metrics or Metrics(), readiness, limits=limits,
-                    route_modules=route_modules)
+                    route_modules=route_modules, auth=auth)
     http = owner.run(_start(app))
     try:
         yield HttpPort(http.address, app, readiness)

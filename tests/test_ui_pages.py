@@ -24,6 +24,7 @@ from server_harness import HttpPort, LoopThread, http_serving, write_rules
 
 from tollway import Engine
 from tollway.policy.validate import FieldError
+from tollway.server.auth import Authenticator, new_token, token_block
 from tollway.server.http import build_app, start_http
 from tollway.server.http_ops import Readiness
 from tollway.server.metrics import Metrics
@@ -31,7 +32,7 @@ from tollway.server.reload import Reloader
 from tollway.server.ui.chart import HEIGHT, WIDTH, Chart, nice_ceiling
 from tollway.server.ui.period import Period
 from tollway.server.ui.render import usd
-from tollway.server.ui.session import COOKIE, TOKEN_CHECK, Verdict, safe_next
+from tollway.server.ui.session import COOKIE, safe_next
 
 RULES = """
 default allow
@@ -367,52 +368,60 @@ def test_the_rules_page_shows_the_ruleset_in_force_and_the_failed_reload(
 # ------------------------------------------------------------------ signing in
 
 
-TOKENS: dict[str, Verdict] = {"tw_admin": "ok", "tw_metrics": "permission_denied"}
+@dataclass(frozen=True)
+class Guarded:
+    """A port that asks for tokens: its base URL and a token of each kind."""
+
+    base: str
+    admin: str
+    metrics: str
 
 
 @pytest.fixture(scope="module")
-def guarded(engine: Engine) -> Iterator[str]:
-    """A port whose dashboard asks for tokens: its base URL."""
-    loop = LoopThread()
-    app = build_app(engine, Metrics(), Readiness(engine))
-    app[TOKEN_CHECK] = lambda token: TOKENS.get(token, "unauthenticated")
-    http = loop.run(start_http("127.0.0.1:0", app))
-    yield f"http://{http.address}"
-    loop.run(http.stop())
-    loop.close()
+def guarded(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    admin, metrics = new_token(), new_token()
+    path = tmp_path_factory.mktemp("auth") / "tokens.toml"
+    path.write_text(token_block("dash", ["admin"], admin) + token_block("prom", ["metrics"], metrics))
+    with http_serving(engine, auth=Authenticator(path)) as http:
+        yield Guarded(f"http://{http.address}", admin, metrics)
 
 
-def test_signing_in_sets_a_strict_session_cookie(guarded: str) -> None:
-    form = fetch(guarded + "/ui/login?next=/ui/groups")
+def test_signing_in_sets_a_strict_session_cookie(guarded: Guarded) -> None:
+    base = guarded.base
+    form = fetch(base + "/ui/login?next=/ui/groups")
     assert 'type="password"' in form.text and 'value="/ui/groups"' in form.text
-    page = form_post(guarded + "/ui/login", {"token": "tw_admin", "next": "/ui/groups"}, guarded)
+    page = form_post(base + "/ui/login", {"token": guarded.admin, "next": "/ui/groups"}, base)
     assert page.status == 303 and page.headers["location"] == "/ui/groups"
     cookie = SimpleCookie(page.headers["set-cookie"])[COOKIE]
-    assert cookie.value == "tw_admin" and cookie["httponly"] and cookie["path"] == "/ui/"
+    assert cookie.value == guarded.admin and cookie["httponly"] and cookie["path"] == "/ui/"
     assert cookie["samesite"] == "Strict" and not cookie["secure"]  # plain HTTP here
-    assert "tw_admin" not in page.headers["location"]
+    assert guarded.admin not in page.headers["location"]
+    signed_in = fetch(base + "/ui/groups", headers={"Cookie": f"{COOKIE}={guarded.admin}"})
+    assert signed_in.status == 200 and "Sign out" in signed_in.text
 
 
 @pytest.mark.parametrize(("token", "says"), [
     ("tw_nobody", "Unknown token."),
-    ("tw_metrics", "it needs the admin role"),
+    ("metrics", "it needs the admin role"),
     ("", "Unknown token."),
     ("tw_\u0000admin", "Unknown token."),
     ("x" * 600, "Unknown token."),
 ])
-def test_a_refused_token_sets_no_cookie(guarded: str, token: str, says: str) -> None:
-    page = form_post(guarded + "/ui/login", {"token": token}, guarded)
+def test_a_refused_token_sets_no_cookie(guarded: Guarded, token: str, says: str) -> None:
+    token = guarded.metrics if token == "metrics" else token
+    page = form_post(guarded.base + "/ui/login", {"token": token}, guarded.base)
     assert page.status == 401 and says in html.unescape(page.text)
     assert "set-cookie" not in page.headers
 
 
-def test_sign_in_and_out_forms_come_from_the_dashboard_only(guarded: str) -> None:
-    evil = form_post(guarded + "/ui/login", {"token": "tw_admin"}, "http://evil.example")
+def test_sign_in_and_out_forms_come_from_the_dashboard_only(guarded: Guarded) -> None:
+    base = guarded.base
+    evil = form_post(base + "/ui/login", {"token": guarded.admin}, "http://evil.example")
     assert evil.status == 403 and "set-cookie" not in evil.headers
-    out = form_post(guarded + "/ui/logout", {}, guarded)
+    out = form_post(base + "/ui/logout", {}, base)
     assert out.status == 303 and out.headers["location"] == "/ui/login"
     assert 'tollway_session=""' in out.headers["set-cookie"]
-    assert form_post(guarded + "/ui/logout", {}, "http://evil.example").status == 403
+    assert form_post(base + "/ui/logout", {}, "http://evil.example").status == 403
 
 
 def test_without_tokens_the_login_form_sends_you_on(port: HttpPort) -> None:

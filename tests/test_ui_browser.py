@@ -114,6 +114,7 @@ def server() -> Iterator[Served]:
                         request_id=f"r{n}", decision_id=d.decision_id, user=pb.Entity(id=user),
                         group=team, model=d.model, input_tokens=tokens - 100,
                         output_tokens=100, cost_usd=cost))
+        assert engine.flush_usage()  # usage is written a moment after the reports
         with http_serving(engine, loop=grpc_server) as http:
             yield Served(http, engine)
     finally:

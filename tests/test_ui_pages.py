@@ -74,6 +74,7 @@ def seed(engine: Engine) -> None:
             n += 1
     engine.report({"request_id": "hostile", "user": {"id": HOSTILE}, "model": "m",
                    "cost_usd": 0.001})
+    assert engine.flush_usage()  # usage is written a moment after the reports
 
 
 @pytest.fixture(scope="module")
@@ -243,21 +244,31 @@ def test_a_group_page_lists_its_members(port: HttpPort) -> None:
     assert members == ["u00", "u03", "u06", "u09"]
 
 
-def test_a_store_that_cannot_answer_is_a_503_page(redis_server: RedisServer) -> None:
+def test_usage_pages_do_not_need_redis_and_a_usage_database_down_is_a_503_page(
+    redis_server: RedisServer,
+) -> None:
     engine = Engine.from_text(RULES, store=redis_server.url)
     seed(engine)
     try:
         with http_serving(engine) as http:
             assert fetch(http.url("/ui/users/u03")).status == 200
-            redis_server.kill()
+            redis_server.kill()  # usage is read from the usage database, never from Redis
+            for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
+                page = fetch(http.url(path))
+                assert page.status == 200, (path, page.text[:300])
+    finally:
+        engine.close()
+    down = Engine.from_text(RULES, usage_db="postgresql://tollway@127.0.0.1:1/x")
+    try:
+        with http_serving(down) as http:
             for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
                 page = fetch(http.url(path))
                 assert page.status == 503, (path, page.text[:300])
                 assert page.headers["content-type"].startswith("text/html")
-                assert re.search(r'<p class="error" role="alert">[^<]*counter store unreachable', page.text)
-            assert fetch(http.url("/ui/rules")).status == 200  # the rules need no store
+                assert re.search(r'<p class="error" role="alert">[^<]*usage database unavailable', page.text)
+            assert fetch(http.url("/ui/rules")).status == 200  # the rules need no database
     finally:
-        engine.close()
+        down.close()
 
 
 # ------------------------------------------------------------------ the explain box

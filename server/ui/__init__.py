@@ -1,7 +1,8 @@
 """The dashboard: HTML pages of usage and policy on the HTTP port, under ``/ui/``.
 
 Pages (docs/dashboard.md): Users and Groups (``/ui/users``, ``/ui/groups``), a user's or
-group's detail (``/ui/users/{id}``, ``/ui/groups/{id}``), Rules (``/ui/rules``, with
+group's detail (``/ui/users/{id}``, ``/ui/groups/{id}``), Spikes (``/ui/spikes``), Rules
+(``/ui/rules``, with
 the explain box posting to ``/ui/rules/explain``), and the sign-in form
 (``/ui/login``). They are Jinja2 templates rendered on the server over the one
 ``Engine`` (called off the event loop like every route) and one stylesheet; no script,
@@ -24,6 +25,7 @@ from .listing import listing_page
 from .pages import KINDS, layout, page
 from .render import SECURITY_HEADERS, html_response
 from .rules import explain_page, rules_page
+from .spikes import spikes_page
 from .session import (
     MAX_TOKEN_BYTES,
     TOKEN_CHECK,
@@ -125,6 +127,7 @@ def install(app: web.Application, engine: Engine) -> None:
                   role="admin")
         add_route(app, "GET", f"/ui/{segment}/{{id}}",
                   page(engine, detail_page(engine, segment)), role="admin")
+    add_route(app, "GET", "/ui/spikes", page(engine, spikes_page(engine)), role="admin")
     add_route(app, "GET", "/ui/rules", page(engine, rules_page(engine)), role="admin")
     add_route(app, "POST", "/ui/rules/explain", page(engine, explain_page(engine)),
               role="admin")

@@ -102,7 +102,9 @@ class Engine:
             else store
         )
         if entities is None:
-            entities = open_entity_store(url or "memory", key_prefix=key_prefix, clock=clock)
+            entities = open_entity_store(
+                url or "memory", key_prefix=key_prefix, clock=clock, options=store_options
+            )
         self._entities = entities
         self._observer: Observer = observer or NullObserver()
         self._rules_path = Path(rules_path) if rules_path is not None else None
@@ -164,14 +166,24 @@ class Engine:
         self._store.close()
         self._entities.close()
 
+    def _deadline(self, received_at: float | None) -> float | None:
+        """When a call's store work must end: ``received_at`` plus the store's timeout
+        (None for a store that never waits)."""
+        timeout = self._store.timeout
+        if not timeout:
+            return None
+        return (time.monotonic() if received_at is None else received_at) + timeout
+
     # --------------------------------------------------------------- entities
 
-    def _metadata(self, kind: EntityKind, ref: EntityRef, persist: bool) -> Mapping[str, Value]:
+    def _metadata(
+        self, kind: EntityKind, ref: EntityRef, persist: bool, deadline: float | None
+    ) -> Mapping[str, Value]:
         try:
             if persist:
-                return self._entities.observe(kind, ref.id, ref.metadata)
+                return self._entities.observe(kind, ref.id, ref.metadata, deadline=deadline)
             # explain and dry runs write nothing: merge into a copy
-            stored = self._entities.get(kind, ref.id)
+            stored = self._entities.get(kind, ref.id, deadline=deadline)
         except StoreUnavailable:
             # degrade to what the request itself says; the counter store, unreachable
             # too, then decides by each quota's on_store_error
@@ -181,9 +193,9 @@ class Engine:
         merged = merge_metadata(base, ref.metadata)
         return base if merged is None else merged
 
-    def _link(self, user_id: str, group_id: str) -> None:
+    def _link(self, user_id: str, group_id: str, deadline: float | None) -> None:
         try:
-            self._entities.link(user_id, group_id)
+            self._entities.link(user_id, group_id, deadline=deadline)
         except StoreUnavailable:
             # a lost link only affects what GetEntity shows; the decision needs none
             self._observer.store_call(self._store.name, "entity", 0.0, True)
@@ -195,11 +207,13 @@ class Engine:
         model: str,
         attributes: Mapping[str, str],
         persist: bool,
+        deadline: float | None,
     ) -> EvalContext:
-        user_meta = self._metadata("user", user, persist) if user is not None else {}
-        group_meta = self._metadata("group", group, persist) if group is not None else {}
+        metadata = self._metadata
+        user_meta = metadata("user", user, persist, deadline) if user is not None else {}
+        group_meta = metadata("group", group, persist, deadline) if group is not None else {}
         if persist and user is not None and group is not None:
-            self._link(user.id, group.id)
+            self._link(user.id, group.id, deadline)
         request: dict[str, Value] = dict(attributes)
         request["model"] = model
         return EvalContext(
@@ -240,9 +254,13 @@ class Engine:
 
     # -------------------------------------------------------------- decisions
 
-    def _evaluate(self, request: DecideRequest, persist: bool) -> _Evaluated:
+    def _evaluate(
+        self, request: DecideRequest, persist: bool, deadline: float | None
+    ) -> _Evaluated:
         ruleset = self._ruleset  # one snapshot for the whole call
-        ctx = self._context(request.user, request.group, request.model, request.attributes, persist)
+        ctx = self._context(
+            request.user, request.group, request.model, request.attributes, persist, deadline
+        )
         matched = ruleset.match(ctx)
         enforced = [r for r in matched if not r.shadow]
         shadows = [r for r in matched if r.shadow]
@@ -265,7 +283,7 @@ class Engine:
         return result
 
     def _decide(
-        self, ev: _Evaluated, consume: bool, hits: int = 1
+        self, ev: _Evaluated, consume: bool, deadline: float | None, hits: int = 1
     ) -> tuple[Decision, tuple[str, ...]]:
         """Apply the combining algorithm's quota step; returns the decision and exceeded names.
 
@@ -319,13 +337,17 @@ class Engine:
         seen = self._request_seen(request, verdict.model) if consume else None
         if not specs:
             if seen is not None:
-                self._count_request(seen)
+                self._count_request(seen, deadline)
             return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
         try:
             states: list[CounterState] = self._store_call(
                 "consume" if consume else "peek",
                 lambda: self._store.check_and_consume(
-                    specs, consume=consume, hold_id=decision_id if consume else None, seen=seen
+                    specs,
+                    consume=consume,
+                    hold_id=decision_id if consume else None,
+                    seen=seen,
+                    deadline=deadline,
                 ),
             )
         except StoreUnavailable as exc:
@@ -356,14 +378,16 @@ class Engine:
             return None
         return RequestSeen(self._clock(), user, group, model)
 
-    def _count_request(self, seen: RequestSeen) -> None:
+    def _count_request(self, seen: RequestSeen, deadline: float | None) -> None:
         """Count an allowed decision that has no counters (one store call).
 
         Usage is an account, not a limit: if the store is down the decision stands and
         only the failed call is observed.
         """
         with contextlib.suppress(StoreUnavailable):
-            self._store_call("consume", lambda: self._store.record_request(seen))
+            self._store_call(
+                "consume", lambda: self._store.record_request(seen, deadline=deadline)
+            )
 
     def _store_down(
         self, specs: list[CounterSpec], base: dict[str, Any], decision_id: str, exc: Exception
@@ -401,29 +425,42 @@ class Engine:
             **base,
         )
 
-    def decide(self, request: Mapping[str, Any] | DecideRequest, *, hits: int = 1) -> Decision:
+    def decide(
+        self,
+        request: Mapping[str, Any] | DecideRequest,
+        *,
+        hits: int = 1,
+        received_at: float | None = None,
+    ) -> Decision:
         """Decide one request: rules, then quotas checked and consumed all-or-nothing.
 
         ``hits`` (at least 1) is how many requests this decision counts against
         ``requests`` quotas: a transport that batches calls (Envoy's rate-limit
         ``hits_addend``) asks for them in one decision. An estimate with tokens but no
         cost is priced from the ruleset's ``price`` table for the routed model.
+        ``received_at`` (``time.monotonic()``) is when a transport received the call: the
+        store work of the decision ends by then plus the store's timeout, time spent
+        waiting for a thread included (``on_store_error`` decides past it).
         Raises ``ValueError`` naming the field for a malformed request (nothing is
         consumed or stored then).
         """
         start = self._perf()
+        deadline = self._deadline(received_at)
         hits = need_hits(hits)
         req = DecideRequest.parse(request)
-        ev = self._evaluate(req, persist=not req.dry_run)
-        decision, exceeded = self._decide(ev, consume=True, hits=hits)
+        ev = self._evaluate(req, not req.dry_run, deadline)
+        decision, exceeded = self._decide(ev, True, deadline, hits=hits)
         self._observer.decision(decision, req.model, exceeded, self._perf() - start)
         return decision
 
-    def explain(self, request: Mapping[str, Any] | DecideRequest) -> Explanation:
+    def explain(
+        self, request: Mapping[str, Any] | DecideRequest, *, received_at: float | None = None
+    ) -> Explanation:
         """The decision ``decide`` would give, with the rule trace; nothing consumed or stored."""
+        deadline = self._deadline(received_at)
         req = DecideRequest.parse(request)
-        ev = self._evaluate(req, persist=False)
-        decision, _ = self._decide(ev, consume=False)
+        ev = self._evaluate(req, False, deadline)
+        decision, _ = self._decide(ev, False, deadline)
         candidates = len(ev.ruleset.index.candidates(ev.ctx))
         return Explanation(
             decision=decision,
@@ -434,7 +471,9 @@ class Engine:
 
     # ---------------------------------------------------------------- reports
 
-    def report(self, report: Mapping[str, Any] | UsageReport) -> ReportAck:
+    def report(
+        self, report: Mapping[str, Any] | UsageReport, *, received_at: float | None = None
+    ) -> ReportAck:
         """Record what a request really used; idempotent per ``request_id``.
 
         A report with tokens and no ``cost_usd`` is priced from the ruleset's ``price``
@@ -446,7 +485,13 @@ class Engine:
         are not counted again, since ``decide`` counted them. Usage likewise: a report
         with a ``decision_id`` adds amounts only (``decide`` counted the request); one
         without counts its request too (a gateway that only reports).
+
+        ``received_at`` as for ``decide``. Raises ``StoreUnavailable`` when the store did
+        not answer in time: its ``outcome`` says whether the report may have been applied
+        ("unknown": retry with the same request_id, it counts once) or not
+        ("not_applied").
         """
+        deadline = self._deadline(received_at)
         rep = UsageReport.parse(report)
         ruleset = self._ruleset
         if not rep.cost_usd and rep.total_tokens:
@@ -459,7 +504,7 @@ class Engine:
             )
             if priced:
                 rep = dataclasses.replace(rep, cost_usd=priced)
-        ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, persist=True)
+        ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, True, deadline)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
         usage = UsageEvent.from_report(rep, self._clock())
         # used only when no live reservation matches (no decision_id, or it expired)
@@ -467,7 +512,12 @@ class Engine:
         outcome: ReportOutcome = self._store_call(
             "report",
             lambda: self._store.record_report(
-                rep.request_id, rep.decision_id or None, actual, fallback, usage=usage
+                rep.request_id,
+                rep.decision_id or None,
+                actual,
+                fallback,
+                usage=usage,
+                deadline=deadline,
             ),
         )
         self._observer.report(rep, outcome)

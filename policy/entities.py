@@ -52,20 +52,29 @@ class EntityStore(Protocol):
     blocking: bool  # True when calls may do network I/O
 
     def observe(
-        self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
+        self,
+        kind: EntityKind,
+        id: str,
+        patch: Mapping[str, Value] | None,
+        *,
+        deadline: float | None = None,
     ) -> Mapping[str, Value]:
         """Merge ``patch`` into the stored metadata (written only on change); return the merge.
 
         The hot path of every decision: served from an in-process cache where the store is remote.
-        The returned mapping must not be mutated by the caller.
+        The returned mapping must not be mutated by the caller. A remote store waits for
+        its answers until ``deadline`` (``time.monotonic()``) at most; raises
+        ``StoreUnavailable``.
         """
         ...
 
-    def link(self, user_id: str, group_id: str) -> None:
+    def link(self, user_id: str, group_id: str, *, deadline: float | None = None) -> None:
         """Record that the user is a member of the group; idempotent, writes only when new."""
         ...
 
-    def get(self, kind: EntityKind, id: str) -> EntityView | None:
+    def get(
+        self, kind: EntityKind, id: str, *, deadline: float | None = None
+    ) -> EntityView | None:
         """The entity with its links, or None if tollway has never heard of it."""
         ...
 

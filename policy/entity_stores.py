@@ -21,13 +21,14 @@ from urllib.parse import quote
 
 import redis
 from cachetools import TTLCache
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 
 from tollway.dsl.ast import Value
 
 from .entities import EntityKind, EntityView, merge_metadata
 from .stores.base import StoreUnavailable
-from .stores.redis_store import redis_client
+from .stores.redis_calls import RedisCalls
+from .stores.redis_store import DEFAULT_TIMEOUT, redis_client
 
 __all__ = ["MemoryEntityStore", "RedisEntityStore", "CACHE_TTL", "LINK_TTL"]
 
@@ -64,7 +65,12 @@ class MemoryEntityStore:
         self._memberships = 0  # user -> group pairs
 
     def observe(
-        self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
+        self,
+        kind: EntityKind,
+        id: str,
+        patch: Mapping[str, Value] | None,
+        *,
+        deadline: float | None = None,
     ) -> Mapping[str, Value]:
         with self._lock:
             stored = self._meta.get((kind, id), {})
@@ -74,7 +80,7 @@ class MemoryEntityStore:
             self._meta[(kind, id)] = merged
             return merged
 
-    def link(self, user_id: str, group_id: str) -> None:
+    def link(self, user_id: str, group_id: str, *, deadline: float | None = None) -> None:
         with self._lock:
             groups = self._links.setdefault(("user", user_id), set())
             if group_id not in groups:
@@ -82,7 +88,9 @@ class MemoryEntityStore:
                 self._links.setdefault(("group", group_id), set()).add(user_id)
                 self._memberships += 1
 
-    def get(self, kind: EntityKind, id: str) -> EntityView | None:
+    def get(
+        self, kind: EntityKind, id: str, *, deadline: float | None = None
+    ) -> EntityView | None:
         with self._lock:
             meta = self._meta.get((kind, id))
             links = self._links.get((kind, id))
@@ -142,6 +150,9 @@ class RedisEntityStore:
     Keys: ``{prefix}e:{kind}:{id}`` (hash: metadata key -> JSON value),
     ``{prefix}m:user:{id}`` (set of the user's groups), ``{prefix}m:group:{id}`` (set of
     the group's members); ids are percent-encoded in key names and raw in set members.
+    Every call waits for Redis until its deadline at most (``RedisCalls``); a metadata
+    write or a link that timed out may still land later, which is harmless: both only
+    ever record what a request said.
     """
 
     blocking = True
@@ -156,9 +167,11 @@ class RedisEntityStore:
         cache_size: int = 100_000,
         link_ttl: float = LINK_TTL,
         client: redis.Redis | None = None,
-        timeout: float = 0.1,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._client = client or redis_client(url, timeout=timeout)
+        self._calls = RedisCalls(self._client)
+        self.timeout = timeout
         self._prefix = key_prefix
         timer = clock or time.monotonic
         self._lock = threading.Lock()  # TTLCache is not thread-safe; I/O stays outside it
@@ -168,47 +181,49 @@ class RedisEntityStore:
         self._links: TTLCache[tuple[str, str], bool] = TTLCache(cache_size, link_ttl, timer=timer)
 
     def observe(
-        self, kind: EntityKind, id: str, patch: Mapping[str, Value] | None
+        self,
+        kind: EntityKind,
+        id: str,
+        patch: Mapping[str, Value] | None,
+        *,
+        deadline: float | None = None,
     ) -> Mapping[str, Value]:
         with self._lock:
             cached = self._meta.get((kind, id))
         if cached is None:
-            cached = self._decode(self._run(lambda: self._client.hgetall(self._key(kind, id))))
+            (raw,) = self._run([("HGETALL", self._key(kind, id))], deadline)
+            cached = self._decode(raw)
             with self._lock:
                 self._meta[(kind, id)] = cached
         merged = merge_metadata(cached, patch)
         if merged is None:
             return cached
         changed, removed = _diff(cached, merged)
-        self._write(kind, id, changed, removed)
+        self._write(kind, id, changed, removed, deadline=deadline)
         with self._lock:
             self._meta[(kind, id)] = merged
         return merged
 
-    def link(self, user_id: str, group_id: str) -> None:
+    def link(self, user_id: str, group_id: str, *, deadline: float | None = None) -> None:
         with self._lock:
             if (user_id, group_id) in self._links:
                 return
-
-        def write() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.sadd(self._links_key("user", user_id), _raw(group_id))
-            pipe.sadd(self._links_key("group", group_id), _raw(user_id))
-            pipe.execute()
-
-        self._run(write)
+        self._transaction(
+            [
+                ("SADD", self._links_key("user", user_id), _raw(group_id)),
+                ("SADD", self._links_key("group", group_id), _raw(user_id)),
+            ],
+            deadline,
+        )
         with self._lock:
             self._links[(user_id, group_id)] = True
 
-    def get(self, kind: EntityKind, id: str) -> EntityView | None:
-
-        def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(self._key(kind, id))
-            pipe.smembers(self._links_key(kind, id))
-            return pipe.execute()
-
-        raw, members = self._run(read)
+    def get(
+        self, kind: EntityKind, id: str, *, deadline: float | None = None
+    ) -> EntityView | None:
+        raw, members = self._run(
+            [("HGETALL", self._key(kind, id)), ("SMEMBERS", self._links_key(kind, id))], deadline
+        )
         if not raw and not members:
             return None
         meta = self._decode(raw)
@@ -259,35 +274,41 @@ class RedisEntityStore:
         removing: Iterable[str],
         *,
         replace: bool = False,
+        deadline: float | None = None,
     ) -> None:
         """One MULTI: optionally clear, then set and remove top-level keys."""
-        mapping: dict[Any, str | bytes] = {k: _dumps(v) for k, v in setting.items()}
-        mapping[_EXISTS] = b"1"
+        fields: list[Any] = []
+        for k, v in setting.items():
+            fields += (k, _dumps(v))
+        fields += (_EXISTS, b"1")
         gone = list(removing)
         key = self._key(kind, id)
+        commands: list[tuple[Any, ...]] = []
+        if replace:
+            commands.append(("DEL", key))
+        elif gone:
+            commands.append(("HDEL", key, *gone))
+        commands.append(("HSET", key, *fields))
+        self._transaction(commands, deadline)
 
-        def write() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            if replace:
-                pipe.delete(key)
-            elif gone:
-                pipe.hdel(key, *gone)
-            pipe.hset(key, mapping=mapping)
-            pipe.execute()
+    def _transaction(self, commands: list[tuple[Any, ...]], deadline: float | None) -> None:
+        self._run([("MULTI",), *commands, ("EXEC",)], deadline)
 
-        self._run(write)
+    def _run(self, commands: list[tuple[Any, ...]], deadline: float | None) -> list[Any]:
+        """Every reply, by ``deadline`` (the store's timeout from now when None)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        replies = self._calls.run(commands, deadline)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise StoreUnavailable(f"redis: {reply}", outcome="unknown")
+        return replies
 
     @staticmethod
-    def _decode(raw: Mapping[bytes, bytes]) -> dict[str, Value]:
+    def _decode(raw: list[bytes]) -> dict[str, Value]:
+        """An ``HGETALL`` reply (field, value, field, value…) as metadata."""
         return {
-            k.decode("utf-8"): json.loads(v) for k, v in raw.items() if k != _EXISTS
+            raw[i].decode("utf-8"): json.loads(raw[i + 1])
+            for i in range(0, len(raw), 2)
+            if raw[i] != _EXISTS
         }
-
-    @staticmethod
-    def _run(call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc

@@ -51,9 +51,9 @@ def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str
 
 async def configure_maintenance(
     server: grpc.aio.Server, extra_services: Sequence[str] = ()
-) -> health.aio.HealthServicer:
+) -> tuple[health.aio.HealthServicer, tuple[str, ...]]:
     """Register health (SERVING for "", the Tollway service and ``extra_services``) and
-    reflection over all of them."""
+    reflection over all of them; returns the servicer and the names health answers for."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
@@ -62,7 +62,7 @@ async def configure_maintenance(
     reflection.enable_server_reflection(
         (*services, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
-    return servicer
+    return servicer, ("", *services)
 
 
 def bind_failure(listen: str) -> str:
@@ -104,6 +104,7 @@ class GrpcServer:
     health: health.aio.HealthServicer
     service: TollwayService
     address: str  # as bound: the real port when ``listen`` asked for port 0
+    health_names: tuple[str, ...] = ()  # what health answers for: "" and every service
 
     async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
         """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
@@ -145,7 +146,7 @@ async def start_grpc(
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
-    health_servicer = await configure_maintenance(server, envoy)
+    health_servicer, health_names = await configure_maintenance(server, envoy)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
@@ -153,5 +154,7 @@ async def start_grpc(
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}")
     await server.start()
-    return GrpcServer(server, health_servicer, service, _bound_address(listen, port))
+    return GrpcServer(
+        server, health_servicer, service, _bound_address(listen, port), health_names
+    )
 

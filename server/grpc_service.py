@@ -2,8 +2,9 @@
 
 No business logic lives here. Errors become status codes in one place (``rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
-an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE, anything else ->
-INTERNAL with a generic message and the traceback in the log.
+an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE (whose message and
+``tollway-outcome`` trailer say whether the call may have been applied), anything else
+-> INTERNAL with a generic message and the traceback in the log.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 from . import convert, usage_convert
 from .engine_calls import EngineCalls
 
-__all__ = ["TollwayService", "NotFound", "SERVICE_NAME", "rpc"]
+__all__ = ["TollwayService", "NotFound", "SERVICE_NAME", "OUTCOME_KEY", "rpc"]
 
 log = logging.getLogger("tollway.server")
 
@@ -36,6 +37,19 @@ S = TypeVar("S")
 
 class NotFound(LookupError):
     """The named entity or usage record does not exist."""
+
+
+# The trailer an UNAVAILABLE answer carries: "not-applied" (nothing changed: retry at
+# will) or "unknown" (it may have been applied: retry a Report with the same request_id,
+# which counts once).
+OUTCOME_KEY = "tollway-outcome"
+_UNAVAILABLE = {
+    "not_applied": "counter store unavailable; nothing was applied: retry",
+    "unknown": (
+        "counter store did not answer in time; the call may have been applied: retry a "
+        "Report with the same request_id (it counts once)"
+    ),
+}
 
 
 def rpc(
@@ -59,9 +73,11 @@ def rpc(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StoreUnavailable:
-            log.warning("%s: counter store unavailable", method.__name__, exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "counter store unavailable")
+        except StoreUnavailable as exc:
+            # per call at debug: an outage is told once by health, and counted in metrics
+            log.debug("%s: counter store unavailable: %s", method.__name__, exc)
+            context.set_trailing_metadata(((OUTCOME_KEY, exc.outcome.replace("_", "-")),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE[exc.outcome])
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")

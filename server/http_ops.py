@@ -8,6 +8,7 @@ exposition or a stalled Redis never holds up a decision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -22,16 +23,33 @@ __all__ = ["Readiness", "install"]
 
 
 class Readiness:
-    """Ready when rules are loaded, the store answers, and the server is not draining."""
+    """Ready when rules are loaded, the store answers, and the server is not draining.
+
+    Every ``check`` asks the store afresh; ``watch`` registers a callback told of each
+    change of the answer (gRPC health follows it: ``health_watch.HealthWatch``).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._draining = False
+        self._last: bool | None = None
+        self._watchers: list[Callable[[bool, str], None]] = []
 
     def drain(self) -> None:
         self._draining = True
 
+    def watch(self, callback: Callable[[bool, str], None]) -> None:
+        self._watchers.append(callback)
+
     def check(self) -> tuple[bool, str]:
+        ok, reason = self._check()
+        if ok != self._last:
+            self._last = ok
+            for callback in self._watchers:
+                callback(ok, reason)
+        return ok, reason
+
+    def _check(self) -> tuple[bool, str]:
         if self._draining:
             return False, "shutting down"
         if self._engine.ruleset is None:

@@ -164,6 +164,8 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HttpError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, "the body is not valid JSON: nested too deeply") from None
 
 
 async def stream_response(

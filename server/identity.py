@@ -57,6 +57,7 @@ OPENAI_METADATA_KEY_CHARS = 64
 OPENAI_METADATA_VALUE_CHARS = 512
 
 _ENTITY_KEYS = frozenset({"user", "group"})
+_ENTITY_FIELDS = frozenset({"id", "metadata"})
 
 
 def identity_from_http(
@@ -67,16 +68,20 @@ def identity_from_http(
 ) -> dict[str, Any]:
     """The ``user``, ``group``, ``model`` and ``attributes`` of one HTTP request.
 
-    ``headers`` maps header names (any case) to values; ``body`` is the parsed JSON body
-    (None when there is none or it is not JSON); ``attribute_headers`` maps header names
-    (lower case) to attribute names, as ``parse_attribute_headers`` builds it.
+    ``headers`` maps header names to values: names in lower case (as HTTP/2 and Envoy
+    carry them, and as Starlette's ``Headers`` keep them), or a case-insensitive mapping
+    (aiohttp's ``CIMultiDict``, Starlette's ``Headers``); only the headers named here are
+    read. ``body`` is the parsed JSON body (None when there is none or it is not JSON);
+    ``attribute_headers`` maps header names (lower case) to attribute names, as
+    ``parse_attribute_headers`` builds it.
 
     Returns ``{"user": {"id": …[, "metadata": {…}]} | None, "group": … | None,
     "model": str, "attributes": {str: str}}``, ready for ``Engine.decide`` (which checks
-    ids, metadata size and depth). Raises ``ValueError`` whose message starts with the
-    field at fault (``metadata.tollway: …``, ``x-tollway-user-metadata: …``).
+    ids, metadata size and depth). Raises ``FieldError`` (a ``ValueError``) whose
+    ``field`` is the part at fault and whose message starts with it
+    (``metadata.tollway: …``, ``x-tollway-user-metadata: …``).
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
+    get = headers.get
     tollway: Mapping[str, Any] = {}
     model = ""
     safety_id = end_user = None
@@ -89,22 +94,22 @@ def identity_from_http(
         "user": _entity(
             "user",
             tollway.get("user"),
-            (lowered.get(USER_HEADER), safety_id, end_user),
-            lowered.get(USER_METADATA_HEADER),
+            (get(USER_HEADER), safety_id, end_user),
+            get(USER_METADATA_HEADER),
             USER_METADATA_HEADER,
         ),
         "group": _entity(
             "group",
             tollway.get("group"),
-            (lowered.get(GROUP_HEADER),),
-            lowered.get(GROUP_METADATA_HEADER),
+            (get(GROUP_HEADER),),
+            get(GROUP_METADATA_HEADER),
             GROUP_METADATA_HEADER,
         ),
         "model": model,
         "attributes": {
-            attribute: lowered[header]
+            attribute: value
             for header, attribute in (attribute_headers or {}).items()
-            if header in lowered
+            if (value := get(header)) is not None
         },
     }
 
@@ -173,8 +178,8 @@ def _tollway_metadata(metadata: Any) -> Mapping[str, Any]:
     if raw is None:
         return {}
     decoded = _json_object(raw, f"metadata.{METADATA_KEY}")
-    unknown = set(decoded) - _ENTITY_KEYS
-    if unknown:
+    if not decoded.keys() <= _ENTITY_KEYS:
+        unknown = set(decoded) - _ENTITY_KEYS
         raise FieldError(
             f"metadata.{METADATA_KEY}",
             f"unknown field {sorted(unknown)[0]!r} (expected user and group)",
@@ -206,8 +211,8 @@ def _entity(
         ident = from_body
     elif isinstance(from_body, Mapping):
         ident, metadata = from_body.get("id"), from_body.get("metadata")
-        unknown = set(from_body) - {"id", "metadata"}
-        if unknown:
+        if not from_body.keys() <= _ENTITY_FIELDS:
+            unknown = set(from_body) - _ENTITY_FIELDS
             raise FieldError(
                 f"metadata.{METADATA_KEY}.{kind}", f"unknown field {sorted(unknown)[0]!r}"
             )

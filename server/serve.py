@@ -24,6 +24,7 @@ from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
+from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
 from .http_ops import Readiness
@@ -88,7 +89,9 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
                 max_age_seconds=args.activity_max_age,
             ),
             store_options=StoreOptions(
-                max_reservations=args.max_reservations, max_report_ids=args.max_report_ids
+                timeout=args.store_timeout,
+                max_reservations=args.max_reservations,
+                max_report_ids=args.max_report_ids,
             ),
         )
     except RulesError as exc:
@@ -134,19 +137,30 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
+    watch = HealthWatch(readiness, grpc_server.health, grpc_server.health_names)
+    store_ok, store_reason = await watch.start()
     ruleset = engine.ruleset
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
         "store": _redact(args.store),
     }
-    log.info(
+    line = (
         "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-        "rule_count=%(rule_count)d store=%(store)s", ready, extra=ready,
+        "rule_count=%(rule_count)d store=%(store)s"
     )
+    if store_ok:
+        log.info(line, ready, extra=ready)
+    else:  # serving anyway: decisions follow on_store_error until the store answers
+        ready["not_ready"] = store_reason
+        log.warning(
+            line + " NOT READY: %(not_ready)s; decisions follow on_store_error until it "
+            "answers", ready, extra=ready,
+        )
     await stop.wait()
 
     log.info("shutting down: draining in-flight calls (grace %gs)", args.grace)
+    await watch.stop()
     readiness.drain()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)

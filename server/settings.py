@@ -190,6 +190,12 @@ SETTINGS: tuple[Setting, ...] = (
         "how long a report stays in the activity log", (SERVE,),
     ),
     Setting(
+        "store-timeout", Duration("s", high=60.0), 0.1, "TOLLWAY_STORE_TIMEOUT",
+        "Redis store: the time a decision's or report's store work may take in all, "
+        "counted from when the call arrived; past it on_store_error decides",
+        (SERVE,), default_text="100ms",
+    ),
+    Setting(
         "max-reservations", Integer(low=1), 100_000, "TOLLWAY_MAX_RESERVATIONS",
         "memory store: open reservations kept for their reports; past it the oldest is "
         "released early (and counted in tollway_store_evictions_total)", (SERVE,),

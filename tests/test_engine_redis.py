@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import RedisServer
+from conftest import ROOMY, RedisServer
 
 from tollway import Engine
 
@@ -21,7 +21,7 @@ rule blocked priority 10 { when user.status == "blocked" deny "blocked" }
 
 
 def redis_engine(url: str, prefix: str) -> Engine:
-    return Engine.from_text(RULES, store=url, key_prefix=prefix)
+    return Engine.from_text(RULES, store=url, key_prefix=prefix, store_options=ROOMY)
 
 
 def test_decisions_match_the_memory_store(redis_url: str, redis_prefix: str) -> None:
@@ -121,7 +121,7 @@ def test_dead_redis_with_uncached_entity_is_a_store_error_not_a_crash(
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
 def test_bad_request_touches_nothing(store: str, redis_url: str, redis_prefix: str) -> None:
-    e = Engine.from_text(RULES, store=redis_url if store == "redis" else "memory", key_prefix=redis_prefix)
+    e = Engine.from_text(RULES, store=redis_url if store == "redis" else "memory", key_prefix=redis_prefix, store_options=ROOMY)
     try:
         with pytest.raises(ValueError, match=r"estimate\.cost_usd"):
             e.decide({"model": "m", "user": {"id": "b", "metadata": {"tier": "free"}}, "estimate": {"cost_usd": -1}})

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 from backends import Backend
+from conftest import ROOMY
 
 from tollway import Engine
 from tollway.policy.usage import SORT_FIELDS
@@ -60,7 +61,8 @@ def make(backend: Backend) -> Iterator[Make]:
             made.append(e)
             return [e, e]
         prefix = backend.prefix()
-        pair = [Engine.from_text(rules, store=backend.store, key_prefix=prefix) for _ in range(2)]
+        pair = [Engine.from_text(rules, store=backend.store, key_prefix=prefix,
+                                 store_options=ROOMY) for _ in range(2)]
         made.extend(pair)
         return pair
 
@@ -258,7 +260,7 @@ def test_concurrent_decides_on_two_replicas_count_exactly(make: Make) -> None:
 
 
 def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) -> None:
-    e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix)
+    e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix, store_options=ROOMY)
     client = redis.Redis.from_url(redis_url)
     try:
         d = e.decide({"model": "m", "user": {"id": "c"}})
@@ -283,7 +285,7 @@ def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) 
 def test_a_decision_without_quotas_is_one_round_trip_on_redis(
     redis_url: str, redis_prefix: str
 ) -> None:
-    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix)
+    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix, store_options=ROOMY)
     client = redis.Redis.from_url(redis_url)
     try:
         e.decide({"model": "m", "user": {"id": "c"}})  # fills the entity cache and the script cache

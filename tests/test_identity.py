@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from tollway import Engine
 from tollway.policy.validate import FieldError
@@ -36,7 +37,7 @@ def test_each_user_source_alone() -> None:
         "id": "from-meta",
         "metadata": {"tier": "pro"},
     }
-    assert identity_from_http({"X-Tollway-User": "from-header"}, None)["user"] == {
+    assert identity_from_http({"x-tollway-user": "from-header"}, None)["user"] == {
         "id": "from-header"
     }
     assert identity_from_http({}, {"safety_identifier": "hashed"})["user"] == {"id": "hashed"}
@@ -79,6 +80,14 @@ def test_groups_come_from_metadata_or_headers_only() -> None:
         {"x-tollway-group": "header-group"}, {"metadata": tollway_meta(group="meta-group")}
     )
     assert got["group"] == {"id": "meta-group"}
+
+
+def test_headers_in_lower_case_or_a_case_insensitive_mapping() -> None:
+    headers = CIMultiDict({"X-Tollway-User": "alice", "X-Team": "search"})
+    got = identity_from_http(headers, None, attribute_headers={"x-team": "team"})
+    assert got["user"] == {"id": "alice"} and got["attributes"] == {"team": "search"}
+    # a plain dict is read as given: its names must be lower case
+    assert identity_from_http({"X-Tollway-User": "alice"}, None)["user"] is None
 
 
 def test_attribute_headers() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from backends import Backend
+from conftest import ROOMY
 from server_harness import serving, write_rules
 
 from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
@@ -33,7 +34,8 @@ rule everyone { enforce calls, tokens, spend, team_spend }
 @pytest.fixture
 def stub(backend: Backend, tmp_path: Path) -> Iterator[pb_grpc.TollwayStub]:
     rules = write_rules(tmp_path, RULES)
-    with serving(rules, store=backend.store, key_prefix=backend.prefix()) as (s, _, _):
+    with serving(rules, store=backend.store, key_prefix=backend.prefix(),
+                 store_options=ROOMY) as (s, _, _):
         yield s
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 from backends import Backend
+from conftest import ROOMY
 
 from tollway import Engine
 
@@ -39,7 +40,8 @@ def engine_and_clock(backend: Backend) -> Iterator[tuple[Engine, Callable[[], fl
             sec, usec = client.time()
             return sec + usec / 1e6
 
-        e = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix())
+        e = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix(),
+                             store_options=ROOMY)
         yield e, redis_now
         client.close()
     e.close()

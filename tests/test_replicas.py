@@ -34,7 +34,8 @@ def replicas(
         stubs = []
         for _ in range(2):
             served = stack.enter_context(
-                tollway_serve(rules, "--store", redis_url, "--key-prefix", redis_prefix)
+                tollway_serve(rules, "--store", redis_url, "--key-prefix", redis_prefix,
+                              "--store-timeout", "10s")
             )
             channel = stack.enter_context(grpc.insecure_channel(served.grpc))
             stubs.append(pb_grpc.TollwayStub(channel))

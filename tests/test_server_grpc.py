@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import ROOMY
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -85,7 +86,8 @@ def test_deny_route_checks_annotations_and_shadow(stub: pb_grpc.TollwayStub) -> 
 def test_redis_store_runs_engine_calls_off_the_loop(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    with serving(write_rules(tmp_path), store=redis_url, key_prefix=redis_prefix) as (
+    with serving(write_rules(tmp_path), store=redis_url, key_prefix=redis_prefix,
+                 store_options=ROOMY) as (
         stub, server, _,
     ):
         assert server.engine.blocking

@@ -86,7 +86,8 @@ def watched(backend: Backend) -> Iterator[tuple[Engine, Metrics, str]]:
     if backend.name == "memory":
         engine = memory_engine(max_reservations=3)
     else:
-        engine = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix())
+        engine = Engine.from_text(RULES, store=backend.store, key_prefix=backend.prefix(),
+                                  store_options=StoreOptions(timeout=10.0))
     metrics.watch_stores(engine)
     yield engine, metrics, backend.name
     engine.close()

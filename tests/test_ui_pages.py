@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from conftest import RedisServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
@@ -301,6 +302,22 @@ def test_the_explain_box_takes_posts_from_its_own_pages_only(port: HttpPort) -> 
     as_json = fetch(url, FREE.encode(), {"Content-Type": "application/json"})
     assert as_json.status == 415
     assert fetch(url).status == 405  # GET is not a way to explain
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda t: urlencode({"request": t}).encode(), st.text(max_size=200)),
+    st.sampled_from([b"request=%ff", b"request=%c3%28", b"request", b"=&=&", b"request=%",
+                     b"&".join([b"x=1"] * 70), b"request=" + b"%5B" * 5000]),
+))
+def test_any_form_body_is_explained_or_refused_by_name(port: HttpPort, body: bytes) -> None:
+    page = fetch(port.url("/ui/rules/explain"), body, {
+        "Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{port.address}"})
+    assert page.status in (200, 400), (page.status, page.text[:300])
+    assert page.headers["content-type"].startswith("text/html")
+    if page.status == 400:
+        assert re.search(r'role="alert"[^>]*>[^<]+', page.text), page.text[-800:]
 
 
 # ------------------------------------------------------------------ rules and reloads

@@ -64,15 +64,21 @@ def open_store(
         return MemoryCounterStore(retention=retention, options=options)
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention)
+    timeout = (options or StoreOptions()).timeout
+    return RedisCounterStore(url, key_prefix=key_prefix, retention=retention, timeout=timeout)
 
 
 def open_entity_store(
-    url: str, *, key_prefix: str = "tollway:", clock: Callable[[], float] | None = None
+    url: str,
+    *,
+    key_prefix: str = "tollway:",
+    clock: Callable[[], float] | None = None,
+    options: StoreOptions | None = None,
 ) -> EntityStore:
     """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
     from ..entity_stores import MemoryEntityStore, RedisEntityStore
 
     if _kind(url) == "memory":
         return MemoryEntityStore()
-    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock)
+    timeout = (options or StoreOptions()).timeout
+    return RedisEntityStore(url, key_prefix=key_prefix, clock=clock, timeout=timeout)

@@ -22,6 +22,7 @@ __all__ = [
     "ReportOutcome",
     "REPORT_OUTCOMES",
     "StoreOptions",
+    "StoreOutcome",
     "StoreUnavailable",
     "CounterStore",
 ]
@@ -31,16 +32,21 @@ __all__ = [
 class StoreOptions:
     """How a counter store is bounded.
 
-    ``max_reservations``: open reservations the memory store keeps (a decision's
-    reservation waits there for its report); ``max_report_ids``: request_ids it remembers
-    to make reports idempotent. Past either cap the oldest entry is dropped early and
-    counted. Redis keeps both as keys with a TTL instead.
+    ``timeout``: seconds a decision's or report's store work may take in all, from the
+    moment the call arrived (Redis; the memory store never waits). ``max_reservations``:
+    open reservations the memory store keeps (a decision's reservation waits there for
+    its report); ``max_report_ids``: request_ids it remembers to make reports
+    idempotent. Past either cap the oldest entry is dropped early and counted. Redis
+    keeps both as keys with a TTL instead.
     """
 
+    timeout: float = 0.1
     max_reservations: int = 100_000
     max_report_ids: int = 200_000
 
     def __post_init__(self) -> None:
+        if not 0 < self.timeout <= 60:
+            raise ValueError("timeout: must be more than 0 and at most 60 seconds")
         if self.max_reservations < 1:
             raise ValueError("max_reservations: must be at least 1")
         if self.max_report_ids < 1:
@@ -86,15 +92,30 @@ class CounterState:
     resets_at: float
 
 
+StoreOutcome = Literal["not_applied", "unknown"]
 
 
 class StoreUnavailable(Exception):
-    """The store could not be reached or answered too slowly; nothing was changed."""
+    """The store could not be reached, or did not answer in time.
+
+    ``outcome`` says what is known of the call's effect: ``"not_applied"`` (nothing was
+    changed: nothing was sent, or the store refused to act past its deadline) or
+    ``"unknown"`` (sent, no answer: a script carrying a deadline does nothing once the
+    store's clock is past it, so it applied only if it ran in time and its answer was
+    lost; a report retried with the same request_id then counts once either way).
+    """
+
+    def __init__(self, message: str, *, outcome: StoreOutcome = "not_applied") -> None:
+        super().__init__(message)
+        self.outcome: StoreOutcome = outcome
 
 
 class CounterStore(Protocol):
     name: str  # "memory" or "redis": the ``store`` label of tollway_store_* metrics
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
+    # seconds one decision's or report's store work may take in all (its deadline is the
+    # time the call arrived plus this); 0 for a store that never waits
+    timeout: float
 
     @property
     def usage(self) -> UsageReader:
@@ -109,6 +130,7 @@ class CounterStore(Protocol):
         hold_id: str | None = None,
         now: float | None = None,
         seen: RequestSeen | None = None,
+        deadline: float | None = None,
     ) -> list[CounterState]:
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
 
@@ -119,11 +141,13 @@ class CounterStore(Protocol):
         ``seen``, when given, is counted in the usage aggregates (one request, first and
         last seen) in the same atomic step, and only if the amounts were added: a denied
         decision or a read-only call counts nothing. On Redis it rides the same script call.
-        Raises ``StoreUnavailable``.
+        ``deadline`` (``time.monotonic()``; None: ``timeout`` from now) bounds the wait,
+        and a networked store makes sure nothing is written after it. Raises
+        ``StoreUnavailable`` (its ``outcome`` says whether anything may have changed).
         """
         ...
 
-    def record_request(self, seen: RequestSeen) -> None:
+    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
         """Count one admitted request in the usage aggregates, for a decision that has no
         counters to consume (one round trip on Redis). Raises ``StoreUnavailable``."""
         ...
@@ -138,6 +162,7 @@ class CounterStore(Protocol):
         *,
         now: float | None = None,
         usage: UsageEvent | None = None,
+        deadline: float | None = None,
     ) -> ReportOutcome:
         """Apply a usage report once per ``request_id``.
 
@@ -148,7 +173,9 @@ class CounterStore(Protocol):
         already reported -> "duplicate", nothing changes. ``usage``, when given, is added
         to the usage aggregates in the same atomic step (so it counts exactly once too);
         it counts a request only when ``usage.counts_request`` (no decision counted it).
-        Raises ``StoreUnavailable``.
+        ``deadline`` as for ``check_and_consume``. Raises ``StoreUnavailable``: with
+        ``outcome`` "unknown" the report may have been applied, and its retry with the same
+        request_id settles it (it counts once).
         """
         ...
 

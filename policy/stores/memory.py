@@ -78,6 +78,7 @@ class MemoryCounterStore:
 
     name = "memory"
     blocking = False
+    timeout = 0.0  # nothing waits: no store budget to keep
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class MemoryCounterStore:
         hold_id: str | None = None,
         now: float | None = None,
         seen: RequestSeen | None = None,
+        deadline: float | None = None,  # nothing here waits
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
@@ -162,6 +164,7 @@ class MemoryCounterStore:
         *,
         now: float | None = None,
         usage: UsageEvent | None = None,
+        deadline: float | None = None,  # nothing here waits
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
@@ -188,7 +191,7 @@ class MemoryCounterStore:
                 self._add(c.key, s.field, s.until, c.amount)
             return "added"
 
-    def record_request(self, seen: RequestSeen) -> None:
+    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
         # no counters change with it, so the usage's own lock is all it needs
         self.usage.count_request(seen)
 

@@ -3,24 +3,30 @@
 Every counter of a decision is read, checked and (all or none) consumed by one
 ``EVALSHA`` of ``lua/consume.lua``, which also counts the admitted request in the usage
 aggregates; a report is one call of ``lua/report.lua``. Both take the time from Redis
-``TIME`` so that replicas with skewed clocks still agree on windows and periods. The
-scripts are registered once (``register_script``): a Redis that lost its script cache
-costs one ``SCRIPT LOAD``, not an error.
+``TIME`` so that replicas with skewed clocks still agree on windows and periods. A Redis
+that lost its script cache costs one ``SCRIPT LOAD``, not an error.
 
-Timeouts are short (100 ms by default) so that a dead or stalled Redis turns into
-``StoreUnavailable`` quickly and the engine can apply ``on_store_error``. How hard to
-try again is a separate decision, kept in a redis-py ``Retry`` (``default_retry``).
+Every script call has a deadline (``RedisCalls``): the caller waits for its answer only
+until then, and the script itself writes nothing once Redis's clock is past it, so a
+script queued behind a stall cannot apply after its caller gave up. The timeout is short
+(100 ms by default) so that a dead or stalled Redis turns into ``StoreUnavailable``
+quickly and the engine can apply ``on_store_error``. Script calls are never retried
+(running one twice could consume twice); a connection the server closed is replaced
+before a command is sent on it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -35,6 +41,7 @@ from .base import (
     ReportOutcome,
     StoreUnavailable,
 )
+from .redis_calls import RedisCalls, Script
 from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
@@ -54,6 +61,15 @@ def default_retry() -> Retry:
     return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
+# A new connection sends nothing before the first command (no CLIENT SETINFO), so opening
+# one to a stalled server waits for nothing: the keyword depends on redis-py's version.
+_NO_HANDSHAKE: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 def redis_client(
     url: str,
     *,
@@ -70,6 +86,8 @@ def redis_client(
         retry=retry if retry is not None else default_retry(),
         health_check_interval=0,  # no PING on the hot path
         max_connections=max_connections,
+        protocol=2,  # the replies RedisCalls reads raw: flat lists whatever the version
+        **_NO_HANDSHAKE,
     )
 
 
@@ -85,7 +103,9 @@ class RedisCounterStore:
 
     ``honour_now``: pass ``now=`` through to the scripts instead of using Redis TIME. For
     tests only (they cannot move Redis's clock); a deployment must leave it off so that
-    replicas agree on one clock.
+    replicas agree on one clock. ``wall``: this host's unix time, against which the
+    offset of Redis's clock is measured (tests skew it). ``timeout``: the budget of one
+    call's store work when the caller gives no deadline.
     """
 
     name = "redis"
@@ -105,6 +125,7 @@ class RedisCounterStore:
         honour_now: bool = False,
         client: redis.Redis | None = None,
         retention: Retention | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._client = client or redis_client(
             url,
@@ -113,12 +134,14 @@ class RedisCounterStore:
             retry=retry,
             max_connections=max_connections,
         )
+        self.timeout = timeout
+        self._calls = RedisCalls(self._client, wall=wall)
         self._prefix = key_prefix
         self._hold_ttl = str(int(hold_ttl))
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
-        self._consume = self._client.register_script(load_script("consume", USAGE_LUA))
-        self._report = self._client.register_script(load_script("report", USAGE_LUA))
+        self._consume = Script.of(load_script("consume", USAGE_LUA))
+        self._report = Script.of(load_script("report", USAGE_LUA))
         self.retention = retention or Retention()
         self.usage = RedisUsage(self._client, key_prefix=key_prefix, retention=self.retention)
 
@@ -132,19 +155,21 @@ class RedisCounterStore:
         hold_id: str | None = None,
         now: float | None = None,
         seen: RequestSeen | None = None,
+        deadline: float | None = None,
     ) -> list[CounterState]:
         prepared = windows.prepare_counters(self._prefix, counters)
         if not prepared:
             if consume and seen is not None:
-                self.record_request(seen)
+                self.record_request(seen, deadline=deadline)
             return []
+        deadline = self._deadline(deadline)
         keys = [key for _, key, _, _, _ in prepared]
         hold = consume and hold_id is not None
         if hold:
             assert hold_id is not None
             keys.append(windows.hold_key(self._prefix, hold_id))
         args: list[str] = [
-            self._override(now),
+            self._clock_arg(now, deadline),
             "1" if consume else "0",
             self._hold_ttl if hold else "0",
         ]
@@ -152,8 +177,15 @@ class RedisCounterStore:
             args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
         if consume and seen is not None:
             args += request_args(self._prefix, seen)  # counted by the script if admitted
-        reply = self._call(self._consume, keys, args)
+        calls = self._calls
+        sent_at = calls.wall()
+        reply = calls.script(self._consume, keys, args, deadline)
         sec, usec = int(reply[0]), int(reply[1])
+        calls.observe_time(sent_at, calls.wall(), sec, usec)
+        if int(reply[2]) < 0:
+            raise StoreUnavailable(
+                "redis: answered past the deadline; nothing was written", outcome="not_applied"
+            )
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
         state_of = windows.state_of
         states = []
@@ -177,15 +209,17 @@ class RedisCounterStore:
         *,
         now: float | None = None,
         usage: UsageEvent | None = None,
+        deadline: float | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.check_counters(self._prefix, fallback)
+        deadline = self._deadline(deadline)
         keys = [windows.report_key(self._prefix, request_id)]
         if hold_id is not None:
             keys.append(windows.hold_key(self._prefix, hold_id))
         keys += [c.key for c in checked]
         args = [
-            self._override(now),
+            self._clock_arg(now, deadline),
             self._report_ttl,
             "1" if hold_id is not None else "0",
             str(len(units)),
@@ -196,14 +230,20 @@ class RedisCounterStore:
             args += (*_window_args(c), str(c.amount))
         if usage is not None:
             args += usage_args(self._prefix, usage, self.retention)
-        outcome = self._call(self._report, keys, args)
-        text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        reply = self._calls.script(self._report, keys, args, deadline)
+        text = _text(reply[0] if isinstance(reply, list) else reply)
+        if text == "late":
+            raise StoreUnavailable(
+                "redis: answered past the deadline; nothing was written", outcome="not_applied"
+            )
         for known in REPORT_OUTCOMES:
             if text == known:
                 return known
-        raise StoreUnavailable(f"redis report script answered {text!r}")
+        raise StoreUnavailable(f"redis report script answered {text!r}", outcome="unknown")
 
-    def record_request(self, seen: RequestSeen) -> None:
+    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
+        if deadline is not None and deadline <= time.monotonic():
+            raise StoreUnavailable("redis: no time left for the call", outcome="not_applied")
         self.usage.count_request(seen)
 
     def ping(self) -> bool:
@@ -224,16 +264,18 @@ class RedisCounterStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _override(self, now: float | None) -> str:
-        return str(math.floor(now)) if now is not None and self._honour_now else ""
+    def _deadline(self, deadline: float | None) -> float:
+        return time.monotonic() + self.timeout if deadline is None else deadline
 
-    def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
-        try:
-            return script(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        except OSError as exc:  # a socket error redis-py did not wrap
-            raise StoreUnavailable(f"redis: {exc}") from exc
+    def _clock_arg(self, now: float | None, deadline: float) -> str:
+        """The scripts' clock: the test-only override, or Redis TIME with the deadline."""
+        if now is not None and self._honour_now:
+            return str(math.floor(now))
+        return self._calls.redis_deadline(deadline)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _window_args(c: Checked) -> tuple[str, str]:

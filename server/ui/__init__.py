@@ -108,7 +108,7 @@ def install(app: web.Application, engine: Engine) -> None:
                 else "Unknown token."
             ),
         }
-        return html_response("login.html", context, status=401 if verdict != "ok" else 200)
+        return html_response("login.html", context, status=401)
 
     async def logout(request: web.Request) -> web.Response:
         if not same_origin(request):

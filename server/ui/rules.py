@@ -96,6 +96,8 @@ def _parse_request(text: str) -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"request: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("request: nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("request: must be a JSON object")
     return data

@@ -27,6 +27,7 @@ from aiohttp import web
 __all__ = [
     "COOKIE",
     "PATH",
+    "MAX_TOKEN_BYTES",
     "Verdict",
     "TokenCheck",
     "TOKEN_CHECK",

@@ -2,13 +2,18 @@
 -- Mirrors tollway.policy.windows: bucket indices and calendar periods depend only on
 -- the whole unix second, so this file and windows.py agree exactly.
 
--- The whole unix second the call runs at: Redis TIME, or the test-only override.
-local function now_parts(override)
-  if override ~= '' then
-    return tonumber(override), 0
+-- When the call runs, from its clock argument (ARGV[1] of every script): '' for Redis
+-- TIME; 'D<µs>' for Redis TIME with a deadline (unix µs on Redis's clock) past which the
+-- caller no longer waits, so the script must write nothing; or a unix second (a test-only
+-- override). Returns the whole second, the microseconds, and whether it is too late.
+local function now_parts(clock)
+  if clock ~= '' and string.sub(clock, 1, 1) ~= 'D' then
+    return tonumber(clock), 0, false
   end
   local tm = redis.call('TIME')
-  return tonumber(tm[1]), tonumber(tm[2])
+  local sec, usec = tonumber(tm[1]), tonumber(tm[2])
+  local late = clock ~= '' and sec * 1000000 + usec > tonumber(string.sub(clock, 2))
+  return sec, usec, late
 end
 
 -- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).

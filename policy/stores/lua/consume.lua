@@ -1,19 +1,20 @@
 -- consume.lua: check every counter of one decision, then add all amounts or none.
 -- KEYS[1..n]  counter hashes {prefix}q:{quota}:{key} (fields: bucket index or period label)
 -- KEYS[n+1]   reservation record {prefix}h:{hold_id}, only when ARGV[3] ~= '0'
--- ARGV[1]     '' to use Redis TIME, or a unix second (test-only override)
+-- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     '1' to consume, '0' to only read (explain, dry runs)
 -- ARGV[3]     reservation TTL in seconds, '0' for no reservation
 -- ARGV[4..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
 -- then        optionally the 5 values of usage_request (lua/usage.lua, prepended): the
 --             request counted in the usage aggregates, only when admitted and consumed
--- Returns {sec, usec, admitted (1/0), per counter {used, idx, units, idx, units, ...}}:
+-- Returns {sec, usec, admitted (1/0; -1: too late, nothing read or written), per counter {used, idx, units, idx, units, ...}}:
 -- the counted total and live buckets (> 0) come back so that the caller computes
 -- retry_after and resets_at with the same code as the memory store. A counter whose
 -- amount fits needs only its oldest live bucket for that, so only that one comes back
 -- (a short reply); an exceeded counter returns them all.
-local sec, usec = now_parts(ARGV[1])
+local sec, usec, late = now_parts(ARGV[1])
+if late then return {sec, usec, -1} end  -- past the caller's deadline: nothing written
 local consume = ARGV[2] == '1'
 local hold_ttl = tonumber(ARGV[3])
 local n = #KEYS

@@ -2,7 +2,7 @@
 -- KEYS[1]     report marker {prefix}r:{request_id}
 -- KEYS[2]     reservation record {prefix}h:{hold_id}, only when ARGV[3] == '1'
 -- KEYS[..]    fallback counter hashes, after those
--- ARGV[1]     '' to use Redis TIME, or a unix second (test-only override)
+-- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     marker TTL in seconds (how long a request_id is remembered)
 -- ARGV[3]     '1' when KEYS[2] is a reservation record
 -- ARGV[4]     m, then m pairs: metric, actual units
@@ -10,9 +10,11 @@
 -- then        optionally the 14 values of usage_apply (lua/usage.lua): the report's usage
 --             aggregates, recorded in this same atomic step, so a duplicate counts once
 --             (it counts a request only when no decision did: see usage.lua)
--- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals) or
--- 'added' (no live reservation: the fallback amounts were added).
-local sec = now_parts(ARGV[1])
+-- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals),
+-- 'added' (no live reservation: the fallback amounts were added) or 'late' (Redis's
+-- clock was past the deadline in ARGV[1]: nothing was written).
+local sec, _, late = now_parts(ARGV[1])
+if late then return 'late' end  -- past the caller's deadline: nothing written
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
 local has_hold = ARGV[3] == '1'
 local m = tonumber(ARGV[4])

@@ -22,8 +22,9 @@ X_TICKS = 6
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``value`` (> 0)."""
-    if value <= 0 or not math.isfinite(value):
+    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``value``; 1 for
+    nothing to show (zero, or less than a nano-dollar)."""
+    if not (math.isfinite(value) and value > 1e-9):
         return 1.0
     power = 10.0 ** math.floor(math.log10(value))
     for factor in (1.0, 2.0, 2.5, 5.0, 10.0):

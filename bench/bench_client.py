@@ -11,8 +11,8 @@ an estimate) is sent four ways:
       the deadline and the on_error guard; a and b take turns call by call;
   (c) a raw grpc.aio stub, ``--inflight`` calls in flight;
   (d) ``AsyncClient.decide(mapping)``, ``--inflight`` calls in flight.
-c and d alternate for ``--rounds`` rounds. Each figure is the median round, so drift on
-a shared machine hits both sides alike. Target: b costs at most 10% more than
+c and d alternate round by round (``--rounds``). Each figure is the median round, so drift
+on a shared machine hits both sides alike. Target: b costs at most 10% more than
 a (calls/s and p50), d likewise against c.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,13 +32,12 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_service import Row, _row, tollway_server  # noqa: E402
+from bench_service import MODELS, _print, _row, alternate, tollway_server  # noqa: E402
 
 from tollway.client import AsyncClient, Client  # noqa: E402
 from tollway.v1 import tollway_pb2 as pb  # noqa: E402
 from tollway.v1 import tollway_pb2_grpc as pb_grpc  # noqa: E402
 
-MODELS = ("openai/gpt-5", "openai/gpt-4.1", "anthropic/claude-sonnet-4.6", "azure-eu/gpt-4.1")
 TIMEOUT = 5.0  # generous: a missed deadline would measure the fallback, not the call
 
 
@@ -79,11 +77,13 @@ def by_hand(req: Mapping[str, Any]) -> pb.DecideRequest:
     return msg
 
 
-def interleaved(calls: dict[str, Callable[[dict[str, Any]], object]],
-                reqs: list[dict[str, Any]], seconds: float) -> list[Row]:
-    """One call at a time, taking turns: every side meets the same moments of a noisy machine.
+Rounds = list[tuple[float, list[float]]]
 
-    calls/s is the inverse of the mean latency (what one side alone would reach)."""
+
+def interleaved(calls: dict[str, Callable[[dict[str, Any]], object]],
+                reqs: list[dict[str, Any]], seconds: float) -> dict[str, tuple[float, list[float]]]:
+    """One call at a time, the sides taking turns call by call, so every side meets the same
+    moments of a noisy machine. Each side's time is the sum of its own calls."""
     clock = time.perf_counter
     lat: dict[str, list[float]] = {name: [] for name in calls}
     sides = list(calls.items())
@@ -97,10 +97,12 @@ def interleaved(calls: dict[str, Callable[[dict[str, Any]], object]],
             call(req)
             lat[name].append(clock() - t)
         i += 1
-    return [_row(name, sum(v), v) for name, v in lat.items()]
+    return {name: (sum(v), v) for name, v in lat.items()}
 
 
-def sync_pair(address: str, reqs: list[dict[str, Any]], seconds: float) -> tuple[Row, Row]:
+def sync_round(address: str, reqs: list[dict[str, Any]],
+               seconds: float) -> dict[str, tuple[float, list[float]]]:
+    """(a) and (b), taking turns."""
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.TollwayStub(channel)
 
@@ -109,43 +111,14 @@ def sync_pair(address: str, reqs: list[dict[str, Any]], seconds: float) -> tuple
         return d.allowed, d.model, d.decision_id
 
     with Client(address, timeout=TIMEOUT) as client:
-        a, b = interleaved(
-            {"(a) raw stub, 1 in flight": raw, "(b) Client.decide, 1 in flight": client.decide},
-            reqs, seconds,
-        )
+        measured = interleaved({"a": raw, "b": client.decide}, reqs, seconds)
     channel.close()
-    return a, b
-
-
-def async_pair(address: str, reqs: list[dict[str, Any]], inflight: int,
-               seconds: float) -> tuple[Row, Row]:
-    def raw_row() -> Row:
-        async def run() -> Row:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = pb_grpc.TollwayStub(channel)
-
-                async def raw(req: dict[str, Any]) -> object:
-                    d = await stub.Decide(by_hand(req), timeout=TIMEOUT)
-                    return d.allowed, d.model, d.decision_id
-
-                await raw(reqs[0])
-                return await _concurrent(raw, reqs, inflight, seconds,
-                                         f"(c) raw aio stub, {inflight} in flight")
-        return asyncio.run(run())
-
-    def client_row() -> Row:
-        async def run() -> Row:
-            async with AsyncClient(address, timeout=TIMEOUT) as client:
-                await client.decide(reqs[0])
-                return await _concurrent(client.decide, reqs, inflight, seconds,
-                                         f"(d) AsyncClient.decide, {inflight} in flight")
-        return asyncio.run(run())
-
-    return raw_row(), client_row()
+    return measured
 
 
 async def _concurrent(call: Callable[[dict[str, Any]], Awaitable[object]],
-                      reqs: list[dict[str, Any]], inflight: int, seconds: float, name: str) -> Row:
+                      reqs: list[dict[str, Any]], inflight: int,
+                      seconds: float) -> tuple[float, list[float]]:
     clock = time.perf_counter
     lat: list[float] = []
     n = len(reqs)
@@ -160,48 +133,72 @@ async def _concurrent(call: Callable[[dict[str, Any]], Awaitable[object]],
 
     start = clock()
     await asyncio.gather(*(worker(i) for i in range(inflight)))
-    return _row(name, clock() - start, lat)
+    return clock() - start, lat
 
 
-def median_row(rows: list[Row]) -> Row:
-    rows = sorted(rows, key=lambda r: r.calls_per_s)
-    mid = rows[len(rows) // 2]
-    return Row(mid.name, mid.calls_per_s, statistics.median(r.p50_ms for r in rows),
-               statistics.median(r.p99_ms for r in rows), f"median of {len(rows)} rounds",
-               mid.calls)
+def raw_aio_runner(address: str, reqs: list[dict[str, Any]],
+                   inflight: int) -> Callable[[float], tuple[float, list[float]]]:
+    """(c): a round of ``inflight`` raw grpc.aio calls at a time."""
+    def run(seconds: float) -> tuple[float, list[float]]:
+        async def main() -> tuple[float, list[float]]:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.TollwayStub(channel)
+
+                async def raw(req: dict[str, Any]) -> object:
+                    d = await stub.Decide(by_hand(req), timeout=TIMEOUT)
+                    return d.allowed, d.model, d.decision_id
+
+                await raw(reqs[0])  # connected before the clock starts
+                return await _concurrent(raw, reqs, inflight, seconds)
+        return asyncio.run(main())
+    return run
+
+
+def async_client_runner(address: str, reqs: list[dict[str, Any]],
+                        inflight: int) -> Callable[[float], tuple[float, list[float]]]:
+    """(d): a round of ``inflight`` ``AsyncClient.decide`` calls at a time."""
+    def run(seconds: float) -> tuple[float, list[float]]:
+        async def main() -> tuple[float, list[float]]:
+            async with AsyncClient(address, timeout=TIMEOUT) as client:
+                await client.decide(reqs[0])
+                return await _concurrent(client.decide, reqs, inflight, seconds)
+        return asyncio.run(main())
+    return run
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--rules", default=str(ROOT / "examples" / "gateway.rules"))
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row and round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inflight", type=int, default=64)
     args = ap.parse_args()
     reqs = requests(2000)
-    runs: dict[str, list[Row]] = {k: [] for k in "abcd"}
+    sync_rounds: dict[str, Rounds] = {"a": [], "b": []}
     with tollway_server(Path(args.rules)) as address:
-        # warm the server (entity caches, first-call paths) before anything is measured
-        sync_pair(address, reqs, min(1.0, args.seconds))
+        sync_round(address, reqs, min(1.0, args.seconds))  # warm the server's caches first
         for _ in range(args.rounds):
-            a, b = sync_pair(address, reqs, args.seconds)
-            c, d = async_pair(address, reqs, args.inflight, args.seconds)
-            for key, row in zip("abcd", (a, b, c, d), strict=True):
-                runs[key].append(row)
-    rows = {k: median_row(v) for k, v in runs.items()}
-    print()
-    print(f"{'row':<40} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}  note")
-    print("-" * 90)
-    for r in rows.values():
-        print(f"{r.name:<40} {r.calls_per_s:>10,.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}  {r.note}")
-    print()
-    a, b, c, d = (rows[k] for k in "abcd")
-    print(f"client cost, 1 in flight:  calls/s a/b = {a.calls_per_s / b.calls_per_s:.3f}, "
-          f"p50 b/a = {b.p50_ms / a.p50_ms:.3f}  (target <= 1.10)")
-    print(f"client cost, {args.inflight} in flight: calls/s c/d = {c.calls_per_s / d.calls_per_s:.3f}, "
-          f"p50 d/c = {d.p50_ms / c.p50_ms:.3f}  (target <= 1.10)")
-    print(f"server: tollway serve, memory store, {Path(args.rules).name}, in a subprocess; "
-          f"{os.cpu_count()} CPUs; {args.seconds:g}s per row per round")
+            for key, measured in sync_round(address, reqs, args.seconds).items():
+                sync_rounds[key].append(measured)
+        async_rounds = alternate(
+            {"c": raw_aio_runner(address, reqs, args.inflight),
+             "d": async_client_runner(address, reqs, args.inflight)},
+            args.rounds, args.seconds * args.rounds,
+        )
+    note = f"median of {args.rounds} rounds"
+    a = _row("(a) raw stub, 1 in flight", sync_rounds["a"], note)
+    b = _row("(b) Client.decide, 1 in flight", sync_rounds["b"], note)
+    c = _row(f"(c) raw aio stub, {args.inflight} in flight", async_rounds["c"], note)
+    d = _row(f"(d) AsyncClient.decide, {args.inflight} in flight", async_rounds["d"], note)
+    _print([a, b, c, d], [
+        f"client cost, 1 in flight: calls/s a/b = {a.calls_per_s / b.calls_per_s:.3f}, "
+        f"p50 b/a = {b.p50_ms / a.p50_ms:.3f} (target <= 1.10)",
+        f"client cost, {args.inflight} in flight: calls/s c/d = "
+        f"{c.calls_per_s / d.calls_per_s:.3f}, p50 d/c = {d.p50_ms / c.p50_ms:.3f} "
+        "(target <= 1.10)",
+        f"server: tollway serve, memory store, {Path(args.rules).name}, in a subprocess; "
+        f"client: this process; {os.cpu_count()} CPUs; {args.seconds:g}s per row per round",
+    ])
     return 0
 
 

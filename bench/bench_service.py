@@ -1,25 +1,36 @@
-"""Service benchmark: Decide over gRPC against an empty RPC on the same stack, and Redis costs.
+"""Service benchmark: tollway beside its peers and its ceilings, as ratios from one run.
 
-    python bench/bench_service.py [--rules examples/gateway.rules] [--seconds 5] [--inflight 64]
+    python bench/bench_service.py [--seconds 6] [--inflight 64] [--only grpc,redis,workers]
 
-Rows printed:
-  (a) Decide over gRPC, memory store, the gateway example rules (server in a subprocess);
-  (b) an empty unary RPC on a grpc.aio server with the same options (the stack's ceiling)
-      and the ratio a/b (target >= 0.7);
-  (c) Decide on a private redis-server with 3 quotas per request, and the Redis commands
-      per Decide read from INFO commandstats (target: one EVALSHA and nothing else);
-  (d) the ``limits`` library doing the same 3 limits on the same Redis (a peer row);
-  (e) ``Engine.decide`` in-process on the same Redis and quotas, sequential like (d), so
-      e/d compares the two on equal terms.
-The client runs in this process with ``--inflight`` calls outstanding and sends
-pre-serialized requests, so both servers are measured with the same client cost.
-Numbers on a shared 2-core machine are noisy: compare ratios from one run.
+Three groups of rows; within a group the rows are measured in alternating rounds (one
+round of each, then again, ``--rounds`` times) and each row shows its median round, so
+background load hits every row alike and the ratios under the table hold even on a
+shared machine.
+
+grpc      (a) Decide over gRPC, memory store, the gateway example rules (server process);
+          (b) an empty unary RPC on a grpc.aio server with the same options (the stack's
+              ceiling). a/b: target >= 0.7. The client runs in this process with
+              ``--inflight`` calls outstanding and sends pre-serialized requests.
+redis     all in this process, sequential, on one private redis-server:
+          (e) ``Engine.decide`` with 3 quotas (1m, 1h, 1d) per user;
+          (p) a redis-py ``PING``: one round trip, nothing else (target e <= 2x p in time);
+          (r) pyrate-limiter 4.5, 3 rates in one Lua call (``try_acquire``, per-user
+              bucket; target e >= 1.2x r in calls/s);
+          (l) the ``limits`` library: the same 3 limits as 3 calls (not all-or-nothing).
+          Then (c): Decide over gRPC on the same Redis, with the commands each Decide
+          sent (MONITOR: one EVALSHA and nothing else) and ran inside Redis
+          (INFO commandstats) and Redis's own time per script call.
+workers   Decide over gRPC on Redis with ``--workers 1`` and ``--workers 2``, the client
+          in its own process (8 channels, so that the kernel spreads connections).
+
+Absolute figures drift with the machine's load; compare the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -31,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +64,8 @@ quota per_hour   limits requests to 1_000_000 per 1h for each user
 quota tokens     limits tokens to 1_000_000_000 per 1d for each user
 rule everyone { enforce per_minute, per_hour, tokens }
 """
+USERS = 500
+MODELS = ("openai/gpt-5", "openai/gpt-4.1", "anthropic/claude-sonnet-4.6", "azure-eu/gpt-4.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +88,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def tollway_server(rules: Path, store: str = "memory") -> Iterator[str]:
+def tollway_server(rules: Path, store: str = "memory", *extra: str) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", "--rules", str(rules), "--store", store,
          "--listen", "127.0.0.1:0", "--http", "off", "--reload-interval", "0",
-         "--log-level", "info"],
+         "--log-level", "info", *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
     )
     assert proc.stderr is not None
@@ -98,7 +111,7 @@ def tollway_server(rules: Path, store: str = "memory") -> Iterator[str]:
         yield address
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
 
 
 def _echo_main(port_file: str) -> None:
@@ -129,7 +142,7 @@ def echo_server() -> Iterator[str]:
         proc = subprocess.Popen(
             [sys.executable, __file__, "--echo-server", port_file], cwd=ROOT
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while not os.path.exists(port_file) or not Path(port_file).read_text():
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
@@ -175,7 +188,53 @@ def redis_server() -> Iterator[int]:
             proc.wait(timeout=10)
 
 
-# ------------------------------------------------------------------ load
+# ------------------------------------------------------------------ rounds
+
+
+def _row(name: str, rounds: list[tuple[float, list[float]]], note: str = "") -> Row:
+    """The median round's rate; latencies pooled over every round."""
+    rates = [len(lat) / elapsed for elapsed, lat in rounds]
+    lat = sorted(x for _, ls in rounds for x in ls)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return Row(name, statistics.median(rates), statistics.median(lat) * 1e3, p99 * 1e3, note,
+               len(lat))
+
+
+def alternate(
+    runners: dict[str, Callable[[float], tuple[float, list[float]]]], rounds: int, seconds: float
+) -> dict[str, list[tuple[float, list[float]]]]:
+    """Run each runner for ``seconds / rounds`` in turn, ``rounds`` times over."""
+    out: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            out[name].append(run(seconds / rounds))
+    return out
+
+
+def sequential(call: Callable[[int], object]) -> Callable[[float], tuple[float, list[float]]]:
+    """A runner that calls ``call(i)`` back to back for the given seconds."""
+    state = {"i": 0}
+
+    def run(seconds: float) -> tuple[float, list[float]]:
+        clock = time.perf_counter
+        lat: list[float] = []
+        i = state["i"]
+        start = clock()
+        stop = start + seconds
+        while True:
+            t = clock()
+            if t >= stop:
+                break
+            call(i)
+            lat.append(clock() - t)
+            i += 1
+        state["i"] = i
+        return clock() - start, lat
+
+    return run
+
+
+# ------------------------------------------------------------------ gRPC load
 
 
 def _decide_requests(count: int, models: tuple[str, ...]) -> list[bytes]:
@@ -183,7 +242,7 @@ def _decide_requests(count: int, models: tuple[str, ...]) -> list[bytes]:
     tiers = ("free", "pro", "enterprise")
     out = []
     for i in range(count):
-        u = i % 500  # a user's metadata is the same in each of its requests, as in real traffic
+        u = i % USERS  # a user's metadata is the same in each of its requests, as in real traffic
         user = pb.Entity(id=f"user-{u}")
         user.metadata.update({
             "tier": tiers[u % 3], "region": "eu" if u % 4 == 0 else "us",
@@ -202,13 +261,15 @@ def _decide_requests(count: int, models: tuple[str, ...]) -> list[bytes]:
 
 
 async def _drive(
-    call: Callable[[bytes], Awaitable[bytes]], requests: list[bytes], inflight: int, seconds: float
+    calls: list[Callable[[bytes], Awaitable[bytes]]], requests: list[bytes], inflight: int,
+    seconds: float,
 ) -> tuple[float, list[float]]:
     latencies: list[float] = []
     clock = time.perf_counter
     stop = clock() + seconds
 
     async def worker(k: int) -> None:
+        call = calls[k % len(calls)]
         n = len(requests)
         while clock() < stop:
             req = requests[k % n]
@@ -222,27 +283,83 @@ async def _drive(
     return clock() - start, latencies
 
 
-def measure(address: str, method: str, requests: list[bytes], inflight: int, seconds: float,
-            name: str, note: str = "", after_warmup: Callable[[], None] | None = None) -> Row:
-    async def run() -> Row:
-        async with grpc.aio.insecure_channel(address) as channel:
-            call = channel.unary_unary(method)  # bytes in, bytes out: no client-side parsing
-            await _drive(call, requests, inflight, min(1.0, seconds / 4))  # warm-up
-            if after_warmup is not None:
-                after_warmup()
-            elapsed, lat = await _drive(call, requests, inflight, seconds)
-        return _row(name, elapsed, lat, note)
-
-    return asyncio.run(run())
+_LOOP: asyncio.AbstractEventLoop | None = None
 
 
-def _row(name: str, elapsed: float, lat: list[float], note: str = "") -> Row:
-    lat.sort()
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    return Row(name, len(lat) / elapsed, statistics.median(lat) * 1e3, p99 * 1e3, note, len(lat))
+def _loop() -> asyncio.AbstractEventLoop:
+    """The one event loop every gRPC load of this process runs on (grpc.aio binds to it)."""
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        asyncio.set_event_loop(_LOOP)
+    return _LOOP
 
 
-def _commandstats(port: int) -> dict[str, int]:
+class GrpcLoad:
+    """Channels to one server, kept open across rounds."""
+
+    def __init__(self, address: str, method: str, requests: list[bytes], inflight: int,
+                 channels: int = 1) -> None:
+        self.requests = requests
+        self.inflight = inflight
+
+        async def open_channels() -> list[grpc.aio.Channel]:
+            # a channel of its own each (no shared subchannel): one connection each
+            return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(channels)]
+
+        self.channels = _loop().run_until_complete(open_channels())
+        # bytes in, bytes out: no client-side parsing
+        self.calls = [c.unary_unary(method) for c in self.channels]
+        self(0.5)  # warm-up: connections, caches
+
+    def __call__(self, seconds: float) -> tuple[float, list[float]]:
+        return _loop().run_until_complete(
+            _drive(self.calls, self.requests, self.inflight, seconds)
+        )
+
+    def close(self) -> None:
+        for c in self.channels:
+            _loop().run_until_complete(c.close())
+
+
+def _client_main(spec: str) -> None:
+    """``--client ADDRESS,SECONDS,INFLIGHT,CHANNELS``: a load in its own process; prints
+    ``[elapsed, [latencies…]]`` as JSON."""
+    address, seconds, inflight, channels = spec.split(",")
+    load = GrpcLoad(address, "/tollway.v1.Tollway/Decide", _decide_requests(2000, MODELS),
+                    int(inflight), int(channels))
+    elapsed, lat = load(float(seconds))
+    load.close()
+    print(json.dumps([elapsed, lat]))
+
+
+def client_process(address: str, inflight: int, channels: int) -> Callable[[float], tuple[float, list[float]]]:
+    """A runner that drives ``address`` from a fresh client process for each round."""
+
+    def run(seconds: float) -> tuple[float, list[float]]:
+        done = subprocess.run(
+            [sys.executable, __file__, "--client", f"{address},{seconds},{inflight},{channels}"],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )
+        elapsed, lat = json.loads(done.stdout)
+        return float(elapsed), [float(x) for x in lat]
+
+    return run
+
+
+# ------------------------------------------------------------------ Redis rows
+
+
+def _reset_stats(port: int) -> None:
+    import redis
+
+    client = redis.Redis(port=port)
+    client.config_resetstat()
+    client.close()
+
+
+def _commandstats(port: int) -> dict[str, dict[str, float]]:
     import redis
 
     client = redis.Redis(port=port)
@@ -250,7 +367,8 @@ def _commandstats(port: int) -> dict[str, int]:
         stats = client.info("commandstats")
     finally:
         client.close()
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    return {k.removeprefix("cmdstat_"): v for k, v in stats.items()
+            if k.removeprefix("cmdstat_") not in ("info", "config|resetstat")}
 
 
 def client_commands(port: int, address: str, requests: list[bytes], calls: int = 200) -> dict[str, float]:
@@ -297,16 +415,71 @@ def client_commands(port: int, address: str, requests: list[bytes], calls: int =
     return {k: v / calls for k, v in sorted(seen.items())}
 
 
-def _reset_stats(port: int) -> None:
+def engine_runner(port: int, rules: Path) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """(e) ``Engine.decide`` on Redis with 3 quotas, in-process and sequential."""
+    from tollway import Engine
+
+    engine = Engine.from_path(rules, store=f"redis://127.0.0.1:{port}/2", key_prefix="bench-e:")
+    reqs = [
+        {"user": {"id": f"user-{u}"}, "model": "m", "estimate": {"output_tokens": 500}}
+        for u in range(USERS)
+    ]
+    for r in reqs:  # warm the entity cache and the script cache
+        engine.decide(r)
+    return sequential(lambda i: engine.decide(reqs[i % USERS])), engine.close
+
+
+def ping_runner(port: int) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """(p) one redis-py PING: a round trip and the client library, nothing else."""
     import redis
 
-    client = redis.Redis(port=port)
-    client.config_resetstat()
-    client.close()
+    client = redis.Redis(port=port, db=0)
+    client.ping()
+    return sequential(lambda i: client.ping()), client.close
 
 
-def limits_row(port: int, seconds: float, users: int = 500) -> tuple[Row, dict[str, int]]:
-    """The same 3 limits per request with the ``limits`` library (sequential, one thread)."""
+def pyrate_runner(port: int) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """(r) pyrate-limiter: one bucket per user holding the 3 rates, one Lua call each."""
+    import redis
+    from pyrate_limiter import (
+        AbstractBucket,
+        BucketFactory,
+        Duration,
+        Limiter,
+        Rate,
+        RateItem,
+        RedisBucket,
+    )
+
+    client = redis.Redis(port=port, db=3)
+    # pyrate wants limits that grow with the interval and densities that do not
+    rates = [Rate(1_000_000, Duration.MINUTE), Rate(10_000_000, Duration.HOUR),
+             Rate(100_000_000, Duration.DAY)]
+
+    class PerUser(BucketFactory):
+        def __init__(self) -> None:
+            self.buckets: dict[str, AbstractBucket] = {}
+
+        def wrap_item(self, name: str, weight: int = 1) -> RateItem:
+            return RateItem(name, int(time.time() * 1000), weight=weight)
+
+        def get(self, item: RateItem) -> AbstractBucket:
+            bucket = self.buckets.get(item.name)
+            if bucket is None:
+                bucket = self.buckets[item.name] = RedisBucket.init(
+                    rates, client, f"bench-r:{item.name}"
+                )
+            return bucket
+
+    limiter = Limiter(PerUser())
+    names = [f"user-{u}" for u in range(USERS)]
+    for name in names:
+        limiter.try_acquire(name, blocking=False)
+    return sequential(lambda i: limiter.try_acquire(names[i % USERS], blocking=False)), client.close
+
+
+def limits_runner(port: int) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """(l) the ``limits`` library: the same 3 limits as three calls."""
     from limits import parse
     from limits.storage import RedisStorage
     from limits.strategies import SlidingWindowCounterRateLimiter
@@ -314,60 +487,91 @@ def limits_row(port: int, seconds: float, users: int = 500) -> tuple[Row, dict[s
     storage = RedisStorage(f"redis://127.0.0.1:{port}/1")
     limiter = SlidingWindowCounterRateLimiter(storage)
     items = (parse("1000000/minute"), parse("1000000/hour"), parse("1000000000/day"))
-    clock = time.perf_counter
 
     def one(i: int) -> bool:
-        # three calls, as a gateway using limits would make them (not all-or-nothing)
-        key = f"user-{i % users}"
+        key = f"user-{i % USERS}"
         return all([limiter.hit(items[0], key), limiter.hit(items[1], key),
                     limiter.hit(items[2], key, cost=500)])
 
-    for i in range(200):
+    for i in range(USERS):
         one(i)
-    _reset_stats(port)
-    lat: list[float] = []
-    stop = clock() + seconds
-    start = clock()
-    i = 0
-    while clock() < stop:
-        t = clock()
-        one(i)
-        lat.append(clock() - t)
-        i += 1
-    elapsed = clock() - start
-    stats = _commandstats(port)
-    row = _row("(d) limits 3x hit(), same Redis", elapsed, lat, "in-process, sequential")
-    return row, {k: v for k, v in stats.items() if k not in ("info", "config|resetstat")}
+    return sequential(one), lambda: None
 
 
-def engine_row(port: int, rules: Path, seconds: float, users: int = 500) -> Row:
-    """(e) ``Engine.decide`` on the same Redis and 3 quotas, in-process and sequential:
-    the like-for-like peer of (d)."""
-    from tollway import Engine
-
-    engine = Engine.from_path(rules, store=f"redis://127.0.0.1:{port}/2", key_prefix="bench-e:")
-    reqs = [
-        {"user": {"id": f"user-{u}"}, "model": "m", "estimate": {"output_tokens": 500}}
-        for u in range(users)
-    ]
-    clock = time.perf_counter
-    for r in reqs:  # warm the entity cache and the script cache
-        engine.decide(r)
-    lat: list[float] = []
-    stop = clock() + seconds
-    start = clock()
-    i = 0
-    while clock() < stop:
-        t = clock()
-        engine.decide(reqs[i % users])
-        lat.append(clock() - t)
-        i += 1
-    elapsed = clock() - start
-    engine.close()
-    return _row("(e) Engine.decide, same Redis, 3 quotas", elapsed, lat, "in-process, sequential")
+# ------------------------------------------------------------------ groups
 
 
-# ------------------------------------------------------------------ report
+def grpc_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
+    requests = _decide_requests(2000, MODELS)
+    with tollway_server(Path(args.rules)) as decide_at, echo_server() as echo_at:
+        a = GrpcLoad(decide_at, "/tollway.v1.Tollway/Decide", requests, args.inflight)
+        b = GrpcLoad(echo_at, "/bench.Echo/Ping", [b""], args.inflight)
+        got = alternate({"a": a, "b": b}, args.rounds, args.seconds)
+        a.close()
+        b.close()
+    ra = _row("(a) Decide, memory store, gateway.rules", got["a"])
+    rb = _row("(b) empty unary RPC, same grpc.aio options", got["b"])
+    rows += [ra, rb]
+    notes.append(f"a/b = {ra.calls_per_s / rb.calls_per_s:.2f} (target >= 0.7); client in this "
+                 f"process, {args.inflight} calls in flight")
+
+
+def redis_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
+    with redis_server() as port, tempfile.TemporaryDirectory() as d, ExitStack() as stack:
+        rules = Path(d) / "redis.rules"
+        rules.write_text(REDIS_RULES)
+        runners = {}
+        for key, make in (("e", lambda: engine_runner(port, rules)), ("p", lambda: ping_runner(port)),
+                          ("r", lambda: pyrate_runner(port)), ("l", lambda: limits_runner(port))):
+            run, close = make()
+            stack.callback(close)
+            runners[key] = run
+        got = alternate(runners, args.rounds, args.seconds)
+        e = _row("(e) Engine.decide, Redis, 3 quotas", got["e"], "in-process, sequential")
+        p = _row("(p) redis-py PING, same Redis", got["p"], "one round trip")
+        r = _row("(r) pyrate-limiter try_acquire, 3 rates", got["r"], "one Lua call per request")
+        lim = _row("(l) limits: 3x hit(), 3 limits", got["l"], "3 calls, not all-or-nothing")
+        rows += [e, p, r, lim]
+        notes.append(f"e costs {p.calls_per_s / e.calls_per_s:.2f} PINGs (target <= 2); "
+                     f"e/r = {e.calls_per_s / r.calls_per_s:.2f} (target >= 1.2); "
+                     f"e/l = {e.calls_per_s / lim.calls_per_s:.2f}")
+
+        requests = _decide_requests(2000, MODELS)
+        with tollway_server(rules, f"redis://127.0.0.1:{port}/0") as address:
+            load = GrpcLoad(address, "/tollway.v1.Tollway/Decide", requests, args.inflight)
+            _reset_stats(port)
+            elapsed, lat = load(args.seconds / 2)
+            load.close()
+            stats = _commandstats(port)
+            sent = client_commands(port, address, requests)
+        calls = len(lat)
+        c = _row("(c) Decide over gRPC, Redis, 3 quotas", [(elapsed, lat)],
+                 "sent/Decide: " + ", ".join(f"{k}={v:.2f}" for k, v in sent.items()))
+        rows.append(c)
+        inside = {k: v["calls"] / calls for k, v in sorted(stats.items()) if k != "evalsha"}
+        script = stats.get("evalsha", {})
+        notes.append("(c) per Decide inside Redis: " + ", ".join(
+            f"{k}={v:.2f}" for k, v in inside.items()))
+        if script:
+            notes.append(f"(c) Redis's time per script call: {script['usec_per_call']:.1f} µs")
+
+
+def workers_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
+    with redis_server() as port, tempfile.TemporaryDirectory() as d, ExitStack() as stack:
+        rules = Path(d) / "redis.rules"
+        rules.write_text(REDIS_RULES)
+        store = f"redis://127.0.0.1:{port}/0"
+        one = stack.enter_context(tollway_server(rules, store, "--workers", "1"))
+        two = stack.enter_context(tollway_server(rules, store, "--workers", "2"))
+        got = alternate({
+            "1": client_process(one, args.inflight, 8),
+            "2": client_process(two, args.inflight, 8),
+        }, args.rounds, args.seconds)
+    w1 = _row("(w1) Decide over gRPC, Redis, --workers 1", got["1"], "client: own process")
+    w2 = _row("(w2) the same, --workers 2", got["2"], "client: own process")
+    rows += [w1, w2]
+    notes.append(f"w2/w1 = {w2.calls_per_s / w1.calls_per_s:.2f} on {os.cpu_count()} CPUs "
+                 "shared by the client, the workers and Redis")
 
 
 def _print(rows: list[Row], notes: list[str]) -> None:
@@ -381,64 +585,34 @@ def _print(rows: list[Row], notes: list[str]) -> None:
         print(n)
 
 
+GROUPS = {"grpc": grpc_group, "redis": redis_group, "workers": workers_group}
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--rules", default=str(ROOT / "examples" / "gateway.rules"))
-    ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
-    ap.add_argument("--inflight", type=int, default=64, help="calls in flight")
-    ap.add_argument("--no-redis", action="store_true", help="skip rows (c), (d) and (e)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per row")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating rounds per group")
+    ap.add_argument("--inflight", type=int, default=64, help="gRPC calls in flight")
+    ap.add_argument("--only", default=",".join(GROUPS), help="groups to run: grpc,redis,workers")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
         _echo_main(args.echo_server)
         return 0
+    if args.client:
+        _client_main(args.client)
+        return 0
 
     rows: list[Row] = []
-    notes: list[str] = [f"client: this process, {args.inflight} calls in flight; "
-                        f"{os.cpu_count()} CPUs; {args.seconds:g}s per row"]
-    models = ("openai/gpt-5", "openai/gpt-4.1", "anthropic/claude-sonnet-4.6", "azure-eu/gpt-4.1")
-    requests = _decide_requests(2000, models)
-    with tollway_server(Path(args.rules)) as address:
-        a = measure(address, "/tollway.v1.Tollway/Decide", requests, args.inflight, args.seconds,
-                    "(a) Decide, memory store, gateway.rules")
-    rows.append(a)
-    with echo_server() as address:
-        b = measure(address, "/bench.Echo/Ping", [b""], args.inflight, args.seconds,
-                    "(b) empty unary RPC, same grpc.aio options")
-    rows.append(b)
-    notes.append(f"a/b = {a.calls_per_s / b.calls_per_s:.2f} (target >= 0.7)")
-
-    if not args.no_redis:
+    notes: list[str] = [f"{os.cpu_count()} CPUs; {args.seconds:g}s per row in "
+                        f"{args.rounds} alternating rounds; medians of the rounds"]
+    for name in args.only.split(","):
         try:
-            with redis_server() as port, tempfile.TemporaryDirectory() as d:
-                rules = Path(d) / "redis.rules"
-                rules.write_text(REDIS_RULES)
-                with tollway_server(rules, f"redis://127.0.0.1:{port}/0") as address:
-                    # the warm-up fills entity caches and the script cache; count from zero after
-                    c = measure(address, "/tollway.v1.Tollway/Decide", requests, args.inflight,
-                                args.seconds, "(c) Decide, Redis store, 3 quotas",
-                                after_warmup=lambda: _reset_stats(port))
-                    stats = _commandstats(port)
-                    sent = client_commands(port, address, requests)
-                stats = {k: v for k, v in stats.items() if k not in ("info", "config|resetstat")}
-                per = {k: v / c.calls for k, v in sorted(stats.items())}
-                rows.append(Row(c.name, c.calls_per_s, c.p50_ms, c.p99_ms,
-                                "sent/Decide: " + ", ".join(f"{k}={v:.2f}" for k, v in sent.items())))
-                notes.append("(c) commandstats per Decide, script-internal included: "
-                             + ", ".join(f"{k}={v:.2f}" for k, v in per.items()))
-                d_row, d_stats = limits_row(port, args.seconds)
-                n = d_row.calls
-                rows.append(Row(d_row.name, d_row.calls_per_s, d_row.p50_ms, d_row.p99_ms,
-                                d_row.note + "; cmds/req: " + ", ".join(
-                                    f"{k}={v / n:.2f}" for k, v in sorted(d_stats.items()))))
-                notes.append(f"c/d = {c.calls_per_s / d_row.calls_per_s:.2f} "
-                             "(tollway Decide over gRPC vs limits in-process)")
-                e_row = engine_row(port, rules, args.seconds)
-                rows.append(e_row)
-                notes.append(f"e/d = {e_row.calls_per_s / d_row.calls_per_s:.2f} "
-                             "(both in-process and sequential: one script call vs 3 limits calls)")
-        except FileNotFoundError:
-            notes.append("rows (c) and (d) skipped: redis-server not found")
+            GROUPS[name](args, rows, notes)
+        except FileNotFoundError as exc:
+            notes.append(f"group {name} skipped: {exc.filename or exc} not found")
     _print(rows, notes)
     return 0
 

@@ -62,7 +62,7 @@ class AsyncClient(ClientCore):
 
     async def close(self, timeout: float = 5.0) -> None:
         """Deliver queued reports for up to ``timeout`` seconds, then close the channels."""
-        await asyncio.to_thread(self._close_later, timeout)
+        await asyncio.to_thread(self.close_reports, timeout)
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

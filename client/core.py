@@ -111,8 +111,10 @@ class ClientCore:
             send = self._later[1]
         send(message, timeout=self._timeouts["admin"], metadata=self._metadata)
 
-    def _close_later(self, timeout: float) -> None:
-        """Deliver what is queued for up to ``timeout`` seconds, then close the retry channel."""
+    def close_reports(self, timeout: float = 5.0) -> None:
+        """Deliver the reports queued for a retry for up to ``timeout`` seconds, drop (and
+        count) the rest, and stop retrying. Blocking, and callable from any thread: an
+        ``atexit`` handler, or a shutdown hook outside the client's event loop."""
         self._policy.retrier.close(timeout)
         with self._later_lock:
             if self._later is not None:

@@ -70,7 +70,7 @@ class Client(ClientCore):
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver queued reports for up to ``timeout`` seconds, then close the channels."""
-        self._close_later(timeout)
+        self.close_reports(timeout)
         self._channel.close()
 
     def __enter__(self) -> Client:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway import dsl
-from tollway.dsl.ast import Value
+from tollway.dsl.ast import Quota, Value
 from tollway.dsl.compiled import CompiledRule, CompiledRuleset, EvalContext
 
 from .entities import EntityKind, EntityStore, EntityView, merge_metadata
@@ -351,7 +351,7 @@ class Engine:
                 ),
             )
         except StoreUnavailable as exc:
-            return self._store_down(specs, base, decision_id, exc), ()
+            return _store_down(specs, ruleset.quotas, base, decision_id, exc), ()
         pairs = list(zip(specs, states, strict=True))
         exceeded = tuple([s.quota for s, st in pairs if st.exceeded])
         taken = consume and not exceeded
@@ -388,42 +388,6 @@ class Engine:
             self._store_call(
                 "consume", lambda: self._store.record_request(seen, deadline=deadline)
             )
-
-    def _store_down(
-        self, specs: list[CounterSpec], base: dict[str, Any], decision_id: str, exc: Exception
-    ) -> Decision:
-        """The store is unreachable: quotas marked ``on_store_error deny`` fail closed."""
-        strict = [s.quota for s in specs if s.on_store_error == "deny"]
-        quotas = tuple(
-            QuotaStatus(
-                name=s.quota,
-                metric=s.metric,
-                scope=_scope_of(s),
-                key=s.key,
-                limit=enforced_limit(s.limit, s.metric),
-                used=0.0,
-                remaining=0.0,
-                exceeded=False,
-            )
-            for s in specs
-        )
-        if strict:
-            return Decision(
-                allowed=False,
-                reason="STORE_UNAVAILABLE",
-                quotas=quotas,
-                message=f"counter store unavailable ({exc}); quota {strict[0]} fails closed",
-                decision_id=decision_id,
-                **base,
-            )
-        return Decision(
-            allowed=True,
-            reason="ALLOWED",
-            quotas=quotas,
-            message=f"counter store unavailable ({exc}); quotas not enforced",
-            decision_id=decision_id,
-            **base,
-        )
 
     def decide(
         self,
@@ -570,21 +534,41 @@ def _new_decision_id() -> str:
     return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
-def _scope_of(spec: CounterSpec) -> str:
-    head = spec.key.split("+m=", 1)[0]
-    if head == "*":
-        scope = "everyone"
-    elif head.startswith("g=") and "/u=" in head:
-        scope = "user_in_group"
-    elif head.startswith("g="):
-        scope = "group"
-    else:
-        scope = "user"
-    return scope + ("+model" if "+m=" in spec.key else "")
+def _store_down(
+    specs: list[CounterSpec],
+    quotas: Mapping[str, Quota],
+    base: dict[str, Any],
+    decision_id: str,
+    exc: Exception,
+) -> Decision:
+    """The store is unreachable: quotas marked ``on_store_error deny`` fail closed."""
+    strict = [s.quota for s in specs if s.on_store_error == "deny"]
+    statuses = tuple(
+        QuotaStatus(
+            name=s.quota,
+            metric=s.metric,
+            scope=quotas[s.quota].scope.name,
+            key=s.key,
+            limit=enforced_limit(s.limit, s.metric),
+            used=0.0,
+            remaining=0.0,
+            exceeded=False,
+        )
+        for s in specs
+    )
+    outcome = f"quota {strict[0]} fails closed" if strict else "quotas not enforced"
+    return Decision(
+        allowed=not strict,
+        reason="STORE_UNAVAILABLE" if strict else "ALLOWED",
+        quotas=statuses,
+        message=f"counter store unavailable ({exc}); {outcome}",
+        decision_id=decision_id,
+        **base,
+    )
 
 
 def _status(spec: CounterSpec, state: CounterState, taken: bool, scope: str) -> QuotaStatus:
-    """``scope`` is the quota's ``Scope.name`` (what ``_scope_of`` reads back from the key)."""
+    """``scope`` is the quota's ``Scope.name``."""
     used = state.used + spec.amount if taken else state.used
     limit = state.limit  # as enforced: rounded down to whole units
     remaining = limit - used

@@ -83,15 +83,10 @@ class Estimate:
             return cls()
         data = need_object(data, "estimate")
         need_known_fields(data, _ESTIMATE_FIELDS, "estimate")
-        return cls.of(data.get("input_tokens"), data.get("output_tokens"), data.get("cost_usd"))
-
-    @classmethod
-    def of(cls, input_tokens: Any, output_tokens: Any, cost_usd: Any) -> Estimate:
-        """The checks of ``parse`` on fields a transport already read apart."""
         return cls(
-            need_tokens(input_tokens, "estimate.input_tokens"),
-            need_tokens(output_tokens, "estimate.output_tokens"),
-            need_usd(cost_usd, "estimate.cost_usd"),
+            need_tokens(data.get("input_tokens"), "estimate.input_tokens"),
+            need_tokens(data.get("output_tokens"), "estimate.output_tokens"),
+            need_usd(data.get("cost_usd"), "estimate.cost_usd"),
         )
 
 
@@ -119,58 +114,23 @@ class DecideRequest:
             return data
         data = need_object(data, "request")
         need_known_fields(data, _DECIDE_FIELDS, "request")
-        return cls.of(
-            data.get("request_id"),
-            data.get("user"),
-            data.get("group"),
-            data.get("model"),
-            data.get("attributes"),
-            data.get("estimate"),
-            data.get("dry_run", False),
-        )
-
-    @classmethod
-    def of(
-        cls,
-        request_id: Any,
-        user: Any,
-        group: Any,
-        model: Any,
-        attributes: Any,
-        estimate: Any,
-        dry_run: Any,
-    ) -> DecideRequest:
-        """Check every field, in this order, and build the request; ``parse`` ends here too.
-
-        A transport that already holds the fields apart passes ``user``/``group`` as
-        ``(id, metadata)`` and ``estimate`` as ``(input_tokens, output_tokens, cost_usd)``
-        (no mapping to build); JSON-shaped values and parsed ones are accepted as well.
-        """
         return cls(
-            need_id(request_id, "request_id", required=False),
-            _entity(user, "user"),
-            _entity(group, "group"),
-            need_text(model, "model", MAX_MODEL_BYTES, required=True),
-            need_attributes(attributes, "attributes"),
-            _estimate(estimate),
-            need_bool(dry_run, "dry_run"),
+            need_id(data.get("request_id"), "request_id", required=False),
+            _entity(data.get("user"), "user"),
+            _entity(data.get("group"), "group"),
+            need_text(data.get("model"), "model", MAX_MODEL_BYTES, required=True),
+            need_attributes(data.get("attributes"), "attributes"),
+            _estimate(data.get("estimate")),
+            need_bool(data.get("dry_run", False), "dry_run"),
         )
 
 
 def _entity(value: Any, name: str) -> EntityRef | None:
-    if type(value) is tuple and len(value) == 2:  # (id, metadata) from a transport
-        return EntityRef.of(value[0], value[1], name)
-    if isinstance(value, EntityRef):
-        return value
-    return EntityRef.parse(value, name)
+    return value if isinstance(value, EntityRef) else EntityRef.parse(value, name)
 
 
 def _estimate(value: Any) -> Estimate:
-    if type(value) is tuple and len(value) == 3:  # (input, output, cost) from a transport
-        return Estimate.of(*value)
-    if isinstance(value, Estimate):
-        return value
-    return Estimate.parse(value)
+    return value if isinstance(value, Estimate) else Estimate.parse(value)
 
 
 _REPORT_FIELDS = frozenset(

@@ -17,8 +17,11 @@ from tollway.dsl.compiled import EvalContext
 from tollway.dsl.values import resolve
 
 from .stores.base import CounterSpec
+from .windows import window_of
 
-__all__ = ["scope_key", "resolve_limit", "metric_amounts", "Unresolved", "counters_for"]
+__all__ = [
+    "subject_key", "scope_key", "resolve_limit", "metric_amounts", "Unresolved", "counters_for",
+]
 
 
 @lru_cache(maxsize=16384)
@@ -28,30 +31,30 @@ def _enc(ident: str) -> str:
     return quote(ident, safe="")
 
 
-def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: str) -> str | None:
-    """The counter key inside a quota, or None when the request lacks the scope's entity.
-
-    ``u=<user>``, ``g=<group>``, ``g=<group>/u=<user>``, ``*``; ``+m=<model>`` appended
-    for ``and model`` scopes. A user-only request has no group key: group quotas do not
-    apply to it.
-    """
-    if scope.subject == "user":
-        if user_id is None:
-            return None
-        key = f"u={_enc(user_id)}"
-    elif scope.subject == "group":
-        if group_id is None:
-            return None
-        key = f"g={_enc(group_id)}"
-    elif scope.subject == "user_in_group":
+def subject_key(subject: str, user_id: str | None, group_id: str | None) -> str | None:
+    """Whose counter it is: ``u=<user>``, ``g=<group>``, ``g=<group>/u=<user>`` or ``*``
+    (``everyone``); None when the request lacks the subject's entity (a user-only request
+    has no group key: group quotas do not apply to it)."""
+    if subject == "user":
+        return None if user_id is None else f"u={_enc(user_id)}"
+    if subject == "group":
+        return None if group_id is None else f"g={_enc(group_id)}"
+    if subject == "user_in_group":
         if user_id is None or group_id is None:
             return None
-        key = f"g={_enc(group_id)}/u={_enc(user_id)}"
-    else:
-        key = "*"
-    if scope.per_model:
-        key += f"+m={_enc(model)}"
-    return key
+        return f"g={_enc(group_id)}/u={_enc(user_id)}"
+    return "*"
+
+
+def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: str) -> str | None:
+    """The counter key inside a quota (``subject_key``, then ``+m=<model>`` for ``and
+    model`` scopes), or None when the request lacks the scope's entity. Ids and models
+    are percent-encoded, so the separators stay unambiguous. The one place a scope key
+    is spelled."""
+    key = subject_key(scope.subject, user_id, group_id)
+    if key is None or not scope.per_model:
+        return key
+    return f"{key}+m={_enc(model)}"
 
 
 def _number(value: object) -> float | None:
@@ -106,27 +109,11 @@ def counters_for(
     specs: list[CounterSpec] = []
     unresolved: list[Unresolved] = []
     user_id, group_id = ctx.user_id, ctx.group_id
-    # each entity's part of a key, encoded once per call (``scope_key`` spelled out)
-    heads = {
-        "user": None if user_id is None else f"u={_enc(user_id)}",
-        "group": None if group_id is None else f"g={_enc(group_id)}",
-        "user_in_group": (
-            None if user_id is None or group_id is None
-            else f"g={_enc(group_id)}/u={_enc(user_id)}"
-        ),
-        "everyone": "*",
-    }
-    model_part: str | None = None
     for name in names:
         quota = quotas[name]
-        scope = quota.scope
-        key = heads.get(scope.subject, "*")
+        key = scope_key(quota.scope, user_id, group_id, model)
         if key is None:
             continue
-        if scope.per_model:
-            if model_part is None:
-                model_part = f"+m={_enc(model)}"
-            key += model_part
         limit_ast = quota.limit
         limit = limit_ast.value if limit_ast.path is None else resolve_limit(limit_ast, ctx)
         if limit is None:
@@ -137,7 +124,7 @@ def counters_for(
                 name,
                 quota.metric,
                 key,
-                quota.window,
+                window_of(quota.window),
                 limit,
                 amounts[quota.metric],
                 quota.on_store_error,

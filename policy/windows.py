@@ -26,15 +26,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import cast
+from typing import NamedTuple, cast
 
 from tollway.dsl.ast import CALENDARS, Window
 
-from .stores.base import CounterSpec, CounterState
+from .stores.base import (
+    BUCKETS_PER_WINDOW,
+    CounterSpec,
+    CounterState,
+    CounterWindow,
+    bucket_seconds,
+)
 
 __all__ = [
     "BUCKETS_PER_WINDOW",
     "MAX_UNITS",
+    "CounterWindow",
     "Period",
     "Slot",
     "bucket_seconds",
@@ -42,10 +49,10 @@ __all__ = [
     "bucket_until",
     "covered_buckets",
     "calendar_period",
+    "sliding",
+    "calendar",
+    "window_of",
     "slot",
-    "WindowPlan",
-    "window_plan",
-    "window_code",
     "metric_scale",
     "amount_units",
     "limit_units",
@@ -57,13 +64,9 @@ __all__ = [
     "report_key",
     "counter_state",
     "Checked",
-    "check_counters",
-    "Prepared",
     "prepare_counters",
-    "state_of",
 ]
 
-BUCKETS_PER_WINDOW = 60
 # Lua numbers are doubles: integers stay exact up to 2**53.
 MAX_UNITS = 2**53 - 1
 # Tolerance (in units) for float noise when converting: 0.0031 * 1e6 is 3100.0000000000005.
@@ -72,11 +75,6 @@ _SCALES = {"cost": 1_000_000}
 
 
 # ------------------------------------------------------------------ sliding windows
-
-
-def bucket_seconds(window_seconds: int) -> int:
-    """Bucket length of a sliding window: ``W // 60`` whole seconds, at least 1."""
-    return max(1, window_seconds // BUCKETS_PER_WINDOW)
 
 
 def bucket_index(t: float, bucket: int) -> int:
@@ -136,11 +134,34 @@ def _period_of_day(kind: str, day_number: int) -> Period:
     raise ValueError(f"unknown calendar window {kind!r}: expected one of {', '.join(CALENDARS)}")
 
 
+# ------------------------------------------------------------------------- windows
+
+
+def sliding(seconds: int) -> CounterWindow:
+    """A sliding window of ``seconds`` (ValueError below 1 s)."""
+    return CounterWindow(seconds=seconds)
+
+
+def calendar(kind: str) -> CounterWindow:
+    """The UTC ``day``, ISO ``week`` or ``month`` window."""
+    return CounterWindow(calendar=kind)
+
+
+@lru_cache(maxsize=1024)
+def window_of(window: Window) -> CounterWindow:
+    """The stores' window for a rule file's window (``per 1h``, ``per month``).
+
+    Cached by value: every decision of a quota asks for the same one.
+    """
+    if window.seconds is not None:
+        return sliding(window.seconds)
+    return calendar(str(window.calendar))
+
+
 # ------------------------------------------------------------------------- slots
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
+class Slot(NamedTuple):
     """Where a window writes at one instant and which fields it counts.
 
     ``field`` is the bucket index (sliding) or period label (calendar) that receives new
@@ -165,75 +186,16 @@ class Slot:
         return not isinstance(field, int) or field < self.first
 
 
-def _check_window(window: Window) -> None:
-    if window.seconds is not None:
-        if window.seconds < 1:
-            raise ValueError(f"window {window.text or window.seconds!r}: must be at least 1s")
-    elif window.calendar not in CALENDARS:
-        raise ValueError(f"window {window.text!r}: neither a duration nor day/week/month")
-
-
-def slot(window: Window, t: float) -> Slot:
-    """The slot of ``window`` at time ``t``."""
-    return window_plan(window).slot(t)
-
-
-def window_code(window: Window) -> str:
-    """How a window is named to the Redis script: seconds (``"3600"``) or ``"month"``…"""
-    return window_plan(window).code
-
-
-@dataclass(frozen=True, slots=True)
-class WindowPlan:
-    """A validated window with what every decision needs precomputed.
-
-    ``bucket`` is the bucket length in seconds (0 for calendar windows) and ``code`` the
-    window as the Redis scripts name it. Built once per ``Window`` (``window_plan``).
-    """
-
-    seconds: int | None
-    calendar: str | None
-    bucket: int
-    code: str
-
-    def slot(self, t: float) -> Slot:
-        """Where this window writes at time ``t`` and which fields it counts."""
-        return Slot(*self.slot_parts(t))
-
-    def slot_parts(self, t: float) -> tuple[int | str, int | None, int]:
-        """``slot(t)`` as a plain ``(field, first, until)`` tuple, for the stores' hot path."""
-        seconds = self.seconds
-        if seconds is not None:
-            sec = math.floor(t)
-            size = self.bucket
-            current = sec // size
-            return current, (sec - seconds) // size, (current + 1) * size + seconds
-        assert self.calendar is not None
-        period = calendar_period(self.calendar, t)
-        return period.label, None, period.end
-
-
-# id(window) -> (window, plan); holding the window keeps its id from being reused
-_PLANS: dict[int, tuple[Window, WindowPlan]] = {}
-_MAX_PLANS = 4096
-
-
-def window_plan(window: Window) -> WindowPlan:
-    """The plan of a window, validated once (ValueError for a window no store can keep)."""
-    entry = _PLANS.get(id(window))
-    if entry is not None and entry[0] is window:
-        return entry[1]
-    _check_window(window)
-    if window.seconds is not None:
-        plan = WindowPlan(
-            window.seconds, None, bucket_seconds(window.seconds), str(window.seconds)
-        )
-    else:
-        plan = WindowPlan(None, window.calendar, 0, str(window.calendar))
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()  # rulesets are few; a reload storm just rebuilds the plans
-    _PLANS[id(window)] = (window, plan)
-    return plan
+def slot(window: CounterWindow, t: float) -> Slot:
+    """Where ``window`` writes at time ``t`` and which fields it counts."""
+    seconds = window.seconds
+    if seconds is not None:
+        sec = math.floor(t)
+        size = window.bucket
+        current = sec // size
+        return Slot(current, (sec - seconds) // size, (current + 1) * size + seconds)
+    period = calendar_period(str(window.calendar), t)
+    return Slot(period.label, None, period.end)
 
 
 # ------------------------------------------------------------------------- units
@@ -302,20 +264,7 @@ def report_key(prefix: str, request_id: str) -> str:
 
 
 def counter_state(
-    spec: CounterSpec, t: float, buckets: Mapping[int | str, int], amount: int, limit: int
-) -> CounterState:
-    """The state of one counter given the fields it counts at ``t`` (units, non-empty or not).
-
-    ``retry_after`` walks the oldest buckets forward as they leave the window until the
-    amount fits; an amount larger than the limit never fits and gets the window length.
-    A calendar window frees its usage only at the period end.
-    """
-    return state_of(spec, window_plan(spec.window), t, buckets, amount, limit)
-
-
-def state_of(
     spec: CounterSpec,
-    plan: WindowPlan,
     t: float,
     buckets: Mapping[int | str, int],
     amount: int,
@@ -324,10 +273,14 @@ def state_of(
     used: int | None = None,
     clean: bool = False,
 ) -> CounterState:
-    """``counter_state`` with the window's plan already at hand (the stores' hot path).
+    """The state of one counter given the fields it counts at ``t`` (units).
 
-    ``used`` may pass ``sum(buckets.values())`` when the caller has it; ``clean`` says
-    every key of ``buckets`` is a bucket index holding a positive amount (no filtering).
+    ``retry_after`` walks the oldest buckets forward as they leave the window until the
+    amount fits; an amount larger than the limit never fits and gets the window length.
+    A calendar window frees its usage only at the period end. ``used`` may pass
+    ``sum(buckets.values())`` when the caller has it; ``clean`` says every key of
+    ``buckets`` is a bucket index holding a positive amount (what the stores read back),
+    so nothing needs filtering.
     """
     if used is None:
         used = sum(buckets.values())
@@ -335,12 +288,12 @@ def state_of(
     scale = _SCALES.get(spec.metric, 1)
     used_f = used / scale
     limit_f = limit / scale  # what is enforced: the limit rounded down to whole units
-    seconds = plan.seconds
+    window = spec.window
+    seconds = window.seconds
     if seconds is None:
-        assert plan.calendar is not None
-        end = calendar_period(plan.calendar, t).end
+        end = calendar_period(str(window.calendar), t).end
         return CounterState(used_f, limit_f, exceeded, end - t if exceeded else 0.0, float(end))
-    size = plan.bucket
+    size = window.bucket
     # a window holding nothing frees what is counted now when the current bucket leaves it
     empty_until = float(bucket_until(math.floor(t) // size, seconds, size))
     if not exceeded:
@@ -369,9 +322,8 @@ def state_of(
     return CounterState(used_f, limit_f, True, retry_after, resets_at)
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    """A counter spec validated and converted once: its key and amounts in units."""
+class Checked(NamedTuple):
+    """A counter spec validated and converted once: its store key and amounts in units."""
 
     spec: CounterSpec
     key: str
@@ -384,36 +336,22 @@ class Checked:
 _FAST_AMOUNT = 1e9
 
 
-Prepared = tuple[CounterSpec, str, int, int, WindowPlan]
-
-
-def check_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Checked]:
+def prepare_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Checked]:
     """Validate and convert a decision's counters; ValueError before anything is touched."""
-    return [Checked(spec, key, amount, limit) for spec, key, amount, limit, _ in
-            prepare_counters(prefix, counters)]
-
-
-def prepare_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Prepared]:
-    """``check_counters`` as plain ``(spec, key, amount, limit, plan)`` tuples.
-
-    The same checks and messages; tuples because a decision builds one per counter and
-    the stores only unpack them.
-    """
-    out: list[Prepared] = []
+    out: list[Checked] = []
     seen: set[str] = set()
-    ceil, floor, scales, plan_of = math.ceil, math.floor, _SCALES, window_plan
+    ceil, floor, scales = math.ceil, math.floor, _SCALES
     for spec in counters:
         if not isinstance(spec, CounterSpec):
             raise ValueError(f"counters: expected CounterSpec, got {type(spec).__name__}")
-        plan = plan_of(spec.window)  # validates the window (once per window)
-        key = f"{prefix}q:{spec.quota}:{spec.key}"
+        key = counter_key(prefix, spec.quota, spec.key)
         if key in seen:
             raise ValueError(f"counters: {spec.quota!r} for {spec.key!r} appears twice")
         seen.add(key)
         metric, amount, limit = spec.metric, spec.amount, spec.limit
         scale = scales.get(metric, 1)
-        # same arithmetic as amount_units / limit_units, minus their checks where the
-        # range makes them moot; anything else goes through them (and their messages)
+        # the arithmetic of amount_units / limit_units, without their range checks where
+        # the range makes them moot; anything else goes through them (and their messages)
         if 0 <= amount < _FAST_AMOUNT:
             amount_u = max(0, ceil(amount * scale - _EPSILON))
         else:
@@ -422,5 +360,5 @@ def prepare_counters(prefix: str, counters: Iterable[CounterSpec]) -> list[Prepa
             limit_u = floor(limit * scale + _EPSILON)
         else:
             limit_u = limit_units(limit, metric, f"quota {spec.quota}: limit")
-        out.append((spec, key, amount_u, limit_u, plan))
+        out.append(Checked(spec, key, amount_u, limit_u))
     return out

@@ -26,6 +26,7 @@ from tollway.v1 import tollway_pb2_grpc as pb_grpc
 from .decoding import DecodeGuard
 from .envoy import add_envoy_services
 from .grpc_service import TollwayService
+from .health_watch import HealthServicer
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
 
@@ -36,12 +37,16 @@ log = logging.getLogger("tollway.server")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def server_options(
+    max_message_bytes: int = MAX_MESSAGE_BYTES, *, reuse_port: bool = False
+) -> list[tuple[str, int]]:
+    """The grpc.aio server's options. ``reuse_port``: share the port with the other
+    workers of ``serve --workers N`` (otherwise a port is never shared silently with
+    another process, which gRPC would allow by default)."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # never share a port silently with another process (gRPC enables it by default)
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # accept the keepalive pings of tollway.client (every 30 s, idle or not): by
         # default gRPC answers pings closer than 5 minutes on an idle connection with GOAWAY
         ("grpc.keepalive_permit_without_calls", 1),
@@ -54,7 +59,7 @@ async def configure_maintenance(
 ) -> tuple[health.aio.HealthServicer, tuple[str, ...]]:
     """Register health (SERVING for "", the Tollway service and ``extra_services``) and
     reflection over all of them; returns the servicer and the names health answers for."""
-    servicer = health.aio.HealthServicer()
+    servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     services = (*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()), *extra_services)
     for name in ("", *services):
@@ -133,15 +138,18 @@ async def start_grpc(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_workers: int = 32,
     attribute_headers: Mapping[str, str] | None = None,
+    reuse_port: bool = False,
 ) -> GrpcServer:
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
 
     One port serves ``tollway.v1.Tollway`` and Envoy's ext_authz, ext_proc and rate-limit
     services, all over ``engine``; ``attribute_headers`` (header -> attribute) tells the
-    Envoy services which request headers become attributes.
+    Envoy services which request headers become attributes. ``reuse_port``: bind with
+    ``SO_REUSEPORT``, beside the other workers of ``serve --workers N``.
     """
     server = grpc.aio.server(
-        options=server_options(max_message_bytes), interceptors=(DecodeGuard(),)
+        options=server_options(max_message_bytes, reuse_port=reuse_port),
+        interceptors=(DecodeGuard(),),
     )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)

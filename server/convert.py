@@ -33,7 +33,7 @@ from tollway.v1 import tollway_pb2 as pb
 
 __all__ = [
     "struct_to_dict", "value_to_python", "dict_to_struct", "python_to_value",
-    "decide_request", "to_decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
+    "decide_request", "usage_report", "decision_to_proto", "ack_to_proto",
     "explanation_to_proto", "entity_to_proto", "quota_to_proto", "set_timestamp", "seconds_of",
     "message_to_json", "decide_request_to_proto", "usage_report_to_proto",
     "decision_from_proto", "quota_from_proto", "ack_from_proto", "explanation_from_proto",
@@ -129,39 +129,6 @@ def _entity(msg: Any, parent: Any, field: str) -> dict[str, Any] | None:
     if msg.HasField("metadata"):
         out["metadata"] = struct_to_dict(msg.metadata, field + ".metadata")
     return out
-
-
-def _entity_fields(msg: Any, parent: Any, field: str) -> tuple[str, Any] | None:
-    """``_entity`` as ``(id, metadata)`` for ``DecideRequest.of``."""
-    if not parent.HasField(field):
-        return None
-    if msg.HasField("metadata"):
-        return msg.id, struct_to_dict(msg.metadata, field + ".metadata")
-    return msg.id, None
-
-
-def to_decide_request(msg: pb.DecideRequest) -> DecideRequest:
-    """``DecideRequest.parse(decide_request(msg))`` without the intermediate mapping.
-
-    The same conversions, then ``DecideRequest.of``: the same checks in the same order,
-    so a bad request gets the same message by either path (tests compare them).
-    """
-    user = _entity_fields(msg.user, msg, "user")
-    group = _entity_fields(msg.group, msg, "group")
-    estimate = None
-    if msg.HasField("estimate"):
-        e = msg.estimate
-        estimate = (e.input_tokens, e.output_tokens, e.cost_usd)
-    attributes = msg.attributes
-    return DecideRequest.of(
-        msg.request_id,
-        user,
-        group,
-        msg.model,
-        dict(attributes) if attributes else None,
-        estimate,
-        msg.dry_run,
-    )
 
 
 def decide_request(msg: pb.DecideRequest) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def Decide(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Decision:
-        decision = await self.calls(self._engine.decide, convert.to_decide_request(request))
+        decision = await self.calls(self._engine.decide, convert.decide_request(request))
         return convert.decision_to_proto(decision)
 
     @rpc
@@ -121,7 +121,7 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def Explain(
         self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
     ) -> pb.Explanation:
-        explanation = await self.calls(self._engine.explain, convert.to_decide_request(request))
+        explanation = await self.calls(self._engine.explain, convert.decide_request(request))
         return convert.explanation_to_proto(explanation)
 
     @rpc

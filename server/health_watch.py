@@ -1,5 +1,8 @@
 """gRPC health in step with readiness: NOT_SERVING while the counter store is unreachable.
 
+``HealthServicer`` is the library's asyncio servicer with ``List`` answered (the library
+leaves it unimplemented: a client calling it got UNKNOWN and an ERROR line in the log).
+
 ``/readyz`` asks the store on each request; gRPC clients and load balancers ask
 ``grpc.health.v1.Health``. ``HealthWatch`` checks readiness every ``interval`` seconds
 (off the event loop: a stalled Redis answers a ping only at its timeout), and at once
@@ -14,15 +17,39 @@ import asyncio
 import contextlib
 import logging
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from .http_ops import Readiness
 
-__all__ = ["HealthWatch", "DEFAULT_INTERVAL"]
+__all__ = ["HealthServicer", "HealthWatch", "DEFAULT_INTERVAL"]
 
 log = logging.getLogger("tollway.server")
 
 DEFAULT_INTERVAL = 1.0
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """``grpc.health.v1.Health`` with ``Check``, ``Watch`` and ``List``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: dict[str, None] = {"": None}  # every service a status was set for
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
+    ) -> None:
+        self._names.setdefault(service)
+        await super().set(service, status)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        out = health_pb2.HealthListResponse()
+        for name in self._names:
+            check = health_pb2.HealthCheckRequest(service=name)
+            out.statuses[name].CopyFrom(await self.Check(check, context))
+        return out
 
 
 class HealthWatch:

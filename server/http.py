@@ -180,8 +180,13 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def start_http(listen: str, app: web.Application) -> HttpServer:
-    """Serve ``app`` on ``HOST:PORT`` in the running loop; ``OSError`` if it cannot bind."""
+async def start_http(
+    listen: str, app: web.Application, *, reuse_port: bool = False
+) -> HttpServer:
+    """Serve ``app`` on ``HOST:PORT`` in the running loop; ``OSError`` if it cannot bind.
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, beside the other workers of
+    ``serve --workers N``."""
     host, port = _host_port(listen)
     limits = app[LIMITS]
     runner = _Runner(
@@ -196,7 +201,7 @@ async def start_http(listen: str, app: web.Application) -> HttpServer:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
     except BaseException:
         await runner.cleanup()

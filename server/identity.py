@@ -68,10 +68,10 @@ def identity_from_http(
 ) -> dict[str, Any]:
     """The ``user``, ``group``, ``model`` and ``attributes`` of one HTTP request.
 
-    ``headers`` maps header names to values: names in lower case (as HTTP/2 and Envoy
-    carry them, and as Starlette's ``Headers`` keep them), or a case-insensitive mapping
-    (aiohttp's ``CIMultiDict``, Starlette's ``Headers``); only the headers named here are
-    read. ``body`` is the parsed JSON body (None when there is none or it is not JSON);
+    ``headers`` maps header names to values: a ``dict`` (names in any case), or any other
+    mapping whose names are in lower case (as HTTP/2 and Envoy carry them) or that is
+    case-insensitive (aiohttp's ``CIMultiDict``, Starlette's ``Headers``); only the
+    headers named here are read. ``body`` is the parsed JSON body (None when there is none or it is not JSON);
     ``attribute_headers`` maps header names (lower case) to attribute names, as
     ``parse_attribute_headers`` builds it.
 
@@ -81,6 +81,8 @@ def identity_from_http(
     ``field`` is the part at fault and whose message starts with it
     (``metadata.tollway: …``, ``x-tollway-user-metadata: …``).
     """
+    if type(headers) is dict and any(k != k.lower() for k in headers):
+        headers = {k.lower(): v for k, v in headers.items()}
     get = headers.get
     tollway: Mapping[str, Any] = {}
     model = ""

@@ -1,7 +1,10 @@
 """Prometheus metrics: the engine's ``Observer`` plus the ruleset gauges.
 
 Each ``Metrics`` owns its ``CollectorRegistry`` so that several servers (and tests) can
-live in one process. No label ever carries a user or group id: their number is unbounded.
+live in one process. Under ``serve --workers N`` the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` for its workers: prometheus_client then keeps every value in
+a file of that directory, and ``exposition`` sums all workers' files, whichever worker is
+scraped. Each gauge therefore says how workers combine (``multiprocess_mode``). No label ever carries a user or group id: their number is unbounded.
 Labels whose values come from clients (``model``, ``from_model``, ``to_model``,
 ``status``) are bounded (``labels.LabelValues``): the models the rules name and the usual
 statuses keep their own series, then the first ``max_label_values`` others, then
@@ -10,13 +13,15 @@ everything else is counted as ``other``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tollway.dsl.compiled import CompiledRuleset
 from tollway.dsl.models import named_models
@@ -24,7 +29,7 @@ from tollway.policy.model import Decision, UsageReport
 
 from .labels import DEFAULT_EXTRA, KNOWN_STATUSES, LabelValues
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "multiprocess_dir"]
 
 # 10 µs .. 100 ms: a decision is tens of microseconds in memory, one round trip with Redis
 DECIDE_BUCKETS = (
@@ -70,31 +75,27 @@ class StoreSizes(Protocol):
     def store_evictions(self) -> Mapping[str, int]: ...
 
 
-class _StoreCollector:
-    """``tollway_store_entries{kind}`` and ``tollway_store_evictions_total{kind}``, read
-    from the stores at scrape time."""
+def multiprocess_dir() -> str | None:
+    """The directory the workers of ``serve --workers N`` share their values in, or None
+    in a single process (prometheus_client read the same variable when imported)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
-    def __init__(self, source: StoreSizes) -> None:
+
+class _InForce:
+    """What a registry exports, less the ``tollway_ruleset_info`` series at 0: versions no
+    worker has in force any more (values in the workers' files cannot be removed)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
         self._source = source
 
     def describe(self) -> list[Metric]:
-        return []  # nothing to read at registration
+        return []
 
     def collect(self) -> Iterator[Metric]:
-        entries = GaugeMetricFamily(
-            "tollway_store_entries", "Entries the stores keep in this process, by kind.",
-            labels=["kind"],
-        )
-        for kind, count in sorted(self._source.store_entries().items()):
-            entries.add_metric([kind], count)
-        yield entries
-        evictions = CounterMetricFamily(
-            "tollway_store_evictions", "Entries dropped early to respect a cap, by kind.",
-            labels=["kind"],
-        )
-        for kind, count in sorted(self._source.store_evictions().items()):
-            evictions.add_metric([kind], count)
-        yield evictions
+        for family in self._source.collect():
+            if family.name == "tollway_ruleset_info":
+                family.samples = [s for s in family.samples if s.value != 0]
+            yield family
 
 
 class Metrics:
@@ -160,7 +161,7 @@ class Metrics:
         )
         self.ruleset_info = Gauge(
             "tollway_ruleset_info", "1 for the version of the ruleset in force.",
-            ["version"], registry=r,
+            ["version"], registry=r, multiprocess_mode="livemax",
         )
         self.ruleset_reloads = Counter(
             "tollway_ruleset_reloads_total", "Attempts to reload the rules, by result.",
@@ -168,7 +169,20 @@ class Metrics:
         )
         self.ruleset_rules = Gauge(
             "tollway_ruleset_rules", "Rules in the ruleset in force.", registry=r,
+            multiprocess_mode="livemostrecent",
         )
+        self.store_entries = Gauge(
+            "tollway_store_entries", "Entries the stores keep in this process, by kind.",
+            ["kind"], registry=r, multiprocess_mode="livesum",
+        )
+        self.store_evictions = Counter(
+            "tollway_store_evictions", "Entries dropped early to respect a cap, by kind.",
+            ["kind"], registry=r,
+        )
+        self._stores: StoreSizes | None = None
+        self._evicted: dict[str, int] = {}
+        self._version: str | None = None
+        self._shared = multiprocess_dir()
         for result in ("success", "error"):
             self.ruleset_reloads.labels(result)
         self._lock = threading.Lock()
@@ -229,19 +243,51 @@ class Metrics:
         models it names their own series."""
         self.models.know(named_models(ruleset))
         with self._lock:
-            self.ruleset_info.clear()
+            if self._shared is None:
+                self.ruleset_info.clear()
+            elif self._version is not None:
+                # a worker's file keeps every series it wrote: 0 marks it out of force
+                self.ruleset_info.labels(self._version).set(0)
             self.ruleset_info.labels(ruleset.version).set(1)
+            self._version = ruleset.version
             self.ruleset_rules.set(len(ruleset.rules))
 
     def reload_result(self, ok: bool) -> None:
         self.ruleset_reloads.labels("success" if ok else "error").inc()
 
     def watch_stores(self, source: StoreSizes) -> None:
-        """Export the stores' sizes and early evictions (read at each scrape)."""
-        self.registry.register(_StoreCollector(source))
+        """Export the stores' sizes and early evictions (read at each scrape, and by
+        ``refresh_stores`` in each worker of ``serve --workers N``)."""
+        self._stores = source
+        self.refresh_stores()
+
+    def refresh_stores(self) -> None:
+        """Read the stores' sizes and evictions into their metrics now."""
+        source = self._stores
+        if source is None:
+            return
+        with self._lock:
+            for kind, count in source.store_entries().items():
+                self.store_entries.labels(kind).set(count)
+            for kind, count in source.store_evictions().items():
+                self.store_evictions.labels(kind).inc(count - self._evicted.get(kind, 0))
+                self._evicted[kind] = count
+
+    @property
+    def shared(self) -> bool:
+        """Whether this process is one of several workers summed at each scrape."""
+        return self._shared is not None
 
     # ---------------------------------------------------------------- exposition
 
     def exposition(self) -> bytes:
-        """The registry in the Prometheus text format."""
-        return bytes(generate_latest(self.registry))
+        """Every metric in the Prometheus text format: this process's, or under
+        ``serve --workers N`` every worker's, summed."""
+        self.refresh_stores()
+        source = self.registry
+        if self._shared is not None:
+            source = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(source, path=self._shared)
+        shown = CollectorRegistry(auto_describe=False)
+        shown.register(_InForce(source))
+        return bytes(generate_latest(shown))

@@ -12,12 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from importlib import resources
+from multiprocessing import parent_process
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tollway.dsl import load as load_rules
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
 from tollway.policy.stores import StoreOptions
@@ -32,6 +38,7 @@ from .identity import parse_attribute_headers
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
+from .workers import check_workers, die_with_parent, supervise
 
 __all__ = ["run", "builtin_rules"]
 
@@ -64,6 +71,10 @@ def _fail(args: argparse.Namespace, message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format, sys.stderr)
+    refused = check_workers(args.workers, args.store, args.listen)
+    if refused is not None:
+        print(f"tollway serve: {refused}", file=sys.stderr)
+        return 2
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
@@ -72,10 +83,84 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
         print(f"tollway serve: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args, attribute_headers))
+    if args.workers > 1:
+        return _supervise(args)
+    return asyncio.run(_serve(args, attribute_headers, _announce))
 
 
-async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) -> int:
+_SERVING = (
+    "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
+    "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d"
+)
+
+
+def _announce(ready: dict[str, Any]) -> None:
+    """The one line that says the server is up (tests and scripts wait for it)."""
+    if "not_ready" in ready:
+        log.warning(
+            _SERVING + " NOT READY: %(not_ready)s; decisions follow on_store_error until it "
+            "answers", ready, extra=ready,
+        )
+    else:
+        log.info(_SERVING, ready, extra=ready)
+
+
+async def _refresh_stores(metrics: Metrics, every: float = 5.0) -> None:
+    """Under ``--workers N`` another worker may answer the scrape: keep this worker's store
+    sizes in the shared metrics fresh."""
+    while True:
+        await asyncio.sleep(every)
+        metrics.refresh_stores()
+
+
+def _rules_failed(args: argparse.Namespace, exc: RulesError) -> int:
+    for d in exc.errors:
+        if args.log_format == "json":
+            log.error("%s", d.render())
+        else:
+            print(d.render(), file=sys.stderr)
+    return _fail(args, f"{len(exc.errors)} error(s) in {args.rules}; not starting")
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``--workers N``: reserve the ports and run N worker processes (``workers.py``)."""
+    try:  # once here, so that broken rules are reported once, not by every worker
+        load_rules(args.rules)
+    except RulesError as exc:
+        return _rules_failed(args, exc)
+    try:
+        return supervise(args, _worker, _announce)
+    except OSError as exc:  # a port could not be reserved
+        return _fail(args, str(exc))
+
+
+def _worker(args: argparse.Namespace, index: int, ready: Connection) -> None:
+    """One worker process of ``--workers N`` (started by ``spawn``): a whole server on the
+    ports the supervisor reserved, that tells it over ``ready`` once it serves."""
+    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor alone, which passes it on
+    die_with_parent()
+    parent = parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        raise SystemExit(1)  # the supervisor died before the line above could notice
+    configure(args.log_level, args.log_format, sys.stderr)
+    attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
+
+    def report(serving: dict[str, Any]) -> None:
+        log.debug("worker %d (pid %d) ready", index, os.getpid())
+        ready.send(serving)
+        ready.close()
+
+    code = asyncio.run(_serve(args, attribute_headers, report, reuse_port=True))
+    raise SystemExit(code)
+
+
+async def _serve(
+    args: argparse.Namespace,
+    attribute_headers: dict[str, str],
+    announce: Callable[[dict[str, Any]], None],
+    *,
+    reuse_port: bool = False,
+) -> int:
     metrics = Metrics(max_label_values=args.max_label_values)
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
@@ -95,12 +180,7 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
             ),
         )
     except RulesError as exc:
-        for d in exc.errors:
-            if args.log_format == "json":
-                log.error("%s", d.render())
-            else:
-                print(d.render(), file=sys.stderr)
-        return _fail(args, f"{len(exc.errors)} error(s) in {args.rules}; not starting")
+        return _rules_failed(args, exc)
     except (ValueError, OSError) as exc:
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
@@ -114,7 +194,9 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
     )
     http: HttpServer | None = None
     try:
-        grpc_server = await start_grpc(engine, args.listen, attribute_headers=attribute_headers)
+        grpc_server = await start_grpc(
+            engine, args.listen, attribute_headers=attribute_headers, reuse_port=reuse_port
+        )
     except OSError as exc:
         engine.close()
         return _fail(args, str(exc))
@@ -124,6 +206,7 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
             http = await start_http(
                 args.http,
                 build_app(engine, metrics, readiness, limits=limits, reloads=reloader.status),
+                reuse_port=reuse_port,
             )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
@@ -143,21 +226,15 @@ async def _serve(args: argparse.Namespace, attribute_headers: dict[str, str]) ->
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
-        "store": _redact(args.store),
+        "store": _redact(args.store), "workers": args.workers,
     }
-    line = (
-        "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-        "rule_count=%(rule_count)d store=%(store)s"
-    )
-    if store_ok:
-        log.info(line, ready, extra=ready)
-    else:  # serving anyway: decisions follow on_store_error until the store answers
+    if not store_ok:  # serving anyway: decisions follow on_store_error until the store answers
         ready["not_ready"] = store_reason
-        log.warning(
-            line + " NOT READY: %(not_ready)s; decisions follow on_store_error until it "
-            "answers", ready, extra=ready,
-        )
+    announce(ready)
+    refresh = asyncio.create_task(_refresh_stores(metrics)) if metrics.shared else None
     await stop.wait()
+    if refresh is not None:
+        refresh.cancel()
 
     log.info("shutting down: draining in-flight calls (grace %gs)", args.grace)
     await watch.stop()

@@ -173,6 +173,11 @@ SETTINGS: tuple[Setting, ...] = (
         "prefix of every Redis key", (SERVE,),
     ),
     Setting(
+        "workers", Integer(low=1, high=64), 1, "TOLLWAY_WORKERS",
+        "server processes sharing the gRPC and HTTP ports (SO_REUSEPORT); more than 1 "
+        "needs a shared store (redis://…) and a HOST:PORT --listen", (SERVE,),
+    ),
+    Setting(
         "grace", Duration("s"), 10.0, "TOLLWAY_GRACE",
         "time in-flight calls get to finish on SIGTERM", (SERVE,),
     ),

@@ -19,6 +19,14 @@ Fixtures
     ``StoreOptions`` with a long store budget, for Redis tests of counting, not latency.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
+``redis_cluster`` (session), ``redis_cluster_factory`` (session)
+    A private Redis Cluster of 3 masters and 3 replicas (``RedisClusterNodes``: ``.url``
+    is ``redis+cluster://…``, ``.master_for(key)``, ``.kill(node)``, ``.wait_healthy()``);
+    the factory starts another one for a test that kills nodes. Needs ``redis-cli`` too.
+``redis_sentinel_factory`` (session)
+    ``factory()`` starts a master, a replica and 3 sentinels (``RedisSentinelSet``:
+    ``.url`` is ``redis+sentinel://…/SERVICE/0``, ``.kill_master()``,
+    ``.wait_promoted(port)``).
 ``backend`` (function, parametrized)
     Runs the test twice: on ``"memory"``, and on Redis (marked ``redis``). A ``Backend``
     has ``.name``, ``.store`` (``"memory"`` or the Redis URL, what ``Engine(store=…)``
@@ -33,11 +41,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,11 +49,15 @@ from pathlib import Path
 import pytest
 import redis
 from backends import Backend
+from redis_processes import RedisClusterNodes, RedisSentinelSet, RedisServer
 
 from tollway.policy.stores import StoreOptions
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
-_REDIS_FIXTURES = frozenset({"redis_url", "redis_prefix", "redis_server", "redis_server_factory"})
+_REDIS_FIXTURES = frozenset({
+    "redis_url", "redis_prefix", "redis_server", "redis_server_factory", "redis_cluster",
+    "redis_cluster_factory", "redis_sentinel_factory",
+})
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
@@ -64,12 +72,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 ROOMY = StoreOptions(timeout=10.0)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _redis_server_or_skip() -> str:
     """The redis-server executable; skip (or fail under CI) when there is none."""
     exe = shutil.which("redis-server")
@@ -79,92 +81,6 @@ def _redis_server_or_skip() -> str:
             pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
         pytest.skip(reason)
     return exe
-
-
-class RedisServer:
-    """A private ``redis-server`` process that tests may kill and start again."""
-
-    def __init__(self, executable: str, directory: Path, port: int | None = None) -> None:
-        self.executable = executable
-        self.directory = directory
-        self.port = port or _free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)  # type: ignore[arg-type]
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start on ``self.port`` and wait until it answers PING."""
-        if self.running:
-            return
-        self._process = subprocess.Popen(
-            [
-                self.executable,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--logfile", str(self.directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        probe = self.client(socket_timeout=0.2, socket_connect_timeout=0.2)
-        try:
-            while True:
-                if self._process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with {self._process.returncode} on port {self.port}"
-                    )
-                try:
-                    if probe.ping():
-                        return
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer on port {self.port}")
-                time.sleep(0.02)
-        finally:
-            probe.close()
-
-    def kill(self) -> None:
-        """SIGKILL: the abrupt death a fault test wants (no goodbye to clients)."""
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(signal.SIGKILL)
-            self._process.wait(timeout=10)
-            self._process = None
-
-    def stop(self) -> None:
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(signal.SIGCONT)  # a paused server cannot exit
-                self._process.terminate()
-                try:
-                    self._process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait(timeout=5)
-            self._process = None
-
-    def pause(self) -> None:
-        """SIGSTOP: a server that accepts connections but never answers (a stall)."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._process is not None:
-            self._process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")
@@ -230,3 +146,60 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return Backend(
         "redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     )
+
+
+def _redis_cli_or_skip() -> None:
+    if shutil.which("redis-cli") is None:
+        reason = "redis-cli is not on PATH (it creates the test cluster)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_factory() -> Iterator[Callable[[], RedisClusterNodes]]:
+    """``factory()`` starts another private Redis Cluster: 3 masters, 3 replicas."""
+    clusters: list[RedisClusterNodes] = []
+    dirs: list[tempfile.TemporaryDirectory[str]] = []
+
+    def factory() -> RedisClusterNodes:
+        exe = _redis_server_or_skip()
+        _redis_cli_or_skip()
+        d = tempfile.TemporaryDirectory(prefix="tollway-cluster-")
+        dirs.append(d)
+        cluster = RedisClusterNodes(exe, Path(d.name))
+        clusters.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in clusters:
+        cluster.stop()
+    for d in dirs:
+        d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_cluster_factory: Callable[[], RedisClusterNodes]) -> RedisClusterNodes:
+    """One cluster for the whole run (tests that kill a node take their own)."""
+    return redis_cluster_factory()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_factory() -> Iterator[Callable[[], RedisSentinelSet]]:
+    """``factory()`` starts a private master, replica and 3 sentinels."""
+    sets: list[RedisSentinelSet] = []
+    dirs: list[tempfile.TemporaryDirectory[str]] = []
+
+    def factory() -> RedisSentinelSet:
+        exe = _redis_server_or_skip()
+        d = tempfile.TemporaryDirectory(prefix="tollway-sentinel-")
+        dirs.append(d)
+        deployment = RedisSentinelSet(exe, Path(d.name))
+        sets.append(deployment)
+        return deployment
+
+    yield factory
+    for deployment in sets:
+        deployment.stop()
+    for d in dirs:
+        d.cleanup()

@@ -3,8 +3,10 @@
 ``POST /v1/chat/completions`` answers like OpenAI: a JSON completion with ``usage``, or,
 with ``"stream": true``, server-sent events (chunks, then a last chunk with ``usage`` when
 ``stream_options.include_usage`` is set, then ``[DONE]``). It records every request it
-got: the model it was asked for and the headers, so tests can see what Envoy forwarded.
-Usage is fixed per answer (``USAGE``) so tests know the tokens and the cost to expect.
+got: the model it was asked for and the headers, so tests can see what a gateway
+forwarded. Usage is fixed per answer (``USAGE``) so tests know the tokens and the cost to
+expect. A request whose last message says ``"fail"`` gets a 500, as a broken provider
+would answer.
 """
 
 from __future__ import annotations
@@ -76,8 +78,16 @@ class FakeOpenAI:
             self._thread.join(timeout=10)
         self._loop.close()
 
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
     def last(self) -> Seen:
         return self.seen[-1]
+
+    def seen_with(self, text: str) -> list[Seen]:
+        """The requests whose messages contain ``text``."""
+        return [s for s in list(self.seen) if text in json.dumps(s.body.get("messages"))]
 
     # ---------------------------------------------------------------- handler
 
@@ -86,6 +96,13 @@ class FakeOpenAI:
         model = body.get("model", "")
         stream = bool(body.get("stream"))
         self.seen.append(Seen(model, stream, dict(request.headers), body))
+        messages = body.get("messages") or [{}]
+        if messages[-1].get("content") == "fail":
+            return web.json_response(
+                {"error": {"message": "the fake upstream failed", "type": "server_error",
+                           "code": None, "param": None}},
+                status=500,
+            )
         created = 1_700_000_000
         if not stream:
             return web.json_response(

@@ -6,8 +6,10 @@ round trip through the wire must give back exactly the value it started from.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,76 +47,74 @@ money = st.floats(0, MAX_COST_USD, allow_nan=False)
 duration = st.floats(0, MAX_DURATION_SECONDS, allow_nan=False)
 
 
-@settings(max_examples=200)
-@given(
-    st.fixed_dictionaries(
-        {"model": st.text(min_size=1, max_size=12)},
-        optional={
-            "request_id": st.text(max_size=10),
-            "user": entity,
-            "group": entity,
-            "attributes": attributes,
-            "estimate": st.fixed_dictionaries(
-                {}, optional={"input_tokens": count, "output_tokens": count, "cost_usd": money}
-            ),
-            "dry_run": st.booleans(),
-        },
-    )
+# Every field of each request and result dataclass is drawn (see
+# test_strategies_cover_every_field): a field added to a dataclass and left out of the
+# wire conversion fails here.
+DECIDE_FIELDS = dict(
+    request_id=st.text(max_size=10),
+    user=entity,
+    group=entity,
+    attributes=attributes,
+    estimate=st.fixed_dictionaries(
+        {}, optional={"input_tokens": count, "output_tokens": count, "cost_usd": money}
+    ),
+    dry_run=st.booleans(),
 )
+
+
+@settings(max_examples=200)
+@given(st.fixed_dictionaries({"model": st.text(min_size=1, max_size=12)}, optional=DECIDE_FIELDS))
 def test_a_decide_request_reads_back_as_sent(data: dict[str, Any]) -> None:
     req = DecideRequest.parse(data)
-    assert convert.to_decide_request(convert.decide_request_to_proto(req)) == req
+    assert DecideRequest.parse(convert.decide_request(convert.decide_request_to_proto(req))) == req
+
+
+REPORT_FIELDS = dict(
+    decision_id=st.text(max_size=10),
+    user=entity,
+    group=entity,
+    model=text,
+    input_tokens=count,
+    output_tokens=count,
+    cost_usd=money,
+    duration_seconds=duration,
+    status=st.text(min_size=1, max_size=10),
+    attributes=attributes,
+)
 
 
 @settings(max_examples=200)
-@given(
-    st.fixed_dictionaries(
-        {"request_id": ident},
-        optional={
-            "decision_id": st.text(max_size=10),
-            "user": entity,
-            "group": entity,
-            "model": text,
-            "input_tokens": count,
-            "output_tokens": count,
-            "cost_usd": money,
-            "duration_seconds": duration,
-            "status": st.text(min_size=1, max_size=10),
-            "attributes": attributes,
-        },
-    ),
-    count,
-)
+@given(st.fixed_dictionaries({"request_id": ident}, optional=REPORT_FIELDS), count)
 def test_a_usage_report_reads_back_as_sent(data: dict[str, Any], cached: int) -> None:
-    if cached <= data.get("input_tokens", 0):
+    if cached <= data.get("input_tokens", 0):  # never more than input_tokens
         data["cached_input_tokens"] = cached
     rep = UsageReport.parse(data)
     assert UsageReport.parse(convert.usage_report(convert.usage_report_to_proto(rep))) == rep
 
 
-quota = st.builds(
-    QuotaStatus,
+QUOTA_FIELDS = dict(
     name=text, metric=text, scope=text, key=text,
     limit=money, used=money, remaining=money, exceeded=st.booleans(),
     retry_after=seconds,
     resets_at=st.none() | seconds.map(lambda s: 1.7e9 + s),
 )
-shadow = st.builds(
-    ShadowOutcome,
+quota = st.builds(QuotaStatus, **QUOTA_FIELDS)
+SHADOW_FIELDS = dict(
     matched_rules=names, denied=st.booleans(), message=text, model=text,
     routed=st.booleans(), checks=names,
 )
+shadow = st.builds(ShadowOutcome, **SHADOW_FIELDS)
 reasons = st.sampled_from(
     ["ALLOWED", "DENIED_BY_RULE", "DEFAULT_DENY", "QUOTA_EXCEEDED", "QUOTA_UNRESOLVED",
      "STORE_UNAVAILABLE"]
 )
-decision = st.builds(
-    Decision,
+DECISION_FIELDS = dict(
     allowed=st.booleans(), reason=reasons, message=text, model=text, routed=st.booleans(),
     checks=names, quotas=st.lists(quota, max_size=3).map(tuple), matched_rules=names,
     annotations=st.dictionaries(text, text, max_size=3), decision_id=text,
     ruleset_version=text, shadow=shadow,
 )
+decision = st.builds(Decision, **DECISION_FIELDS)
 
 
 @settings(max_examples=200)
@@ -123,22 +123,32 @@ def test_a_decision_reads_back_as_the_engine_gave_it(d: Decision) -> None:
     assert convert.decision_from_proto(convert.decision_to_proto(d)) == d
 
 
-trace = st.builds(
-    RuleTrace,
+TEST_FIELDS = dict(
+    text=text,
+    held=st.booleans(),
+    values=st.dictionaries(st.text(min_size=1, max_size=8), json_value, max_size=3).map(
+        lambda d: tuple(sorted(d.items()))
+    ),
+)
+TRACE_FIELDS = dict(
     rule=text, priority=st.integers(-1000, 1000), shadow=st.booleans(),
     candidate=st.booleans(), matched=st.booleans(),
-    tests=st.lists(
-        st.builds(
-            TestTrace,
-            text=text,
-            held=st.booleans(),
-            values=st.dictionaries(st.text(min_size=1, max_size=8), json_value, max_size=3).map(
-                lambda d: tuple(sorted(d.items()))
-            ),
-        ),
-        max_size=3,
-    ).map(tuple),
+    tests=st.lists(st.builds(TestTrace, **TEST_FIELDS), max_size=3).map(tuple),
 )
+trace = st.builds(RuleTrace, **TRACE_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("cls", "drawn"),
+    [
+        (QuotaStatus, QUOTA_FIELDS), (ShadowOutcome, SHADOW_FIELDS),
+        (Decision, DECISION_FIELDS), (RuleTrace, TRACE_FIELDS), (TestTrace, TEST_FIELDS),
+        (DecideRequest, {**DECIDE_FIELDS, "model": text}),
+        (UsageReport, {**REPORT_FIELDS, "request_id": ident, "cached_input_tokens": count}),
+    ],
+)
+def test_strategies_cover_every_field(cls: type, drawn: dict[str, Any]) -> None:
+    assert set(drawn) == {f.name for f in dataclasses.fields(cls)}
 
 
 @settings(max_examples=100)
@@ -155,11 +165,13 @@ def test_an_explanation_reads_back(
     st.dictionaries(st.text(min_size=1, max_size=6), json_value, max_size=4), names,
 )
 def test_an_entity_reads_back(kind: Any, i: str, meta: dict[str, Any], links: tuple[str, ...]) -> None:
+    assert [f.name for f in dataclasses.fields(EntityView)] == ["kind", "id", "metadata", "links"]
     view = EntityView(kind, i, meta, links)
     assert convert.entity_from_proto(convert.entity_to_proto(view)) == view
 
 
 def test_an_ack_reads_back() -> None:
+    assert [f.name for f in dataclasses.fields(ReportAck)] == ["request_id", "outcome", "duplicate"]
     for ack in (ReportAck("r1", "settled"), ReportAck("r2", "duplicate", True)):
         assert convert.ack_from_proto(convert.ack_to_proto(ack)) == ack
 

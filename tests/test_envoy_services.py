@@ -32,6 +32,8 @@ from envoy_harness import RULES
 from google.protobuf.wrappers_pb2 import UInt64Value
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_harness import ServerThread
 
 from tollway import Engine
@@ -253,8 +255,22 @@ def test_process_reports_with_the_request_id_and_status(stubs: Stubs) -> None:
         resp_body(b"{}", True),
     )
     (report,) = reports_of(engine, "xp-report", 1)
-    assert (report.request_id, report.status) == ("rq-2", "error")
-    assert report.attributes == {"team": "search", "http_status": "503"}
+    assert (report.request_id, report.status) == (report.decision_id, "error")
+    assert report.attributes == {"team": "search", "http_status": "503", "x-request-id": "rq-2"}
+
+
+def test_a_recycled_request_id_does_not_make_a_duplicate_report(stubs: Stubs) -> None:
+    engine, _, stub, *_ = stubs
+    for _ in range(2):
+        process(
+            stub,
+            req_headers(x_request_id="same"),
+            req_body(body_of("xp-recycled")),
+            resp_headers(),
+            resp_body(USAGE, True),
+        )
+    reports = reports_of(engine, "xp-recycled", 2)
+    assert [r.input_tokens for r in reports] == [100, 100]
 
 
 def test_process_unchanged_model_means_no_body_mutation(stubs: Stubs) -> None:
@@ -519,3 +535,163 @@ def test_a_stream_cut_after_done_was_complete(stubs: Stubs, done: bool, status: 
     )
     (report,) = reports_of(engine, user, 1)
     assert (report.status, report.input_tokens, report.output_tokens) == (status, 4, 2)
+
+
+@pytest.mark.redis
+def test_a_long_answer_on_redis_is_still_reported(redis_url: str, redis_prefix: str) -> None:
+    """The store's time budget (0.1 s) runs per phase, not from the start of the exchange."""
+    engine = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix)
+    server = ServerThread(engine)
+    channel = grpc.insecure_channel(server.start())
+    try:
+        stub = ep_grpc.ExternalProcessorStub(channel)
+
+        def exchange() -> Iterator[ep.ProcessingRequest]:
+            yield req_headers()
+            yield req_body(body_of("xp-slow", model="openai/gpt-4.1"))
+            time.sleep(0.3)  # the model takes its time: longer than the store's budget
+            yield resp_headers()
+            yield resp_body(USAGE, True)
+
+        answers = list(stub.Process(exchange()))
+        assert len(answers) == 4
+        (report,) = reports_of(engine, "xp-slow", 1)
+        assert (report.status, report.input_tokens, report.output_tokens) == ("success", 100, 40)
+    finally:
+        channel.close()
+        server.stop()
+        engine.close()
+
+
+# ------------------------------------------------------- any input, any order
+
+_BODIES = st.sampled_from(
+    [
+        b"",
+        b"{not json",
+        b'{"model": "openai/gpt-5", "messages": []}',
+        body_of("xp-any", tier="free"),
+        body_of("xp-any-2", status="suspended"),
+        USAGE,
+        b'data: {"usage": {"prompt_tokens": 1}}\n\ndata: [DONE]\n\n',
+        b"\xff\xfe\x00garbage",
+    ]
+)
+_PHASES = st.sampled_from(
+    [
+        "request_headers",
+        "request_body",
+        "request_trailers",
+        "response_headers",
+        "response_body",
+        "response_trailers",
+        "none",
+    ]
+)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> list[ep.ProcessingRequest]:
+    out = []
+    for phase in draw(st.lists(_PHASES, max_size=8)):
+        end = draw(st.booleans())
+        if phase in ("request_headers", "response_headers"):
+            pairs = draw(
+                st.dictionaries(
+                    st.sampled_from(
+                        [
+                            ":status",
+                            "content-type",
+                            "x-tollway-user",
+                            "x-request-id",
+                            "content-encoding",
+                            "x-tollway-user-metadata",
+                        ]
+                    ),
+                    st.sampled_from(
+                        [
+                            "200",
+                            "abc",
+                            "application/json",
+                            "text/event-stream",
+                            "gzip",
+                            "br",
+                            "{}",
+                            "[1]",
+                            "u",
+                        ]
+                    ),
+                    max_size=4,
+                )
+            )
+            headers = ep.HttpHeaders(headers=header_map(**pairs), end_of_stream=end)
+            out.append(ep.ProcessingRequest(**{phase: headers}))
+        elif phase in ("request_body", "response_body"):
+            body = ep.HttpBody(body=draw(_BODIES), end_of_stream=end)
+            out.append(ep.ProcessingRequest(**{phase: body}))
+        elif phase != "none":
+            out.append(ep.ProcessingRequest(**{phase: ep.HttpTrailers()}))
+        else:
+            out.append(ep.ProcessingRequest())
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(_messages())
+def test_process_answers_any_sequence_of_phases(stubs: Stubs, messages: list[Any]) -> None:
+    _, _, stub, *_ = stubs
+    answers = process(stub, *messages)  # a gRPC error (INTERNAL…) would raise here
+    expected = [m.WhichOneof("request") for m in messages if m.WhichOneof("request")]
+    if answers and answers[-1].HasField("immediate_response"):
+        assert len(answers) <= len(expected)
+        json.loads(answers[-1].immediate_response.body)  # an OpenAI-shaped error
+    else:
+        assert [a.WhichOneof("response") for a in answers] == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "x-tollway-user",
+                "x-tollway-group",
+                "x-tollway-user-metadata",
+                "content-type",
+                "x-team",
+                "x-request-id",
+            ]
+        ),
+        st.text(max_size=20),
+        max_size=5,
+    ),
+    _BODIES,
+)
+def test_check_answers_any_request(stubs: Stubs, headers: dict[str, str], body: bytes) -> None:
+    _, stub, *_ = stubs
+    response = check(stub, headers, body)  # never a gRPC error
+    if response.status.code != 0:
+        assert response.denied_response.status.code in (400, 403, 429, 503)
+        assert set(denied_body(response)) == {"message", "type", "code", "param"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["user", "group", "model", "team"]),
+            st.text(min_size=1, max_size=10),
+            max_size=3,
+        ),
+        max_size=3,
+    ),
+    st.integers(0, 2**32 - 1),
+)
+def test_rate_limit_answers_any_descriptors(
+    stubs: Stubs, descriptors: list[dict[str, str]], hits: int
+) -> None:
+    _, _, _, stub, _ = stubs
+    answer = stub.ShouldRateLimit(rl_request(*descriptors, hits=hits))
+    assert len(answer.statuses) == len(descriptors)
+    if answer.overall_code == rls.RateLimitResponse.OVER_LIMIT:
+        assert set(json.loads(answer.raw_body)["error"]) == {"message", "type", "code", "param"}

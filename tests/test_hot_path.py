@@ -14,7 +14,6 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollway.dsl.ast import Window
 from tollway.policy import validate, windows
 from tollway.policy.engine import _new_decision_id
 from tollway.policy.quotas import _enc
@@ -22,8 +21,8 @@ from tollway.policy.stores.base import CounterSpec
 from tollway.policy.stores.memory import MemoryCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore
 
-HOUR = Window(seconds=3600, text="1h")
-MINUTE = Window(seconds=60, text="1m")
+HOUR = windows.sliding(3600)
+MINUTE = windows.sliding(60)
 
 
 def test_decision_ids_are_uuid4_hex() -> None:
@@ -72,26 +71,17 @@ def test_prepared_units_equal_amount_units_and_limit_units(
     except ValueError as exc:
         want = str(exc)
     try:
-        [(_, key, got_amount, got_limit, plan)] = windows.prepare_counters("p:", [spec])
+        [(_, key, got_amount, got_limit)] = windows.prepare_counters("p:", [spec])
         got: Any = (got_amount, got_limit)
-        assert key == "p:q:q:u=a" and plan.bucket == 60
+        assert key == "p:q:q:u=a"
     except ValueError as exc:
         got = str(exc)
     assert got == want
 
 
-def test_window_plans_are_validated_and_shared() -> None:
-    assert windows.window_plan(HOUR) is windows.window_plan(HOUR)
-    assert windows.window_plan(Window(calendar="month", text="month")).code == "month"
-    with pytest.raises(ValueError, match="at least 1s"):
-        windows.window_plan(Window(seconds=0, text="0s"))
-    with pytest.raises(ValueError, match="at least 1s"):  # errors are never cached away
-        windows.window_plan(Window(seconds=0, text="0s"))
-
-
 @given(st.integers(0, 4_000_000_000), st.sampled_from([1, 30, 119, 3600, 86400]))
-def test_slot_parts_match_the_bucket_arithmetic(sec: int, w: int) -> None:
-    window = Window(seconds=w, text=f"{w}s")
+def test_slots_match_the_bucket_arithmetic(sec: int, w: int) -> None:
+    window = windows.sliding(w)
     b = windows.bucket_seconds(w)
     first, current = windows.covered_buckets(sec + 0.5, w, b)
     assert windows.slot(window, sec + 0.5) == windows.Slot(
@@ -99,18 +89,51 @@ def test_slot_parts_match_the_bucket_arithmetic(sec: int, w: int) -> None:
     )
 
 
-def test_state_of_with_clean_fields_matches_counter_state() -> None:
-    spec = CounterSpec("q", "requests", "u=a", MINUTE, 10, 1)
-    t = 1_000_000.5
-    first, current = windows.covered_buckets(t, 60, 1)
-    cases: list[dict[int | str, int]] = [
-        {}, {first: 2, current: 3}, {first + 5: 9}, {first: 4, first + 1: 6}
-    ]
-    for buckets in cases:
-        plan = windows.window_plan(MINUTE)
-        fast = windows.state_of(spec, plan, t, buckets, 1, 10, used=sum(buckets.values()),
-                                clean=True)
-        assert fast == windows.counter_state(spec, t, buckets, 1, 10)
+def _state_oracle(
+    window: int, t: float, buckets: dict[int, int], amount: int, limit: int
+) -> tuple[int, bool, float, float]:
+    """``counter_state`` of a sliding window the slow way: used, exceeded, retry_after and
+    resets_at from the definitions (a bucket counts until ``bucket_until``)."""
+    b = windows.bucket_seconds(window)
+    until = {i: windows.bucket_until(i, window, b) for i in buckets}
+    live = {i: v for i, v in buckets.items() if v > 0 and until[i] > t and i <= t // b}
+    used = sum(live.values())
+    exceeded = not windows.fits(used, amount, limit)
+    current_until = windows.bucket_until(math.floor(t) // b, window, b)
+    resets_at = float(min((until[i] for i in live), default=current_until))
+    retry_after = 0.0
+    if exceeded:
+        retry_after = float(window)
+        for moment in sorted({until[i] for i in live}):
+            left = sum(v for i, v in live.items() if until[i] > moment)
+            if amount <= limit and not (amount == limit == 0) and windows.fits(left, amount, limit):
+                retry_after = moment - t
+                break
+    return used, exceeded, retry_after, resets_at
+
+
+@given(
+    st.sampled_from([60, 119, 3600]),
+    st.floats(1_000_000, 1_000_100),
+    st.dictionaries(st.integers(-70, 0), st.integers(1, 50), max_size=12),
+    st.integers(0, 60),
+    st.integers(0, 200),
+)
+def test_counter_state_agrees_with_the_definitions(
+    window: int, t: float, offsets: dict[int, int], amount: int, limit: int
+) -> None:
+    w = windows.sliding(window)
+    first, current = windows.covered_buckets(t, window, w.bucket)
+    # what a store reads back: live buckets of the window, each > 0
+    buckets = {current + k: v for k, v in offsets.items() if current + k >= first}
+    spec = CounterSpec("q", "requests", "u=a", w, limit, amount)
+    got = windows.counter_state(spec, t, dict(buckets), amount, limit)
+    clean = windows.counter_state(spec, t, dict(buckets), amount, limit, used=sum(buckets.values()),
+                                  clean=True)
+    assert got == clean
+    used, exceeded, retry_after, resets_at = _state_oracle(window, t, buckets, amount, limit)
+    assert (got.used, got.exceeded, got.resets_at) == (used, exceeded, resets_at)
+    assert got.retry_after == pytest.approx(retry_after)
 
 
 # --------------------------------------------------------- metadata fast path
@@ -202,7 +225,7 @@ def test_redis_and_memory_agree_on_exceeded_and_fitting_counters_with_stale_fiel
 ) -> None:
     memory = MemoryCounterStore()
     specs = [CounterSpec("q", "requests", "u=a", MINUTE, 5, 1),
-             CounterSpec("d", "cost", "u=a", Window(calendar="day", text="day"), 2, 0.1)]
+             CounterSpec("d", "cost", "u=a", windows.calendar("day"), 2, 0.1)]
     t = 2_000_000.0
     exceeded = 0
     for step in range(16):

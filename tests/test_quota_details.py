@@ -103,3 +103,16 @@ def test_a_cost_limit_is_enforced_to_the_micro_dollar(
     engine, _ = engine_and_clock
     (q,) = engine.explain({"user": user("c", plan="cheap"), "model": "m"}).decision.quotas
     assert q.limit == 0.000002  # 2.5 micro-USD rounds down to 2
+
+
+@pytest.mark.parametrize(("n", "allowed", "limit"), [
+    (-1e308, False, 0.0),  # scaled to -infinity: admits nothing, no overflow
+    (1e308, True, float(2**53 - 1)),  # past any counter: capped where counters saturate
+])
+def test_an_extreme_limit_from_metadata_is_clamped(
+    engine_and_clock: tuple[Engine, Callable[[], float]], n: float, allowed: bool, limit: float,
+) -> None:
+    engine, _ = engine_and_clock
+    d = engine.decide({"user": user(f"x{n}", plan="halved", n=n), "model": "m"})
+    (q,) = d.quotas
+    assert (d.allowed, q.limit) == (allowed, limit)

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from conftest import RedisServer
 
-from tollway.dsl.ast import Window
+from tollway.policy import windows
 from tollway.policy.stores.base import CounterSpec, StoreUnavailable
 from tollway.policy.stores.redis_store import RedisCounterStore
 
 pytestmark = pytest.mark.redis
 
-HOUR = Window(seconds=3600, text="1h")
+HOUR = windows.sliding(3600)
 TIMEOUT = 0.2
 
 

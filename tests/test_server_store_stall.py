@@ -38,9 +38,13 @@ quota hard limits cost to 100 per 1d for each user on_store_error deny
 rule casual { when user.plan == "casual" enforce soft }
 rule paying { when user.plan == "paying" enforce hard }
 """
-TIMEOUT = 0.25
+TIMEOUT = 0.4
 BURST = 300  # calls in flight at once, against 32 engine threads
-MARGIN = 0.75  # scheduling on a loaded 2-core machine; the old behaviour took seconds
+# The bound: the store timeout, plus the time the same burst takes with Redis healthy
+# (what this machine needs to serve it, measured in the same run: a loaded machine is
+# slower at both), plus a margin. Without the per-call budget the stalled burst took
+# about BURST / 32 * TIMEOUT (3.75 s) more than that.
+MARGIN = 1.0
 
 
 def _user(uid: str, plan: str) -> pb.Entity:
@@ -66,8 +70,11 @@ def test_a_stalled_redis_answers_within_the_budget_and_answers_agree_with_effect
     with serving(write_rules(tmp_path, RULES), store=redis_server.url,
                  store_options=options) as (stub, _, _):
         users = [_user(f"c{i}", "casual") for i in range(BURST)]
-        for u in users[:50]:  # one counted decision each; metadata cached
-            assert stub.Decide(pb.DecideRequest(user=u, model="m"), timeout=10).allowed
+        started = time.monotonic()  # one counted decision each; metadata cached
+        healthy = _wait_all([stub.Decide.future(pb.DecideRequest(user=u, model="m"), timeout=30)
+                             for u in users])
+        healthy_took = time.monotonic() - started
+        assert all(d.allowed and not d.message for d in healthy)
         payer = _user("p", "paying")
         assert stub.Decide(pb.DecideRequest(user=payer, model="m",
                                             estimate=pb.Estimate(cost_usd=1.0))).allowed
@@ -90,7 +97,8 @@ def test_a_stalled_redis_answers_within_the_budget_and_answers_agree_with_effect
         finally:
             redis_server.resume()
 
-        assert took < TIMEOUT + MARGIN, f"{BURST} decisions took {took:.2f}s"
+        bound = TIMEOUT + healthy_took + MARGIN
+        assert took < bound, f"{BURST} decisions took {took:.2f}s (healthy: {healthy_took:.2f}s)"
         assert all(isinstance(d, pb.Decision) for d in answers), answers[:3]
         assert {(d.allowed, d.reason) for d in answers} == {(True, pb.ALLOWED)}
         assert all("unavailable" in d.message for d in answers)  # quotas not enforced
@@ -108,10 +116,6 @@ def test_a_stalled_redis_answers_within_the_budget_and_answers_agree_with_effect
             peek = stub.Explain(pb.DecideRequest(user=pb.Entity(id=u.id), model="m"))
             assert peek.decision.quotas[0].used == 1  # the warm-up decision alone
             assert stub.GetUsage(pb.GetUsageRequest(user_id=u.id)).usage.request_count == 1
-        for u in users[50:53]:
-            with pytest.raises(grpc.RpcError) as missing:
-                stub.GetUsage(pb.GetUsageRequest(user_id=u.id))
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         hard = stub.Explain(pb.DecideRequest(user=pb.Entity(id="p"), model="m")).decision
         assert hard.quotas[0].used == 1.0  # no stalled report landed late
         # each report, retried with its request_id, counts once

@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 import pytest
 from backends import Backend
 
-from tollway.dsl.ast import Window
+from tollway.policy import windows
 from tollway.policy.stores.base import CounterSpec, CounterStore
 from tollway.policy.stores.memory import MemoryCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore
 from tollway.policy.windows import MAX_UNITS
 
-HOUR = Window(seconds=3600, text="1h")
-MINUTE = Window(seconds=60, text="1m")
-MONTH = Window(calendar="month", text="month")
+HOUR = windows.sliding(3600)
+MINUTE = windows.sliding(60)
+MONTH = windows.calendar("month")
 T0 = 1_800_000_000.25  # 2027-01-15T08:00:00.25Z
 
 
@@ -38,11 +38,11 @@ def store(backend: Backend) -> Iterator[CounterStore]:
 
 
 def req(limit: float, amount: float = 1, *, quota: str = "q", key: str = "u=a",
-        window: Window = HOUR) -> CounterSpec:
+        window: windows.CounterWindow = HOUR) -> CounterSpec:
     return CounterSpec(quota, "requests", key, window, limit, amount)
 
 
-def cost(limit: float, amount: float, *, quota: str = "c", window: Window = HOUR) -> CounterSpec:
+def cost(limit: float, amount: float, *, quota: str = "c", window: windows.CounterWindow = HOUR) -> CounterSpec:
     return CounterSpec(quota, "cost", "u=a", window, limit, amount)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tollway.dsl.ast import Window
+from tollway.policy import windows
 from tollway.policy.stores.base import CounterSpec, StoreOptions
 from tollway.policy.stores.memory import MemoryCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore
@@ -25,7 +25,7 @@ class Clock:
 
 
 def req(limit: float, amount: float = 1, key: str = "u=a", seconds: int = 60) -> CounterSpec:
-    return CounterSpec("q", "requests", key, Window(seconds=seconds, text=f"{seconds}s"), limit, amount)
+    return CounterSpec("q", "requests", key, windows.sliding(seconds), limit, amount)
 
 
 def test_store_identity() -> None:

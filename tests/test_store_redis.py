@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RedisServer
-from tollway.dsl.ast import Window
 from tollway.policy import windows
 from tollway.policy.stores import StoreUnavailable, open_store
 from tollway.policy.stores.base import CounterSpec
@@ -21,11 +20,11 @@ from tollway.policy.stores.redis_store import RedisCounterStore, load_script
 
 pytestmark = pytest.mark.redis
 
-HOUR = Window(seconds=3600, text="1h")
-MONTH = Window(calendar="month", text="month")
+HOUR = windows.sliding(3600)
+MONTH = windows.calendar("month")
 
 
-def req(limit: float, amount: float = 1, quota: str = "q", window: Window = HOUR) -> CounterSpec:
+def req(limit: float, amount: float = 1, quota: str = "q", window: windows.CounterWindow = HOUR) -> CounterSpec:
     return CounterSpec(quota, "requests", "u=a", window, limit, amount)
 
 
@@ -174,7 +173,7 @@ def test_a_one_second_window_frees_itself_when_retry_after_says(
     redis_url: str, redis_prefix: str
 ) -> None:
     store = RedisCounterStore(redis_url, key_prefix=redis_prefix, honour_now=True)
-    spec = req(1, window=Window(seconds=1, text="1s"))
+    spec = req(1, window=windows.sliding(1))
     t = 1_800_000_000.25
     assert not store.check_and_consume([spec], consume=True, now=t)[0].exceeded
     denied = store.check_and_consume([spec], consume=True, now=t)[0]

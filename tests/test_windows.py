@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollway.dsl.ast import Window
 from tollway.policy import windows
 from tollway.policy.stores.base import CounterSpec
 
@@ -18,11 +17,11 @@ def ts(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def spec(limit: float, amount: float, window: Window, metric: str = "requests") -> CounterSpec:
+def spec(limit: float, amount: float, window: windows.CounterWindow, metric: str = "requests") -> CounterSpec:
     return CounterSpec("q", metric, "u=a", window, limit, amount)
 
 
-HOUR = Window(seconds=3600, text="1h")
+HOUR = windows.sliding(3600)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +83,7 @@ def test_slot_counts_and_prunes() -> None:
     assert s.counts(s.first) and s.counts(s.field) and not s.counts(s.first - 1)
     assert not s.counts(s.field + 1)  # a future bucket is ignored, not deleted
     assert s.stale(s.first - 1) and not s.stale(s.field + 1) and s.stale("2026-11")
-    m = windows.slot(Window(calendar="month", text="month"), ts("2026-11-23T00:00:00"))
+    m = windows.slot(windows.calendar("month"), ts("2026-11-23T00:00:00"))
     assert m.field == "2026-11" and m.counts("2026-11") and m.stale("2026-10")
     assert m.until == ts("2026-12-01T00:00:00")
 
@@ -106,16 +105,16 @@ def test_units_are_exact_integers_rounded_safely() -> None:
 @pytest.mark.parametrize("bad", [math.nan, -1.0, math.inf, 1e300])
 def test_bad_amounts_are_rejected_with_the_field(bad: float) -> None:
     with pytest.raises(ValueError, match="quota q: amount"):
-        windows.check_counters("p:", [spec(10, bad, HOUR)])
+        windows.prepare_counters("p:", [spec(10, bad, HOUR)])
 
 
 def test_bad_limit_and_window_and_duplicates_are_rejected() -> None:
     with pytest.raises(ValueError, match="limit: must be a number"):
-        windows.check_counters("p:", [spec(math.nan, 1, HOUR)])
+        windows.prepare_counters("p:", [spec(math.nan, 1, HOUR)])
     with pytest.raises(ValueError, match="at least 1s"):
-        windows.check_counters("p:", [spec(1, 1, Window(seconds=0, text="0s"))])
+        windows.prepare_counters("p:", [spec(1, 1, windows.sliding(0))])
     with pytest.raises(ValueError, match="appears twice"):
-        windows.check_counters("p:", [spec(1, 1, HOUR), spec(2, 1, HOUR)])
+        windows.prepare_counters("p:", [spec(1, 1, HOUR), spec(2, 1, HOUR)])
 
 
 def test_fits_follows_the_zero_amount_rule() -> None:
@@ -127,12 +126,32 @@ def test_key_layout() -> None:
     assert windows.counter_key("tollway:", "free_hourly", "u=alice") == "tollway:q:free_hourly:u=alice"
     assert windows.hold_key("tollway:", "d1") == "tollway:h:d1"
     assert windows.report_key("tollway:", "r1") == "tollway:r:r1"
-    assert windows.window_code(HOUR) == "3600"
-    assert windows.window_code(Window(calendar="week", text="week")) == "week"
+    assert HOUR.code == "3600" and HOUR.bucket == 60
+    assert windows.calendar("week").code == "week" and windows.calendar("week").bucket == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "calendar", "problem"),
+    [(0, None, "at least 1s"), (-5, None, "at least 1s"), (True, None, "whole number"),
+     (1.5, None, "whole number"), (None, "year", "neither a duration"),
+     (None, None, "neither a duration"), (60, "day", "not both")],
+)
+def test_a_window_is_checked_when_it_is_built(
+    seconds: object, calendar: object, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        windows.CounterWindow(seconds, calendar)  # type: ignore[arg-type]
+
+
+def test_a_rule_files_window_becomes_the_same_value() -> None:
+    from tollway.dsl.ast import Window
+
+    assert windows.window_of(Window(seconds=3600, text="1h")) == HOUR
+    assert windows.window_of(Window(calendar="month", text="month")) == windows.calendar("month")
 
 
 def test_sliding_state_walks_the_oldest_buckets_forward() -> None:
-    w = Window(seconds=60, text="1m")  # b = 1
+    w = windows.sliding(60)  # b = 1
     t = 1000.5
     buckets = {941: 3, 950: 4, 1000: 2}  # 941 is the oldest counted bucket at t=1000
     state = windows.counter_state(spec(10, 2, w), t, buckets, 2, 10)
@@ -157,7 +176,7 @@ def test_empty_sliding_state_resets_when_the_current_bucket_leaves_the_window() 
 
 
 def test_calendar_state_retries_at_the_period_end() -> None:
-    month = Window(calendar="month", text="month")
+    month = windows.calendar("month")
     t = ts("2026-11-23T00:00:00")
     end = ts("2026-12-01T00:00:00")
     state = windows.counter_state(spec(1, 0.5, month, "cost"), t, {"2026-11": 800_000}, 500_000, 1_000_000)

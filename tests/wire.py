@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from tollway.server.envoy import SERVICE_NAMES
 from tollway.v1 import tollway_pb2 as pb
 
 __all__ = ["varint", "field", "nested_struct", "services", "RpcMethod", "bad_messages"]
@@ -53,17 +55,20 @@ class RpcMethod:
 
 
 def services() -> Iterator[RpcMethod]:
-    """Every method the server registers: Tollway, health and reflection."""
-    for file in (pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
-        for service in file.services_by_name.values():
-            for m in service.methods:
-                method: MethodDescriptor = m
-                yield RpcMethod(
-                    f"/{service.full_name}/{method.name}",
-                    method.input_type,
-                    method.client_streaming,
-                    method.server_streaming,
-                )
+    """Every method the server registers: Tollway, Envoy's services, health, reflection."""
+    files = (pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+    names = [s.full_name for f in files for s in f.services_by_name.values()]
+    pool = descriptor_pool.Default()
+    for name in (*names, *SERVICE_NAMES):
+        service = pool.FindServiceByName(name)
+        for m in service.methods:
+            method: MethodDescriptor = m
+            yield RpcMethod(
+                f"/{service.full_name}/{method.name}",
+                method.input_type,
+                method.client_streaming,
+                method.server_streaming,
+            )
 
 
 def _string_path(message: Descriptor, depth: int = 0) -> list[FieldDescriptor] | None:

@@ -8,15 +8,18 @@ key layout and window arithmetic are shared (``policy.windows``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from tollway.dsl.ast import Window
+from tollway.dsl.ast import CALENDARS
 
 from ..model import REPORT_OUTCOMES, ReportOutcome
 from ..usage import RequestSeen, UsageEvent, UsageReader
 
 __all__ = [
+    "BUCKETS_PER_WINDOW",
+    "bucket_seconds",
+    "CounterWindow",
     "CounterSpec",
     "CounterState",
     "ReportOutcome",
@@ -53,19 +56,64 @@ class StoreOptions:
             raise ValueError("max_report_ids: must be at least 1")
 
 
+BUCKETS_PER_WINDOW = 60
+
+
+def bucket_seconds(window_seconds: int) -> int:
+    """Bucket length of a sliding window: ``W // 60`` whole seconds, at least 1."""
+    return max(1, window_seconds // BUCKETS_PER_WINDOW)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterWindow:
+    """A quota's window in the stores' terms: plain values, checked when built.
+
+    A sliding window has ``seconds`` (at least 1); a calendar window has ``calendar``
+    (``day``, ``week`` or ``month``). Derived once: ``bucket``, the bucket length in
+    seconds (``bucket_seconds``; 0 for a calendar window), and ``code``, how the Redis
+    scripts name the window (``"3600"``, ``"month"``). ``windows.sliding(seconds)`` and
+    ``windows.calendar(kind)`` build one.
+    """
+
+    seconds: int | None = None
+    calendar: str | None = None
+    bucket: int = field(init=False, compare=False)
+    code: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        seconds = self.seconds
+        if seconds is not None:
+            if isinstance(seconds, bool) or not isinstance(seconds, int):
+                raise ValueError(f"window: seconds must be a whole number, got {seconds!r}")
+            if seconds < 1:
+                raise ValueError(f"window: must be at least 1s, got {seconds}s")
+            if self.calendar is not None:
+                raise ValueError("window: either seconds or a calendar period, not both")
+            derived = (bucket_seconds(seconds), str(seconds))
+        elif self.calendar in CALENDARS:
+            derived = (0, str(self.calendar))
+        else:
+            raise ValueError(
+                f"window: neither a duration nor {'/'.join(CALENDARS)}, got {self.calendar!r}"
+            )
+        object.__setattr__(self, "bucket", derived[0])
+        object.__setattr__(self, "code", derived[1])
+
+
 @dataclass(frozen=True, slots=True)
 class CounterSpec:
     """One counter a decision touches.
 
     ``key`` identifies whose counter it is inside the quota (``u=alice``,
     ``g=acme/u=alice``, ``*``, each possibly followed by ``+m=<model>``; ids are
-    percent-encoded). ``amount`` is what this decision adds (the reservation).
+    percent-encoded: ``policy.quotas.scope_key``). ``amount`` is what this decision adds
+    (the reservation).
     """
 
     quota: str
     metric: str
     key: str
-    window: Window
+    window: CounterWindow
     limit: float
     amount: float
     on_store_error: Literal["allow", "deny"] = "allow"

@@ -119,7 +119,8 @@ class MemoryCounterStore:
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
-        slots = [plan.slot_parts(t) for _, _, _, _, plan in prepared]
+        slot = windows.slot
+        slots = [slot(c.spec.window, t) for c in prepared]
         read_fields: list[dict[int | str, int]] = []
         totals: list[int] = []
         with self._lock:
@@ -127,7 +128,7 @@ class MemoryCounterStore:
                 self._maybe_sweep(t)
             read = self._read
             admitted = True
-            for (_, key, amount, limit, _), (field, first, _) in zip(prepared, slots, strict=True):
+            for (_, key, amount, limit), (field, first, _) in zip(prepared, slots, strict=True):
                 fields = read(key, field, first, consume)
                 read_fields.append(fields)
                 used = sum(fields.values())
@@ -136,22 +137,22 @@ class MemoryCounterStore:
                     admitted = False
             if consume and admitted:
                 add = self._add
-                for (_, key, amount, _, _), (field, _, until) in zip(prepared, slots, strict=True):
+                for (_, key, amount, _), (field, _, until) in zip(prepared, slots, strict=True):
                     add(key, field, until, amount)
                 if hold_id is not None and prepared:
                     self._holds[hold_id] = tuple(
                         (key, field, spec.metric, amount, until)
-                        for (spec, key, amount, _, _), (field, _, until)
+                        for (spec, key, amount, _), (field, _, until)
                         in zip(prepared, slots, strict=True)
                     )
                 if seen is not None:
                     # under the store's lock: the request counts exactly when it consumed
                     self.usage.count_request(seen)
         # fields read from this store are bucket indices (or one period) holding amounts > 0
-        state_of = windows.state_of
+        state = windows.counter_state
         return [
-            state_of(spec, plan, t, fields, amount, limit, used=used, clean=True)
-            for (spec, _, amount, limit, plan), fields, used
+            state(spec, t, fields, amount, limit, used=used, clean=True)
+            for (spec, _, amount, limit), fields, used
             in zip(prepared, read_fields, totals, strict=True)
         ]
 
@@ -168,7 +169,7 @@ class MemoryCounterStore:
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
-        checked = windows.check_counters("", fallback)
+        checked = windows.prepare_counters("", fallback)
         sec = math.floor(t)
         with self._lock:
             if request_id in self._reports:
@@ -185,10 +186,10 @@ class MemoryCounterStore:
                         self._add(key, field, until, actual_units[metric] - units)
                 return "settled"
             for c in checked:
-                s = windows.slot(c.spec.window, t)
+                field, first, until = windows.slot(c.spec.window, t)
                 # counters only reports touch are pruned here
-                self._read(c.key, s.field, s.first, True)
-                self._add(c.key, s.field, s.until, c.amount)
+                self._read(c.key, field, first, True)
+                self._add(c.key, field, until, c.amount)
             return "added"
 
     def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:

@@ -33,7 +33,6 @@ from redis.retry import Retry
 
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
-from ..windows import Checked
 from .base import (
     REPORT_OUTCOMES,
     CounterSpec,
@@ -163,7 +162,7 @@ class RedisCounterStore:
                 self.record_request(seen, deadline=deadline)
             return []
         deadline = self._deadline(deadline)
-        keys = [key for _, key, _, _, _ in prepared]
+        keys = [c.key for c in prepared]
         hold = consume and hold_id is not None
         if hold:
             assert hold_id is not None
@@ -173,8 +172,9 @@ class RedisCounterStore:
             "1" if consume else "0",
             self._hold_ttl if hold else "0",
         ]
-        for spec, _, amount, limit, plan in prepared:
-            args += (plan.code, str(plan.bucket), str(limit), str(amount), spec.metric)
+        for spec, _, amount, limit in prepared:
+            window = spec.window
+            args += (window.code, str(window.bucket), str(limit), str(amount), spec.metric)
         if consume and seen is not None:
             args += request_args(self._prefix, seen)  # counted by the script if admitted
         calls = self._calls
@@ -187,17 +187,15 @@ class RedisCounterStore:
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
             )
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
-        state_of = windows.state_of
+        state = windows.counter_state
         states = []
-        for (spec, _, amount, limit, plan), raw in zip(prepared, reply[3:], strict=True):
+        for (spec, _, amount, limit), raw in zip(prepared, reply[3:], strict=True):
             # the script sends the counted total and the live buckets the state needs
             # (all of them when the amount does not fit, else the oldest one)
             fields: dict[int | str, int] = {
                 int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
             }
-            states.append(
-                state_of(spec, plan, t, fields, amount, limit, used=int(raw[0]), clean=True)
-            )
+            states.append(state(spec, t, fields, amount, limit, used=int(raw[0]), clean=True))
         return states
 
     def record_report(
@@ -212,7 +210,7 @@ class RedisCounterStore:
         deadline: float | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
-        checked = windows.check_counters(self._prefix, fallback)
+        checked = windows.prepare_counters(self._prefix, fallback)
         deadline = self._deadline(deadline)
         keys = [windows.report_key(self._prefix, request_id)]
         if hold_id is not None:
@@ -227,7 +225,7 @@ class RedisCounterStore:
         for metric, value in units.items():
             args += (metric, str(value))
         for c in checked:
-            args += (*_window_args(c), str(c.amount))
+            args += (c.spec.window.code, str(c.spec.window.bucket), str(c.amount))
         if usage is not None:
             args += usage_args(self._prefix, usage, self.retention)
         reply = self._calls.script(self._report, keys, args, deadline)
@@ -276,9 +274,3 @@ class RedisCounterStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _window_args(c: Checked) -> tuple[str, str]:
-    """Window code and bucket seconds of one counter, as the scripts read them."""
-    plan = windows.window_plan(c.spec.window)
-    return plan.code, str(plan.bucket)

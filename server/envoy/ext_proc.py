@@ -12,8 +12,9 @@ SEND, response body STREAMED) sends each phase of one HTTP exchange on one gRPC 
    ``x-tollway-decision-id``.
 4. response body chunks: passed on untouched while a ``UsageReader`` looks for the
    upstream's ``usage`` (plain JSON, or a server-sent-event stream whose chunks carry it).
-5. end of the body: ``Report`` with the decision id, the tokens (cost priced by the rules'
-   ``price`` table), the time taken and ``success`` or ``error`` by HTTP status. An
+5. end of the body: ``Report`` with the decision id (also its ``request_id``), the tokens
+   (cost priced by the rules' ``price`` table), the time taken and ``success`` or
+   ``error`` by HTTP status. An
    exchange cut short is reported too (status ``incomplete``), releasing its reservation.
 """
 
@@ -107,6 +108,10 @@ class ExternalProcessorService(ep_grpc.ExternalProcessorServicer):
         ex = _Exchange(self._clock())
         try:
             async for message in requests:
+                # each phase is a call of its own: its store work gets a budget from when
+                # it arrived, not from when the exchange began (an answer may stream for
+                # minutes before its report)
+                self.calls.touch()
                 phase = message.WhichOneof("request")
                 if phase is None:
                     continue  # nothing to answer: no phase of the exchange in it
@@ -121,6 +126,7 @@ class ExternalProcessorService(ep_grpc.ExternalProcessorServicer):
                 # Envoy closed the stream before the answer's end flag (client gone, timeout,
                 # upstream reset): report what is known so the reservation is settled; an
                 # answer that stated its own end (a stream's [DONE]) still counts as whole
+                self.calls.touch()
                 await asyncio.shield(self._report(ex, ended=False))
 
     # ----------------------------------------------------------- the phases
@@ -216,10 +222,14 @@ class ExternalProcessorService(ep_grpc.ExternalProcessorServicer):
         attributes = dict(ex.request.get("attributes") or {})
         if ex.status:
             attributes["http_status"] = str(ex.status)
+        if ex.request.get("request_id"):
+            attributes[REQUEST_ID_HEADER] = ex.request["request_id"]
         if ex.reader is not None and ex.reader.problem:
             log.warning("usage of %s not read: %s", decision.decision_id, ex.reader.problem)
         report = {
-            "request_id": ex.headers.get(REQUEST_ID_HEADER) or decision.decision_id,
+            # the decision's id, unique per exchange: a client that sends a recycled
+            # x-request-id cannot make a second answer count as a duplicate report
+            "request_id": decision.decision_id,
             "decision_id": decision.decision_id,
             "user": _id_only(ex.request.get("user")),
             "group": _id_only(ex.request.get("group")),

@@ -9,6 +9,7 @@ right. Coordinates are in the SVG's own units (``viewBox``); CSS scales it to th
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,10 +23,9 @@ X_TICKS = 6
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``value``; 1 for
-    nothing to show (zero, or less than a nano-dollar)."""
-    if not (math.isfinite(value) and value > 1e-9):
-        return 1.0
+    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``value`` (> 0)."""
+    if not math.isfinite(value) or value < sys.float_info.min:
+        return 1.0  # nothing (or a subnormal, whose power of ten underflows to 0) to scale
     power = 10.0 ** math.floor(math.log10(value))
     for factor in (1.0, 2.0, 2.5, 5.0, 10.0):
         if factor * power >= value * (1 - 1e-12):

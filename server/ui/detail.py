@@ -8,6 +8,9 @@ steps: hourly for a period of up to 7 days, daily beyond.
 The quotas come from the engine's ``explain`` of a typical request of the entity (its
 latest report's model, group and attributes; else its busiest model): nothing is
 consumed, and the page shows the request it asked about.
+
+When the counter store cannot answer, the page still shows the usage, and says that the
+metadata, memberships and quota counters cannot be read now.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from aiohttp import web
 from tollway.policy.engine import Engine
 from tollway.policy.entities import EntityView
 from tollway.policy.model import Explanation
+from tollway.policy.stores.base import StoreUnavailable
 from tollway.policy.usage import UsageDetail
 
 from ..http_errors import HttpError
@@ -107,6 +111,14 @@ def _explain(engine: Engine, request: Mapping[str, Any] | None) -> Explanation |
     return None if request is None else engine.explain(request)
 
 
+def _entity(engine: Engine, kind: str, ident: str) -> tuple[EntityView | None, str]:
+    """The stored entity, and why it could not be read ("" when it could)."""
+    try:
+        return engine.get_entity(kind, ident), ""
+    except StoreUnavailable as exc:
+        return None, f"the counter store cannot be reached now ({exc})"
+
+
 def detail_page(engine: Engine, segment: str) -> Any:
     kind, title = KINDS[segment]
     other = "group" if kind == "user" else "user"
@@ -117,10 +129,10 @@ def detail_page(engine: Engine, segment: str) -> Any:
         now = time.time()
         period = Period.parse(params, now, default="7d")
         usage: UsageDetail | None = await offload(request, engine.get_usage, kind, ident)
-        entity: EntityView | None = await offload(request, engine.get_entity, kind, ident)
-        if usage is None and entity is None:
+        entity, unreadable = await offload(request, _entity, engine, kind, ident)
+        if usage is None and entity is None and not unreadable:
             raise HttpError(404, f"tollway has not seen {kind} {ident!r}")
-        typical = typical_request(kind, ident, usage)
+        typical = None if unreadable else typical_request(kind, ident, usage)
         explained = await offload(request, _explain, engine, typical)
         chart = None
         if usage is not None:
@@ -143,6 +155,7 @@ def detail_page(engine: Engine, segment: str) -> Any:
             "more_links": max(len(links) - MAX_LINKS, 0),
             "typical": typical,
             "explained": explained,
+            "unreadable": unreadable,
             "period": period,
             "choices": CHOICES,
             "chart": chart,

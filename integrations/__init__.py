@@ -1,0 +1,2 @@
+"""Adapters that plug tollway into gateways: they translate, call the one ``Engine``
+(in process, or through ``tollway.client``) and add no policy of their own."""

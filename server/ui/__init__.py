@@ -2,9 +2,8 @@
 
 Pages (docs/dashboard.md): Users and Groups (``/ui/users``, ``/ui/groups``), a user's or
 group's detail (``/ui/users/{id}``, ``/ui/groups/{id}``), Spikes (``/ui/spikes``), Rules
-(``/ui/rules``, with
-the explain box posting to ``/ui/rules/explain``), and the sign-in form
-(``/ui/login``). They are Jinja2 templates rendered on the server over the one
+(``/ui/rules``, with the explain box posting to ``/ui/rules/explain``), and the sign-in
+form (``/ui/login``). They are Jinja2 templates rendered on the server over the one
 ``Engine`` (called off the event loop like every route) and one stylesheet; no script,
 no build step, nothing fetched from elsewhere. The pages only read; they need the
 ``admin`` role, except the sign-in form and the stylesheet.

@@ -75,6 +75,7 @@ HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/ui/users/{id}"): "admin",
     ("GET", "/ui/groups"): "admin",
     ("GET", "/ui/groups/{id}"): "admin",
+    ("GET", "/ui/spikes"): "admin",
     ("GET", "/ui/rules"): "admin",
     ("POST", "/ui/rules/explain"): "admin",
     ("GET", "/ui/login"): OPEN,

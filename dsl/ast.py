@@ -374,9 +374,12 @@ class TypeRef:
 
 @dataclass(frozen=True, slots=True)
 class SchemaField:
+    """``key: type [admin]``; an ``admin`` key is set only by UpsertEntity, never by requests."""
+
     name: str
     type: TypeRef
     pos: Pos = NOWHERE
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from .prices import PriceTable
 from .reporter import Reporter
 from .scan import MAX_DEPTH
 from .spelling import did_you_mean
+from .trust import warn_untrusted
 
 __all__ = ["check"]
 
@@ -90,6 +91,7 @@ def check(
     for name, quota in quotas.items():
         if name not in enforced:
             report.warn(quota.pos, f"quota '{name}' is declared but no rule enforces it")
+    warn_untrusted(schemas.values(), rules, declared, report)
     known_quotas = [*quotas, *inline]
     rule_names = [r.name for r in rules]
     for rf in ast.files:
@@ -134,6 +136,12 @@ def _schemas(schemas: list[Schema], report: Reporter) -> dict[str, Schema]:
             if schema.entity == "request" and f.type.name not in ("string", "any"):
                 report.error(
                     f.pos, f"request attributes are strings: request.{f.name} cannot be {f.type}"
+                )
+            if f.admin and schema.entity == "request":
+                report.error(
+                    f.pos,
+                    f"request.{f.name} cannot be admin: request attributes come with each "
+                    "request; only user and group keys can be",
                 )
             if f.name == "id" or (schema.entity == "request" and f.name == "model"):
                 report.warn(

@@ -141,6 +141,8 @@ class CompiledRuleset:
     # the parsed files it was compiled from, text and comments kept (``format_file`` lays
     # out what is in force, whatever the files on disk hold now)
     files: tuple[RuleFile, ...] = ()
+    # "user"/"group" -> the top-level metadata keys only UpsertEntity sets (``admin`` in a schema)
+    admin_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def match(self, ctx: EvalContext) -> list[CompiledRule]:
         """Matching rules (shadow included) in priority order, through the index."""

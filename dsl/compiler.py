@@ -45,6 +45,7 @@ from .compiled import CompiledRoute, CompiledRule, CompiledRuleset, EvalContext,
 from .diagnostics import Diagnostic
 from .index import DecisionTree, build_index
 from .prices import PriceTable
+from .trust import admin_keys
 from .values import compile_glob, contains, equals, getter, index_key, ordered
 
 __all__ = ["compile_ruleset", "compile_condition", "PASSES"]
@@ -292,4 +293,5 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         tracer=reference.trace_rule,
         prices=unit.prices,
         files=unit.ast.files,
+        admin_keys=MappingProxyType(dict(admin_keys(unit.schemas))),
     )

@@ -141,7 +141,7 @@ def _limit_body(q: Quota) -> str:
 
 def _schema_lines(schema: Schema) -> list[_Line]:
     anchor = _anchor(schema.pos.line)
-    fields = [f"{f.name}: {f.type}" for f in schema.fields]
+    fields = [f"{f.name}: {f.type}" + (" admin" if f.admin else "") for f in schema.fields]
     head = f"schema {schema.entity}"
     one_line = f"{head} {{ {', '.join(fields)} }}" if fields else f"{head} {{}}"
     spread = any(f.pos.line != schema.pos.line for f in schema.fields)

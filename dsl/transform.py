@@ -138,7 +138,11 @@ class ToAst(Transformer[Token, list[Decl]]):
         return str(children[0])
 
     def schema_field(self, meta: Meta, children: list[Any]) -> ast.SchemaField:
-        return ast.SchemaField(str(children[0]), children[1], self._tpos(children[0]))
+        admin = len(children) > 2 and children[2] is not None
+        return ast.SchemaField(str(children[0]), children[1], self._tpos(children[0]), admin)
+
+    def admin(self, meta: Meta, children: list[Any]) -> bool:
+        return True
 
     def type_ref(self, meta: Meta, children: list[Any]) -> ast.TypeRef:
         name_tok, element = children[0], children[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from .model import (
 )
 from .observer import NullObserver, Observer
 from .pricing import token_cost
-from .quotas import Unresolved, counters_for, metric_amounts
+from .quotas import Unresolved, counters_for, metric_amounts, owner_key, reporter_key
 from .stores import open_entity_store, open_store
 from .stores.base import (
     CounterSpec,
@@ -43,6 +44,7 @@ from .stores.base import (
     CounterStore,
     ReportOutcome,
     StoreOptions,
+    StoreRejected,
     StoreUnavailable,
 )
 from .usage import (
@@ -59,6 +61,12 @@ from .windows import enforced_limit
 
 __all__ = ["Engine"]
 
+log = logging.getLogger("tollway.policy")
+
+# What callers read when the store is down; the store's own words (host, port, driver)
+# go to the log only.
+STORE_UNREACHABLE = "counter store unreachable"
+
 
 @dataclass(frozen=True, slots=True)
 class _Evaluated:
@@ -69,6 +77,17 @@ class _Evaluated:
     ctx: EvalContext
     verdict: Verdict
     shadow: ShadowOutcome
+    ignored: tuple[str, ...]  # admin-only metadata keys the request sent, left out
+
+
+def _trusted(
+    ref: EntityRef | None, admin: frozenset[str] | None, kind: str, ignored: list[str]
+) -> EntityRef | None:
+    """``ref`` without the metadata keys only admins may set; their names go to ``ignored``."""
+    if ref is None or not admin or not ref.metadata or admin.isdisjoint(ref.metadata):
+        return ref
+    ignored.extend(sorted(f"{kind}.{k}" for k in ref.metadata if k in admin))
+    return EntityRef(ref.id, {k: v for k, v in ref.metadata.items() if k not in admin})
 
 
 def _fmt_number(value: float) -> str:
@@ -110,6 +129,7 @@ class Engine:
         self._rules_path = Path(rules_path) if rules_path is not None else None
         self._perf = time.perf_counter
         self._clock = clock or time.time
+        self._store_logged = -float("inf")  # when a store failure was last logged
 
     @classmethod
     def from_path(
@@ -184,6 +204,8 @@ class Engine:
                 return self._entities.observe(kind, ref.id, ref.metadata, deadline=deadline)
             # explain and dry runs write nothing: merge into a copy
             stored = self._entities.get(kind, ref.id, deadline=deadline)
+        except StoreRejected:
+            raise  # wrong credentials: never decide on what the request alone says
         except StoreUnavailable:
             # degrade to what the request itself says; the counter store, unreachable
             # too, then decides by each quota's on_store_error
@@ -254,13 +276,26 @@ class Engine:
 
     # -------------------------------------------------------------- decisions
 
+    def _trust(
+        self, ruleset: CompiledRuleset, user: EntityRef | None, group: EntityRef | None
+    ) -> tuple[EntityRef | None, EntityRef | None, tuple[str, ...]]:
+        """The request's entities without admin-only keys (docs/security.md), and those keys."""
+        admin = ruleset.admin_keys
+        if not admin:
+            return user, group, ()
+        ignored: list[str] = []
+        user = _trusted(user, admin.get("user"), "user", ignored)
+        group = _trusted(group, admin.get("group"), "group", ignored)
+        if ignored:
+            self._observer.metadata_ignored(tuple(ignored))
+        return user, group, tuple(ignored)
+
     def _evaluate(
         self, request: DecideRequest, persist: bool, deadline: float | None
     ) -> _Evaluated:
         ruleset = self._ruleset  # one snapshot for the whole call
-        ctx = self._context(
-            request.user, request.group, request.model, request.attributes, persist, deadline
-        )
+        user, group, ignored = self._trust(ruleset, request.user, request.group)
+        ctx = self._context(user, group, request.model, request.attributes, persist, deadline)
         matched = ruleset.match(ctx)
         enforced = [r for r in matched if not r.shadow]
         shadows = [r for r in matched if r.shadow]
@@ -270,6 +305,7 @@ class Engine:
             ctx=ctx,
             verdict=combine(enforced, ruleset.default, ctx, request.model),
             shadow=combine_shadow(shadows, ctx, request.model),
+            ignored=ignored,
         )
 
     def _store_call(self, op: str, call: Callable[[], Any]) -> Any:
@@ -298,6 +334,7 @@ class Engine:
             "annotations": verdict.annotations,
             "ruleset_version": ruleset.version,
             "shadow": ev.shadow,
+            "ignored_metadata": ev.ignored,
         }
         decision_id = _new_decision_id()
         if verdict.reason:
@@ -339,6 +376,7 @@ class Engine:
             if seen is not None:
                 self._count_request(seen, deadline)
             return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
+        owner = owner_key(ev.ctx.user_id, ev.ctx.group_id)
         try:
             states: list[CounterState] = self._store_call(
                 "consume" if consume else "peek",
@@ -346,12 +384,16 @@ class Engine:
                     specs,
                     consume=consume,
                     hold_id=decision_id if consume else None,
+                    hold_owner=owner,
                     seen=seen,
                     deadline=deadline,
                 ),
             )
+        except StoreRejected:
+            raise  # wrong credentials never heal by themselves: refuse, never fail open
         except StoreUnavailable as exc:
-            return _store_down(specs, ruleset.quotas, base, decision_id, exc), ()
+            self._log_store_error(exc)
+            return _store_down(specs, ruleset.quotas, base, decision_id), ()
         pairs = list(zip(specs, states, strict=True))
         exceeded = tuple([s.quota for s, st in pairs if st.exceeded])
         taken = consume and not exceeded
@@ -389,6 +431,13 @@ class Engine:
                 "consume", lambda: self._store.record_request(seen, deadline=deadline)
             )
 
+    def _log_store_error(self, exc: Exception, every: float = 10.0) -> None:
+        """The store's own words, for operators: at most once per ``every`` seconds."""
+        now = time.monotonic()
+        if now - self._store_logged >= every:
+            self._store_logged = now
+            log.warning("%s: %s", STORE_UNREACHABLE, exc)
+
     def decide(
         self,
         request: Mapping[str, Any] | DecideRequest,
@@ -414,7 +463,9 @@ class Engine:
         req = DecideRequest.parse(request)
         ev = self._evaluate(req, not req.dry_run, deadline)
         decision, exceeded = self._decide(ev, True, deadline, hits=hits)
-        self._observer.decision(decision, req.model, exceeded, self._perf() - start)
+        observer = self._observer
+        observer.decision(decision, req.model, exceeded, self._perf() - start)
+        observer.decided(req, decision, ev.ctx)
         return decision
 
     def explain(
@@ -438,13 +489,14 @@ class Engine:
     def report(
         self, report: Mapping[str, Any] | UsageReport, *, received_at: float | None = None
     ) -> ReportAck:
-        """Record what a request really used; idempotent per ``request_id``.
+        """Record what a request really used; idempotent per ``request_id`` of each user.
 
         A report with tokens and no ``cost_usd`` is priced from the ruleset's ``price``
         table for the reported model (none covers it: the cost stays 0).
 
         With a live ``decision_id`` the reservation made by ``decide`` is replaced by
-        the actuals. Without one (or once it expired), the actual tokens and cost are
+        the actuals; the report must then name the user and group the decision was for,
+        else ``ValueError`` (``ForeignDecision``) and nothing changes. Without one (or once it expired), the actual tokens and cost are
         added to the quotas that apply to the reported user, group and model; requests
         are not counted again, since ``decide`` counted them. Usage likewise: a report
         with a ``decision_id`` adds amounts only (``decide`` counted the request); one
@@ -468,11 +520,14 @@ class Engine:
             )
             if priced:
                 rep = dataclasses.replace(rep, cost_usd=priced)
-        ctx = self._context(rep.user, rep.group, rep.model, rep.attributes, True, deadline)
+        user, group, _ = self._trust(ruleset, rep.user, rep.group)
+        ctx = self._context(user, group, rep.model, rep.attributes, True, deadline)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
         usage = UsageEvent.from_report(rep, self._clock())
         # used only when no live reservation matches (no decision_id, or it expired)
         fallback = self._report_counters(ruleset, ctx, rep)
+        user_id = rep.user.id if rep.user is not None else None
+        group_id = rep.group.id if rep.group is not None else None
         outcome: ReportOutcome = self._store_call(
             "report",
             lambda: self._store.record_report(
@@ -480,6 +535,8 @@ class Engine:
                 rep.decision_id or None,
                 actual,
                 fallback,
+                owner=owner_key(user_id, group_id),
+                reporter=reporter_key(user_id, group_id),
                 usage=usage,
                 deadline=deadline,
             ),
@@ -535,13 +592,10 @@ def _new_decision_id() -> str:
 
 
 def _store_down(
-    specs: list[CounterSpec],
-    quotas: Mapping[str, Quota],
-    base: dict[str, Any],
-    decision_id: str,
-    exc: Exception,
+    specs: list[CounterSpec], quotas: Mapping[str, Quota], base: dict[str, Any], decision_id: str
 ) -> Decision:
-    """The store is unreachable: quotas marked ``on_store_error deny`` fail closed."""
+    """The store is unreachable: quotas marked ``on_store_error deny`` fail closed. The
+    message says so without the store's words (host, port, driver: logged instead)."""
     strict = [s.quota for s in specs if s.on_store_error == "deny"]
     statuses = tuple(
         QuotaStatus(
@@ -561,7 +615,7 @@ def _store_down(
         allowed=not strict,
         reason="STORE_UNAVAILABLE" if strict else "ALLOWED",
         quotas=statuses,
-        message=f"counter store unavailable ({exc}); {outcome}",
+        message=f"{STORE_UNREACHABLE}; {outcome}",
         decision_id=decision_id,
         **base,
     )

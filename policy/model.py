@@ -247,6 +247,8 @@ class Decision:
     decision_id: str = ""
     ruleset_version: str = ""
     shadow: ShadowOutcome = field(default_factory=ShadowOutcome)
+    # metadata keys the request sent but may not set (``admin`` in the schema): "user.tier"
+    ignored_metadata: tuple[str, ...] = ()
 
 
 # what a report did: replaced a reservation, added to the counters, or nothing (seen before)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .model import Decision, ReportOutcome, UsageReport
+from tollway.dsl.compiled import EvalContext
 
-__all__ = ["Observer", "NullObserver"]
+from .model import DecideRequest, Decision, ReportOutcome, UsageReport
+
+__all__ = ["Observer", "NullObserver", "Fanout"]
 
 
 class Observer(Protocol):
@@ -27,6 +29,14 @@ class Observer(Protocol):
         """Every counter-store call: its latency and whether it failed."""
         ...
 
+    def metadata_ignored(self, keys: tuple[str, ...]) -> None:
+        """Admin-only keys a request tried to set ("user.tier"), left unmerged."""
+        ...
+
+    def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
+        """After every ``decide``, with the request and the metadata the rules saw (audit)."""
+        ...
+
 
 class NullObserver:
     def decision(
@@ -39,3 +49,38 @@ class NullObserver:
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
         pass
+
+    def metadata_ignored(self, keys: tuple[str, ...]) -> None:
+        pass
+
+    def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
+        pass
+
+
+class Fanout:
+    """Several observers as one (the metrics and the decision log)."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self._all = observers
+
+    def decision(
+        self, decision: Decision, requested_model: str, exceeded: tuple[str, ...], seconds: float
+    ) -> None:
+        for o in self._all:
+            o.decision(decision, requested_model, exceeded, seconds)
+
+    def report(self, report: UsageReport, outcome: ReportOutcome) -> None:
+        for o in self._all:
+            o.report(report, outcome)
+
+    def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
+        for o in self._all:
+            o.store_call(store, op, seconds, failed)
+
+    def metadata_ignored(self, keys: tuple[str, ...]) -> None:
+        for o in self._all:
+            o.metadata_ignored(keys)
+
+    def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
+        for o in self._all:
+            o.decided(request, decision, context)

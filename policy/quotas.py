@@ -20,7 +20,8 @@ from .stores.base import CounterSpec
 from .windows import window_of
 
 __all__ = [
-    "subject_key", "scope_key", "resolve_limit", "metric_amounts", "Unresolved", "counters_for",
+    "subject_key", "scope_key", "owner_key", "reporter_key", "resolve_limit", "metric_amounts",
+    "Unresolved", "counters_for",
 ]
 
 
@@ -55,6 +56,24 @@ def scope_key(scope: Scope, user_id: str | None, group_id: str | None, model: st
     if key is None or not scope.per_model:
         return key
     return f"{key}+m={_enc(model)}"
+
+
+def owner_key(user_id: str | None, group_id: str | None) -> str:
+    """Whom a decision was for, in the scope keys' spelling: a report that quotes the
+    decision must name the same user and group (``*`` when it named neither)."""
+    if user_id and group_id:
+        subject = "user_in_group"
+    else:
+        subject = "user" if user_id else "group" if group_id else "everyone"
+    key = subject_key(subject, user_id, group_id)
+    assert key is not None
+    return key
+
+
+def reporter_key(user_id: str | None, group_id: str | None) -> str:
+    """Whose request ids a report's idempotency marker belongs to: its user's (else its
+    group's), so one caller's ``request_id`` never silences another's report."""
+    return owner_key(user_id, None if user_id else group_id)
 
 
 def _number(value: object) -> float | None:

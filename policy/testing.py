@@ -2,20 +2,23 @@
 
 Each test gets a fresh engine on a fresh memory store with a frozen clock, so its
 steps see each other's counters and nothing else, and results never depend on when
-they run.
+they run. A step's metadata describes the user and group as stored, admin-only keys
+included (``seed_entities``): offline there is no other way to give them values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from tollway.dsl.ast import Expect, TestCase
 from tollway.dsl.compiled import CompiledRuleset
 
 from .engine import Engine
-from .model import Decision
+from .model import DecideRequest, Decision, EntityRef
 
-__all__ = ["Failure", "CaseResult", "run_tests", "FROZEN_NOW"]
+__all__ = ["Failure", "CaseResult", "run_tests", "seed_entities", "FROZEN_NOW"]
 
 # 2026-01-15T12:00:00Z: mid-month, mid-week, so calendar windows do not roll over mid-test
 FROZEN_NOW = 1768478400.0
@@ -86,14 +89,30 @@ def _check(expect: Expect, d: Decision) -> Failure | None:
     return Failure(expect, f"a known expectation (not {kind!r})", kind)
 
 
+def seed_entities(engine: Engine, request: Mapping[str, Any] | DecideRequest) -> DecideRequest:
+    """Store the request's metadata as an admin would (``UpsertEntity``); return the request
+    without it. Offline tools (``test``, ``explain PATH``) start from an empty store, so a
+    request's metadata stands for what is stored, ``admin`` keys included."""
+    req = DecideRequest.parse(request)
+    for kind, ref in (("user", req.user), ("group", req.group)):
+        if ref is not None and ref.metadata:
+            engine.upsert_entity(kind, ref.id, ref.metadata)
+    return replace(
+        req,
+        user=None if req.user is None else EntityRef(req.user.id),
+        group=None if req.group is None else EntityRef(req.group.id),
+    )
+
+
 def run_case(ruleset: CompiledRuleset, case: TestCase) -> CaseResult:
     engine = Engine(ruleset, store="memory", clock=lambda: FROZEN_NOW)
     failures: list[Failure] = []
     try:
         for step in case.steps:
             decision = None
+            request = seed_entities(engine, step.request)
             for _ in range(max(step.times, 1)):
-                decision = engine.decide(step.request)
+                decision = engine.decide(request)
             assert decision is not None
             failures.extend(f for e in step.expects if (f := _check(e, decision)) is not None)
     except ValueError as exc:

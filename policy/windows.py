@@ -255,9 +255,9 @@ def hold_key(prefix: str, hold_id: str) -> str:
     return f"{prefix}h:{hold_id}"
 
 
-def report_key(prefix: str, request_id: str) -> str:
-    """The marker that makes a report count once."""
-    return f"{prefix}r:{request_id}"
+def report_key(prefix: str, reporter: str, request_id: str) -> str:
+    """The marker that makes a report count once, per reporter (``quotas.reporter_key``)."""
+    return f"{prefix}r:{reporter}:{request_id}"
 
 
 # ------------------------------------------------------------------------ states

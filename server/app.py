@@ -27,6 +27,7 @@ from .decoding import GuardedServer
 from .envoy import add_envoy_services
 from .grpc_service import TollwayService
 from .health_watch import HealthServicer
+from .tls import ServerTls
 
 __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES", "start_grpc", "configure_maintenance"]
 
@@ -110,6 +111,8 @@ class GrpcServer:
     service: TollwayService
     address: str  # as bound: the real port when ``listen`` asked for port 0
     health_names: tuple[str, ...] = ()  # what health answers for: "" and every service
+    # every method registered, "/package.Service/Method" (the role table must know each)
+    methods: tuple[str, ...] = ()
 
     async def stop(self, grace: float, *, quiet: float = 0.1, max_delay: float = 2.0) -> None:
         """NOT_SERVING first, then refuse new calls and wait up to ``grace`` for in-flight ones.
@@ -138,31 +141,44 @@ async def start_grpc(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_workers: int = 32,
     attribute_headers: Mapping[str, str] | None = None,
+    tls: ServerTls | None = None,
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     reuse_port: bool = False,
 ) -> GrpcServer:
     """Listen on ``HOST:PORT`` or ``unix:PATH`` and start serving; raises ``OSError`` if it cannot bind.
 
     One port serves ``tollway.v1.Tollway`` and Envoy's ext_authz, ext_proc and rate-limit
     services, all over ``engine``; ``attribute_headers`` (header -> attribute) tells the
-    Envoy services which request headers become attributes. ``reuse_port``: bind with
-    ``SO_REUSEPORT``, beside the other workers of ``serve --workers N``.
+    Envoy services which request headers become attributes. ``tls`` serves over TLS (mTLS
+    when it has a client CA); ``interceptors`` run before every call of every service,
+    ahead of the decode guard (the auth interceptor refuses a call before its message is
+    read). ``reuse_port``: bind with ``SO_REUSEPORT``, beside the other workers of
+    ``serve --workers N``.
     """
-    # every service registers on the guarded server: each method decodes its own requests
+    # every service registers on the guarded server: each method decodes its own requests;
+    # interceptors (the auth check) run before that, on the raw call
     server = GuardedServer(
-        grpc.aio.server(options=server_options(max_message_bytes, reuse_port=reuse_port))
+        grpc.aio.server(
+            options=server_options(max_message_bytes, reuse_port=reuse_port),
+            interceptors=interceptors or None,
+        )
     )
     service = TollwayService(engine, max_workers=max_workers)
     pb_grpc.add_TollwayServicer_to_server(service, server)
     envoy = add_envoy_services(server, service.calls, attribute_headers=attribute_headers or {})
     health_servicer, health_names = await configure_maintenance(server, envoy)
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.grpc_credentials())
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
         raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}") from exc
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"cannot listen on {listen}: {bind_failure(listen)}")
     await server.start()
     return GrpcServer(
-        server, health_servicer, service, _bound_address(listen, port), health_names
+        server, health_servicer, service, _bound_address(listen, port), health_names,
+        tuple(server.methods),
     )
 

@@ -58,9 +58,10 @@ def _help(setting: Setting) -> str:
 def _add(parser: argparse.ArgumentParser, setting: Setting) -> None:
     common: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(setting)}
     if setting.positional:
+        nargs = "*" if setting.repeated else None if setting.required else "?"
         parser.add_argument(
-            setting.dest, nargs="*" if setting.repeated else "?", type=_type(setting),
-            metavar=setting.type.metavar, **common,
+            setting.dest, nargs=nargs, type=_type(setting), metavar=setting.type.metavar,
+            **common,
         )
         return
     flags = [setting.flag] if setting.short is None else [setting.short, setting.flag]

@@ -223,6 +223,8 @@ def decision_to_proto(d: Decision, out: pb.Decision | None = None) -> pb.Decisio
         out.annotations.update(d.annotations)
     out.decision_id = d.decision_id
     out.ruleset_version = d.ruleset_version
+    if d.ignored_metadata:
+        out.ignored_metadata.extend(d.ignored_metadata)
     s = d.shadow
     if s.matched_rules or s.denied or s.routed or s.checks or s.model or s.message:
         sh = out.shadow
@@ -372,6 +374,7 @@ def decision_from_proto(msg: pb.Decision) -> Decision:
         msg.decision_id,
         msg.ruleset_version,
         shadow,
+        tuple(msg.ignored_metadata),
     )
 
 

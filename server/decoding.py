@@ -153,6 +153,8 @@ class GuardedServer(grpc.aio.Server):
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self.server = server
+        # every method registered, "/package.Service/Method" (the role table must know each)
+        self.methods: list[str] = []
 
     def add_generic_rpc_handlers(
         self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]
@@ -164,6 +166,7 @@ class GuardedServer(grpc.aio.Server):
     def add_registered_method_handlers(
         self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
+        self.methods.extend(f"/{service_name}/{name}" for name in method_handlers)
         self.server.add_registered_method_handlers(
             service_name,
             {name: _guard(h, f"/{service_name}/{name}") for name, h in method_handlers.items()},

@@ -17,6 +17,7 @@ from typing import Any
 from tollway.dsl.compiled import RuleTrace
 from tollway.policy.engine import Engine
 from tollway.policy.model import Decision, Explanation
+from tollway.policy.testing import seed_entities
 
 from .convert import explanation_to_proto, message_to_json
 from .ops import FAILED, OK, USAGE, compile_path, plural
@@ -58,6 +59,8 @@ def _print_decision(d: Decision) -> None:
         would = f'deny "{s.message}"' if s.denied else "allow"
         route = f", route {s.model}" if s.routed else ""
         print(f"shadow:   {', '.join(s.matched_rules)} would {would}{route}")
+    if d.ignored_metadata:
+        print(f"ignored:  {', '.join(d.ignored_metadata)} (only UpsertEntity sets these keys)")
     print(f"ruleset:  {d.ruleset_version}")
 
 
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         return FAILED
     engine = Engine(ruleset, store="memory")
     try:
-        explanation: Explanation = engine.explain(request)
+        # offline, the request's metadata stands for what is stored (admin keys too)
+        explanation: Explanation = engine.explain(seed_entities(engine, request))
     except ValueError as exc:
         print(f"tollway explain: bad request: {exc}", file=sys.stderr)
         return USAGE

@@ -16,7 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
-from tollway.policy.engine import Engine
+from tollway.policy.engine import STORE_UNREACHABLE, Engine
 from tollway.policy.stores.base import StoreUnavailable
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
@@ -44,7 +44,7 @@ class NotFound(LookupError):
 # which counts once).
 OUTCOME_KEY = "tollway-outcome"
 _UNAVAILABLE = {
-    "not_applied": "counter store unavailable; nothing was applied: retry",
+    "not_applied": f"{STORE_UNREACHABLE}; nothing was applied: retry",
     "unknown": (
         "counter store did not answer in time; the call may have been applied: retry a "
         "Report with the same request_id (it counts once)"
@@ -75,7 +75,7 @@ def rpc(
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except StoreUnavailable as exc:
             # per call at debug: an outage is told once by health, and counted in metrics
-            log.debug("%s: counter store unavailable: %s", method.__name__, exc)
+            log.debug("%s: %s: %s", method.__name__, STORE_UNREACHABLE, exc)
             context.set_trailing_metadata(((OUTCOME_KEY, exc.outcome.replace("_", "-")),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE[exc.outcome])
         except Exception:

@@ -20,7 +20,7 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from .http_ops import Readiness
+from .http_ops import Readiness, consequence
 
 __all__ = ["HealthServicer", "HealthWatch", "DEFAULT_INTERVAL"]
 
@@ -105,7 +105,7 @@ class HealthWatch:
                 if ok:
                     log.info("ready again: %s", reason)
                 else:
-                    log.warning("not ready: %s; decisions follow on_store_error", reason)
+                    log.warning("not ready: %s; %s", reason, consequence(reason))
             self._serving = ok
         status = (
             health_pb2.HealthCheckResponse.SERVING

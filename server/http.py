@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import ssl
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -31,6 +33,8 @@ from aiohttp.web_request import BaseRequest
 from tollway.policy.engine import Engine
 
 from . import http_ops
+from .auth import Authenticator
+from .http_auth import auth_middleware
 from .http_errors import Handler, HttpError, error_for, errors_middleware
 from .http_limits import LIMITS, HttpLimits
 from .http_ops import Readiness
@@ -38,6 +42,7 @@ from .http_routes import OFFLOAD, RELOAD_STATUS, ROUTES
 from .metrics import Metrics
 from .offload import Offload
 from .reload import ReloadStatus
+from .ui.session import TOKEN_CHECK
 
 __all__ = [
     "HttpServer",
@@ -86,13 +91,17 @@ def build_app(
     limits: HttpLimits | None = None,
     route_modules: tuple[str, ...] = ROUTE_MODULES,
     reloads: ReloadStatus | None = None,
+    auth: Authenticator | None = None,
 ) -> web.Application:
     """The application: middlewares, ``/metrics``, ``/healthz``, ``/readyz`` and the routes
-    of ``route_modules``; ``reloads`` is the rules watcher's status, when there is one."""
+    of ``route_modules``; ``reloads`` is the rules watcher's status, when there is one.
+    With ``auth`` every route needs its role (``roles.HTTP_ACCESS``)."""
     limits = limits or HttpLimits()
-    app = web.Application(
-        middlewares=[errors_middleware, _decodable_target], client_max_size=limits.max_body_bytes
-    )
+    middlewares: list[Any] = [errors_middleware]
+    if auth is not None:  # before anything reads the request
+        middlewares.append(auth_middleware(auth, metrics.auth_failed))
+    middlewares.append(_decodable_target)
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body_bytes)
     app[LIMITS] = limits
     if reloads is not None:
         app[RELOAD_STATUS] = reloads
@@ -108,6 +117,9 @@ def build_app(
     http_ops.install(app, engine, metrics=metrics, readiness=readiness)
     for name in route_modules:
         importlib.import_module(name).install(app, engine)
+    if auth is not None:
+        # the dashboard's sign-in form asks whether a token opens its pages
+        app[TOKEN_CHECK] = lambda token: auth.check(f"Bearer {token}", "admin")[0]
     return app
 
 
@@ -181,9 +193,14 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 async def start_http(
-    listen: str, app: web.Application, *, reuse_port: bool = False
+    listen: str,
+    app: web.Application,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> HttpServer:
-    """Serve ``app`` on ``HOST:PORT`` in the running loop; ``OSError`` if it cannot bind.
+    """Serve ``app`` on ``HOST:PORT`` in the running loop, over TLS with ``ssl_context``;
+    ``OSError`` if it cannot bind.
 
     ``reuse_port``: bind with ``SO_REUSEPORT``, beside the other workers of
     ``serve --workers N``."""
@@ -201,7 +218,9 @@ async def start_http(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()

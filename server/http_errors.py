@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 
+from tollway.policy.engine import STORE_UNREACHABLE
 from tollway.policy.stores.base import StoreUnavailable
 from tollway.policy.validate import FieldError
 
@@ -156,7 +157,7 @@ def error_info(exc: BaseException, *, url_limit: int | None = None) -> ErrorInfo
         case ValueError():
             return ErrorInfo(400, "bad_request", str(exc))
         case StoreUnavailable():
-            return ErrorInfo(503, "unavailable", "counter store unavailable")
+            return ErrorInfo(503, "unavailable", STORE_UNREACHABLE)
         case NotImplementedError():
             return ErrorInfo(501, "not_implemented", "not available on this server")
         case web.HTTPException() if exc.status >= 400:

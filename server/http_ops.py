@@ -8,18 +8,35 @@ exposition or a stalled Redis never holds up a decision.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from tollway.policy.engine import Engine
+from tollway.policy.engine import STORE_UNREACHABLE, Engine
+from tollway.policy.stores.base import StoreRejected
 
 from .http_errors import json_response
 from .http_routes import add_route, offload
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
-__all__ = ["Readiness", "install"]
+__all__ = ["Readiness", "install", "REFUSED_CREDENTIALS", "consequence"]
+
+log = logging.getLogger("tollway.server.http")
+
+REFUSED_CREDENTIALS = "counter store refused the credentials"
+
+
+def consequence(reason: str) -> str:
+    """What decisions do while the server is not ready for ``reason`` (for the log)."""
+    if reason == REFUSED_CREDENTIALS:
+        # never answered with on_store_error allow: that would switch every quota off
+        return (
+            "Decide and Report answer UNAVAILABLE until it accepts them (check "
+            "TOLLWAY_STORE_PASSWORD or --store-password-file)"
+        )
+    return "decisions follow on_store_error"
 
 
 class Readiness:
@@ -42,27 +59,33 @@ class Readiness:
         self._watchers.append(callback)
 
     def check(self) -> tuple[bool, str]:
-        ok, reason = self._check()
+        ok, reason, detail = self._check()
         if ok != self._last:
             self._last = ok
+            if detail:  # the store's own words, once per change: they stay in the log
+                log.warning("%s: %s", reason, detail)
             for callback in self._watchers:
                 callback(ok, reason)
         return ok, reason
 
-    def _check(self) -> tuple[bool, str]:
+    def _check(self) -> tuple[bool, str, str]:
+        """(ready, the reason anyone may read, what the store said: for the log only)."""
         if self._draining:
-            return False, "shutting down"
+            return False, "shutting down", ""
         if self._engine.ruleset is None:
-            return False, "rules not loaded"
+            return False, "rules not loaded", ""
         ping = getattr(self._engine.store, "ping", None)
         if ping is not None:
+            # probes are open to anyone: the store's words (host, port, driver) stay out
             try:
                 ok = ping()
+            except StoreRejected as exc:
+                return False, REFUSED_CREDENTIALS, str(exc)
             except Exception as exc:
-                return False, f"counter store unreachable: {exc}"
+                return False, STORE_UNREACHABLE, str(exc)
             if ok is False:
-                return False, "counter store unreachable"
-        return True, "ready"
+                return False, STORE_UNREACHABLE, ""
+        return True, "ready", ""
 
 
 def install(
@@ -82,6 +105,6 @@ def install(
             body["ruleset_version"] = engine.ruleset.version
         return json_response(body, 200 if ok else 503)
 
-    add_route(app, "GET", "/metrics", scrape, role="metrics")
-    add_route(app, "GET", "/healthz", healthz, role=None)
-    add_route(app, "GET", "/readyz", readyz, role=None)
+    add_route(app, "GET", "/metrics", scrape)
+    add_route(app, "GET", "/healthz", healthz)
+    add_route(app, "GET", "/readyz", readyz)

@@ -1,10 +1,10 @@
 """What a route module needs: the route table, engine calls off the loop, strict query parsing.
 
 A route module defines ``install(app, engine)`` and adds each of its routes with
-``add_route(app, method, path, handler, role=…)``. The role says who may call the route
-(``"admin"`` for the ``/v1/…`` API, ``"metrics"`` for ``/metrics``, ``None`` for the
-probes anyone may call); every route states one, and ``route_table(app)`` lists them all,
-so an access check can be written once, against the table.
+``add_route(app, method, path, handler)``. Who may call a route is declared once, in the
+role table (``server/roles.py``, ``HTTP_ACCESS``), beside the gRPC methods;
+``route_table(app)`` lists every installed route, which is what the table is checked
+against (an undeclared route is refused to everyone under ``--auth``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -25,7 +25,6 @@ from .offload import Offload
 from .reload import ReloadStatus
 
 __all__ = [
-    "Role",
     "Route",
     "ROUTES",
     "OFFLOAD",
@@ -45,7 +44,6 @@ __all__ = [
 
 log = logging.getLogger("tollway.server.http")
 
-Role = Literal["admin", "metrics"]
 R = TypeVar("R")
 
 # Parameters in one query string; more is a 400, never a long parse.
@@ -54,11 +52,10 @@ MAX_QUERY_FIELDS = 64
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One method on one path, and the role a caller needs (None: anyone)."""
+    """One method on one path (the pattern, as ``roles.HTTP_ACCESS`` spells it)."""
 
     method: str
     path: str
-    role: Role | None
 
 
 ROUTES: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("tollway_routes")
@@ -67,10 +64,8 @@ OFFLOAD: web.AppKey[Offload] = web.AppKey("tollway_offload")
 RELOAD_STATUS: web.AppKey[ReloadStatus] = web.AppKey("tollway_reload_status")
 
 
-def add_route(
-    app: web.Application, method: str, path: str, handler: Handler, *, role: Role | None
-) -> None:
-    """Serve ``handler`` for ``method path`` (``GET`` serves ``HEAD`` too) to ``role``."""
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Serve ``handler`` for ``method path`` (``GET`` serves ``HEAD`` too)."""
     method = method.upper()
     table = app[ROUTES]
     methods = ("GET", "HEAD") if method == "GET" else (method,)
@@ -82,7 +77,7 @@ def add_route(
     else:
         app.router.add_route(method, path, handler)
     for m in methods:
-        table[(m, path)] = Route(m, path, role)
+        table[(m, path)] = Route(m, path)
 
 
 def route_table(app: web.Application) -> tuple[Route, ...]:

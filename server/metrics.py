@@ -23,9 +23,9 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tollway.dsl.compiled import CompiledRuleset
+from tollway.dsl.compiled import CompiledRuleset, EvalContext
 from tollway.dsl.models import named_models
-from tollway.policy.model import Decision, UsageReport
+from tollway.policy.model import DecideRequest, Decision, UsageReport
 
 from .labels import DEFAULT_EXTRA, KNOWN_STATUSES, LabelValues
 
@@ -171,6 +171,21 @@ class Metrics:
             "tollway_ruleset_rules", "Rules in the ruleset in force.", registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.metadata_ignored_total = Counter(
+            "tollway_metadata_ignored_total",
+            "Admin-only metadata keys that requests sent and that were not merged.",
+            ["key"], registry=r,
+        )
+        self.decision_log_dropped = Counter(
+            "tollway_decision_log_dropped_total",
+            "Decision log lines dropped: the buffer was full or the write failed.",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "tollway_auth_failures_total",
+            "Calls refused for their credentials: unauthenticated or permission_denied.",
+            ["code"], registry=r,
+        )
         self.store_entries = Gauge(
             "tollway_store_entries", "Entries the stores keep in this process, by kind.",
             ["kind"], registry=r, multiprocess_mode="livesum",
@@ -185,6 +200,8 @@ class Metrics:
         self._shared = multiprocess_dir()
         for result in ("success", "error"):
             self.ruleset_reloads.labels(result)
+        for code in ("unauthenticated", "permission_denied"):
+            self.auth_failures.labels(code)
         self._lock = threading.Lock()
         # the hot path's label lookups (never for ruleset_info, which ``clear()`` resets)
         self._decisions = _Children(self.decisions)
@@ -198,6 +215,7 @@ class Metrics:
         self._usage_cost = _Children(self.usage_cost)
         self._store_errors = _Children(self.store_errors)
         self._store_seconds = _Children(self.store_seconds)
+        self._metadata_ignored = _Children(self.metadata_ignored_total)
 
     # ---------------------------------------------------------------- Observer
 
@@ -235,6 +253,21 @@ class Metrics:
         self._store_seconds(store, op).observe(seconds)
         if failed:
             self._store_errors(store, op).inc()
+
+    def metadata_ignored(self, keys: tuple[str, ...]) -> None:
+        # keys come from the ruleset's schema ("user.tier"), so the label is bounded
+        for key in keys:
+            self._metadata_ignored(key).inc()
+
+    def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
+        pass  # counted in ``decision``; the decision log takes this hook
+
+    def decision_log_line_dropped(self) -> None:
+        self.decision_log_dropped.inc()
+
+    def auth_failed(self, code: str) -> None:
+        """A call refused for its credentials (``unauthenticated``, ``permission_denied``)."""
+        self.auth_failures.labels(code).inc()
 
     # ---------------------------------------------------------------- ruleset
 

@@ -1,5 +1,9 @@
 """Reload the rules when their files change or on SIGHUP; a broken file never replaces good rules.
 
+Other files the server reads at start (the ``--auth`` token file, the TLS certificates)
+are ``Watched`` alongside: re-read on SIGHUP with the rules, and by the watch when their
+own files change. A file that does not load keeps what is in force, like broken rules.
+
 Polling mtimes and sizes needs no dependency and works on every filesystem (including
 the bind mounts and ConfigMap symlink swaps of containers, where inotify is unreliable).
 A successful compile is swapped into the engine in one assignment; calls already running
@@ -13,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tollway.dsl.diagnostics import Diagnostic, RulesError
 from tollway.dsl.source import rule_files
@@ -24,6 +29,7 @@ from tollway.policy.engine import Engine
 from .metrics import Metrics
 
 __all__ = ["Fingerprint", "fingerprint", "ReloadOutcome", "ReloadStatus", "Reloader"]
+__all__ = ["Fingerprint", "fingerprint", "files_fingerprint", "Watched", "Reloader"]
 
 log = logging.getLogger("tollway.server.reload")
 
@@ -36,8 +42,13 @@ def fingerprint(path: str | Path) -> Fingerprint:
         files = rule_files(path)  # the very files a reload reads: hidden ones are skipped
     except (RulesError, OSError):
         return ()
+    return files_fingerprint(files)
+
+
+def files_fingerprint(paths: Sequence[Path]) -> Fingerprint:
+    """(name, mtime_ns, size) of each file; (-1, -1) for one that cannot be read."""
     out = []
-    for f in files:
+    for f in paths:
         try:
             st = f.stat()  # follows symlinks: a swapped link target counts as a change
         except OSError:
@@ -47,6 +58,21 @@ def fingerprint(path: str | Path) -> Fingerprint:
     return tuple(out)
 
 
+@dataclass(slots=True)
+class Watched:
+    """Files reloaded with the rules: ``load()`` re-reads them, raising to keep what is in force."""
+
+    name: str  # for the log: "tokens", "certificates"
+    paths: tuple[Path, ...]
+    load: Callable[[], Any]
+    seen: Fingerprint = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.seen:
+            self.seen = files_fingerprint(self.paths)
+
+    def changed(self) -> bool:
+        return files_fingerprint(self.paths) != self.seen
 @dataclass(frozen=True, slots=True)
 class ReloadOutcome:
     """One attempt to load the rules: when (unix seconds), why, whether the new rules are
@@ -92,6 +118,7 @@ class Reloader:
         interval: float = 1.0,
         initial: Fingerprint | None = None,
         scan: Callable[[str | Path], Fingerprint] = fingerprint,
+        watched: Sequence[Watched] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
@@ -100,6 +127,7 @@ class Reloader:
         self._interval = interval
         self._scan = scan
         self._seen = scan(path) if initial is None else initial
+        self._watched = tuple(watched)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
@@ -116,6 +144,26 @@ class Reloader:
         ))
 
     async def reload(self, why: str) -> bool:
+        """Reload the rules and every watched file; returns whether the new rules are in force."""
+        ok = await self.reload_rules(why)
+        for w in self._watched:
+            await self.reload_watched(w, why)
+        return ok
+
+    async def reload_watched(self, watched: Watched, why: str) -> bool:
+        """Re-read one watched set of files; on failure what is in force stays."""
+        async with self._lock:
+            watched.seen = files_fingerprint(watched.paths)
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, watched.load)
+            except (ValueError, OSError) as exc:
+                log.error("reload of %s (%s) failed, keeping those in force: %s", watched.name, why, exc)
+                return False
+            log.info("%s reloaded (%s)", watched.name, why)
+            return True
+
+    async def reload_rules(self, why: str) -> bool:
         """Compile and swap; returns whether the new rules are in force. One at a time."""
         async with self._lock:
             self._seen = self._scan(self._path)
@@ -157,10 +205,13 @@ class Reloader:
         task.add_done_callback(self._pending.discard)
 
     async def poll_once(self) -> bool | None:
-        """Reload if the files changed since the last look; None when nothing changed."""
+        """Reload what changed since the last look; the rules' outcome, None when they did not change."""
+        for w in self._watched:
+            if w.changed():
+                await self.reload_watched(w, f"{w.name} changed")
         if self._scan(self._path) == self._seen:
             return None
-        return await self.reload("rules changed")
+        return await self.reload_rules("rules changed")
 
     async def _run(self) -> None:
         while True:

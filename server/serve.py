@@ -2,9 +2,12 @@
 
 Without ``--rules`` it serves the built-in example ruleset (``example.rules`` beside this
 module, the same text as examples/gateway.rules) and says so. Start-up failures (a rule
-file that does not compile, an address in use) exit 1 with the reason on stderr, as one
-``tollway serve: …`` line (or one JSON log record each with ``--log-format json``). SIGTERM or SIGINT: readiness and gRPC health turn NOT_SERVING, in-flight
-calls drain for up to ``--grace`` seconds, then the process exits 0. SIGHUP reloads the rules.
+file that does not compile, an address in use, a token file or certificate that cannot
+be used) exit 1 with the reason on stderr, as one ``tollway serve: …`` line (or one JSON
+log record each with ``--log-format json``); a non-loopback address without ``--auth``
+or ``--insecure`` exits 2 (docs/security.md). SIGTERM or SIGINT: readiness and gRPC
+health turn NOT_SERVING, in-flight calls drain for up to ``--grace`` seconds, then the
+process exits 0. SIGHUP reloads the rules, the token file and the certificates.
 """
 
 from __future__ import annotations
@@ -26,18 +29,20 @@ from urllib.parse import urlsplit, urlunsplit
 from tollway.dsl import load as load_rules
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
+from tollway.policy.observer import Fanout, Observer
 from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import Retention
 
 from .app import start_grpc
+from .grpc_auth import AuthInterceptor
 from .health_watch import HealthWatch
 from .http import HttpServer, build_app, start_http
 from .http_limits import HttpLimits
-from .http_ops import Readiness
-from .identity import parse_attribute_headers
+from .http_ops import Readiness, consequence
 from .logs import configure
 from .metrics import Metrics
 from .reload import Reloader, fingerprint
+from .startup import Refused, Setup, check_exposure, decision_log, prepare
 from .workers import check_workers, die_with_parent, supervise
 
 __all__ = ["run", "builtin_rules"]
@@ -60,13 +65,13 @@ def builtin_rules() -> Path:
     return Path(str(resources.files("tollway.server") / "example.rules"))
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
-    """Report why the server cannot start: a plain line, or a JSON record; exit 1."""
+def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
+    """Report why the server cannot start: a plain line, or a JSON record."""
     if args.log_format == "json":
         log.error("%s", message)
     else:
         print(f"tollway serve: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,32 +80,30 @@ def run(args: argparse.Namespace) -> int:
     if refused is not None:
         print(f"tollway serve: {refused}", file=sys.stderr)
         return 2
+    try:
+        setup = prepare(args)
+        check_exposure(args, setup)
+    except Refused as exc:
+        return _fail(args, str(exc), exc.code)
     if not args.rules:
         args.rules = str(builtin_rules())
         log.info("no --rules given: serving the built-in example ruleset (%s)", args.rules)
-    try:
-        attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
-    except ValueError as exc:  # each flag was checked on parsing; this is one mapped twice
-        print(f"tollway serve: {exc}", file=sys.stderr)
-        return 2
     if args.workers > 1:
         return _supervise(args)
-    return asyncio.run(_serve(args, attribute_headers, _announce))
+    return asyncio.run(_serve(args, setup, _announce))
 
 
 _SERVING = (
     "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-    "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d"
+    "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d tls=%(tls)s auth=%(auth)s"
 )
 
 
 def _announce(ready: dict[str, Any]) -> None:
     """The one line that says the server is up (tests and scripts wait for it)."""
     if "not_ready" in ready:
-        log.warning(
-            _SERVING + " NOT READY: %(not_ready)s; decisions follow on_store_error until it "
-            "answers", ready, extra=ready,
-        )
+        ready = {**ready, "meanwhile": consequence(ready["not_ready"])}
+        log.warning(_SERVING + " NOT READY: %(not_ready)s; %(meanwhile)s", ready, extra=ready)
     else:
         log.info(_SERVING, ready, extra=ready)
 
@@ -143,32 +146,59 @@ def _worker(args: argparse.Namespace, index: int, ready: Connection) -> None:
     if parent is not None and os.getppid() != parent.pid:
         raise SystemExit(1)  # the supervisor died before the line above could notice
     configure(args.log_level, args.log_format, sys.stderr)
-    attribute_headers = parse_attribute_headers(f"{h}={a}" for h, a in args.attribute_header)
+    try:  # the supervisor prepared the same once: this refuses only what changed since
+        setup = prepare(args)
+    except Refused as exc:
+        raise SystemExit(_fail(args, str(exc), exc.code)) from None
 
     def report(serving: dict[str, Any]) -> None:
         log.debug("worker %d (pid %d) ready", index, os.getpid())
         ready.send(serving)
         ready.close()
 
-    code = asyncio.run(_serve(args, attribute_headers, report, reuse_port=True))
+    code = asyncio.run(_serve(args, setup, report, reuse_port=True, worker=index))
     raise SystemExit(code)
 
 
 async def _serve(
     args: argparse.Namespace,
-    attribute_headers: dict[str, str],
+    setup: Setup,
     announce: Callable[[dict[str, Any]], None],
     *,
     reuse_port: bool = False,
+    worker: int | None = None,
 ) -> int:
     metrics = Metrics(max_label_values=args.max_label_values)
+    try:
+        decisions = decision_log(args, metrics, worker)
+    except Refused as exc:
+        return _fail(args, str(exc), exc.code)
+    if decisions is None:
+        return await _serve_engine(args, setup, announce, metrics, metrics, reuse_port)
+    decisions.start()
+    try:
+        return await _serve_engine(
+            args, setup, announce, metrics, Fanout(metrics, decisions), reuse_port
+        )
+    finally:
+        decisions.close()  # every line buffered so far is written
+
+
+async def _serve_engine(
+    args: argparse.Namespace,
+    setup: Setup,
+    announce: Callable[[dict[str, Any]], None],
+    metrics: Metrics,
+    observer: Observer,
+    reuse_port: bool,
+) -> int:
     seen = fingerprint(args.rules)  # before loading: a change during start-up is not missed
     try:
         engine = Engine.from_path(
             args.rules,
             store=args.store,
             key_prefix=args.key_prefix,
-            observer=metrics,
+            observer=observer,
             retention=Retention(
                 max_reports=args.activity_max_reports,
                 max_age_seconds=args.activity_max_age,
@@ -177,6 +207,7 @@ async def _serve(
                 timeout=args.store_timeout,
                 max_reservations=args.max_reservations,
                 max_report_ids=args.max_report_ids,
+                password=setup.store_password,
             ),
         )
     except RulesError as exc:
@@ -190,12 +221,17 @@ async def _serve(
 
     readiness = Readiness(engine)
     reloader = Reloader(
-        engine, args.rules, metrics, interval=args.reload_interval, initial=seen
+        engine, args.rules, metrics, interval=args.reload_interval, initial=seen,
+        watched=setup.watched(),
     )
     http: HttpServer | None = None
     try:
+        interceptors = (
+            (AuthInterceptor(setup.auth, metrics.auth_failed),) if setup.auth else ()
+        )
         grpc_server = await start_grpc(
-            engine, args.listen, attribute_headers=attribute_headers, reuse_port=reuse_port
+            engine, args.listen, attribute_headers=setup.attribute_headers, tls=setup.tls,
+            interceptors=interceptors, reuse_port=reuse_port,
         )
     except OSError as exc:
         engine.close()
@@ -203,10 +239,13 @@ async def _serve(
     try:
         if args.http and args.http.lower() != "off":
             limits = HttpLimits(idle_timeout=args.http_idle_timeout)
+            app = build_app(
+                engine, metrics, readiness, limits=limits, reloads=reloader.status,
+                auth=setup.auth,
+            )
+            ssl_context = setup.tls.ssl_context() if setup.tls else None
             http = await start_http(
-                args.http,
-                build_app(engine, metrics, readiness, limits=limits, reloads=reloader.status),
-                reuse_port=reuse_port,
+                args.http, app, ssl_context=ssl_context, reuse_port=reuse_port
             )
     except (OSError, ValueError) as exc:
         await grpc_server.stop(0)
@@ -226,9 +265,9 @@ async def _serve(
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
-        "store": _redact(args.store), "workers": args.workers,
+        "store": _redact(args.store), "workers": args.workers, **setup.shown,
     }
-    if not store_ok:  # serving anyway: decisions follow on_store_error until the store answers
+    if not store_ok:  # serving anyway: the start line says what decisions do meanwhile
         ready["not_ready"] = store_reason
     announce(ready)
     refresh = asyncio.create_task(_refresh_stores(metrics)) if metrics.shared else None

@@ -28,6 +28,8 @@ from .setting_types import (
     Flag,
     HeaderAttribute,
     Integer,
+    Number,
+    SecretFile,
     Text,
     ValueType,
 )
@@ -96,6 +98,7 @@ class Setting:
 
 
 SERVE, CHECK, TEST, EXPLAIN, FMT, USAGE = "serve", "check", "test", "explain", "fmt", "usage"
+TOKEN = "token"
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -134,6 +137,13 @@ COMMANDS: tuple[Command, ...] = (
         "List users (or groups) by usage from a running server over gRPC, or show one "
         "user's or group's detail. A table on a terminal; plain tab-separated lines "
         "when standard output is not a terminal; --json or --csv for machines.",
+    ),
+    Command(
+        TOKEN, "tollway.server.token_cli", "make a token for the --auth file",
+        "'tollway token new --name N --roles R[,R]' makes a fresh random token: the "
+        "[[token]] block for the --auth file, which holds only the token's sha256, goes to "
+        "standard output (append it to the file), the token itself to standard error, "
+        "shown once and stored nowhere. Roles: decide, admin, metrics.",
     ),
 )
 
@@ -230,6 +240,56 @@ SETTINGS: tuple[Setting, ...] = (
         "log-format", Choice(("text", "json")), "text", "TOLLWAY_LOG_FORMAT",
         "log lines as text, or one JSON object per line for log shippers", (SERVE,),
     ),
+    Setting(
+        "auth", FilePath(metavar="FILE"), None, "TOLLWAY_AUTH",
+        "TOML file of tokens and their roles (docs/security.md): every call then needs a "
+        "token with the right role; re-read with the rules", (SERVE,),
+    ),
+    Setting(
+        "insecure", Flag(), False, "TOLLWAY_INSECURE",
+        "allow a non-loopback --listen or --http without --auth", (SERVE,),
+    ),
+    Setting(
+        "tls-cert", FilePath(metavar="FILE"), None, "TOLLWAY_TLS_CERT",
+        "PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key); re-read on "
+        "SIGHUP and when the file changes", (SERVE,),
+    ),
+    Setting(
+        "tls-key", FilePath(metavar="FILE"), None, "TOLLWAY_TLS_KEY",
+        "PEM private key of --tls-cert", (SERVE,),
+    ),
+    Setting(
+        "tls-client-ca", FilePath(metavar="FILE"), None, "TOLLWAY_TLS_CLIENT_CA",
+        "PEM CA certificates: clients must present a certificate signed by one (mTLS)",
+        (SERVE,),
+    ),
+    Setting(
+        "store-password-file", SecretFile(), None, "TOLLWAY_STORE_PASSWORD_FILE",
+        "file holding the Redis password, kept out of the URL and the process list",
+        (SERVE,),
+    ),
+    Setting(
+        "store-password", Text(allow_empty=False), None, "TOLLWAY_STORE_PASSWORD",
+        "the Redis password itself (instead of --store-password-file)", (SERVE,), cli=False,
+    ),
+    Setting(
+        "decision-log", Text(metavar="PATH|-", allow_empty=False), None, "TOLLWAY_DECISION_LOG",
+        "write one JSON line per Decide to PATH, or '-' for standard output", (SERVE,),
+    ),
+    Setting(
+        "decision-log-max-mb", Number(low=0.001), 100.0, "TOLLWAY_DECISION_LOG_MAX_MB",
+        "rotate the decision log file before it grows past this many MiB", (SERVE,),
+    ),
+    Setting(
+        "decision-log-keep", Integer(low=0), 5, "TOLLWAY_DECISION_LOG_KEEP",
+        "rotated decision log files kept (PATH.1 … PATH.N)", (SERVE,),
+    ),
+    Setting(
+        "decision-log-metadata", Text(metavar="KEY"), [], "TOLLWAY_DECISION_LOG_METADATA",
+        "user or group metadata keys whose values the decision log includes, separated "
+        "by commas (none by default: metadata may be personal data)", (SERVE,),
+        repeated=True,
+    ),
     # ------------------------------------------------------ check, test, explain
     Setting(
         "paths", FilePath(), [], "TOLLWAY_RULES", _RULES_PATHS_HELP, (CHECK, TEST),
@@ -320,6 +380,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "csv", Flag(), False, None,
         "print CSV with a header row (a detail view prints its latest reports)", (USAGE,),
+    ),
+    # ------------------------------------------------------------------- token
+    Setting(
+        "action", Choice(("new",)), None, None, "what to do: new", (TOKEN,), positional=True,
+        required=True,
+    ),
+    Setting(
+        "name", Text(metavar="NAME", allow_empty=False), None, None,
+        "who the token is for; logs name the caller by it", (TOKEN,), required=True,
+    ),
+    Setting(
+        "roles", Text(metavar="ROLE[,ROLE]", allow_empty=False), None, None,
+        "the roles the token grants, separated by commas: decide, admin, metrics",
+        (TOKEN,), required=True,
+    ),
+    Setting(
+        "json", Flag(), False, None,
+        "print name, roles, token, sha256 and the block as one JSON object", (TOKEN,),
     ),
 )
 

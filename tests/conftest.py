@@ -19,6 +19,11 @@ Fixtures
     ``StoreOptions`` with a long store budget, for Redis tests of counting, not latency.
 ``redis_server_factory`` (session)
     ``factory()`` starts another private ``RedisServer`` (stopped at session end).
+``pki`` (session)
+    A CA, a server certificate for 127.0.0.1/localhost, a client certificate with CN
+    ``billing.internal``, and one with the same CN from a CA the server does not trust
+    (``tests/pki.py``). Needs ``cryptography`` (the test extra): skipped without it, or
+    failed when ``CI`` is set.
 ``redis_cluster`` (session), ``redis_cluster_factory`` (session)
     A private Redis Cluster of 3 masters and 3 replicas (``RedisClusterNodes``: ``.url``
     is ``redis+cluster://…``, ``.master_for(key)``, ``.kill(node)``, ``.wait_healthy()``);
@@ -143,6 +148,16 @@ def redis_server() -> Iterator[RedisServer]:
             server.stop()
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> object:
+    try:
+        from pki import make_pki
+    except ImportError as exc:  # cryptography missing
+        reason = f"the TLS tests need the cryptography package ({exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
+        pytest.skip(reason)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":

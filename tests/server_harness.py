@@ -245,10 +245,15 @@ def _pump(proc: subprocess.Popen[str], lines: list[str], ready: threading.Event)
 
 @contextmanager
 def tollway_serve(
-    rules: Path | None, *extra: str, listen: str = "127.0.0.1:0"
+    rules: Path | None,
+    *extra: str,
+    listen: str = "127.0.0.1:0",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Served]:
-    """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset);
+    ``env`` adds variables to an environment cleared of every ``TOLLWAY_*`` one."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    env = {**clean, **(env or {})}
     rules_flag = [] if rules is None else ["--rules", str(rules)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", *rules_flag, "--listen", listen,

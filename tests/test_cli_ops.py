@@ -74,7 +74,7 @@ def test_check_errors_exit_1_with_location_and_caret(
 
 
 def test_check_strict_fails_on_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, 'rule a { when user.tier == "x" and user.tier == "y" deny "never" }\n')
+    path = write(tmp_path, 'rule a { when request.model == "x" and request.model == "y" deny "never" }\n')
     code, out, err = run(capsys, "check", str(path))
     assert code == 0 and "warning:" in err and ": ok: " in out and "1 warning " in out
     code, out, _ = run(capsys, "check", "--strict", str(path))

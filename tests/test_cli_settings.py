@@ -22,9 +22,8 @@ from tollway.server.setting_types import (
     KeyValue,
     Number,
     SecretFile,
-    Text,
 )
-from tollway.server.settings import COMMANDS, SETTINGS, Setting, settings_for
+from tollway.server.settings import COMMANDS, SETTINGS, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "gateway.rules"
@@ -190,12 +189,8 @@ def test_repeated_and_environment_only_settings_from_one_row(
     --attribute-header row), and a secret."""
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
-    password = Setting("store-password-file", SecretFile(), None, None, "p", ("serve",))
-    env_only = Setting("store-password", Text(), None, "TOLLWAY_STORE_PASSWORD", "the pw",
-                       ("serve",), cli=False)
-    monkeypatch.setattr(
-        "tollway.server.settings.SETTINGS", (*SETTINGS, password, env_only)
-    )
+    # --attribute-header (repeated), --store-password-file (SecretFile) and
+    # TOLLWAY_STORE_PASSWORD (cli=False) are all real rows of the table
     assert parse_args(["serve"], {"TOLLWAY_STORE_PASSWORD": "pw"}).store_password == "pw"
     with pytest.raises(SystemExit):
         parse_args(["serve", "--store-password", "pw"], {})

@@ -112,7 +112,7 @@ DECISION_FIELDS = dict(
     allowed=st.booleans(), reason=reasons, message=text, model=text, routed=st.booleans(),
     checks=names, quotas=st.lists(quota, max_size=3).map(tuple), matched_rules=names,
     annotations=st.dictionaries(text, text, max_size=3), decision_id=text,
-    ruleset_version=text, shadow=shadow,
+    ruleset_version=text, shadow=shadow, ignored_metadata=names,
 )
 decision = st.builds(Decision, **DECISION_FIELDS)
 

@@ -28,10 +28,15 @@ def only_error(text: str) -> Diagnostic:
     return errors[0]
 
 
-def warnings_of(text: str) -> list[str]:
+UNTRUSTED = "rules read "  # the warning for metadata any request may set (tested below)
+
+
+def warnings_of(text: str, *, untrusted: bool = False) -> list[str]:
+    """Warnings of ``text``; the untrusted-metadata warning, which most snippets here
+    would draw since they mark no key admin, only when asked for."""
     errors, warnings = run(text)
     assert not errors, messages(errors)
-    return messages(warnings)
+    return [m for m in messages(warnings) if untrusted or not m.startswith(UNTRUSTED)]
 
 
 Q = "quota q limits requests to 10 per 1h for each user\nrule uses_q { enforce q }\n"
@@ -336,3 +341,46 @@ def test_a_tree_built_in_code_too_deep_to_check_is_an_error() -> None:
 def test_windows_line_ends() -> None:
     rf = parse_text("# note\r\nrule r {\r\n  allow  # why\r\n}\r\n", "w.rules")
     assert [c.text for c in rf.comments] == ["# note", "# why"]
+
+
+# ------------------------------------------------------------ metadata trust
+
+
+def test_admin_keys_parse_format_and_compile() -> None:
+    from tollway.dsl import load_text
+
+    text = "schema user { tier: string admin, region: string }\nschema group { credits: number admin }\n"
+    assert warnings_of(text + 'rule r { when user.tier == "x" allow }', untrusted=True) == []
+    ruleset = load_text(text + 'rule r { when user.tier == "x" allow }')
+    assert ruleset.admin_keys == {"user": frozenset({"tier"}), "group": frozenset({"credits"})}
+    assert load_text('rule r { when user.tier == "x" allow }').admin_keys == {}
+
+
+def test_rules_reading_settable_metadata_warn_once_when_no_key_is_admin() -> None:
+    got = warnings_of(
+        """schema group { credits: number, plan: string }
+quota q limits requests to group.credits or 5 per month for each group
+rule a { when user.tier == "free" and user.id == "x" enforce q }
+rule b { when "vip" in user.categories route "m" if group.plan == "gold" }
+rule c { limit requests to user.cap or 3 per 1h for each user }""",
+        untrusted=True,
+    )
+    assert got == [
+        "rules read group.credits, group.plan, user.cap, user.categories, user.tier, which any "
+        "request may set (no schema key is marked admin); mark the keys only admins may set, "
+        "e.g. `schema group { credits: number admin }`"
+    ]
+
+
+def test_no_trust_warning_for_ids_requests_or_a_ruleset_with_an_admin_key() -> None:
+    ids_only = 'rule a { when user.id == "x" and group.id exists and request.model == "m" allow }'
+    assert warnings_of(ids_only, untrusted=True) == []
+    marked = 'schema group { plan: string admin }\nrule a { when user.tier == "x" allow }'
+    assert warnings_of(marked, untrusted=True) == []
+    undeclared = 'rule a { when user.tier == "x" allow }'
+    assert warnings_of(undeclared, untrusted=True)[0].endswith("`schema user { tier: any admin }`")
+
+
+def test_request_attributes_cannot_be_admin() -> None:
+    e = only_error("schema request { ip: string admin }")
+    assert e.message.startswith("request.ip cannot be admin")

@@ -279,7 +279,9 @@ type_refs = st.recursive(
 schemas = st.builds(
     ast.Schema,
     st.sampled_from(["user", "group", "request"]),
-    st.lists(st.builds(ast.SchemaField, idents, type_refs), max_size=3).map(tuple),
+    st.lists(
+        st.builds(ast.SchemaField, idents, type_refs, admin=st.booleans()), max_size=3
+    ).map(tuple),
 )
 
 

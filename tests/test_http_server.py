@@ -216,11 +216,11 @@ def _echo(app: web.Application, engine: Engine) -> None:
     async def whoami(request: web.Request) -> web.Response:
         route = route_of(request)
         assert route is not None
-        return web.Response(text=f"{route.method} {route.path} {route.role}",
-                            headers={"X-Route": f"{route.method} {route.path} {route.role}"})
+        return web.Response(text=f"{route.method} {route.path}",
+                            headers={"X-Route": f"{route.method} {route.path}"})
 
-    add_route(app, "POST", "/v1/echo", echo, role="admin")
-    add_route(app, "GET", "/v1/whoami/{id}", whoami, role="metrics")
+    add_route(app, "POST", "/v1/echo", echo)
+    add_route(app, "GET", "/v1/whoami/{id}", whoami)
 
 
 @pytest.fixture(scope="module")
@@ -260,19 +260,17 @@ def test_a_route_reads_a_json_body_within_its_limits(echo_port: HttpPort) -> Non
 # ------------------------------------------------------------------ every route
 
 
-def test_every_route_is_in_the_table_with_a_role(port: HttpPort) -> None:
-    table = {(r.method, r.path): r.role for r in route_table(port.app)}
+def test_every_route_is_in_the_table(port: HttpPort) -> None:
+    """Roles are in server/roles.py; tests/test_security_roles.py checks every route has one."""
+    table = {(r.method, r.path) for r in route_table(port.app)}
     served = {(r.method, r.resource.canonical) for r in port.app.router.routes()
               if r.resource is not None}
-    assert served == set(table)  # nothing reaches the router except through add_route
-    assert table[("GET", "/metrics")] == "metrics"
-    assert table[("GET", "/healthz")] is None and table[("GET", "/readyz")] is None
-    v1 = {path for (_, path), role in table.items() if path.startswith("/v1/")}
+    assert served == table  # nothing reaches the router except through add_route
+    v1 = {path for (_, path) in table if path.startswith("/v1/")}
     assert v1 == {"/v1/activity"} | {
         f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
         for tail in ("", "/{id}")
     }
-    assert {role for (_, path), role in table.items() if path in v1} == {"admin"}
 
 
 def _concrete(path: str) -> str:
@@ -305,17 +303,17 @@ def test_every_error_from_every_route_is_json(port: HttpPort) -> None:
 
 def test_a_request_finds_its_route_in_the_table(echo_port: HttpPort) -> None:
     reply = exchange(echo_port.address, request_bytes("GET", "/v1/whoami/x"))
-    assert reply.body == b"GET /v1/whoami/{id} metrics"
+    assert reply.body == b"GET /v1/whoami/{id}"
     head = exchange(echo_port.address, request_bytes("HEAD", "/v1/whoami/x"), "HEAD")
-    assert head.headers["x-route"] == "HEAD /v1/whoami/{id} metrics"
+    assert head.headers["x-route"] == "HEAD /v1/whoami/{id}"
 
 
 def test_a_route_is_added_once(echo_port: HttpPort) -> None:
     app = web.Application()
     app[ROUTES] = {}
-    add_route(app, "GET", "/x", _noop, role=None)
+    add_route(app, "GET", "/x", _noop)
     with pytest.raises(ValueError, match="already installed"):
-        add_route(app, "get", "/x", _noop, role="admin")
+        add_route(app, "get", "/x", _noop)
 
 
 async def _noop(request: web.Request) -> web.Response:

@@ -51,13 +51,16 @@ def test_the_fastapi_middleware(served: tuple[str, Engine]) -> None:
         return {"model": "openai/gpt-5", "messages": [{"role": "user", "content": "hi"}],
                 "metadata": {"tollway": json.dumps({"user": user})}}
 
+    # `status` is an admin key of the example rules: set by an admin, not by the request
+    engine.upsert_entity("user", "fa2", {"status": "suspended"})
+
     async def run() -> list[Any]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
             replies = [
                 await http.post("/v1/chat/completions", json=body({"id": "fa1", "metadata": {"tier": "free"}}),
                                 headers={"x-tollway-group": "acme-fa", "x-request-id": "fa-req-1"}),
-                await http.post("/v1/chat/completions", json=body({"id": "fa2", "metadata": {"status": "suspended"}})),
+                await http.post("/v1/chat/completions", json=body({"id": "fa2"})),
                 await http.post("/v1/chat/completions", json={"model": "m", "metadata": {"tollway": "{"}}),
             ]
         await namespace["tollway"].close()

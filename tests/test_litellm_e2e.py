@@ -189,9 +189,12 @@ def test_the_fourth_call_of_three_an_hour_is_a_rate_limit_error(stack: Stack) ->
 def test_a_suspended_user_is_permission_denied(stack: Stack) -> None:
     import openai
 
-    marker = _uid("suspended")
+    marker, user = _uid("suspended"), _uid("s")
+    admin = Client(stack.tollway.grpc, timeout=10)  # status is an admin key of the example
+    admin.upsert_entity("user", user, {"status": "suspended"})
+    admin.close()
     with pytest.raises(openai.PermissionDeniedError) as refused:
-        _ask(stack.openai(), text=marker, metadata=_tollway_identity(_uid("s"), status="suspended"))
+        _ask(stack.openai(), text=marker, metadata=_tollway_identity(user))
     assert refused.value.status_code == 403
     assert "account suspended" in refused.value.message
     assert stack.upstream.seen_with(marker) == []

@@ -83,7 +83,7 @@ def test_an_allowed_call_is_routed_and_carries_its_decision(handler: TollwayHand
     json.dumps(state)  # plain values: LiteLLM copies and logs metadata
 
 
-def test_denials_are_litellm_http_errors(handler: TollwayHandler) -> None:
+def test_denials_are_litellm_http_errors(handler: TollwayHandler, engine: Engine) -> None:
     for i in range(3):
         _pre(handler, _data(body=_identity("t2", tier="trial"), call_id=f"c{i}"))
     with pytest.raises(ProxyException) as limited:
@@ -92,8 +92,9 @@ def test_denials_are_litellm_http_errors(handler: TollwayHandler) -> None:
     assert limited.value.message.startswith("quota exceeded: trial_hourly (3/3 requests")
     assert int(limited.value.headers["retry-after"]) > 60
     assert limited.value.openai_code == "quota_exceeded"
+    engine.upsert_entity("user", "s1", {"status": "suspended"})  # status is an admin key
     with pytest.raises(ProxyException) as denied:
-        _pre(handler, _data(body=_identity("s1", status="suspended")))
+        _pre(handler, _data(body=_identity("s1")))
     assert (denied.value.code, denied.value.message) == ("403", "account suspended")
 
 
@@ -206,7 +207,8 @@ def test_failures_release_the_reservation_and_refusals_report_nothing(
     asyncio.run(handler.async_post_call_failure_hook(data, litellm.Timeout("late", "m", "openai"), None))
     event = engine.get_usage("user", "t5").recent_reports[0]  # type: ignore[union-attr]
     assert (event.status, event.decision_id) == ("timeout", data["metadata"][STATE_KEY]["decision_id"])
-    refused = _data(body=_identity("s2", status="suspended"))
+    engine.upsert_entity("user", "s2", {"status": "suspended"})
+    refused = _data(body=_identity("s2"))
     with pytest.raises(ProxyException) as exc:
         _pre(handler, refused)
     asyncio.run(handler.async_post_call_failure_hook(refused, exc.value, None))

@@ -218,3 +218,28 @@ def test_a_counter_saturates_where_it_would_stop_being_exact(store: CounterStore
 
 def tok(amount: float) -> CounterSpec:
     return CounterSpec("t", "tokens", "u=a", HOUR, MAX_UNITS, amount)
+
+
+# ------------------------------------------------ reports bound to their decision
+
+
+def test_a_report_must_name_the_owner_of_the_reservation(store: CounterStore) -> None:
+    from tollway.policy.stores.base import ForeignDecision
+
+    assert admitted(store, [req(10, amount=1)], T0, hold_id="d1", hold_owner="g=acme/u=a")
+    for owner in ("u=a", "g=acme/u=b", "g=other/u=a", "*"):
+        with pytest.raises(ForeignDecision, match="another user or group"):
+            store.record_report("r1", "d1", {"requests": 5}, [req(10, amount=5)],
+                                owner=owner, reporter=owner, now=T0 + 1)
+    assert used(store, req(10), T0 + 2) == 1  # nothing changed, the reservation is intact
+    outcome = store.record_report("r1", "d1", {"requests": 3}, [], owner="g=acme/u=a",
+                                  reporter="u=a", now=T0 + 3)
+    assert outcome == "settled" and used(store, req(10), T0 + 4) == 3
+
+
+def test_report_idempotency_is_per_reporter(store: CounterStore) -> None:
+    first = store.record_report("same", None, {}, [req(10, amount=2)], reporter="u=a", now=T0)
+    again = store.record_report("same", None, {}, [req(10, amount=2)], reporter="u=a", now=T0)
+    other = store.record_report("same", None, {}, [req(10, amount=2)], reporter="u=b", now=T0)
+    assert (first, again, other) == ("added", "duplicate", "added")
+    assert used(store, req(10), T0 + 1) == 4

@@ -196,7 +196,7 @@ def test_keys_expire_with_their_window(store: RedisCounterStore, client: redis.R
     assert 3500 < client.ttl(f"{redis_prefix}h:d1") <= 3600
     store.record_report("r1", "d1", {"requests": 1}, [])
     assert client.exists(f"{redis_prefix}h:d1") == 0  # settled: the reservation is gone
-    assert 86000 < client.ttl(f"{redis_prefix}r:r1") <= 86400
+    assert 86000 < client.ttl(f"{redis_prefix}r:*:r1") <= 86400
 
 
 # ---------------------------------------------------------------- exactness
@@ -297,7 +297,7 @@ def test_a_failing_script_leaves_no_partial_counters(
     assert client.exists(f"{redis_prefix}q:q:u=a", f"{redis_prefix}h:d1") == 0
     with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
         store.record_report("r1", None, {"requests": 1}, [req(10), req(10, quota="broken")])
-    assert client.exists(f"{redis_prefix}q:q:u=a", f"{redis_prefix}r:r1") == 0
+    assert client.exists(f"{redis_prefix}q:q:u=a", f"{redis_prefix}r:*:r1") == 0
 
 
 def test_open_store_chooses_the_backend(redis_url: str) -> None:

@@ -253,7 +253,7 @@ def test_a_store_that_cannot_answer_is_a_503_page(redis_server: RedisServer) -> 
                 page = fetch(http.url(path))
                 assert page.status == 503, (path, page.text[:300])
                 assert page.headers["content-type"].startswith("text/html")
-                assert re.search(r'<p class="error" role="alert">[^<]*unavailable', page.text)
+                assert re.search(r'<p class="error" role="alert">[^<]*counter store unreachable', page.text)
             assert fetch(http.url("/ui/rules")).status == 200  # the rules need no store
     finally:
         engine.close()

@@ -125,7 +125,7 @@ def test_fits_follows_the_zero_amount_rule() -> None:
 def test_key_layout() -> None:
     assert windows.counter_key("tollway:", "free_hourly", "u=alice") == "tollway:q:free_hourly:u=alice"
     assert windows.hold_key("tollway:", "d1") == "tollway:h:d1"
-    assert windows.report_key("tollway:", "r1") == "tollway:r:r1"
+    assert windows.report_key("tollway:", "u=alice", "r1") == "tollway:r:u=alice:r1"
     assert HOUR.code == "3600" and HOUR.bucket == 60
     assert windows.calendar("week").code == "week" and windows.calendar("week").bucket == 0
 

@@ -15,16 +15,18 @@ is given. The URL forms:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from .base import (
     CounterSpec,
     CounterState,
     CounterStore,
+    ForeignDecision,
     ReportOutcome,
     StoreOptions,
+    StoreRejected,
     StoreUnavailable,
 )
 
@@ -39,8 +41,11 @@ __all__ = [
     "ReportOutcome",
     "StoreOptions",
     "StoreUnavailable",
+    "StoreRejected",
+    "ForeignDecision",
     "StoreAddress",
     "parse_store_url",
+    "with_password",
     "open_store",
     "open_entity_store",
 ]
@@ -60,8 +65,8 @@ class StoreAddress:
 
     ``kind``: ``memory``, ``redis`` (one server: ``url`` is redis-py's URL) or
     ``sentinel`` (``nodes`` are the sentinels, ``service`` the master's name, ``db`` its
-    database). ``username``/``password`` are the master's credentials (sentinel only:
-    a plain Redis URL keeps them in ``url``).
+    database). ``username``/``password`` are the master's credentials (a plain Redis URL
+    keeps those it has in ``url``; ``password`` is then one given apart, ``with_password``).
     """
 
     kind: Literal["memory", "redis", "sentinel"]
@@ -70,7 +75,7 @@ class StoreAddress:
     service: str = ""
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
@@ -118,6 +123,17 @@ def parse_store_url(url: str) -> StoreAddress:
     return StoreAddress("sentinel", url, nodes, parts[0], int(db), username, password)
 
 
+def with_password(address: StoreAddress, password: str | None) -> StoreAddress:
+    """``address`` with a password kept out of its URL (``StoreOptions.password``: out of
+    ``ps`` and logs); ValueError when the URL has one too."""
+    if password is None or address.kind == "memory":
+        return address
+    in_url = address.password if address.kind == "sentinel" else urlsplit(address.url).password
+    if in_url is not None:
+        raise ValueError("store: the URL has a password and one was given apart; give it once")
+    return replace(address, password=password)
+
+
 def open_store(
     url: str,
     *,
@@ -127,8 +143,10 @@ def open_store(
     options: StoreOptions | None = None,
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps; ``options`` its caps."""
-    address = parse_store_url(url)
+    ``retention`` bounds the activity log the store keeps; ``options`` its caps, timeout
+    and password."""
+    options = options or StoreOptions()
+    address = with_password(parse_store_url(url), options.password)
     if address.kind == "memory":
         from .memory import MemoryCounterStore
 
@@ -137,8 +155,9 @@ def open_store(
         return MemoryCounterStore(retention=retention, options=options)
     from .redis_store import RedisCounterStore
 
-    timeout = (options or StoreOptions()).timeout
-    return RedisCounterStore(address, key_prefix=key_prefix, retention=retention, timeout=timeout)
+    return RedisCounterStore(
+        address, key_prefix=key_prefix, retention=retention, timeout=options.timeout
+    )
 
 
 def open_entity_store(
@@ -151,8 +170,8 @@ def open_entity_store(
     """The entity store for ``url``. ``clock`` times the Redis store's read cache."""
     from ..entity_stores import MemoryEntityStore, RedisEntityStore
 
-    address = parse_store_url(url)
+    options = options or StoreOptions()
+    address = with_password(parse_store_url(url), options.password)
     if address.kind == "memory":
         return MemoryEntityStore()
-    timeout = (options or StoreOptions()).timeout
-    return RedisEntityStore(address, key_prefix=key_prefix, clock=clock, timeout=timeout)
+    return RedisEntityStore(address, key_prefix=key_prefix, clock=clock, timeout=options.timeout)

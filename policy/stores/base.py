@@ -27,6 +27,8 @@ __all__ = [
     "StoreOptions",
     "StoreOutcome",
     "StoreUnavailable",
+    "StoreRejected",
+    "ForeignDecision",
     "CounterStore",
 ]
 
@@ -40,12 +42,14 @@ class StoreOptions:
     open reservations the memory store keeps (a decision's reservation waits there for
     its report); ``max_report_ids``: request_ids it remembers to make reports
     idempotent. Past either cap the oldest entry is dropped early and counted. Redis
-    keeps both as keys with a TTL instead.
+    keeps both as keys with a TTL instead. ``password``: Redis's, kept out of the URL
+    (and out of ``repr``, so out of logs); a URL that carries one as well is refused.
     """
 
     timeout: float = 0.1
     max_reservations: int = 100_000
     max_report_ids: int = 200_000
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.timeout <= 60:
@@ -158,6 +162,24 @@ class StoreUnavailable(Exception):
         self.outcome: StoreOutcome = outcome
 
 
+class StoreRejected(StoreUnavailable):
+    """The store refused the credentials (a wrong or missing password).
+
+    Unlike an outage, this never heals by itself and would switch every quota off: it is
+    never answered by ``on_store_error allow`` (docs/security.md).
+    """
+
+
+class ForeignDecision(ValueError):
+    """A report quoted a decision made for another user or group; nothing was changed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "decision_id: that decision was made for another user or group; a report must "
+            "name the user and group of the decision it quotes"
+        )
+
+
 class CounterStore(Protocol):
     name: str  # "memory" or "redis": the ``store`` label of tollway_store_* metrics
     blocking: bool  # True when calls do network I/O (the gRPC server then runs them off its loop)
@@ -176,6 +198,7 @@ class CounterStore(Protocol):
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
         deadline: float | None = None,
@@ -183,8 +206,9 @@ class CounterStore(Protocol):
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
 
         All or nothing: when any counter is exceeded, nothing is added. With ``hold_id``
-        the store remembers what was added (bucket by bucket) so that ``record_report``
-        can later replace the reservation by the actual usage. ``now`` overrides the
+        the store remembers what was added (bucket by bucket), and for whom
+        (``hold_owner``, ``quotas.owner_key``), so that ``record_report`` can later
+        replace the reservation by the actual usage. ``now`` overrides the
         store's clock (the memory store's injected clock; Redis uses its own TIME).
         ``seen``, when given, is counted in the usage aggregates (one request, first and
         last seen) in the same atomic step, and only if the amounts were added: a denied
@@ -208,17 +232,21 @@ class CounterStore(Protocol):
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> ReportOutcome:
-        """Apply a usage report once per ``request_id``.
+        """Apply a usage report once per ``request_id`` of its ``reporter``.
 
         ``actual`` maps metric -> amount actually used. If ``hold_id`` names a live
-        reservation, each reserved counter is adjusted by ``actual - reserved`` in the
-        bucket it was reserved in (never below zero) -> "settled". Otherwise each
-        ``fallback`` counter is increased by its ``amount`` -> "added". A request_id
-        already reported -> "duplicate", nothing changes. ``usage``, when given, is added
+        reservation, it must have been made for ``owner`` (else ``ForeignDecision`` is
+        raised and nothing changes); each reserved counter is then adjusted by
+        ``actual - reserved`` in the bucket it was reserved in (never below zero) ->
+        "settled". Otherwise each ``fallback`` counter is increased by its ``amount`` ->
+        "added". A request_id the same ``reporter`` (``quotas.reporter_key``) already
+        reported -> "duplicate", nothing changes. ``usage``, when given, is added
         to the usage aggregates in the same atomic step (so it counts exactly once too);
         it counts a request only when ``usage.counts_request`` (no decision counted it).
         ``deadline`` as for ``check_and_consume``. Raises ``StoreUnavailable``: with

@@ -26,7 +26,7 @@ from cachetools import TTLCache
 from .. import windows
 from ..usage import RequestSeen, Retention, UsageEvent
 from ..windows import MAX_UNITS
-from .base import CounterSpec, CounterState, ReportOutcome, StoreOptions
+from .base import CounterSpec, CounterState, ForeignDecision, ReportOutcome, StoreOptions
 from .usage_memory import MemoryUsage
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
@@ -52,6 +52,8 @@ class _Counter:
 # A plain tuple of strings and ints: the cyclic GC stops tracking such tuples, and up to
 # ``max_holds`` of them wait for their reports, so full collections need not walk them.
 _Held = tuple[str, int | str, str, int, int]
+# A reservation: whom the decision was for (``quotas.owner_key``), and what it holds.
+_Hold = tuple[str, tuple[_Held, ...]]
 
 
 class _Capped(TTLCache[K, V]):
@@ -97,7 +99,7 @@ class MemoryCounterStore:
         self._counters: dict[str, _Counter] = {}
         self._evictions = {"reservations": 0, "report_ids": 0}
         # Both caches expire on the store's clock so that tests moving time see it.
-        self._holds: _Capped[str, tuple[_Held, ...]] = _Capped(
+        self._holds: _Capped[str, _Hold] = _Capped(
             self.options.max_reservations, hold_ttl, clock, self._release
         )
         self._reports: _Capped[str, bool] = _Capped(
@@ -113,6 +115,7 @@ class MemoryCounterStore:
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
         deadline: float | None = None,  # nothing here waits
@@ -140,11 +143,11 @@ class MemoryCounterStore:
                 for (_, key, amount, _), (field, _, until) in zip(prepared, slots, strict=True):
                     add(key, field, until, amount)
                 if hold_id is not None and prepared:
-                    self._holds[hold_id] = tuple(
+                    self._holds[hold_id] = (hold_owner, tuple(
                         (key, field, spec.metric, amount, until)
                         for (spec, key, amount, _), (field, _, until)
                         in zip(prepared, slots, strict=True)
-                    )
+                    ))
                 if seen is not None:
                     # under the store's lock: the request counts exactly when it consumed
                     self.usage.count_request(seen)
@@ -163,6 +166,8 @@ class MemoryCounterStore:
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
         deadline: float | None = None,  # nothing here waits
@@ -171,16 +176,21 @@ class MemoryCounterStore:
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters("", fallback)
         sec = math.floor(t)
+        marker = windows.report_key("", reporter, request_id)
         with self._lock:
-            if request_id in self._reports:
+            if marker in self._reports:
                 return "duplicate"
-            self._reports[request_id] = True
+            hold = self._holds.get(hold_id) if hold_id is not None else None
+            if hold is not None and hold[0] != owner:
+                raise ForeignDecision()
+            self._reports[marker] = True
             if usage is not None:
                 # under the store's lock: a report and its usage count once, together
                 self.usage.apply(usage)
-            held = self._holds.pop(hold_id, None) if hold_id is not None else None
-            if held is not None:
-                for key, field, metric, units, until in held:
+            if hold is not None:
+                assert hold_id is not None
+                self._holds.pop(hold_id, None)
+                for key, field, metric, units, until in hold[1]:
                     # A metric the report does not mention keeps its reservation.
                     if metric in actual_units and sec < until:
                         self._add(key, field, until, actual_units[metric] - units)
@@ -221,12 +231,12 @@ class MemoryCounterStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _release(self, hold_id: str, held: tuple[_Held, ...]) -> None:
+    def _release(self, hold_id: str, hold: _Hold) -> None:
         """A reservation dropped to make room: give back what it still holds (under the
         store's lock, which the insert that caused it holds)."""
         self._evictions["reservations"] += 1
         sec = math.floor(self._clock())
-        for key, field, _, units, until in held:
+        for key, field, _, units, until in hold[1]:
             if sec < until:
                 self._add(key, field, until, -units)
 

@@ -32,17 +32,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
-from .base import StoreOutcome, StoreUnavailable
+from .base import StoreOutcome, StoreRejected, StoreUnavailable
 
-__all__ = ["RedisCalls", "Script"]
+__all__ = ["RedisCalls", "Script", "store_error"]
 
 # Redis answers a sane script in well under a millisecond; a reply that has been on its
 # way for longer than the measured round trip plus this is not coming in time.
 _MARGIN = 0.001
 # How long an offset sample is trusted before a new one replaces it whatever its round trip.
 _OFFSET_MAX_AGE = 60.0
+
+
+def store_error(exc: BaseException, outcome: StoreOutcome = "not_applied") -> StoreUnavailable:
+    """The store error for a redis-py (or socket) exception or error reply:
+    ``StoreRejected`` when Redis refused the credentials (WRONGPASS, NOAUTH, NOPERM),
+    else ``StoreUnavailable``. Neither carries more than Redis's own words."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or (
+        isinstance(exc, ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+    ):
+        return StoreRejected(f"redis: {text}", outcome="not_applied")
+    return StoreUnavailable(f"redis: {text}", outcome=outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +107,8 @@ class RedisCalls:
             raise StoreUnavailable("redis: no time left for the call", outcome="not_applied")
         try:
             conn = self._pool.get_connection()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}", outcome="not_applied") from exc
+        except (RedisError, OSError) as exc:  # AUTH happens here: a refusal is StoreRejected
+            raise store_error(exc) from exc
         sent = False
         try:
             conn.send_packed_command(conn.pack_commands(commands))
@@ -117,8 +129,7 @@ class RedisCalls:
             ) from None
         except (RedisError, OSError) as exc:
             conn.disconnect()
-            outcome: StoreOutcome = "unknown" if sent else "not_applied"
-            raise StoreUnavailable(f"redis: {exc}", outcome=outcome) from exc
+            raise store_error(exc, "unknown" if sent else "not_applied") from exc
         finally:
             self._pool.release(conn)
         return replies
@@ -127,7 +138,7 @@ class RedisCalls:
         """One command; an error reply is raised as ``StoreUnavailable`` (not applied)."""
         (reply,) = self.run([command], deadline)
         if isinstance(reply, ResponseError):
-            raise StoreUnavailable(f"redis: {reply}", outcome="not_applied")
+            raise store_error(reply)
         return reply
 
     # ------------------------------------------------------------------ scripts
@@ -142,7 +153,7 @@ class RedisCalls:
             reply = self.one_or_error(command, deadline)
         if isinstance(reply, ResponseError):
             # a script error is raised before its first write (the scripts check first)
-            raise StoreUnavailable(f"redis: {reply}", outcome="not_applied")
+            raise store_error(reply)
         return reply
 
     def one_or_error(self, command: Sequence[Any], deadline: float) -> Any:

@@ -39,10 +39,11 @@ from .base import (
     REPORT_OUTCOMES,
     CounterSpec,
     CounterState,
+    ForeignDecision,
     ReportOutcome,
     StoreUnavailable,
 )
-from .redis_calls import RedisCalls, Script
+from .redis_calls import RedisCalls, Script, store_error
 from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
@@ -106,6 +107,8 @@ def redis_client(
             address.service, db=address.db, username=address.username,
             password=address.password, max_connections=max_connections, **options,
         )
+    if address.password is not None:  # given apart from the URL (``with_password``)
+        options["password"] = address.password
     return redis.Redis.from_url(address.url, max_connections=max_connections, **options)
 
 
@@ -173,6 +176,7 @@ class RedisCounterStore:
         *,
         consume: bool,
         hold_id: str | None = None,
+        hold_owner: str = "*",
         now: float | None = None,
         seen: RequestSeen | None = None,
         deadline: float | None = None,
@@ -192,6 +196,7 @@ class RedisCounterStore:
             self._clock_arg(now, deadline),
             "1" if consume else "0",
             self._hold_ttl if hold else "0",
+            hold_owner,
         ]
         for spec, _, amount, limit in prepared:
             window = spec.window
@@ -226,6 +231,8 @@ class RedisCounterStore:
         actual: Mapping[str, float],
         fallback: Sequence[CounterSpec],
         *,
+        owner: str = "*",
+        reporter: str = "*",
         now: float | None = None,
         usage: UsageEvent | None = None,
         deadline: float | None = None,
@@ -233,14 +240,14 @@ class RedisCounterStore:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters(self._prefix, fallback)
         deadline = self._deadline(deadline)
-        keys = [windows.report_key(self._prefix, request_id)]
+        keys = [windows.report_key(self._prefix, reporter, request_id)]
         if hold_id is not None:
             keys.append(windows.hold_key(self._prefix, hold_id))
         keys += [c.key for c in checked]
         args = [
             self._clock_arg(now, deadline),
             self._report_ttl,
-            "1" if hold_id is not None else "0",
+            owner if hold_id is not None else "",
             str(len(units)),
         ]
         for metric, value in units.items():
@@ -255,6 +262,8 @@ class RedisCounterStore:
             raise StoreUnavailable(
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
             )
+        if text == "foreign":
+            raise ForeignDecision()
         for known in REPORT_OUTCOMES:
             if text == known:
                 return known
@@ -266,11 +275,12 @@ class RedisCounterStore:
         self.usage.count_request(seen)
 
     def ping(self) -> bool:
-        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` when not."""
+        """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` (or
+        ``StoreRejected`` for refused credentials) when not."""
         try:
             return bool(self._client.ping())
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            raise store_error(exc) from exc
 
     def entries(self) -> dict[str, int]:
         return {}  # everything lives in Redis: watch Redis's own memory metrics

@@ -6,7 +6,7 @@ the explain box posting to ``/ui/rules/explain``), and the sign-in form
 (``/ui/login``). They are Jinja2 templates rendered on the server over the one
 ``Engine`` (called off the event loop like every route) and one stylesheet; no script,
 no build step, nothing fetched from elsewhere. The pages only read; they need the
-``admin`` role, except the sign-in form and the stylesheet.
+``admin`` role, except the sign-in form and the stylesheet (``server/roles.py``).
 """
 
 from __future__ import annotations
@@ -115,16 +115,14 @@ def install(app: web.Application, engine: Engine) -> None:
         sign_out(response)
         raise response
 
-    add_route(app, "GET", "/ui/static/{name}", static, role=None)
-    add_route(app, "GET", "/ui/login", page(engine, login_form), role=None)
-    add_route(app, "POST", "/ui/login", page(engine, login), role=None)
-    add_route(app, "POST", "/ui/logout", page(engine, logout), role=None)
-    add_route(app, "GET", "/ui/", page(engine, start), role="admin")
+    add_route(app, "GET", "/ui/static/{name}", static)
+    add_route(app, "GET", "/ui/login", page(engine, login_form))
+    add_route(app, "POST", "/ui/login", page(engine, login))
+    add_route(app, "POST", "/ui/logout", page(engine, logout))
+    add_route(app, "GET", "/ui/", page(engine, start))
     for segment in KINDS:
-        add_route(app, "GET", f"/ui/{segment}", page(engine, listing_page(engine, segment)),
-                  role="admin")
+        add_route(app, "GET", f"/ui/{segment}", page(engine, listing_page(engine, segment)))
         add_route(app, "GET", f"/ui/{segment}/{{id}}",
-                  page(engine, detail_page(engine, segment)), role="admin")
-    add_route(app, "GET", "/ui/rules", page(engine, rules_page(engine)), role="admin")
-    add_route(app, "POST", "/ui/rules/explain", page(engine, explain_page(engine)),
-              role="admin")
+                  page(engine, detail_page(engine, segment)))
+    add_route(app, "GET", "/ui/rules", page(engine, rules_page(engine)))
+    add_route(app, "POST", "/ui/rules/explain", page(engine, explain_page(engine)))

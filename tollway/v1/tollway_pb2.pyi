@@ -113,7 +113,7 @@ class ShadowOutcome(_message.Message):
     def __init__(self, matched_rules: _Optional[_Iterable[str]] = ..., denied: _Optional[bool] = ..., message: _Optional[str] = ..., model: _Optional[str] = ..., routed: _Optional[bool] = ..., checks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("allowed", "reason", "message", "model", "routed", "checks", "quotas", "matched_rules", "annotations", "decision_id", "ruleset_version", "shadow")
+    __slots__ = ("allowed", "reason", "message", "model", "routed", "checks", "quotas", "matched_rules", "annotations", "decision_id", "ruleset_version", "shadow", "ignored_metadata")
     class AnnotationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class Decision(_message.Message):
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     RULESET_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_METADATA_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     reason: Reason
     message: str
@@ -145,7 +146,8 @@ class Decision(_message.Message):
     decision_id: str
     ruleset_version: str
     shadow: ShadowOutcome
-    def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[_Union[Reason, str]] = ..., message: _Optional[str] = ..., model: _Optional[str] = ..., routed: _Optional[bool] = ..., checks: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Iterable[_Union[QuotaStatus, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., decision_id: _Optional[str] = ..., ruleset_version: _Optional[str] = ..., shadow: _Optional[_Union[ShadowOutcome, _Mapping]] = ...) -> None: ...
+    ignored_metadata: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[_Union[Reason, str]] = ..., message: _Optional[str] = ..., model: _Optional[str] = ..., routed: _Optional[bool] = ..., checks: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Iterable[_Union[QuotaStatus, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., decision_id: _Optional[str] = ..., ruleset_version: _Optional[str] = ..., shadow: _Optional[_Union[ShadowOutcome, _Mapping]] = ..., ignored_metadata: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UsageReport(_message.Message):
     __slots__ = ("request_id", "decision_id", "user", "group", "model", "input_tokens", "output_tokens", "cost_usd", "duration_seconds", "status", "attributes", "cached_input_tokens")

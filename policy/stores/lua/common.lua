@@ -222,9 +222,11 @@ local function sliding_add(key, field, amount, t, lo, finish, sec)
   else
     redis.call('HINCRBY', key, 't', int(amount))
   end
-  -- a new field: the key lives as long as it counts (the fields before it count no longer);
-  -- a field written before already made it live that long
-  if value == amount then redis.call('EXPIRE', key, finish - sec) end
+  if value == amount then
+    redis.call('EXPIRE', key, finish - sec)  -- a new field: live as long as it counts
+  else
+    keep_until(key, finish, sec)  -- never shorter than that, whatever shortened it
+  end
 end
 
 -- Change bucket `field` of a sliding counter by `delta` (a report replacing a

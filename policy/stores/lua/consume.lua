@@ -5,7 +5,8 @@
 -- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     '1' to consume, '0' to only read (explain, dry runs)
 -- ARGV[3]     reservation TTL in seconds, '0' for no reservation
--- ARGV[4..]   5 values per counter: window code, bucket seconds, limit units,
+-- ARGV[4]     whom the reservation is for (owner key u=…, g=…/u=…): a report must match it
+-- ARGV[5..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
 -- then        optionally the 5 values of usage_request (lua/usage.lua, prepended): the
 --             request counted in the usage aggregates, only when admitted and consumed
@@ -26,7 +27,7 @@ local tonumber = tonumber
 local plans, states = {}, {}
 local admitted = 1
 for i = 1, n do
-  local base = 3 + (i - 1) * 5
+  local base = 4 + (i - 1) * 5
   local key = KEYS[i]
   local field, first, finish = slot(ARGV[base + 1], tonumber(ARGV[base + 2]), sec)
   local limit, amount = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
@@ -90,9 +91,9 @@ if consume then
     held[i] = {KEYS[i], p.field, p.metric, int(p.amount), int(p.finish)}
   end
   if admitted == 1 and hold_ttl > 0 then
-    redis.call('SET', KEYS[n + 1], cjson.encode(held), 'EX', hold_ttl)
+    redis.call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held}), 'EX', hold_ttl)
   end
-  local usage_at = 4 + 5 * n
+  local usage_at = 5 + 5 * n
   if admitted == 1 and #ARGV >= usage_at + 4 then usage_request(ARGV, usage_at) end
 end
 

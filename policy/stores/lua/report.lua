@@ -1,22 +1,24 @@
--- report.lua: apply one usage report, once per request_id.
--- KEYS[1]     report marker {prefix}r:{request_id}
--- KEYS[2]     reservation record {prefix}h:{hold_id}, only when ARGV[3] == '1'
+-- report.lua: apply one usage report, once per request_id of its reporter.
+-- KEYS[1]     report marker {prefix}r:{reporter}:{request_id}
+-- KEYS[2]     reservation record {prefix}h:{hold_id}, only when ARGV[3] ~= ''
 -- KEYS[..]    fallback counter hashes, after those
 -- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     marker TTL in seconds (how long a request_id is remembered)
--- ARGV[3]     '1' when KEYS[2] is a reservation record
+-- ARGV[3]     '' without a reservation record; else the owner key the report names,
+--             which must be the one the reservation was made for
 -- ARGV[4]     m, then m pairs: metric, actual units
 -- then        3 values per fallback counter: window code, bucket seconds, amount units
 -- then        optionally the 14 values of usage_apply (lua/usage.lua): the report's usage
 --             aggregates, recorded in this same atomic step, so a duplicate counts once
 --             (it counts a request only when no decision did: see usage.lua)
 -- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals),
--- 'added' (no live reservation: the fallback amounts were added) or 'late' (Redis's
--- clock was past the deadline in ARGV[1]: nothing was written).
+-- 'added' (no live reservation: the fallback amounts were added), 'foreign' (the
+-- reservation was made for someone else: nothing was written) or 'late' (Redis's clock
+-- was past the deadline in ARGV[1]: nothing was written).
 local sec, _, late = now_parts(ARGV[1])
 if late then return 'late' end  -- past the caller's deadline: nothing written
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
-local has_hold = ARGV[3] == '1'
+local has_hold = ARGV[3] ~= ''
 local m = tonumber(ARGV[4])
 local actual = {}
 for j = 1, m do actual[ARGV[3 + 2 * j]] = tonumber(ARGV[4 + 2 * j]) end
@@ -26,7 +28,11 @@ local first_counter = has_hold and 3 or 2
 local held = nil
 if has_hold then
   local raw = redis.call('GET', KEYS[2])
-  if raw then held = cjson.decode(raw) end
+  if raw then
+    local record = cjson.decode(raw)
+    if record.o ~= ARGV[3] then return 'foreign' end
+    held = record.c
+  end
 end
 if held then
   for _, h in ipairs(held) do

@@ -40,6 +40,8 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "/tollway.v1.Tollway/GetEntity": "admin",
     "/tollway.v1.Tollway/GetUsage": "admin",
     "/tollway.v1.Tollway/ListUsage": "admin",
+    "/tollway.v1.Tollway/GetUsageSeries": "admin",
+    "/tollway.v1.Tollway/ListSpikes": "admin",
     # Envoy decides through these on the gateway's behalf (docs/gateways.md)
     "/envoy.service.auth.v3.Authorization/Check": "decide",
     "/envoy.service.ext_proc.v3.ExternalProcessor/Process": "decide",
@@ -61,6 +63,11 @@ HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/v1/usage/user/{id}"): "admin",
     ("GET", "/v1/usage/groups/{id}"): "admin",
     ("GET", "/v1/usage/group/{id}"): "admin",
+    ("GET", "/v1/usage/users/{id}/series"): "admin",
+    ("GET", "/v1/usage/user/{id}/series"): "admin",
+    ("GET", "/v1/usage/groups/{id}/series"): "admin",
+    ("GET", "/v1/usage/group/{id}/series"): "admin",
+    ("GET", "/v1/usage/spikes"): "admin",
     ("GET", "/v1/activity"): "admin",
     # the dashboard (docs/dashboard.md): its pages need admin, signing in needs nothing
     ("GET", "/ui/"): "admin",

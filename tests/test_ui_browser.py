@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from server_harness import HttpPort, ServerThread, free_user, http_serving
 
 from tollway import Engine
+from tollway.server.auth import Authenticator, new_token, token_block
 from tollway.server.ui.render import usd
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
@@ -81,8 +83,17 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+@dataclass
+class Served:
+    http: HttpPort
+    engine: Engine
+
+    def url(self, path: str) -> str:
+        return self.http.url(path)
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[HttpPort]:
+def server() -> Iterator[Served]:
     """gRPC and HTTP over one engine, usage seeded with Decide and Report over gRPC."""
     engine = Engine.from_text(RULES)
     grpc_server = ServerThread(engine)
@@ -103,8 +114,9 @@ def server() -> Iterator[HttpPort]:
                         request_id=f"r{n}", decision_id=d.decision_id, user=pb.Entity(id=user),
                         group=team, model=d.model, input_tokens=tokens - 100,
                         output_tokens=100, cost_usd=cost))
+        assert engine.flush_usage()  # usage is written a moment after the reports
         with http_serving(engine, loop=grpc_server) as http:
-            yield http
+            yield Served(http, engine)
     finally:
         grpc_server.stop()
         engine.close()
@@ -141,7 +153,7 @@ def _ids(page: Any) -> list[str]:
 
 
 def test_the_users_table_is_sorted_by_cost_and_a_header_click_resorts_it(
-    server: HttpPort, page: Any, shots: Path
+    server: Served, page: Any, shots: Path
 ) -> None:
     page.goto(server.url("/ui/users"))
     page.screenshot(path=str(shots / "users.png"), full_page=True)
@@ -160,7 +172,7 @@ def test_the_users_table_is_sorted_by_cost_and_a_header_click_resorts_it(
     assert _ids(page)[0] == "quiet" and header.get_attribute("aria-sort") == "ascending"
 
 
-def test_the_search_box_filters(server: HttpPort, page: Any) -> None:
+def test_the_search_box_filters(server: Served, page: Any) -> None:
     page.goto(server.url("/ui/users"))
     page.get_by_label("Search ids").fill("I")
     page.get_by_role("button", name="Search").click()
@@ -170,7 +182,7 @@ def test_the_search_box_filters(server: HttpPort, page: Any) -> None:
 
 
 def test_a_detail_page_shows_the_right_totals(
-    server: HttpPort, page: Any, shots: Path
+    server: Served, page: Any, shots: Path
 ) -> None:
     page.goto(server.url("/ui/users"))
     page.get_by_role("link", name="middle", exact=True).click()
@@ -190,7 +202,7 @@ def test_a_detail_page_shows_the_right_totals(
 
 
 def test_the_explain_box_shows_the_routed_model_of_a_free_user(
-    server: HttpPort, page: Any, shots: Path
+    server: Served, page: Any, shots: Path
 ) -> None:
     page.goto(server.url("/ui/rules"))
     page.get_by_label("as JSON").fill(
@@ -204,7 +216,7 @@ def test_the_explain_box_shows_the_routed_model_of_a_free_user(
 
 
 def test_every_page_fits_a_phone_and_prints_without_navigation(
-    server: HttpPort, browser: Any, shots: Path
+    server: Served, browser: Any, shots: Path
 ) -> None:
     context = browser.new_context(java_script_enabled=False, viewport={"width": 375, "height": 740})
     phone = context.new_page()
@@ -222,11 +234,41 @@ def test_every_page_fits_a_phone_and_prints_without_navigation(
         context.close()
 
 
+def test_signing_in_and_out_in_the_browser(
+    server: Served, browser: Any, tmp_path: Path
+) -> None:
+    """With tokens on, a page sends the browser to sign in and back; the cookie it keeps
+    is HttpOnly and SameSite=Strict; signing out ends it."""
+    admin = new_token()
+    path = tmp_path / "tokens.toml"
+    path.write_text(token_block("dash", ["admin"], admin))
+    with http_serving(server.engine, auth=Authenticator(path)) as guarded:
+        context = browser.new_context(java_script_enabled=False)
+        try:
+            tab = context.new_page()
+            tab.goto(guarded.url("/ui/users?sort=-request_count"))
+            assert tab.url.startswith(guarded.url("/ui/login?next="))
+            tab.get_by_label("Token").fill(admin)
+            tab.get_by_role("button", name="Sign in").click()
+            tab.wait_for_url(guarded.url("/ui/users?sort=-request_count"))
+            assert _ids(tab)[0] == "chatty"
+            [cookie] = context.cookies()
+            assert cookie["name"] == "tollway_session" and cookie["httpOnly"]
+            assert cookie["sameSite"] == "Strict" and cookie["path"] == "/ui/"
+            tab.get_by_role("button", name="Sign out").click()
+            tab.wait_for_url(guarded.url("/ui/login"))
+            assert context.cookies() == []
+            tab.goto(guarded.url("/ui/rules"))
+            assert tab.url.startswith(guarded.url("/ui/login?next="))
+        finally:
+            context.close()
+
+
 PAGES = [("users", "/ui/users"), ("groups", "/ui/groups"), ("detail", "/ui/users/heavy"),
          ("group", "/ui/groups/acme"), ("rules", "/ui/rules"), ("login", "/ui/login")]
 
 
-def test_no_page_has_serious_accessibility_violations(server: HttpPort, browser: Any) -> None:
+def test_no_page_has_serious_accessibility_violations(server: Served, browser: Any) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
     axe = Axe()

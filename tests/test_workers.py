@@ -49,6 +49,16 @@ def test_memory_store_with_several_workers_is_refused_in_one_line() -> None:
     ]
 
 
+def test_a_memory_usage_database_with_several_workers_is_refused(tmp_path: Path) -> None:
+    done = _refused("--workers", "2", "--store", "redis://127.0.0.1:1/0",
+                    "--listen", "127.0.0.1:0", "--usage-db", "memory")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "tollway serve: --workers 2 needs a shared usage database (sqlite:///PATH or "
+        "postgresql://…): a memory one lives in each process"
+    ]
+
+
 def test_a_unix_socket_with_several_workers_is_refused(tmp_path: Path) -> None:
     done = _refused("--workers", "3", "--store", "redis://127.0.0.1:1/0",
                     "--listen", f"unix:{tmp_path / 's.sock'}")

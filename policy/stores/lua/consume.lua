@@ -8,15 +8,17 @@
 -- ARGV[4]     whom the reservation is for (owner key u=…, g=…/u=…): a report must match it
 -- ARGV[5..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
--- then        optionally the 5 values of usage_request (lua/usage.lua, prepended): the
---             request counted in the usage aggregates, only when admitted and consumed
--- Returns {sec, usec, admitted (1/0; -1: too late, nothing read or written), per counter {used, idx, units, idx, units, ...}}:
+-- then        optionally the 3 values of event_append (lua/events.lua, prepended): the
+--             decision's usage event, appended only when admitted and consumed
+-- Returns {sec, usec, admitted (1/0; -1: too late, nothing read or written), event (1
+-- appended, -1 dropped: the stream is full, 0 none), per counter {used, idx, units, idx,
+-- units, ...}}:
 -- the counted total and live buckets (> 0) come back so that the caller computes
 -- retry_after and resets_at with the same code as the memory store. A counter whose
 -- amount fits needs only the index of its oldest live bucket for that, so only that one
 -- comes back (with 1 for its units: a short reply); an exceeded counter returns them all.
 local sec, usec, late = now_parts(ARGV[1])
-if late then return {sec, usec, -1} end  -- past the caller's deadline: nothing written
+if late then return {sec, usec, -1, 0} end  -- past the caller's deadline: nothing written
 local consume = ARGV[2] == '1'
 local hold_ttl = tonumber(ARGV[3])
 local n = #KEYS
@@ -26,6 +28,7 @@ if hold_ttl > 0 then n = n - 1 end
 local tonumber = tonumber
 local plans, states = {}, {}
 local admitted = 1
+local appended = 0
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local key = KEYS[i]
@@ -93,8 +96,8 @@ if consume then
   if admitted == 1 and hold_ttl > 0 then
     redis.call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held}), 'EX', hold_ttl)
   end
-  local usage_at = 5 + 5 * n
-  if admitted == 1 and #ARGV >= usage_at + 4 then usage_request(ARGV, usage_at) end
+  local event_at = 5 + 5 * n
+  if admitted == 1 and #ARGV >= event_at + 2 then appended = event_append(ARGV, event_at) end
 end
 
-return {sec, usec, admitted, unpack(states)}
+return {sec, usec, admitted, appended, unpack(states)}

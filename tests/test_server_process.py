@@ -149,6 +149,7 @@ def test_address_in_use_is_one_clean_line_and_exit_1(tmp_path: Path) -> None:
                  "--listen", first.grpc, "--http", "off",
                  "--log-format", fmt],
                 capture_output=True, text=True, timeout=60, env=env,
+                cwd=tmp_path,  # its default usage database is made before the port fails
             )
             assert result.returncode == 1, result.stderr
             lines = result.stderr.splitlines()

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,10 +35,11 @@ def _serve_env() -> dict[str, str]:
 
 
 def _refused(*flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tollway", "serve", "--http", "off", *flags],
-        capture_output=True, text=True, timeout=60, env=_serve_env(),
-    )
+    with tempfile.TemporaryDirectory() as scratch:  # where a default usage database goes
+        return subprocess.run(
+            [sys.executable, "-m", "tollway", "serve", "--http", "off", *flags],
+            capture_output=True, text=True, timeout=60, env=_serve_env(), cwd=scratch,
+        )
 
 
 def test_memory_store_with_several_workers_is_refused_in_one_line() -> None:

@@ -58,7 +58,7 @@ if held then
     -- A metric the report does not mention keeps its reservation; an expired bucket is left.
     if actual[metric] ~= nil and sec < finish then
       local delta = actual[metric] - reserved
-      add(key, field, delta)
+      if tonumber(field) then sliding_adjust(key, field, delta) else add(key, field, delta) end
       if delta > 0 then keep_until(key, finish, sec) end
     end
   end
@@ -73,13 +73,19 @@ for i = first_counter, #KEYS do
   if amount > 0 then
     local key = KEYS[i]
     local field, first, finish = slot(code, bucket, sec)
-    -- Counters only reports touch are pruned here, once they hold more than a window.
-    if redis.call('HLEN', key) > 64 then
-      local stale = stale_fields(redis.call('HGETALL', key), field, first)
-      if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+    if first then
+      local t, lo, stale, changed = sliding_read(key, first, tonumber(field))
+      if changed then sliding_store(key, t, lo, stale) end
+      sliding_add(key, field, amount, t, lo, finish, sec)
+    else
+      -- Calendar counters only reports touch are pruned here, once they hold many periods.
+      if redis.call('HLEN', key) > 64 then
+        local stale = stale_fields(redis.call('HGETALL', key), field, first)
+        if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+      end
+      add(key, field, amount)
+      keep_until(key, finish, sec)
     end
-    add(key, field, amount)
-    keep_until(key, finish, sec)
   end
 end
 return {'added', appended}

@@ -89,14 +89,15 @@ def start_server(users: int) -> tuple[str, Any]:
     metrics = Metrics()
     engine = Engine.from_path(RULES, store="memory", observer=metrics)
     metrics.ruleset_loaded(engine.ruleset)
-    usage: Any = engine.store.usage
-    for i in range(users * 2):
-        u = i % users
-        usage.apply(UsageEvent(
-            time=T0 + i * 0.01, request_id=f"r{i}", user_id=f"user-{u}",
-            group_id=f"group-{u % 100}", model=MODELS[i % 3], input_tokens=100 + i % 900,
-            output_tokens=i % 400, cost_usd=(i % 5000) / 1e6, duration_seconds=1.0,
-        ))
+    engine.usage_db.write([
+        UsageEvent(
+            time=T0 + i * 0.01, request_id=f"r{i}", user_id=f"user-{i % users}",
+            group_id=f"group-{i % users % 100}", model=MODELS[i % 3],
+            input_tokens=100 + i % 900, output_tokens=i % 400, cost_usd=(i % 5000) / 1e6,
+            duration_seconds=1.0,
+        )
+        for i in range(users * 2)
+    ])
     for i in range(3000):  # the metrics of real traffic: several label sets per family
         tier = ("free", "pro", "enterprise")[i % 3]
         d = engine.decide({"user": {"id": f"user-{i % 50}", "metadata": {"tier": tier}},

@@ -16,7 +16,9 @@ grpc      (a) Decide over gRPC, memory store, the gateway example rules (server 
           (a2) (a) with ``--auth``, a bearer token on every call; a2/a is what checking
               a token costs a Decide (1.00: free).
 redis     all in this process, sequential, on one private redis-server:
-          (e) ``Engine.decide`` with 3 quotas (1m, 1h, 1d) per user;
+          (e) ``Engine.decide`` with 3 quotas (1m, 1h, 1d) per user, as it ships (usage
+              events appended, the engine's ingester thread writing its usage database);
+          (e0) the same with ``usage_db=None``: counters only, as the peers below;
           (p) a redis-py ``PING``: one round trip, nothing else (target e <= 2x p in time);
           (r) pyrate-limiter 4.5, 3 rates in one Lua call (``try_acquire``, per-user
               bucket; target e >= 1.2x r in calls/s);
@@ -430,11 +432,20 @@ def client_commands(port: int, address: str, requests: list[bytes], calls: int =
     return {k: v / calls for k, v in sorted(seen.items())}
 
 
-def engine_runner(port: int, rules: Path) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
-    """(e) ``Engine.decide`` on Redis with 3 quotas, in-process and sequential."""
+def engine_runner(
+    port: int, rules: Path, usage: bool = True
+) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """(e) ``Engine.decide`` on Redis with 3 quotas, in-process and sequential: as it ships
+    (each admitted decision appends a usage event; the engine's ingester thread moves
+    them into its usage database), or with ``usage=False`` counters only (``usage_db=None``),
+    what the peers do."""
     from tollway import Engine
 
-    engine = Engine.from_path(rules, store=f"redis://127.0.0.1:{port}/2", key_prefix="bench-e:")
+    engine = Engine.from_path(
+        rules, store=f"redis://127.0.0.1:{port}/2",
+        key_prefix="bench-e:" if usage else "bench-e0:",
+        **({} if usage else {"usage_db": None}),
+    )
     reqs = [
         {"user": {"id": f"user-{u}"}, "model": "m", "estimate": {"output_tokens": 500}}
         for u in range(USERS)
@@ -563,20 +574,25 @@ def redis_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> 
         rules = Path(d) / "redis.rules"
         rules.write_text(REDIS_RULES)
         runners = {}
-        for key, make in (("e", lambda: engine_runner(port, rules)), ("p", lambda: ping_runner(port)),
+        for key, make in (("e", lambda: engine_runner(port, rules)),
+                          ("e0", lambda: engine_runner(port, rules, usage=False)),
+                          ("p", lambda: ping_runner(port)),
                           ("r", lambda: pyrate_runner(port)), ("l", lambda: limits_runner(port))):
             run, close = make()
             stack.callback(close)
             runners[key] = run
         got = alternate(runners, args.rounds, args.seconds)
-        e = _row("(e) Engine.decide, Redis, 3 quotas", got["e"], "in-process, sequential")
+        e = _row("(e) Engine.decide, Redis, 3 quotas", got["e"], "in-process, usage on")
+        e0 = _row("(e0) the same, counters only", got["e0"], "usage_db=None")
         p = _row("(p) redis-py PING, same Redis", got["p"], "one round trip")
         r = _row("(r) pyrate-limiter try_acquire, 3 rates", got["r"], "one Lua call per request")
         lim = _row("(l) limits: 3x hit(), 3 limits", got["l"], "3 calls, not all-or-nothing")
-        rows += [e, p, r, lim]
-        notes.append(f"e costs {p.calls_per_s / e.calls_per_s:.2f} PINGs (target <= 2); "
-                     f"e/r = {e.calls_per_s / r.calls_per_s:.2f} (target >= 1.2); "
-                     f"e/l = {e.calls_per_s / lim.calls_per_s:.2f}")
+        rows += [e, e0, p, r, lim]
+        for name, row in (("e", e), ("e0", e0)):
+            notes.append(
+                f"{name} costs {p.calls_per_s / row.calls_per_s:.2f} PINGs (target <= 2); "
+                f"{name}/r = {row.calls_per_s / r.calls_per_s:.2f} (target >= 1.2); "
+                f"{name}/l = {row.calls_per_s / lim.calls_per_s:.2f}")
 
         requests = _decide_requests(2000, MODELS)
         with tollway_server(rules, f"redis://127.0.0.1:{port}/0") as address:

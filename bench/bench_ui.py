@@ -65,6 +65,7 @@ def start_server(users: int, groups: int) -> tuple[str, float]:
                 "output_tokens": i % 400, "cost_usd": (i % 5000) / 1e6,
                 "duration_seconds": 1.0,
             })
+    engine.flush_usage(timeout=600)  # the pages read the usage database
     seeded = time.perf_counter() - began
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()

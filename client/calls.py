@@ -25,7 +25,8 @@ from tollway.policy.model import (
     ReportAck,
     UsageReport,
 )
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery
+from tollway.policy.usage import UsageDetail
+from tollway.policy.usage_query import UsagePage, UsageQuery
 from tollway.policy.validate import need_groups, need_id, need_kind
 from tollway.server import convert, usage_convert
 from tollway.server.convert import dict_to_struct

@@ -24,6 +24,7 @@ from tollway.dsl.compiled import CompiledRule, CompiledRuleset, EvalContext
 
 from .entities import EntityKind, EntityStore, EntityView, merge_metadata
 from .evaluation import Verdict, combine, combine_shadow
+from .ingest import Ingester
 from .model import (
     DecideRequest,
     Decision,
@@ -47,15 +48,9 @@ from .stores.base import (
     StoreRejected,
     StoreUnavailable,
 )
-from .usage import (
-    ActivityQuery,
-    RequestSeen,
-    Retention,
-    UsageDetail,
-    UsageEvent,
-    UsagePage,
-    UsageQuery,
-)
+from .usage import Spike, UsageDetail, UsageEvent, UsageSeries, UsageUnavailable
+from .usage_db import DEFAULT_MAX_MODELS, DEFAULT_RETENTION_DAYS, UsageDatabase
+from .usage_query import ActivityQuery, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
 from .validate import need_groups, need_hits, need_id, need_kind
 from .windows import enforced_limit
 
@@ -107,16 +102,22 @@ class Engine:
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
         rules_path: str | Path | None = None,
-        retention: Retention | None = None,
         store_options: StoreOptions | None = None,
+        usage_db: UsageDatabase | str | None = "memory",
+        usage_retention_days: float = DEFAULT_RETENTION_DAYS,
+        usage_max_models: int = DEFAULT_MAX_MODELS,
+        ingest: bool = True,
     ) -> None:
+        """``usage_db``: where usage is kept (a URL: ``sqlite:///PATH``, ``postgresql://…``,
+        ``memory``; a ``UsageDatabase``; or None for no usage at all). Its schema is
+        migrated here; a database migrated by a newer tollway raises ``SchemaTooNew``, one
+        that cannot be reached is only logged (usage waits for it). ``ingest`` runs the
+        thread that moves events from the counter store into the database (every process
+        should, so that a replica's events never wait for another)."""
         self._ruleset = ruleset
         url = store if isinstance(store, str) else None
         self._store: CounterStore = (
-            open_store(
-                store, key_prefix=key_prefix, clock=clock, retention=retention,
-                options=store_options,
-            )
+            open_store(store, key_prefix=key_prefix, clock=clock, options=store_options)
             if isinstance(store, str)
             else store
         )
@@ -129,6 +130,23 @@ class Engine:
         self._rules_path = Path(rules_path) if rules_path is not None else None
         self._perf = time.perf_counter
         self._clock = clock or time.time
+        self._usage: UsageDatabase | None = (
+            UsageDatabase(
+                usage_db, max_models=usage_max_models, retention_days=usage_retention_days,
+                clock=self._clock,
+            )
+            if isinstance(usage_db, str)
+            else usage_db
+        )
+        self._ingester: Ingester | None = None
+        if self._usage is not None:
+            try:
+                self._usage.prepare()
+            except UsageUnavailable as exc:
+                log.warning("%s; usage waits until it answers", exc)
+            if ingest:
+                self._ingester = Ingester(self._store.events, self._usage, observer=self._observer)
+                self._ingester.start()
         self._store_logged = -float("inf")  # when a store failure was last logged
 
     @classmethod
@@ -182,9 +200,25 @@ class Engine:
         self.swap(ruleset)
         return ruleset
 
-    def close(self) -> None:
+    @property
+    def usage_db(self) -> UsageDatabase | None:
+        return self._usage
+
+    def flush_usage(self, timeout: float = 10.0) -> bool:
+        """Wait until the usage events accepted so far are in the usage database (or
+        ``timeout`` seconds); True when nothing is left waiting."""
+        if self._ingester is None:
+            return self._usage is None
+        return self._ingester.flush(timeout)
+
+    def close(self, *, drain: float = 5.0) -> None:
+        """Write the waiting usage events (up to ``drain`` seconds), then close."""
+        if self._ingester is not None:
+            self._ingester.stop(drain)
         self._store.close()
         self._entities.close()
+        if self._usage is not None:
+            self._usage.close()
 
     def _deadline(self, received_at: float | None) -> float | None:
         """When a call's store work must end: ``received_at`` plus the store's timeout
@@ -371,10 +405,10 @@ class Engine:
         consume = consume and not request.dry_run
         # usage counts the request where it is admitted (a report with this decision_id
         # then adds only amounts); explain and dry runs count nothing
-        seen = self._request_seen(request, verdict.model) if consume else None
+        event = self._decision_event(request, verdict.model, decision_id) if consume else None
         if not specs:
-            if seen is not None:
-                self._count_request(seen, deadline)
+            if event is not None:
+                self._record_event(event, deadline)
             return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
         owner = owner_key(ev.ctx.user_id, ev.ctx.group_id)
         try:
@@ -384,8 +418,8 @@ class Engine:
                     specs,
                     consume=consume,
                     hold_id=decision_id if consume else None,
+                    event=event,
                     hold_owner=owner,
-                    seen=seen,
                     deadline=deadline,
                 ),
             )
@@ -412,23 +446,29 @@ class Engine:
             allowed=True, reason="ALLOWED", quotas=statuses, decision_id=decision_id, **base
         ), ()
 
-    def _request_seen(self, request: DecideRequest, model: str) -> RequestSeen | None:
-        """The usage a consumed decision counts, if it names anyone to count it for."""
+    def _decision_event(
+        self, request: DecideRequest, model: str, decision_id: str
+    ) -> UsageEvent | None:
+        """The usage event of a consumed decision, if usage is kept and it names anyone."""
+        if self._usage is None:
+            return None
         user = request.user.id if request.user is not None else ""
         group = request.group.id if request.group is not None else ""
         if not user and not group:
             return None
-        return RequestSeen(self._clock(), user, group, model)
+        return UsageEvent.decision(
+            self._clock(), decision_id, user, group, model, request.request_id
+        )
 
-    def _count_request(self, seen: RequestSeen, deadline: float | None) -> None:
-        """Count an allowed decision that has no counters (one store call).
+    def _record_event(self, event: UsageEvent, deadline: float | None) -> None:
+        """Record an allowed decision that has no counters (one store call).
 
         Usage is an account, not a limit: if the store is down the decision stands and
         only the failed call is observed.
         """
         with contextlib.suppress(StoreUnavailable):
             self._store_call(
-                "consume", lambda: self._store.record_request(seen, deadline=deadline)
+                "consume", lambda: self._store.record_event(event, deadline=deadline)
             )
 
     def _log_store_error(self, exc: Exception, every: float = 10.0) -> None:
@@ -523,7 +563,7 @@ class Engine:
         user, group, _ = self._trust(ruleset, rep.user, rep.group)
         ctx = self._context(user, group, rep.model, rep.attributes, True, deadline)
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
-        usage = UsageEvent.from_report(rep, self._clock())
+        event = UsageEvent.from_report(rep, self._clock()) if self._usage is not None else None
         # used only when no live reservation matches (no decision_id, or it expired)
         fallback = self._report_counters(ruleset, ctx, rep)
         user_id = rep.user.id if rep.user is not None else None
@@ -535,9 +575,9 @@ class Engine:
                 rep.decision_id or None,
                 actual,
                 fallback,
+                event=event,
                 owner=owner_key(user_id, group_id),
                 reporter=reporter_key(user_id, group_id),
-                usage=usage,
                 deadline=deadline,
             ),
         )
@@ -548,26 +588,48 @@ class Engine:
 
     # ------------------------------------------------------------------ usage
 
+    def _usage_db(self) -> UsageDatabase:
+        if self._usage is None:
+            raise NotImplementedError("usage is not kept by this engine (usage_db=None)")
+        return self._usage
+
     def get_usage(self, kind: str, id: str) -> UsageDetail | None:
-        """One user's or group's usage: aggregates, cost by model, recent reports.
+        """One user's or group's lifetime usage: aggregates, cost by model, recent reports.
 
         ``kind`` is ``user``/``users``/``group``/``groups``; a bad ``id`` is refused as
-        ``user_id``/``group_id`` (the proto's names).
+        ``user_id``/``group_id`` (the proto's names). Raises ``UsageUnavailable`` when the
+        usage database cannot answer, ``NotImplementedError`` without a usage database.
         """
-        entity_kind = need_kind(kind)
-        return self._store.usage.get(entity_kind, need_id(id, f"{entity_kind}_id"))
+        return self._usage_db().detail(kind, id)
 
     def list_usage(
         self, query: Mapping[str, Any] | UsageQuery | None = None, **params: Any
     ) -> UsagePage:
-        """A page of users or groups (``kind``) sorted, searched and filtered; raises ValueError."""
-        return self._store.usage.list(UsageQuery.parse(query, **params))
+        """A page of users or groups (``kind``): lifetime totals, or the amounts within
+        ``start``/``end``; sorted, searched, paged by offset or cursor."""
+        return self._usage_db().page(UsageQuery.parse(query, **params))
+
+    def usage_series(
+        self, kind: str, id: str, query: Mapping[str, Any] | SeriesQuery | None = None,
+        **params: Any,
+    ) -> UsageSeries | None:
+        """One entity's ``metric`` per ``step`` (``1h``/``1d``); None when it has no usage."""
+        parsed = query if isinstance(query, SeriesQuery) else SeriesQuery.parse(query, **params)
+        return self._usage_db().series(kind, id, parsed)
+
+    def list_spikes(
+        self, query: Mapping[str, Any] | SpikeQuery | None = None, **params: Any
+    ) -> list[Spike]:
+        """Users or groups whose usage in the last window is over ``factor`` times their
+        baseline average (see ``SpikeQuery``), highest ratio first."""
+        parsed = query if isinstance(query, SpikeQuery) else SpikeQuery.parse(query, **params)
+        return self._usage_db().spikes(parsed)
 
     def activity(
         self, query: Mapping[str, Any] | ActivityQuery | None = None, **params: Any
     ) -> Iterator[UsageEvent]:
-        """The report log, newest first, for billing export; raises ValueError."""
-        return self._store.usage.activity(ActivityQuery.parse(query, **params))
+        """The reports, newest first, for billing export; raises ValueError."""
+        return self._usage_db().activity(ActivityQuery.parse(query, **params))
 
     def _report_counters(
         self, ruleset: CompiledRuleset, ctx: EvalContext, rep: UsageReport

@@ -29,6 +29,14 @@ class Observer(Protocol):
         """Every counter-store call: its latency and whether it failed."""
         ...
 
+    def usage_backlog(self, events: int) -> None:
+        """About once a second: usage events accepted and not yet in the usage database."""
+        ...
+
+    def usage_dropped(self, events: int) -> None:
+        """Usage events lost: a bound was reached, or an event could not be stored."""
+        ...
+
     def metadata_ignored(self, keys: tuple[str, ...]) -> None:
         """Admin-only keys a request tried to set ("user.tier"), left unmerged."""
         ...
@@ -48,6 +56,12 @@ class NullObserver:
         pass
 
     def store_call(self, store: str, op: str, seconds: float, failed: bool) -> None:
+        pass
+
+    def usage_backlog(self, events: int) -> None:
+        pass
+
+    def usage_dropped(self, events: int) -> None:
         pass
 
     def metadata_ignored(self, keys: tuple[str, ...]) -> None:
@@ -84,3 +98,11 @@ class Fanout:
     def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
         for o in self._all:
             o.decided(request, decision, context)
+
+    def usage_backlog(self, events: int) -> None:
+        for o in self._all:
+            o.usage_backlog(events)
+
+    def usage_dropped(self, events: int) -> None:
+        for o in self._all:
+            o.usage_dropped(events)

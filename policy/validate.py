@@ -60,6 +60,7 @@ __all__ = [
     "need_metadata",
     "need_attributes",
     "need_whole",
+    "need_number",
     "need_time",
 ]
 
@@ -266,6 +267,31 @@ def need_whole(value: Any, field: str, low: int, high: int, default: int) -> int
     return number
 
 
+def need_number(value: Any, field: str, default: float) -> float:
+    """A finite number, not negative: an int, a float, or a decimal string of ASCII
+    characters (URL parameters); None or "" is ``default``."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise FieldError(field, "must be a number")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isascii() or len(text) > 32:
+            raise FieldError(field, f"must be a number, got {value!r}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise FieldError(field, f"must be a number, got {text!r}") from None
+    elif not isinstance(value, int | float):
+        raise FieldError(field, f"must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise FieldError(field, f"must be a finite number, got {value!r}")
+    if number < 0:
+        raise FieldError(field, f"must not be negative, got {number!r}")
+    return number
+
+
 # ------------------------------------------------------------------ metadata
 
 
@@ -406,6 +432,9 @@ def need_time(value: Any, field: str) -> float | None:
         t = parsed.timestamp()
     else:
         raise FieldError(field, f"must be an ISO 8601 time, got {type(value).__name__}")
-    if not math.isfinite(t) or t < 0:
-        raise FieldError(field, f"must be a time after 1970-01-01, got {value!r}")
+    if not math.isfinite(t) or t < 0 or t >= _YEAR_10000:
+        raise FieldError(field, f"must be a time between 1970 and 9999, got {value!r}")
     return t
+
+
+_YEAR_10000 = 253_402_300_800.0  # times are written as ISO 8601, which ends at 9999

@@ -3,8 +3,9 @@
 No business logic lives here. Errors become status codes in one place (``rpc``):
 ``ValueError`` -> INVALID_ARGUMENT with the model's message (it names the field),
 an unknown entity -> NOT_FOUND, an unreachable store -> UNAVAILABLE (whose message and
-``tollway-outcome`` trailer say whether the call may have been applied), anything else
--> INTERNAL with a generic message and the traceback in the log.
+``tollway-outcome`` trailer say whether the call may have been applied), an unreachable
+usage database -> UNAVAILABLE, an engine that keeps no usage -> UNIMPLEMENTED, anything
+else -> INTERNAL with a generic message and the traceback in the log.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import grpc
 
 from tollway.policy.engine import STORE_UNREACHABLE, Engine
 from tollway.policy.stores.base import StoreUnavailable
+from tollway.policy.usage import UsageUnavailable
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import convert, usage_convert
 from .engine_calls import EngineCalls
+from .offload import Offload
 
 __all__ = ["TollwayService", "NotFound", "SERVICE_NAME", "OUTCOME_KEY", "rpc"]
 
@@ -78,6 +81,11 @@ def rpc(
             log.debug("%s: %s: %s", method.__name__, STORE_UNREACHABLE, exc)
             context.set_trailing_metadata(((OUTCOME_KEY, exc.outcome.replace("_", "-")),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE[exc.outcome])
+        except UsageUnavailable as exc:
+            log.debug("%s: %s", method.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "usage database unavailable")
+        except NotImplementedError:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "usage is not kept by this server")
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -87,11 +95,16 @@ def rpc(
 
 
 class TollwayService(pb_grpc.TollwayServicer):
-    """The gRPC face of an ``Engine``; its ``calls`` run the engine for every service."""
+    """The gRPC face of an ``Engine``; its ``calls`` run the engine for every service.
 
-    def __init__(self, engine: Engine, *, max_workers: int = 32) -> None:
+    Usage queries read a database: they run in a pool of their own (``queries``), so a
+    slow listing never holds a decision up.
+    """
+
+    def __init__(self, engine: Engine, *, max_workers: int = 32, query_workers: int = 8) -> None:
         self._engine = engine
         self.calls = EngineCalls(engine, max_workers=max_workers)
+        self.queries = Offload(threads=query_workers, name="tollway-usage")
 
     @property
     def last_call(self) -> float:
@@ -100,6 +113,7 @@ class TollwayService(pb_grpc.TollwayServicer):
 
     def close(self) -> None:
         self.calls.close()
+        self.queries.close()
 
     # ------------------------------------------------------------------ RPCs
 
@@ -154,8 +168,8 @@ class TollwayService(pb_grpc.TollwayServicer):
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageDetail:
-        kind, ident = usage_convert.get_request(request)
-        detail = await self.calls(self._engine.get_usage, kind, ident)
+        kind, ident = usage_convert.subject(request)
+        detail = await self.queries(self._engine.get_usage, kind, ident)
         if detail is None:
             raise NotFound(f"no usage recorded for {kind} {ident!r}")
         return usage_convert.detail_to_proto(detail)
@@ -165,5 +179,24 @@ class TollwayService(pb_grpc.TollwayServicer):
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
         query = usage_convert.list_request(request)  # names a bad parameter in its ValueError
-        page = await self.calls(self._engine.list_usage, query)
+        page = await self.queries(self._engine.list_usage, query)
         return usage_convert.page_to_proto(page)
+
+    @rpc
+    async def GetUsageSeries(
+        self, request: pb.UsageSeriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UsageSeries:
+        kind, ident = usage_convert.subject(request)
+        query = usage_convert.series_request(request)
+        series = await self.queries(self._engine.usage_series, kind, ident, query)
+        if series is None:
+            raise NotFound(f"no usage recorded for {kind} {ident!r}")
+        return usage_convert.series_to_proto(series)
+
+    @rpc
+    async def ListSpikes(
+        self, request: pb.ListSpikesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSpikesResponse:
+        query = usage_convert.spikes_request(request)
+        spikes = await self.queries(self._engine.list_spikes, query)
+        return usage_convert.spikes_to_proto(spikes)

@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 
 from tollway.policy.engine import STORE_UNREACHABLE
 from tollway.policy.stores.base import StoreUnavailable
+from tollway.policy.usage import UsageUnavailable
 from tollway.policy.validate import FieldError
 
 __all__ = [
@@ -158,6 +159,8 @@ def error_info(exc: BaseException, *, url_limit: int | None = None) -> ErrorInfo
             return ErrorInfo(400, "bad_request", str(exc))
         case StoreUnavailable():
             return ErrorInfo(503, "unavailable", STORE_UNREACHABLE)
+        case UsageUnavailable():
+            return ErrorInfo(503, "unavailable", "usage database unavailable")
         case NotImplementedError():
             return ErrorInfo(501, "not_implemented", "not available on this server")
         case web.HTTPException() if exc.status >= 400:
@@ -189,7 +192,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_for(exc)
     except Exception as exc:
         response = error_for(exc)
-        if isinstance(exc, StoreUnavailable):
+        if isinstance(exc, StoreUnavailable | UsageUnavailable):
             log.warning("HTTP %s %s: %s", request.method, request.path, exc)
         elif response.status >= 500:
             log.exception("HTTP %s %s failed", request.method, request.path)

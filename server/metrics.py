@@ -198,6 +198,21 @@ class Metrics:
         self._evicted: dict[str, int] = {}
         self._version: str | None = None
         self._shared = multiprocess_dir()
+        self.usage_backlog_events = Gauge(
+            "tollway_usage_backlog",
+            "Usage events accepted and not yet written to the usage database.", registry=r,
+            multiprocess_mode="livemax",  # workers share one Redis stream: the same figure
+        )
+        self.usage_dropped_events = Counter(
+            "tollway_usage_dropped", "Usage events lost (a backlog bound was reached).",
+            registry=r,
+        )
+        self.usage_spiking = Gauge(
+            "tollway_usage_spiking",
+            "Users or groups spiking now (GET /v1/usage/spikes with its defaults), "
+            "computed every minute.",
+            ["kind", "metric"], registry=r, multiprocess_mode="livemax",  # the same in each
+        )
         for result in ("success", "error"):
             self.ruleset_reloads.labels(result)
         for code in ("unauthenticated", "permission_denied"):
@@ -253,6 +268,16 @@ class Metrics:
         self._store_seconds(store, op).observe(seconds)
         if failed:
             self._store_errors(store, op).inc()
+
+    def usage_backlog(self, events: int) -> None:
+        self.usage_backlog_events.set(events)
+
+    def usage_dropped(self, events: int) -> None:
+        self.usage_dropped_events.inc(events)
+
+    def spiking(self, kind: str, metric: str, count: int) -> None:
+        """How many ``kind`` (users/groups) spike on ``metric`` now."""
+        self.usage_spiking.labels(kind, metric).set(count)
 
     def metadata_ignored(self, keys: tuple[str, ...]) -> None:
         # keys come from the ruleset's schema ("user.tier"), so the label is bounded

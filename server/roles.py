@@ -40,7 +40,9 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "/tollway.v1.Tollway/GetEntity": "admin",
     "/tollway.v1.Tollway/GetUsage": "admin",
     "/tollway.v1.Tollway/ListUsage": "admin",
-    # Envoy decides through these on the gateway's behalf (docs/gateways.md)
+    "/tollway.v1.Tollway/GetUsageSeries": "admin",
+    "/tollway.v1.Tollway/ListSpikes": "admin",
+    # Envoy decides through these on the gateway's behalf (docs/envoy.md)
     "/envoy.service.auth.v3.Authorization/Check": "decide",
     "/envoy.service.ext_proc.v3.ExternalProcessor/Process": "decide",
     "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit": "decide",
@@ -61,6 +63,11 @@ HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/v1/usage/user/{id}"): "admin",
     ("GET", "/v1/usage/groups/{id}"): "admin",
     ("GET", "/v1/usage/group/{id}"): "admin",
+    ("GET", "/v1/usage/users/{id}/series"): "admin",
+    ("GET", "/v1/usage/user/{id}/series"): "admin",
+    ("GET", "/v1/usage/groups/{id}/series"): "admin",
+    ("GET", "/v1/usage/group/{id}/series"): "admin",
+    ("GET", "/v1/usage/spikes"): "admin",
     ("GET", "/v1/activity"): "admin",
     # the dashboard (docs/dashboard.md): its pages need admin, signing in needs nothing
     ("GET", "/ui/"): "admin",
@@ -68,6 +75,7 @@ HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/ui/users/{id}"): "admin",
     ("GET", "/ui/groups"): "admin",
     ("GET", "/ui/groups/{id}"): "admin",
+    ("GET", "/ui/spikes"): "admin",
     ("GET", "/ui/rules"): "admin",
     ("POST", "/ui/rules/explain"): "admin",
     ("GET", "/ui/login"): OPEN,

@@ -24,14 +24,16 @@ from multiprocessing import parent_process
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from tollway.dsl import load as load_rules
 from tollway.dsl.diagnostics import RulesError
 from tollway.policy.engine import Engine
 from tollway.policy.observer import Fanout, Observer
 from tollway.policy.stores import StoreOptions
-from tollway.policy.usage import Retention
+from tollway.policy.usage import UsageUnavailable
+from tollway.policy.usage_db import SchemaTooNew, UsageDatabase
+from tollway.policy.usage_db.database import redact_url
+from tollway.policy.usage_query import METRICS, SpikeQuery
 
 from .app import start_grpc
 from .grpc_auth import AuthInterceptor
@@ -50,14 +52,8 @@ __all__ = ["run", "builtin_rules"]
 log = logging.getLogger("tollway.server")
 
 
-def _redact(store: str) -> str:
-    """The store URL without its password, for logs."""
-    parts = urlsplit(store)
-    if parts.password is None:
-        return store
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+SPIKES_EVERY = 60.0
+_SPIKE_COUNT_LIMIT = 1_000_000
 
 
 def builtin_rules() -> Path:
@@ -76,7 +72,7 @@ def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
 
 def run(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format, sys.stderr)
-    refused = check_workers(args.workers, args.store, args.listen)
+    refused = check_workers(args.workers, args.store, args.listen, args.usage_db)
     if refused is not None:
         print(f"tollway serve: {refused}", file=sys.stderr)
         return 2
@@ -95,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
 _SERVING = (
     "tollway serving: grpc=%(grpc)s http=%(http)s rules=%(rules)s version=%(version)s "
-    "rule_count=%(rule_count)d store=%(store)s workers=%(workers)d tls=%(tls)s auth=%(auth)s"
+    "rule_count=%(rule_count)d store=%(store)s usage_db=%(usage_db)s workers=%(workers)d "
+    "tls=%(tls)s auth=%(auth)s"
 )
 
 
@@ -131,6 +128,16 @@ def _supervise(args: argparse.Namespace) -> int:
         load_rules(args.rules)
     except RulesError as exc:
         return _rules_failed(args, exc)
+    if args.usage_db != "off":  # migrate once here, not in N workers at the same time
+        database = UsageDatabase(args.usage_db)
+        try:
+            database.prepare()
+        except SchemaTooNew as exc:
+            return _fail(args, str(exc))
+        except UsageUnavailable as exc:
+            log.warning("%s; usage waits until it answers", exc)
+        finally:
+            database.close()
     try:
         return supervise(args, _worker, _announce)
     except OSError as exc:  # a port could not be reserved
@@ -199,20 +206,19 @@ async def _serve_engine(
             store=args.store,
             key_prefix=args.key_prefix,
             observer=observer,
-            retention=Retention(
-                max_reports=args.activity_max_reports,
-                max_age_seconds=args.activity_max_age,
-            ),
             store_options=StoreOptions(
                 timeout=args.store_timeout,
                 max_reservations=args.max_reservations,
                 max_report_ids=args.max_report_ids,
                 password=setup.store_password,
             ),
+            usage_db=None if args.usage_db == "off" else args.usage_db,
+            usage_retention_days=args.usage_retention / 86400.0,
+            usage_max_models=args.usage_max_models,
         )
     except RulesError as exc:
         return _rules_failed(args, exc)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, SchemaTooNew) as exc:
         return _fail(args, str(exc))
     for w in engine.ruleset.warnings:
         log.warning("%s", w.render())
@@ -253,6 +259,7 @@ async def _serve_engine(
         return _fail(args, f"cannot serve HTTP on {args.http}: {exc}")
 
     reloader.start()
+    spikes = asyncio.create_task(_watch_spikes(engine, metrics))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -265,7 +272,8 @@ async def _serve_engine(
     ready = {
         "grpc": grpc_server.address, "http": http.address if http else "off",
         "rules": args.rules, "version": ruleset.version, "rule_count": len(ruleset.rules),
-        "store": _redact(args.store), "workers": args.workers, **setup.shown,
+        "store": redact_url(args.store), "usage_db": redact_url(args.usage_db),
+        "workers": args.workers, **setup.shown,
     }
     if not store_ok:  # serving anyway: the start line says what decisions do meanwhile
         ready["not_ready"] = store_reason
@@ -282,8 +290,26 @@ async def _serve_engine(
         loop.remove_signal_handler(sig)
     await grpc_server.stop(args.grace)
     await reloader.stop()
+    spikes.cancel()
     if http is not None:
         await http.stop()
-    engine.close()
+    await asyncio.to_thread(engine.close, drain=max(1.0, args.grace / 2))
     log.info("stopped")
     return 0
+
+
+async def _watch_spikes(engine: Engine, metrics: Metrics) -> None:
+    """Every minute: how many users and groups spike on each metric (the endpoint's
+    defaults), for ``tollway_usage_spiking``."""
+    if engine.usage_db is None:
+        return
+    while True:
+        try:
+            for kind in ("users", "groups"):
+                for metric in METRICS:
+                    query = SpikeQuery(kind=kind, metric=metric, limit=_SPIKE_COUNT_LIMIT)
+                    found = await asyncio.to_thread(engine.list_spikes, query)
+                    metrics.spiking(kind, metric, len(found))
+        except UsageUnavailable as exc:
+            log.debug("spike gauge not refreshed: %s", exc)
+        await asyncio.sleep(SPIKES_EVERY)

@@ -112,7 +112,7 @@ _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 60
 class Duration:
     """A span of time, held in seconds.
 
-    A bare number counts in ``unit`` (``--grace 10`` is 10 seconds, ``--activity-max-age
+    A bare number counts in ``unit`` (``--grace 10`` is 10 seconds, ``--usage-retention
     30`` is 30 days); a suffix names another one: ``500ms``, ``1.5s``, ``5m``, ``12h``,
     ``7d``, ``2w``. Never negative; at most ``high`` seconds when given.
     """

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tollway.policy.usage import DEFAULT_LIMIT, DEFAULT_SORT
+from tollway.policy.usage_query import DEFAULT_LIMIT, DEFAULT_SORT
 
 from .setting_types import (
     Choice,
@@ -97,7 +97,9 @@ class Setting:
         return self.type.show(self.default)
 
 
-SERVE, CHECK, TEST, EXPLAIN, FMT, USAGE = "serve", "check", "test", "explain", "fmt", "usage"
+SERVE, CHECK, TEST, EXPLAIN, FMT, USAGE, DB = (
+    "serve", "check", "test", "explain", "fmt", "usage", "db"
+)
 TOKEN = "token"
 
 COMMANDS: tuple[Command, ...] = (
@@ -135,8 +137,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         USAGE, "tollway.server.usage_cli", "show per-user usage from a running server",
         "List users (or groups) by usage from a running server over gRPC, or show one "
-        "user's or group's detail. A table on a terminal; plain tab-separated lines "
-        "when standard output is not a terminal; --json or --csv for machines.",
+        "user's or group's detail, or who spikes (--spikes). A table on a terminal; plain "
+        "tab-separated lines when standard output is not a terminal; --json or --csv for "
+        "machines.",
+    ),
+    Command(
+        DB, "tollway.server.db_cli", "manage the usage database",
+        "'tollway db upgrade' migrates the usage database at --usage-db to this version's "
+        "schema (serve does it on start). Exit 0 when migrated or already current, 1 when "
+        "the database cannot be reached or was migrated by a newer tollway, 2 for bad "
+        "flags.",
     ),
     Command(
         TOKEN, "tollway.server.token_cli", "make a token for the --auth file",
@@ -198,12 +208,20 @@ SETTINGS: tuple[Setting, ...] = (
         "still reloads)", (SERVE,),
     ),
     Setting(
-        "activity-max-reports", Integer(low=1), 100_000, "TOLLWAY_ACTIVITY_MAX_REPORTS",
-        "reports kept in the activity log", (SERVE,),
+        "usage-db", Text(metavar="URL", allow_empty=False), "sqlite:///tollway-usage.db",
+        "TOLLWAY_USAGE_DB",
+        "usage database: sqlite:///PATH, postgresql://USER@HOST:PORT/DB (shared by "
+        "replicas), memory, or off", (SERVE, DB),
     ),
     Setting(
-        "activity-max-age", Duration("d"), 30 * 86400.0, "TOLLWAY_ACTIVITY_MAX_AGE",
-        "how long a report stays in the activity log", (SERVE,),
+        "usage-retention", Duration("d"), 400 * 86400.0, "TOLLWAY_USAGE_RETENTION",
+        "how long usage events are kept (the activity export, recent reports); the "
+        "hourly, daily and monthly totals are kept for good", (SERVE,),
+    ),
+    Setting(
+        "usage-max-models", Integer(low=1, high=32), 32, "TOLLWAY_USAGE_MAX_MODELS",
+        "models kept apart per user or group; later ones are summed under 'other'",
+        (SERVE,),
     ),
     Setting(
         "store-timeout", Duration("s", high=60.0), 0.1, "TOLLWAY_STORE_TIMEOUT",
@@ -353,11 +371,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "start", Text(metavar="TIME"), None, None,
-        "only those seen at or after TIME (ISO 8601, e.g. 2026-03-01 or "
-        "2026-03-01T12:00:00Z; no zone means UTC)", (USAGE,), conflicts=_USAGE_LISTING,
+        "list what was used from TIME on (ISO 8601, e.g. 2026-03-01 or "
+        "2026-03-01T12:00:00Z; no zone means UTC; rounded down to the hour)", (USAGE,),
+        conflicts=_USAGE_LISTING,
     ),
     Setting(
-        "end", Text(metavar="TIME"), None, None, "only those seen before TIME (ISO 8601)",
+        "end", Text(metavar="TIME"), None, None,
+        "list what was used before TIME (ISO 8601; rounded up to the hour)",
         (USAGE,), conflicts=_USAGE_LISTING,
     ),
     Setting(
@@ -380,6 +400,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "csv", Flag(), False, None,
         "print CSV with a header row (a detail view prints its latest reports)", (USAGE,),
+    ),
+    Setting(
+        "spikes", Flag(), False, None,
+        "list who spikes: usage in the last --window over --factor times its average per "
+        "window over the --baseline before", (USAGE,),
+        conflicts=("user", "group", "sort", "offset", "search", "start", "end"),
+    ),
+    Setting(
+        "metric", Choice(("cost", "tokens", "requests")), "cost", None,
+        "with --spikes: what to compare", (USAGE,),
+    ),
+    Setting(
+        "window", Text(metavar="HOURS"), "1h", None,
+        "with --spikes: the recent window, whole hours (1h, 6h, 1d)", (USAGE,),
+    ),
+    Setting(
+        "baseline", Text(metavar="HOURS"), "7d", None,
+        "with --spikes: the span before the window that sets the usual", (USAGE,),
+    ),
+    Setting(
+        "factor", Text(metavar="X"), "5", None,
+        "with --spikes: how many times the usual counts as a spike", (USAGE,),
+    ),
+    Setting(
+        "min", Text(metavar="X"), "1", None,
+        "with --spikes: the least amount in the window that counts (USD, tokens or "
+        "requests)", (USAGE,),
+    ),
+    # ---------------------------------------------------------------------- db
+    Setting(
+        "action", Choice(("upgrade",)), None, None,
+        "upgrade: migrate the usage database to this version's schema", (DB,),
+        positional=True,
     ),
     # ------------------------------------------------------------------- token
     Setting(

@@ -1,6 +1,7 @@
 """``tollway usage``: per-user (or per-group) usage of a running server.
 
-Asks the server over gRPC (``ListUsage``, or ``GetUsage`` with ``--user``/``--group``)
+Asks the server over gRPC (``ListUsage``; ``GetUsage`` with ``--user``/``--group``;
+``ListSpikes`` with ``--spikes``)
 and prints a table fitted to the terminal, plain tab-separated lines when standard output
 is not a terminal (the page summary and the next-page hint then go to stderr), or JSON /
 CSV with ``--json`` / ``--csv``. Exit codes: 0 shown, 1 the server could not answer
@@ -22,14 +23,16 @@ import grpc
 from rich.console import Console
 from rich.text import Text
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageQuery
+from tollway.policy.usage import Spike, UsageDetail
+from tollway.policy.usage_query import SpikeQuery, UsagePage, UsageQuery
 from tollway.policy.validate import EntityKind, need_id
+from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
 from . import usage_convert
 from .csv_export import Cell, CsvEncoder
 from .usage_csv import ACTIVITY_COLUMNS, RECORD_COLUMNS, activity_row, record_row
-from .usage_view import Line, detail_lines, page_lines, page_summary
+from .usage_view import Line, detail_lines, page_lines, page_summary, spike_lines, spike_summary
 
 __all__ = ["run"]
 
@@ -77,10 +80,7 @@ def _note(text: str, console: Console | None) -> None:
 
 
 def _json_page(page: UsagePage) -> dict[str, Any]:
-    return {
-        "count": page.count, "next": page.next, "previous": page.previous,
-        "results": [r.to_dict() for r in page.results],
-    }
+    return {"next": page.next, "previous": page.previous, **page.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,46 @@ def _detail_view(detail: UsageDetail) -> _View:
     )
 
 
+def _spikes_view(query: SpikeQuery, spikes: list[Spike]) -> _View:
+    header = (f"{query.entity_kind}_id", "window_amount", "baseline_average", "ratio")
+    rows: list[list[Cell]] = [
+        [s.id, s.window_amount, s.baseline_average, "" if s.ratio is None else s.ratio]
+        for s in spikes
+    ]
+    return _View(
+        [s.to_dict() for s in spikes], header, rows,
+        lambda width: spike_lines(query, spikes, width), (spike_summary(query, spikes),),
+    )
+
+
+def _spikes(args: argparse.Namespace) -> int:
+    try:
+        query = SpikeQuery.parse(
+            kind="groups" if args.groups else "users", metric=args.metric,
+            window=args.window, baseline=args.baseline, factor=args.factor, min=args.min,
+            limit=args.limit,
+        )
+    except ValueError as exc:
+        return _fail("--" + str(exc), 2)
+    request = pb.ListSpikesRequest(
+        kind=query.kind, metric=query.metric, window=f"{query.window_hours}h",
+        baseline=f"{query.baseline_hours}h", factor=query.factor, min=query.min,
+        limit=query.limit,
+    )
+    channel = grpc.insecure_channel(args.server)
+    try:
+        reply = pb_grpc.TollwayStub(channel).ListSpikes(request, timeout=TIMEOUT)
+    except grpc.RpcError as exc:
+        return _fail(_rpc_message(exc, args.server))
+    finally:
+        channel.close()
+    _show(_spikes_view(query, usage_convert.spikes_from_proto(reply, query.entity_kind)), args)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.spikes:
+        return _spikes(args)
     subject: tuple[EntityKind, str] | None = None
     try:
         if args.user is not None:
@@ -158,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
 def _rpc_message(exc: grpc.RpcError, server: str) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else ""
-    if code == grpc.StatusCode.UNAVAILABLE and "store" in details:
+    if code == grpc.StatusCode.UNAVAILABLE and ("store" in details or "database" in details):
         return f"the server at {server} answered: {details}"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return f"cannot reach the tollway server at {server}"

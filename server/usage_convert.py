@@ -1,52 +1,62 @@
-"""Usage values <-> ``tollway.v1`` messages (``GetUsage``, ``ListUsage``), field by field.
+"""Usage values <-> ``tollway.v1`` messages (``GetUsage``, ``ListUsage``,
+``GetUsageSeries``, ``ListSpikes``), field by field.
 
-Requests become validated ``UsageQuery``s through ``UsageQuery.parse`` (the one place
-listing parameters are checked), so gRPC and HTTP reject the same inputs alike. A
-response's ``next``/``previous`` are the offsets of the neighbouring pages, unset when
-there is none.
+Requests become validated queries through the ``parse`` of ``tollway.policy.usage_query``
+(the one place parameters are checked), so gRPC and HTTP reject the same inputs alike.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from tollway.policy.usage import (
-    DEFAULT_LIMIT,
-    EntityKind,
     ModelUsage,
+    Spike,
     UsageDetail,
     UsageEvent,
-    UsagePage,
-    UsageQuery,
     UsageRecord,
+    UsageSeries,
 )
-from tollway.policy.validate import FieldError
+from tollway.policy.usage_query import DEFAULT_LIMIT, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
+from tollway.policy.validate import EntityKind, FieldError, need_id
 from tollway.v1 import tollway_pb2 as pb
 
 from .convert import seconds_of, set_timestamp
 
 __all__ = [
-    "get_request",
+    "subject",
     "list_request",
     "list_request_to_proto",
+    "get_request_to_proto",
+    "series_request",
+    "spikes_request",
     "record_to_proto",
     "detail_to_proto",
     "page_to_proto",
-    "get_request_to_proto",
+    "series_to_proto",
+    "spikes_to_proto",
     "record_from_proto",
     "detail_from_proto",
     "page_from_proto",
+    "spikes_from_proto",
 ]
+
+
+def _optional_time(msg: Any, name: str) -> float | None:
+    return seconds_of(getattr(msg, name)) if msg.HasField(name) else None
 
 
 # ------------------------------------------------------------------ requests
 
 
-def get_request(msg: pb.GetUsageRequest) -> tuple[EntityKind, str]:
-    """``(kind, id)`` of a ``GetUsageRequest``; neither id set -> ``ValueError``."""
+def subject(msg: pb.GetUsageRequest | pb.UsageSeriesRequest) -> tuple[EntityKind, str]:
+    """``(kind, id)`` of a request's ``subject`` oneof, the id checked; neither id set, or
+    a bad id -> ``ValueError`` naming the field."""
     which = msg.WhichOneof("subject")
     if which == "user_id":
-        return "user", msg.user_id
+        return "user", need_id(msg.user_id, "user_id")
     if which == "group_id":
-        return "group", msg.group_id
+        return "group", need_id(msg.group_id, "group_id")
     raise FieldError("user_id", "one of user_id or group_id is required")
 
 
@@ -59,14 +69,40 @@ def list_request(msg: pb.ListUsageRequest) -> UsageQuery:
             "sort": msg.sort,
             "limit": msg.limit or DEFAULT_LIMIT,
             "offset": msg.offset,
-            "start": seconds_of(msg.start) if msg.HasField("start") else None,
-            "end": seconds_of(msg.end) if msg.HasField("end") else None,
+            "start": _optional_time(msg, "start"),
+            "end": _optional_time(msg, "end"),
+            "cursor": msg.cursor,
+        }
+    )
+
+
+def series_request(msg: pb.UsageSeriesRequest) -> SeriesQuery:
+    return SeriesQuery.parse(
+        {
+            "metric": msg.metric,
+            "step": msg.step,
+            "start": _optional_time(msg, "start"),
+            "end": _optional_time(msg, "end"),
+        }
+    )
+
+
+def spikes_request(msg: pb.ListSpikesRequest) -> SpikeQuery:
+    return SpikeQuery.parse(
+        {
+            "kind": msg.kind,
+            "metric": msg.metric,
+            "window": msg.window,
+            "baseline": msg.baseline,
+            "factor": msg.factor if msg.HasField("factor") else None,
+            "min": msg.min if msg.HasField("min") else None,
+            "limit": msg.limit or DEFAULT_LIMIT,
         }
     )
 
 
 def get_request_to_proto(kind: EntityKind, ident: str) -> pb.GetUsageRequest:
-    """``get_request`` read back: the message that names one user's or group's usage."""
+    """``subject`` read back: the message that names one user's or group's usage."""
     return pb.GetUsageRequest(user_id=ident) if kind == "user" else pb.GetUsageRequest(group_id=ident)
 
 
@@ -77,7 +113,7 @@ def list_request_to_proto(query: UsageQuery) -> pb.ListUsageRequest:
     """The ``ListUsageRequest`` that ``list_request`` reads back as ``query``."""
     msg = pb.ListUsageRequest(
         kind=query.kind, search=query.search, sort=query.sort, limit=query.limit,
-        offset=query.offset,
+        offset=query.offset, cursor="" if query.cursor is None else query.cursor.encode(),
     )
     if query.start is not None:
         set_timestamp(msg.start, query.start)
@@ -133,13 +169,46 @@ def detail_to_proto(detail: UsageDetail) -> pb.UsageDetail:
 
 
 def page_to_proto(page: UsagePage) -> pb.ListUsageResponse:
-    out = pb.ListUsageResponse(count=page.count)
+    out = pb.ListUsageResponse(
+        count=page.count,
+        next_cursor=page.next_cursor or "",
+        previous_cursor=page.previous_cursor or "",
+    )
     if page.next is not None:
         out.next = page.next
     if page.previous is not None:
         out.previous = page.previous
+    if page.period is not None:
+        set_timestamp(out.period_start, page.period[0])
+        set_timestamp(out.period_end, page.period[1])
     for rec in page.results:
         record_to_proto(rec, out.results.add())
+    return out
+
+
+def series_to_proto(series: UsageSeries) -> pb.UsageSeries:
+    out = pb.UsageSeries(metric=series.metric, step=series.step)
+    if series.kind == "user":
+        out.user_id = series.id
+    else:
+        out.group_id = series.id
+    set_timestamp(out.start, series.start)
+    set_timestamp(out.end, series.end)
+    for point in series.points:
+        set_timestamp(out.points.add(value=point.value).time, point.time)
+    return out
+
+
+def spikes_to_proto(spikes: list[Spike]) -> pb.ListSpikesResponse:
+    out = pb.ListSpikesResponse()
+    for s in spikes:
+        item = out.results.add(window_amount=s.window_amount, baseline_average=s.baseline_average)
+        if s.kind == "user":
+            item.user_id = s.id
+        else:
+            item.group_id = s.id
+        if s.ratio is not None:
+            item.ratio = s.ratio
     return out
 
 
@@ -188,5 +257,26 @@ def detail_from_proto(msg: pb.UsageDetail) -> UsageDetail:
 
 def page_from_proto(msg: pb.ListUsageResponse, query: UsageQuery) -> UsagePage:
     """A page as received; ``query`` is the one the request was built from."""
-    results = tuple(record_from_proto(r) for r in msg.results)
-    return UsagePage.build(query, results, msg.count)
+    period = (
+        (seconds_of(msg.period_start), seconds_of(msg.period_end)) if msg.HasField("period_start") else None
+    )
+    return UsagePage(
+        results=tuple(record_from_proto(r) for r in msg.results),
+        count=msg.count,
+        next=msg.next if msg.HasField("next") else None,
+        previous=msg.previous if msg.HasField("previous") else None,
+        query=query,
+        next_cursor=msg.next_cursor or None,
+        previous_cursor=msg.previous_cursor or None,
+        period=period,
+    )
+
+
+def spikes_from_proto(msg: pb.ListSpikesResponse, kind: EntityKind) -> list[Spike]:
+    return [
+        Spike(
+            kind, s.user_id or s.group_id, s.window_amount, s.baseline_average,
+            s.ratio if s.HasField("ratio") else None,
+        )
+        for s in msg.results
+    ]

@@ -1,13 +1,17 @@
-"""HTTP usage API: ``/v1/usage/{users,groups}[/{id}]`` and ``/v1/activity``.
+"""HTTP usage API: ``/v1/usage/{users,groups}[/{id}[/series]]``, ``/v1/usage/spikes``
+and ``/v1/activity``.
 
 The handlers only translate between query strings and the engine's usage calls, which
-run off the event loop. Listing pages link to their neighbours the way Django REST
-framework's limit/offset pagination does: ``next``/``previous`` are absolute URLs (when
-the request named a plausible Host) with the same query and the new offset. The
-activity export is streamed in batches, so its memory does not grow with its length.
+run off the event loop (they read the usage database). Listing pages link to their
+neighbours the way Django REST framework's pagination does: ``next``/``previous`` are
+absolute URLs (when the request named a plausible Host) with the same query and the new
+offset, or the new ``cursor`` when the request paged by cursor. The activity export is
+streamed in batches from a server-side cursor, so its memory does not grow with its
+length.
 
 Errors (the shape is in docs/api.md): a bad parameter -> 400 ``invalid_parameter``
-naming it; an unknown id -> 404; the store unreachable -> 503.
+naming it; an unknown id -> 404; the usage database unreachable -> 503; a server that
+keeps no usage -> 501.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from tollway.policy.usage import ActivityQuery, UsageDetail, UsageEvent, UsagePage, UsageQuery
+from tollway.policy.usage import Spike, UsageDetail, UsageEvent, UsageSeries
+from tollway.policy.usage_query import (
+    ActivityQuery,
+    SeriesQuery,
+    SpikeQuery,
+    UsagePage,
+    UsageQuery,
+)
 from tollway.policy.validate import KIND_NAMES, FieldError, need_kind
 
 from .csv_export import CsvEncoder
@@ -54,18 +65,39 @@ class UsageEngine(Protocol):
 
     def list_usage(self, query: UsageQuery) -> UsagePage: ...
 
+    def usage_series(self, kind: str, id: str, query: SeriesQuery) -> UsageSeries | None: ...
+
+    def list_spikes(self, query: SpikeQuery) -> list[Spike]: ...
+
     def activity(self, query: ActivityQuery) -> Iterator[UsageEvent]: ...
 
 
-def page_link(base: str, query: Mapping[str, Sequence[str]], offset: int | None) -> str | None:
-    """``base`` with the request's query and ``offset`` replaced (dropped when 0), or None."""
-    if offset is None:
+def page_link(
+    base: str,
+    query: Mapping[str, Sequence[str]],
+    offset: int | None = None,
+    cursor: str | None = None,
+) -> str | None:
+    """``base`` with the request's query and its ``offset`` (dropped when 0) or its
+    ``cursor`` replaced; None when neither is given (no such page)."""
+    if offset is None and cursor is None:
         return None
-    items = [(k, v) for k, vs in query.items() if k != "offset" for v in vs[:1]]
-    if offset > 0:
+    items = [(k, v) for k, vs in query.items() if k not in ("offset", "cursor") for v in vs[:1]]
+    if cursor is not None:
+        items.append(("cursor", cursor))
+    elif offset:
         items.append(("offset", str(offset)))
     text = urlencode(items, quote_via=quote)
     return f"{base}?{text}" if text else base
+
+
+def _links(base: str, query: Mapping[str, Sequence[str]], page: UsagePage) -> dict[str, object]:
+    """``next``/``previous`` as URLs: by cursor when the request paged by cursor."""
+    if "cursor" in query:
+        return {"next": page_link(base, query, cursor=page.next_cursor),
+                "previous": page_link(base, query, cursor=page.previous_cursor)}
+    return {"next": page_link(base, query, page.next),
+            "previous": page_link(base, query, page.previous)}
 
 
 def _base(path: str, request: web.Request) -> str:
@@ -130,12 +162,7 @@ def install(app: web.Application, engine: UsageEngine) -> None:
                 raise FieldError("kind", "unknown parameter (the kind is in the path)")
             page = await offload(request, engine.list_usage, UsageQuery.parse(params, kind=kind))
             base = _base(f"/v1/usage/{kind}", request)
-            return json_response({
-                "count": page.count,
-                "next": page_link(base, query, page.next),
-                "previous": page_link(base, query, page.previous),
-                "results": [r.to_dict() for r in page.results],
-            })
+            return json_response({**_links(base, query, page), **page.to_dict()})
 
         return handler
 
@@ -153,7 +180,35 @@ def install(app: web.Application, engine: UsageEngine) -> None:
 
         return handler
 
+    def series(kind: str) -> Handler:
+        entity = need_kind(kind)
+
+        async def handler(request: web.Request) -> web.Response:
+            query = SeriesQuery.parse(first_values(query_params(request)))
+            ident = request.match_info["id"]
+            found = await offload(request, engine.usage_series, entity, ident, query)
+            if found is None:
+                raise HttpError(404, f"no usage recorded for {entity} {ident!r}")
+            return json_response(found.to_dict())
+
+        return handler
+
+    async def spikes(request: web.Request) -> web.Response:
+        query = SpikeQuery.parse(first_values(query_params(request)))
+        found = await offload(request, engine.list_spikes, query)
+        return json_response({
+            "kind": query.kind,
+            "metric": query.metric,
+            "window": f"{query.window_hours}h",
+            "baseline": f"{query.baseline_hours}h",
+            "factor": query.factor,
+            "min": query.min,
+            "results": [s.to_dict() for s in found],
+        })
+
+    add_route(app, "GET", "/v1/usage/spikes", spikes)
     for kind in KIND_NAMES:  # /v1/usage/users/… and the singular /v1/usage/user/…
         add_route(app, "GET", f"/v1/usage/{kind}", listing(kind))
         add_route(app, "GET", f"/v1/usage/{kind}/{{id}}", detail(kind))
+        add_route(app, "GET", f"/v1/usage/{kind}/{{id}}/series", series(kind))
     add_route(app, "GET", "/v1/activity", activity)

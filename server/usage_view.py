@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from tollway.policy.usage import UsageDetail, UsagePage, UsageRecord, format_time
+from tollway.policy.usage import Spike, UsageDetail, UsageRecord, format_time
+from tollway.policy.usage_query import SpikeQuery, UsagePage
 
 from .text_table import Column, plain, printable, render
 
-__all__ = ["Line", "page_lines", "detail_lines", "page_summary"]
+__all__ = ["Line", "page_lines", "detail_lines", "page_summary", "spike_lines", "spike_summary"]
 
 Line = tuple[str, str]  # (style, text)
 
@@ -59,7 +60,10 @@ def page_summary(page: UsagePage) -> str:
         return f"no {query.kind} match" if query.filtered else f"no {query.kind} yet"
     first, last = query.offset + 1, query.offset + len(page.results)
     search = f", matching {query.search!r}" if query.search else ""
-    return f"{query.kind} {first}-{last} of {page.count}, sorted by {query.sort}{search}"
+    period = ""
+    if page.period is not None:
+        period = f", used from {format_time(page.period[0])} to {format_time(page.period[1])}"
+    return f"{query.kind} {first}-{last} of {page.count}, sorted by {query.sort}{search}{period}"
 
 
 def page_lines(page: UsagePage, width: int | None) -> list[Line]:
@@ -147,3 +151,40 @@ def detail_lines(detail: UsageDetail, width: int | None) -> list[Line]:
         for e in detail.recent_reports
     ], width)
     return lines
+
+
+def _amount(metric: str, value: float, width: int | None) -> str:
+    if metric == "cost":
+        return _usd(value, width)
+    return repr(value) if width is None else f"{value:,.0f}"
+
+
+def spike_lines(query: SpikeQuery, spikes: list[Spike], width: int | None) -> list[Line]:
+    """Who spiked: the window's amount, the baseline's average and their ratio."""
+    if not spikes:
+        return []
+    columns = [
+        Column("User" if query.kind == "users" else "Group", 100, cut_to=16),
+        Column(f"Last {query.window_hours}h", 90, "right"),
+        Column(f"Average per {query.window_hours}h", 80, "right"),
+        Column("Ratio", 95, "right"),
+    ]
+    rows = [
+        [
+            s.id, _amount(query.metric, s.window_amount, width),
+            _amount(query.metric, s.baseline_average, width),
+            "new" if s.ratio is None else (repr(s.ratio) if width is None else f"{s.ratio:,.1f}x"),
+        ]
+        for s in spikes
+    ]
+    return _table(columns, rows, width)
+
+
+def spike_summary(query: SpikeQuery, spikes: list[Spike]) -> str:
+    """``2 users spiking on cost in the last 1h (over 5x …)``."""
+    rule = (
+        f"over {query.factor:g}x their average per {query.window_hours}h of the "
+        f"{query.baseline_hours}h before, at least {query.min:g}"
+    )
+    count = f"{len(spikes)} {query.kind}" if spikes else f"no {query.kind}"
+    return f"{count} spiking on {query.metric} in the last {query.window_hours}h ({rule})"

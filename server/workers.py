@@ -52,7 +52,7 @@ _MAX_PAUSE = 10.0
 _START_TIMEOUT = 120.0
 
 
-def check_workers(workers: int, store: str, listen: str) -> str | None:
+def check_workers(workers: int, store: str, listen: str, usage_db: str = "off") -> str | None:
     """Why ``workers`` processes cannot serve this configuration, or None when they can."""
     if workers <= 1:
         return None
@@ -60,6 +60,11 @@ def check_workers(workers: int, store: str, listen: str) -> str | None:
         return (
             f"--workers {workers} needs a shared store (--store redis://…): the memory "
             "store keeps counters in each process"
+        )
+    if usage_db == "memory":
+        return (
+            f"--workers {workers} needs a shared usage database (sqlite:///PATH or "
+            "postgresql://…): a memory one lives in each process"
         )
     if listen.startswith("unix:"):
         return f"--workers {workers} needs a TCP --listen address (HOST:PORT), not {listen}"

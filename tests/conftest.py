@@ -1,4 +1,5 @@
-"""Shared fixtures: real Redis servers for the tests that need one.
+"""Shared fixtures: real Redis servers and real PostgreSQL databases for the tests that
+need one.
 
 Fixtures
 --------
@@ -32,6 +33,16 @@ Fixtures
     ``factory()`` starts a master, a replica and 3 sentinels (``RedisSentinelSet``:
     ``.url`` is ``redis+sentinel://…/SERVICE/0``, ``.kill_master()``,
     ``.wait_promoted(port)``).
+``postgres_url`` (session)
+    URL of a private database, made with a random name on the PostgreSQL at
+    ``TOLLWAY_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+    and dropped at the end. Without a reachable server the test is skipped, or, when
+    ``CI`` is set, fails.
+``postgres_cluster`` (session)
+    A private PostgreSQL server (``initdb`` in a temporary directory, a free port) that
+    fault tests may stop and start without disturbing anyone: ``.url``, ``.stop()``,
+    ``.start()``. Needs the PostgreSQL server binaries (``/usr/lib/postgresql/*/bin``);
+    run as root, the server runs as the ``postgres`` user.
 ``backend`` (function, parametrized)
     Runs the test twice: on ``"memory"``, and on Redis (marked ``redis``). A ``Backend``
     has ``.name``, ``.store`` (``"memory"`` or the Redis URL, what ``Engine(store=…)``
@@ -54,15 +65,26 @@ from pathlib import Path
 import pytest
 import redis
 from backends import Backend
+from postgres_processes import PostgresCluster, postgres_bin
 from redis_processes import RedisClusterNodes, RedisSentinelSet, RedisServer
 
 from tollway.policy.stores import StoreOptions
 
 _URL_ENV = "TOLLWAY_TEST_REDIS_URL"
-
 # LiteLLM fetches its model price map from the network when imported, retrying for seconds;
 # tests use the copy in the package (and so does every proxy they start, which inherits it)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+_PG_ENV = "TOLLWAY_TEST_POSTGRES_URL"
+_PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def missing(reason: str) -> None:
+    """Skip for a missing component, or fail when ``CI`` is set (CI has everything)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
+    pytest.skip(reason)
+
+
 _REDIS_FIXTURES = frozenset({
     "redis_url", "redis_prefix", "redis_server", "redis_server_factory", "redis_cluster",
     "redis_cluster_factory", "redis_sentinel_factory",
@@ -85,10 +107,8 @@ def _redis_server_or_skip() -> str:
     """The redis-server executable; skip (or fail under CI) when there is none."""
     exe = shutil.which("redis-server")
     if exe is None:
-        reason = f"redis-server is not on PATH and {_URL_ENV} is not set"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
-        pytest.skip(reason)
+        missing(f"redis-server is not on PATH and {_URL_ENV} is not set")
+    assert exe is not None
     return exe
 
 
@@ -146,6 +166,69 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get(_PG_ENV) or _PG_DEFAULT
+    name = f"tollway_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        missing(f"no PostgreSQL at {admin} ({str(exc).strip().splitlines()[0]}); "
+                f"set {_PG_ENV}")
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    bindir = postgres_bin()
+    if bindir is None:
+        missing("the PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    assert bindir is not None
+    with tempfile.TemporaryDirectory(prefix="tollway-pg-") as d:
+        cluster = PostgresCluster(bindir, Path(d))
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
+_USAGE_TABLES = ("usage_events", "usage_periods", "usage_model_periods", "usage_period_counts")
+
+
+def reset_postgres(url: str) -> None:
+    """Empty the usage tables of the session database (they stay migrated)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        present = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        )}
+        tables = [t for t in _USAGE_TABLES if t in present]
+        if tables:
+            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def usage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A usage database URL, empty: a SQLite file, then the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    reset_postgres(url)
+    return url
 
 
 @pytest.fixture(scope="session")

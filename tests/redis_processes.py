@@ -150,7 +150,8 @@ def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 class RedisClusterNodes:
     """A running cluster: ``.url`` (``redis+cluster://…``), ``.nodes``, ``.masters()``,
-    ``.master_for(key)``, ``.kill(node)`` and ``.wait_healthy()``."""
+    ``.master_for(key)``, ``.kill(node)``, ``.wait_promoted(key, old_port)`` and
+    ``.wait_healthy()``."""
 
     def __init__(self, executable: str, directory: Path, masters: int = 3) -> None:
         self.directory = directory
@@ -161,6 +162,7 @@ class RedisClusterNodes:
                 "--cluster-config-file", f"nodes-{i}.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 "--cluster-replica-validity-factor", "0",
+                "--repl-diskless-sync-delay", "0",  # replicas sync at once, not after 5 s
             ))
             for i in range(masters * 2)
         ]
@@ -188,13 +190,23 @@ class RedisClusterNodes:
             client.close()
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        """Every running node sees the cluster ``ok`` with all 16,384 slots served."""
+        """Every running node sees the cluster ``ok`` with all 16,384 slots served, and
+        every running replica is in sync with its master."""
         def ok() -> bool:
             for node in self.nodes:
                 if not node.running:
                     continue
                 info = self._info(node)
                 if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                    return False
+                client = node.client(socket_timeout=1)
+                try:
+                    replication = client.info("replication")
+                finally:
+                    client.close()
+                if replication["role"] != "master" and replication.get(
+                    "master_link_status"
+                ) != "up":
                     return False
             return True
 
@@ -237,6 +249,13 @@ class RedisClusterNodes:
     def kill(self, node: RedisServer) -> None:
         node.kill()
 
+    def wait_promoted(self, key: str, old_port: int, timeout: float = 30.0) -> RedisServer:
+        """Wait until a replica has taken over ``key``'s slot from the master that was on
+        ``old_port``, and the cluster is ok again; return the new master."""
+        _until(lambda: self.master_for(key).port != old_port, timeout, "a replica to take over")
+        self.wait_healthy(timeout)
+        return self.master_for(key)
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -255,7 +274,7 @@ class RedisSentinelSet:
 
     def __init__(self, executable: str, directory: Path) -> None:
         self.directory = directory
-        self.master = RedisServer(executable, directory)
+        self.master = RedisServer(executable, directory, extra=("--repl-diskless-sync-delay", "0"))
         self.master.start()
         self.replica = RedisServer(
             executable, directory, extra=("--replicaof", "127.0.0.1", str(self.master.port))

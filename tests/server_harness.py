@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tollway.policy.engine import Engine
 from tollway.policy.stores import StoreOptions
 from tollway.policy.usage import UsageEvent
 from tollway.server.app import GrpcServer, start_grpc
+from tollway.server.auth import Authenticator
 from tollway.server.http import ROUTE_MODULES, HttpServer, build_app, start_http
 from tollway.server.http_limits import HttpLimits
 from tollway.server.http_ops import Readiness
@@ -139,13 +141,15 @@ class HttpPort:
 def http_serving(
     engine: Any, *, metrics: Metrics | None = None, limits: HttpLimits | None = None,
     loop: LoopThread | None = None, route_modules: tuple[str, ...] = ROUTE_MODULES,
+    auth: Authenticator | None = None,
 ) -> Iterator[HttpPort]:
     """The HTTP port over ``engine`` on 127.0.0.1:<free port>, as ``tollway serve`` runs
-    it: on the loop of ``loop`` (the gRPC server's), or on a loop of its own."""
+    it: on the loop of ``loop`` (the gRPC server's), or on a loop of its own; with
+    ``auth``, every route needs its role."""
     owner = loop or LoopThread()
     readiness = Readiness(engine)
     app = build_app(engine, metrics or Metrics(), readiness, limits=limits,
-                    route_modules=route_modules)
+                    route_modules=route_modules, auth=auth)
     http = owner.run(_start(app))
     try:
         yield HttpPort(http.address, app, readiness)
@@ -163,10 +167,11 @@ async def _start(app: web.Application) -> HttpServer:
 def serving(
     rules_path: Path, *, store: Any = "memory", metrics: Metrics | None = None,
     key_prefix: str = "tollway:", store_options: StoreOptions | None = None,
+    usage_db: Any = "memory",
 ) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread, grpc.Channel]]:
     engine = Engine.from_path(
         rules_path, store=store, observer=metrics, key_prefix=key_prefix,
-        store_options=store_options,
+        store_options=store_options, usage_db=usage_db,
     )
     server = ServerThread(engine)
     address = server.start()
@@ -183,14 +188,16 @@ def serving(
 @contextmanager
 def engine_with_usage(reports: int, users: int) -> Iterator[Engine]:
     """A memory engine whose usage holds ``reports`` reports of users ``u0``… (groups
-    ``g0``-``g2``, models ``m0``/``m1``), written straight into its store."""
+    ``g0``-``g2``, models ``m0``/``m1``), written straight into its usage database."""
     engine = Engine.from_text("default allow\n", store="memory")
-    usage: Any = engine.store.usage
-    for i in range(reports):
-        usage.apply(UsageEvent(
+    assert engine.usage_db is not None
+    engine.usage_db.write([
+        UsageEvent(
             time=1_800_000_000.0 + i, request_id=f"r{i}", user_id=f"u{i % users}",
             group_id=f"g{i % 3}", model=f"m{i % 2}", input_tokens=i, cost_usd=0.001 * i,
-        ))
+        )
+        for i in range(reports)
+    ])
     try:
         yield engine
     finally:
@@ -201,6 +208,22 @@ def free_user(uid: str, **metadata: Any) -> pb.Entity:
     entity = pb.Entity(id=uid)
     entity.metadata.update({"tier": "free", **metadata})
     return entity
+
+
+def eventually(read: Any, expected: Any, timeout: float = 10.0) -> Any:
+    """Call ``read()`` until it returns ``expected`` (usage is written a moment after the
+    call that caused it); returns the last value read, for the caller's assert."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = read()
+        except grpc.RpcError as exc:  # NOT_FOUND until the first event is written
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            value = exc
+        if value == expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
 
 
 # ------------------------------------------------- `tollway serve` as a process
@@ -251,13 +274,17 @@ def tollway_serve(
     env: dict[str, str] | None = None,
 ) -> Iterator[Served]:
     """``tollway serve`` on free ports (``rules=None``: the built-in example ruleset);
-    ``env`` adds variables to an environment cleared of every ``TOLLWAY_*`` one."""
+    ``env`` adds variables to an environment cleared of every ``TOLLWAY_*`` one. Usage is
+    kept in a SQLite file of its own unless ``extra`` or ``env`` names a database."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
     env = {**clean, **(env or {})}
     rules_flag = [] if rules is None else ["--rules", str(rules)]
+    scratch = tempfile.TemporaryDirectory(prefix="tollway-usage-")
+    named = "--usage-db" in extra or "TOLLWAY_USAGE_DB" in env
+    usage = () if named else ("--usage-db", f"sqlite:///{scratch.name}/usage.db")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollway", "serve", *rules_flag, "--listen", listen,
-         "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *extra],
+         "--http", "127.0.0.1:0", "--reload-interval", "0", "--grace", "10", *usage, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )
     lines: list[str] = []
@@ -273,6 +300,7 @@ def tollway_serve(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        scratch.cleanup()
 
 
 def import_or_skip(module: str, reason: str) -> Any:

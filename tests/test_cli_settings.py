@@ -71,7 +71,8 @@ def test_one_variable_means_one_thing() -> None:
 def test_variables_are_for_server_and_connection_settings_only() -> None:
     with_env = {(c, s.name) for s in SETTINGS if s.env for c in s.commands}
     offline = {name for cmd, name in with_env if cmd != "serve"}
-    assert offline == {"paths", "path", "server"}  # the rules to read, where the server is
+    # the rules to read, where the server is, where the usage database is
+    assert offline == {"paths", "path", "server", "usage-db"}
 
 
 def test_defaults_are_values_of_their_type() -> None:
@@ -99,8 +100,8 @@ def test_command_line_then_environment_then_default() -> None:
     assert (args.grace, args.listen, args.store) == (4.0, "127.0.0.1:7000", "memory")
     assert args.given == {"grace"}
     assert parse_args(["serve"], {"TOLLWAY_GRACE": ""}).grace == 10.0  # empty is unset
-    assert parse_args(["serve", "--activity-max-age", "12h"], {}).activity_max_age == 43200.0
-    assert parse_args(["serve"], {"TOLLWAY_ACTIVITY_MAX_AGE": "7"}).activity_max_age == 7 * 86400
+    assert parse_args(["serve", "--usage-retention", "12h"], {}).usage_retention == 43200.0
+    assert parse_args(["serve"], {"TOLLWAY_USAGE_RETENTION": "7"}).usage_retention == 7 * 86400
 
 
 @pytest.mark.parametrize(
@@ -109,9 +110,9 @@ def test_command_line_then_environment_then_default() -> None:
         ("serve", "TOLLWAY_GRACE", "abc"),
         ("serve", "TOLLWAY_LOG_LEVEL", "verbose"),
         ("serve", "TOLLWAY_LOG_FORMAT", "xml"),
-        ("serve", "TOLLWAY_ACTIVITY_MAX_REPORTS", "0"),
+        ("serve", "TOLLWAY_USAGE_MAX_MODELS", "0"),
         ("serve", "TOLLWAY_RELOAD_INTERVAL", "-1"),
-        ("serve", "TOLLWAY_ACTIVITY_MAX_AGE", "1y"),
+        ("serve", "TOLLWAY_USAGE_RETENTION", "1y"),
     ],
 )
 def test_a_bad_variable_is_named_and_exits_2(

@@ -27,7 +27,8 @@ from server_harness import ServerThread, tollway_serve, write_rules
 from tollway.client import AsyncClient, Client, SidecarUnavailable
 from tollway.policy.engine import Engine
 from tollway.policy.model import Decision, Explanation, QuotaStatus, ReportAck
-from tollway.policy.usage import UsageDetail, UsagePage
+from tollway.policy.usage import UsageDetail
+from tollway.policy.usage_query import UsagePage
 
 # A generous deadline for calls that must succeed on a busy 2-core machine; the tests of
 # deadlines set their own.
@@ -125,7 +126,7 @@ def test_keyword_fields_a_mapping_or_both(client: Client) -> None:
     assert client.decide(user=uid, model="m").quotas  # a plain id is a user
 
 
-def test_report_settles_and_usage_reads_back(client: Client) -> None:
+def test_report_settles_and_usage_reads_back(client: Client, served: tuple[str, Engine]) -> None:
     uid = _uid()
     d = client.decide(user={"id": uid, "metadata": {"tier": "free"}}, model="m",
                       group={"id": "team-x", "metadata": {"credits": 10}},
@@ -138,6 +139,7 @@ def test_report_settles_and_usage_reads_back(client: Client) -> None:
     assert ack == ReportAck("rq-" + uid, "settled")
     again = client.report({"request_id": "rq-" + uid, "user": uid, "input_tokens": 999})
     assert again.duplicate and again.outcome == "duplicate"
+    assert served[1].flush_usage()  # usage is written a moment after the report
     detail = client.get_usage("user", uid)
     assert isinstance(detail, UsageDetail)
     assert (detail.usage.request_count, detail.usage.total_tokens) == (1, 150)
@@ -270,6 +272,7 @@ def test_a_report_the_sidecar_misses_is_delivered_once_it_is_back(rules: Path) -
         try:
             assert c.flush(timeout=20), c.stats
             assert c.stats.reports_delivered == 1 and c.stats.reports_pending == 0
+            assert engine.flush_usage()
             detail = engine.get_usage("user", "u-late")
             assert detail is not None and detail.usage.input_tokens == 7
         finally:
@@ -298,6 +301,7 @@ def test_async_client_64_in_flight_and_fallback(served: tuple[str, Engine]) -> N
             assert len({d.decision_id for d in decisions}) == 64
             ack = await c.report(request_id=uid, user=uid, output_tokens=5)
             assert ack.outcome == "added"
+            assert served[1].flush_usage()
             detail = await c.get_usage("user", uid)
             assert detail is not None and detail.usage.output_tokens == 5
             assert await c.ready(timeout=PATIENT)
@@ -330,7 +334,10 @@ def test_a_late_sidecar_is_answered_by_deadline_and_reports_count_once(rules: Pa
             os.kill(served.proc.pid, signal.SIGCONT)
         assert c.flush(timeout=20), c.stats
         with Client(served.grpc, admin_timeout=PATIENT) as admin:
-            detail = admin.get_usage("user", "u-stalled")
+            deadline = time.monotonic() + 10  # usage is written a moment after the report
+            while (detail := admin.get_usage("user", "u-stalled")) is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
         # the late first attempt and the retry both arrived: counted once
         assert detail is not None and detail.usage.output_tokens == 11
         assert [e.request_id for e in detail.recent_reports].count("stalled-1") == 1

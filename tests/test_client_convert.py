@@ -24,7 +24,7 @@ from tollway.policy.model import (
     ShadowOutcome,
     UsageReport,
 )
-from tollway.policy.usage import UsageQuery
+from tollway.policy.usage_query import UsageQuery
 from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
 from tollway.server import convert, usage_convert
 
@@ -197,4 +197,4 @@ def test_a_usage_query_reads_back(params: dict[str, Any]) -> None:
 
 @given(st.sampled_from(["user", "group"]), ident)
 def test_a_usage_lookup_reads_back(kind: Any, i: str) -> None:
-    assert usage_convert.get_request(usage_convert.get_request_to_proto(kind, i)) == (kind, i)
+    assert usage_convert.subject(usage_convert.get_request_to_proto(kind, i)) == (kind, i)

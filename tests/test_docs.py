@@ -21,7 +21,7 @@ import pytest
 from docs_blocks import DOCS, MARKERS, ROOT, Block, blocks
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2  # noqa: F401  (registers grpc.health.v1 for payloads)
-from server_harness import Served, free_user, tollway_serve
+from server_harness import Served, eventually, free_user, tollway_serve
 
 from tollway.server.cli import main
 from tollway.v1 import tollway_pb2 as pb
@@ -101,6 +101,12 @@ def served() -> Iterator[Served]:
             request_id="seed-1", decision_id=d.decision_id, user=pb.Entity(id="u1"),
             group=pb.Entity(id="acme"), model=d.model, input_tokens=100, output_tokens=50,
             cost_usd=0.002), timeout=10)
+
+        def recorded() -> int:  # usage is written a moment after the report
+            return int(stub.GetUsage(pb.GetUsageRequest(user_id="u1"), timeout=10)
+                       .usage.total_tokens)
+
+        assert eventually(recorded, 150) == 150
         yield server
 
 

@@ -33,6 +33,7 @@ def engine() -> Engine:
 
 
 def spent(engine: Engine, user: str) -> float:
+    assert engine.flush_usage()
     detail = engine.get_usage("user", user)
     assert detail is not None
     return detail.usage.total_cost

@@ -1,5 +1,6 @@
-"""Usage through the engine on both stores: ``Decide`` counts the admitted request (in the
-same store call as its counters), ``Report`` adds the amounts once per request_id."""
+"""Usage through the engine on both stores: ``Decide`` appends the admitted request's
+event (in the same store call as its counters), ``Report`` appends the amounts once per
+request_id; the ingester writes them to the usage database (flushed before each read)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,7 +16,7 @@ from backends import Backend
 from conftest import ROOMY
 
 from tollway import Engine
-from tollway.policy.usage import SORT_FIELDS
+from tollway.policy.usage_query import SORT_FIELDS
 
 RULES = """
 quota tok limits tokens to 1_000_000 per 1d for each user
@@ -50,9 +52,9 @@ Make = Callable[[str], list[Engine]]
 
 
 @pytest.fixture
-def make(backend: Backend) -> Iterator[Make]:
-    """``make(rules)``: two engines on one store (two replicas on Redis, the same engine
-    twice in memory)."""
+def make(backend: Backend, tmp_path: Path) -> Iterator[Make]:
+    """``make(rules)``: two engines on one store and one usage database (two replicas on
+    Redis sharing a SQLite file, the same engine twice in memory)."""
     made: list[Engine] = []
 
     def factory(rules: str) -> list[Engine]:
@@ -61,7 +63,8 @@ def make(backend: Backend) -> Iterator[Make]:
             made.append(e)
             return [e, e]
         prefix = backend.prefix()
-        pair = [Engine.from_text(rules, store=backend.store, key_prefix=prefix,
+        db = f"sqlite:///{tmp_path / f'usage{len(made)}.db'}"
+        pair = [Engine.from_text(rules, store=backend.store, key_prefix=prefix, usage_db=db,
                                  store_options=ROOMY) for _ in range(2)]
         made.extend(pair)
         return pair
@@ -84,6 +87,7 @@ def test_reports_build_per_user_and_group_usage(engines: list[Engine]) -> None:
               "cost_usd": 0.5, "duration_seconds": 1.5})
     e.report({"request_id": "r2", "user": {"id": "ann"}, "model": "m2", "input_tokens": 1,
               "output_tokens": 2, "cost_usd": 0.25})
+    assert e.flush_usage()
     detail = e.get_usage("user", "ann")
     assert detail is not None
     u = detail.usage
@@ -106,6 +110,7 @@ def test_kind_is_singular_or_plural_and_a_bad_kind_or_id_names_the_field(
 ) -> None:
     e = engines[0]
     e.report({"request_id": "r1", "user": {"id": "ann"}, "group": {"id": "acme"}, "model": "m"})
+    assert e.flush_usage()
     assert e.get_usage("users", "ann") == e.get_usage("user", "ann") is not None
     assert e.get_usage("groups", "acme") is not None
     assert [r.id for r in e.list_usage(kind="group").results] == ["acme"]
@@ -131,6 +136,7 @@ def test_a_report_racing_on_two_replicas_counts_once(engines: list[Engine]) -> N
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(send, engines * 4))
     assert outcomes.count("added") == 1 and outcomes.count("duplicate") == 7
+    assert engines[1].flush_usage()
     detail = engines[1].get_usage("user", "bo")
     assert detail is not None
     assert (detail.usage.request_count, detail.usage.total_tokens) == (1, 10)
@@ -141,6 +147,7 @@ def test_a_report_racing_on_two_replicas_counts_once(engines: list[Engine]) -> N
 
 def counts(e: Engine, kind: str, ident: str) -> tuple[int, dict[str, int]]:
     """``request_count`` and per-model request counts (0 and {} when nothing recorded)."""
+    assert e.flush_usage()
     detail = e.get_usage(kind, ident)
     if detail is None:
         return 0, {}
@@ -177,6 +184,7 @@ def test_a_report_with_its_decision_id_adds_amounts_only(make: Make) -> None:
                         "input_tokens": 10, "output_tokens": 20, "cost_usd": 0.5,
                         "duration_seconds": 2.0})
     assert ack.outcome == "settled"
+    assert e.flush_usage()
     for kind, ident in (("user", "ann"), ("group", "acme")):
         detail = e.get_usage(kind, ident)
         assert detail is not None
@@ -203,6 +211,7 @@ def test_a_report_without_decision_id_counts_its_request(make: Make) -> None:
     for _ in range(2):
         e.report({"request_id": "t2", "decision_id": d.decision_id, "user": {"id": "tracker"},
                   "model": "m", "input_tokens": 6})
+    assert e.flush_usage()
     detail = e.get_usage("user", "tracker")
     assert detail is not None
     assert (detail.usage.request_count, detail.usage.input_tokens) == (2, 10)
@@ -214,6 +223,7 @@ def test_denied_dry_run_and_explain_count_nothing(make: Make) -> None:
     assert not e.decide({"model": "m", "user": {"id": "mallory"}, "group": {"id": "acme"}}).allowed
     assert e.decide({"model": "m", "user": {"id": "ann"}, "group": {"id": "acme"}, "dry_run": True}).allowed
     assert e.explain({"model": "m", "user": {"id": "ann"}, "group": {"id": "acme"}}).decision.allowed
+    assert e.flush_usage()
     for kind, ident in (("user", "mallory"), ("user", "ann"), ("group", "acme")):
         assert e.get_usage(kind, ident) is None
     outcomes = [e.decide({"model": "m", "user": {"id": "scarce"}}).reason for _ in range(4)]
@@ -234,6 +244,7 @@ def test_a_decision_without_quotas_counts_too(make: Make) -> None:
     assert e.get_usage("user", "mallory") is None
     e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "ann"},
               "model": "m", "cost_usd": 1.0})
+    assert e.flush_usage()
     detail = e.get_usage("user", "ann")
     assert detail is not None
     assert (detail.usage.request_count, detail.usage.total_cost) == (1, 1.0)
@@ -259,8 +270,11 @@ def test_concurrent_decides_on_two_replicas_count_exactly(make: Make) -> None:
     assert counts(pair[0], "group", "crowd") == (50, {"small": 50})
 
 
+@pytest.mark.redis
 def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) -> None:
-    e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix, store_options=ROOMY)
+    # no ingester here: only this engine's commands reach Redis
+    e = Engine.from_text(RULES, store=redis_url, key_prefix=redis_prefix, ingest=False,
+                         store_options=ROOMY)
     client = redis.Redis.from_url(redis_url)
     try:
         d = e.decide({"model": "m", "user": {"id": "c"}})
@@ -269,23 +283,26 @@ def test_a_report_is_one_round_trip_on_redis(redis_url: str, redis_prefix: str) 
         d = e.decide({"model": "m", "user": {"id": "c"}, "estimate": {"output_tokens": 9}})
         e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "c"},
                   "output_tokens": 7, "cost_usd": 0.01})
+        e.report({"request_id": "r", "decision_id": d.decision_id, "user": {"id": "c"},
+                  "output_tokens": 7, "cost_usd": 0.01})  # a duplicate appends nothing
         after = _calls(client)
-        # one script per decide (which also counts the request) and one per report;
+        # one script per decide (which also appends its event) and one per report;
         # nothing else from the client
-        assert after["evalsha"] - before["evalsha"] == 2
+        assert after["evalsha"] - before["evalsha"] == 3
         assert {k for k in after if after[k] != before.get(k)} <= {"evalsha", "info"} | _SCRIPTED
-        assert after["zadd"] > before["zadd"]  # the usage indexes moved inside the scripts
-        detail = e.get_usage("user", "c")
-        assert detail is not None and detail.usage.request_count == 2
+        assert after["xadd"] - before["xadd"] == 2  # the events, inside the scripts
+        assert client.xlen(f"{redis_prefix}usage:events") == 4
     finally:
         client.close()
         e.close()
 
 
+@pytest.mark.redis
 def test_a_decision_without_quotas_is_one_round_trip_on_redis(
     redis_url: str, redis_prefix: str
 ) -> None:
-    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix, store_options=ROOMY)
+    e = Engine.from_text(NO_QUOTAS, store=redis_url, key_prefix=redis_prefix, ingest=False,
+                         store_options=ROOMY)
     client = redis.Redis.from_url(redis_url)
     try:
         e.decide({"model": "m", "user": {"id": "c"}})  # fills the entity cache and the script cache
@@ -293,12 +310,14 @@ def test_a_decision_without_quotas_is_one_round_trip_on_redis(
         e.decide({"model": "m", "user": {"id": "c"}})
         after = _calls(client)
         assert after["evalsha"] - before["evalsha"] == 1
+        assert after["xadd"] - before["xadd"] == 1
         assert {k for k in after if after[k] != before.get(k)} <= {"evalsha", "info"} | _SCRIPTED
     finally:
         client.close()
         e.close()
 
 
+@pytest.mark.redis
 def test_an_unreachable_redis_loses_the_count_not_the_decision(redis_server: object) -> None:
     url = redis_server.url  # type: ignore[attr-defined]
     e = Engine.from_text(NO_QUOTAS, store=url)
@@ -314,8 +333,8 @@ def test_an_unreachable_redis_loses_the_count_not_the_decision(redis_server: obj
 # commands run inside the scripts are counted by INFO commandstats too
 _SCRIPTED = {
     "time", "get", "set", "del", "exists", "expire", "pexpire", "hget", "hset", "hgetall",
-    "hmget", "hincrby", "hdel", "hlen", "zadd", "zincrby", "zrem", "lpush", "ltrim", "xadd",
-    "xtrim", "type", "incrby", "setex", "ttl", "pttl", "hincrbyfloat", "hsetnx", "hexists",
+    "hmget", "hincrby", "hdel", "hlen", "xadd", "xlen", "type", "incrby", "setex", "ttl",
+    "pttl", "hincrbyfloat", "hsetnx", "hexists",
 }
 
 

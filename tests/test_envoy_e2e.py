@@ -108,12 +108,12 @@ def usage_of(stub: pb_grpc.TollwayStub, user: str, requests: int) -> pb.UsageRec
     deadline = time.monotonic() + 5
     while True:
         try:
-            record = stub.GetUsage(pb.GetUsageRequest(user_id=user)).usage
+            detail = stub.GetUsage(pb.GetUsageRequest(user_id=user))  # one read: one snapshot
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 raise
         else:
-            settled = sum(1 for r in stub.GetUsage(pb.GetUsageRequest(user_id=user)).recent_reports)
+            record, settled = detail.usage, len(detail.recent_reports)
             if (record.request_count >= requests and settled >= requests) or (
                 time.monotonic() > deadline
             ):

@@ -60,7 +60,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Serv
 
 def state(engine: Engine) -> Any:
     """Everything a call could write: counters, reservations, report ids, entities,
-    memberships, usage (the memory store's tables)."""
+    memberships, usage (the memory store's tables; usage once its events are written)."""
+    assert engine.flush_usage()
     store, entities = engine.store, engine._entities
     usage = [engine.list_usage(kind=k, limit=100) for k in ("users", "groups")]
     return copy.deepcopy((
@@ -219,6 +220,36 @@ def usage_requests() -> st.SearchStrategy[pb.GetUsageRequest]:
 
 
 @st.composite
+def series_requests(draw: st.DrawFn) -> pb.UsageSeriesRequest:
+    request = draw(st.one_of(
+        st.just(pb.UsageSeriesRequest()),
+        texts.map(lambda i: pb.UsageSeriesRequest(user_id=i)),
+        texts.map(lambda i: pb.UsageSeriesRequest(group_id=i)),
+    ))
+    request.metric = draw(st.one_of(texts, st.sampled_from(["cost", "tokens", "requests"])))
+    request.step = draw(st.one_of(texts, st.sampled_from(["1h", "1d", "1m"])))
+    for name in ("start", "end"):
+        ts = draw(timestamps())
+        if ts is not None:
+            getattr(request, name).CopyFrom(ts)
+    return request
+
+
+@st.composite
+def spike_requests(draw: st.DrawFn) -> pb.ListSpikesRequest:
+    hours = st.one_of(texts, st.sampled_from(["1h", "6h", "7d", "0h", "401d", "90m"]))
+    request = pb.ListSpikesRequest(
+        kind=draw(kinds), metric=draw(texts), window=draw(hours), baseline=draw(hours),
+        limit=draw(st.integers(-(2**31), 2**31 - 1)),
+    )
+    if draw(st.booleans()):
+        request.factor = float(draw(numbers))
+    if draw(st.booleans()):
+        request.min = float(draw(numbers))
+    return request
+
+
+@st.composite
 def upserts(draw: st.DrawFn) -> pb.UpsertEntityRequest:
     request = pb.UpsertEntityRequest(
         kind=draw(kinds), id=draw(texts), replace=draw(st.booleans()),
@@ -237,6 +268,8 @@ CALLS: list[tuple[str, st.SearchStrategy[Any]]] = [
     ("GetEntity", st.builds(pb.GetEntityRequest, kind=kinds, id=texts)),
     ("GetUsage", usage_requests()),
     ("ListUsage", list_requests()),
+    ("GetUsageSeries", series_requests()),
+    ("ListSpikes", spike_requests()),
 ]
 
 

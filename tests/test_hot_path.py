@@ -237,6 +237,9 @@ def test_redis_and_memory_agree_on_exceeded_and_fitting_counters_with_stale_fiel
     assert 0 < exceeded < 16  # both paths of the script's reply were taken
     client = redis.Redis.from_url(redis_url)
     first, _ = windows.covered_buckets(t + 15 * 7, 60, 1)
-    fields = [int(f) for f in client.hkeys(f"{redis_prefix}q:q:u=a")]
-    assert fields and min(fields) >= first  # stale buckets were pruned
+    stored = client.hgetall(f"{redis_prefix}q:q:u=a")
+    buckets = {int(f): int(v) for f, v in stored.items() if f not in (b"t", b"lo")}
+    assert buckets and min(buckets) >= first  # stale buckets were pruned
+    # the running total and the oldest bucket follow the buckets
+    assert int(stored[b"t"]) == sum(buckets.values()) and int(stored[b"lo"]) == min(buckets)
     client.close()

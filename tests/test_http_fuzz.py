@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_harness import HttpPort, engine_with_usage, http_serving
 
 from tollway import Engine
-from tollway.policy.usage import ActivityQuery, UsageQuery
+from tollway.policy.usage_query import ActivityQuery, UsageQuery
 from tollway.server.http_limits import HttpLimits
 from tollway.server.http_routes import route_table
 from tollway.server.usage_http import ACTIVITY_COLUMNS
@@ -117,12 +117,14 @@ def check(reply: Reply, method: str, path: str) -> None:
 # ------------------------------------------------------------------ strategies
 
 PARAMS = ["search", "sort", "limit", "offset", "start", "end", "kind", "user", "group",
-          "model", "format", "cursor", "id", "period", "next"]
+          "model", "format", "cursor", "id", "period", "next", "step", "metric", "window",
+          "baseline", "factor", "min"]
 UI_PATHS = ["/ui/", "/ui/users", "/ui/groups", "/ui/users/{id}", "/ui/groups/{id}",
-            "/ui/rules", "/ui/rules/explain", "/ui/login", "/ui/logout", "/ui/static/{name}"]
-ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/activity"] + [
+            "/ui/spikes", "/ui/rules", "/ui/rules/explain", "/ui/login", "/ui/logout",
+            "/ui/static/{name}"]
+ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/activity", "/v1/usage/spikes"] + [
     f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
-    for tail in ("", "/{id}")
+    for tail in ("", "/{id}", "/{id}/series")
 ] + UI_PATHS
 
 values = st.one_of(

@@ -267,9 +267,9 @@ def test_every_route_is_in_the_table(port: HttpPort) -> None:
               if r.resource is not None}
     assert served == table  # nothing reaches the router except through add_route
     v1 = {path for (_, path) in table if path.startswith("/v1/")}
-    assert v1 == {"/v1/activity"} | {
+    assert v1 == {"/v1/activity", "/v1/usage/spikes"} | {
         f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
-        for tail in ("", "/{id}")
+        for tail in ("", "/{id}", "/{id}/series")
     }
 
 

@@ -180,6 +180,7 @@ def test_a_success_reports_tokens_cost_and_duration(handler: TollwayHandler, eng
     asyncio.run(handler.async_log_success_event(  # a repeated event counts once
         _logged(data["metadata"][STATE_KEY]), None, start, start + timedelta(seconds=1.5),
     ))
+    assert engine.flush_usage()
     detail = engine.get_usage("user", "t3")
     assert detail is not None
     usage = detail.usage
@@ -196,6 +197,7 @@ def test_a_cache_hit_reports_no_tokens(handler: TollwayHandler, engine: Engine) 
     kwargs["response_cost"] = 0.0
     now = datetime.now()
     asyncio.run(handler.async_log_success_event(kwargs, None, now, now))
+    assert engine.flush_usage()
     event = engine.get_usage("user", "t4").recent_reports[0]  # type: ignore[union-attr]
     assert (event.status, event.input_tokens, event.output_tokens, event.cost_usd) == ("cached", 0, 0, 0.0)
 
@@ -205,6 +207,7 @@ def test_failures_release_the_reservation_and_refusals_report_nothing(
 ) -> None:
     data = _pre(handler, _data(body=_identity("t5"), call_id="call-5"))
     asyncio.run(handler.async_post_call_failure_hook(data, litellm.Timeout("late", "m", "openai"), None))
+    assert engine.flush_usage()
     event = engine.get_usage("user", "t5").recent_reports[0]  # type: ignore[union-attr]
     assert (event.status, event.decision_id) == ("timeout", data["metadata"][STATE_KEY]["decision_id"])
     engine.upsert_entity("user", "s2", {"status": "suspended"})
@@ -213,6 +216,7 @@ def test_failures_release_the_reservation_and_refusals_report_nothing(
         _pre(handler, refused)
     asyncio.run(handler.async_post_call_failure_hook(refused, exc.value, None))
     asyncio.run(handler.async_log_success_event({"litellm_params": {"metadata": {}}}, None, None, None))
+    assert engine.flush_usage()
     assert engine.get_usage("user", "s2") is None
 
 
@@ -271,6 +275,7 @@ def test_a_sidecar_decides_and_hears_reports() -> None:
 
     try:
         asyncio.run(call())
+        assert engine.flush_usage()
         detail = engine.get_usage("user", "t6")
         assert detail is not None and detail.usage.output_tokens == 30
     finally:

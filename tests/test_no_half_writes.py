@@ -16,7 +16,7 @@ import grpc
 import pytest
 from backends import Backend
 from conftest import ROOMY
-from server_harness import serving, write_rules
+from server_harness import ServerThread, serving, write_rules
 
 from tollway.policy.validate import MAX_COST_USD, MAX_DURATION_SECONDS, MAX_TOKENS
 from tollway.v1 import tollway_pb2 as pb
@@ -32,11 +32,28 @@ rule everyone { enforce calls, tokens, spend, team_spend }
 
 
 @pytest.fixture
-def stub(backend: Backend, tmp_path: Path) -> Iterator[pb_grpc.TollwayStub]:
+def served(
+    backend: Backend, tmp_path: Path
+) -> Iterator[tuple[pb_grpc.TollwayStub, ServerThread]]:
     rules = write_rules(tmp_path, RULES)
     with serving(rules, store=backend.store, key_prefix=backend.prefix(),
-                 store_options=ROOMY) as (s, _, _):
-        yield s
+                 store_options=ROOMY) as (s, server, _):
+        yield s, server
+
+
+@pytest.fixture
+def stub(served: tuple[pb_grpc.TollwayStub, ServerThread]) -> pb_grpc.TollwayStub:
+    return served[0]
+
+
+@pytest.fixture
+def flush(served: tuple[pb_grpc.TollwayStub, ServerThread]) -> Callable[[], None]:
+    """Wait until every usage event accepted so far is written (or fail)."""
+
+    def wait() -> None:
+        assert served[1].engine.flush_usage()
+
+    return wait
 
 
 def _user(uid: str) -> pb.Entity:
@@ -53,7 +70,10 @@ def _refused(call: Callable[[Any], Any], request: Any, field: str) -> None:
     assert details.startswith(f"{field}: "), f"{details!r} should name {field!r}"
 
 
-def _untouched(stub: pb_grpc.TollwayStub, uid: str, group: str = "team") -> None:
+def _untouched(
+    stub: pb_grpc.TollwayStub, flush: Callable[[], None], uid: str, group: str = "team"
+) -> None:
+    flush()  # what a refused call could have written would be in the usage database by now
     for kind, ident in (("user", uid), ("group", group)):
         with pytest.raises(grpc.RpcError) as err:
             stub.GetEntity(pb.GetEntityRequest(kind=kind, id=ident))
@@ -86,12 +106,13 @@ DECIDES: list[tuple[str, str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("name", "field", "fields"), DECIDES, ids=[c[0] for c in DECIDES])
 def test_a_refused_decide_writes_nothing(
-    stub: pb_grpc.TollwayStub, name: str, field: str, fields: dict[str, Any]
+    stub: pb_grpc.TollwayStub, flush: Callable[[], None], name: str, field: str,
+    fields: dict[str, Any],
 ) -> None:
     base: dict[str, Any] = {"user": _user("d"), "group": pb.Entity(id="team"), "model": "m"}
     request = pb.DecideRequest(**{**base, **fields})
     _refused(stub.Decide, request, field)
-    _untouched(stub, "d")
+    _untouched(stub, flush, "d")
 
 
 REPORTS: list[tuple[str, str, dict[str, Any]]] = [
@@ -109,7 +130,8 @@ REPORTS: list[tuple[str, str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("name", "field", "fields"), REPORTS, ids=[c[0] for c in REPORTS])
 def test_a_refused_report_writes_nothing_and_burns_no_request_id(
-    stub: pb_grpc.TollwayStub, name: str, field: str, fields: dict[str, Any]
+    stub: pb_grpc.TollwayStub, flush: Callable[[], None], name: str, field: str,
+    fields: dict[str, Any],
 ) -> None:
     base: dict[str, Any] = {
         "request_id": "r1", "user": _user("r"), "group": pb.Entity(id="team"), "model": "m",
@@ -117,25 +139,30 @@ def test_a_refused_report_writes_nothing_and_burns_no_request_id(
     }
     for _ in range(2):  # twice: a second bad report must not fail any differently
         _refused(stub.Report, pb.UsageReport(**{**base, **fields}), field)
-    _untouched(stub, "r")
+    _untouched(stub, flush, "r")
     ack = stub.Report(pb.UsageReport(**base))
     assert (ack.outcome, ack.duplicate) == ("added", False)
+    flush()
     usage = stub.GetUsage(pb.GetUsageRequest(user_id="r")).usage
     assert (usage.request_count, usage.input_tokens) == (1, 10)
     assert usage.total_cost == pytest.approx(0.5)
 
 
-def test_a_refused_upsert_writes_nothing(stub: pb_grpc.TollwayStub) -> None:
+def test_a_refused_upsert_writes_nothing(
+    stub: pb_grpc.TollwayStub, flush: Callable[[], None]
+) -> None:
     metadata = _user("x").metadata
     request = pb.UpsertEntityRequest(kind="user", id="u", metadata=metadata, groups=["team", ""])
     _refused(stub.UpsertEntity, request, "groups[1]")
     request = pb.UpsertEntityRequest(kind="user", id="u", metadata=metadata,
                                      groups=[f"g{i}" for i in range(101)])
     _refused(stub.UpsertEntity, request, "groups")
-    _untouched(stub, "u")
+    _untouched(stub, flush, "u")
 
 
-def test_the_maxima_are_accepted_and_add_up_exactly(stub: pb_grpc.TollwayStub) -> None:
+def test_the_maxima_are_accepted_and_add_up_exactly(
+    stub: pb_grpc.TollwayStub, flush: Callable[[], None]
+) -> None:
     big = {"input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "cost_usd": MAX_COST_USD}
     d = stub.Decide(pb.DecideRequest(user=pb.Entity(id="max"), model="m",
                                      estimate=pb.Estimate(**big)))
@@ -146,6 +173,7 @@ def test_the_maxima_are_accepted_and_add_up_exactly(stub: pb_grpc.TollwayStub) -
             model="m", duration_seconds=MAX_DURATION_SECONDS, **big,
         ))
         assert ack.outcome == "added"
+    flush()
     usage = stub.GetUsage(pb.GetUsageRequest(user_id="max")).usage
     assert usage.input_tokens == 20 * MAX_TOKENS and usage.total_tokens == 40 * MAX_TOKENS
     assert usage.total_cost == 20 * MAX_COST_USD

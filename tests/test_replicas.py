@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_harness import tollway_serve
+from server_harness import eventually, tollway_serve
 
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
@@ -35,6 +35,7 @@ def replicas(
         for _ in range(2):
             served = stack.enter_context(
                 tollway_serve(rules, "--store", redis_url, "--key-prefix", redis_prefix,
+                              "--usage-db", f"sqlite:///{tmp_path / 'usage.db'}",
                               "--store-timeout", "10s")
             )
             channel = stack.enter_context(grpc.insecure_channel(served.grpc))
@@ -103,9 +104,11 @@ def test_concurrent_reports_on_two_replicas_count_each_request_once(
     peek = replicas[0].Explain(pb.DecideRequest(user=user, group=group, model="m"), timeout=10)
     spend = next(q for q in peek.decision.quotas if q.name == "spend")
     assert spend.used == pytest.approx(4.0)
-    usage = replicas[1].GetUsage(pb.GetUsageRequest(group_id="team"), timeout=10)
-    assert usage.usage.request_count == 40
-    assert usage.usage.total_cost == pytest.approx(4.0)
+    def team() -> tuple[int, float]:
+        usage = replicas[1].GetUsage(pb.GetUsageRequest(group_id="team"), timeout=10).usage
+        return usage.request_count, round(usage.total_cost * 1e9)
+
+    assert eventually(team, (40, 4_000_000_000)) == (40, 4_000_000_000)
     # what is left of the group's 10 USD admits a 6 USD request, and not a cent more
     ok = replicas[1].Decide(
         pb.DecideRequest(user=user, group=group, model="m", estimate=pb.Estimate(cost_usd=6.0))

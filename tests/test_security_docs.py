@@ -25,7 +25,7 @@ def _recipe() -> list[Block]:
     text = PAGE.read_text(encoding="utf-8")
     start = text.count("\n", 0, text.index("## Deploying with TLS and tokens")) + 1
     end = text.count("\n", 0, text.index("\n## ", text.index("## Deploying with TLS"))) + 1
-    return [b for b in blocks(PAGE) if start < b.line < end]
+    return [b for b in blocks(PAGE) if start < b.line < end and b.language in ("sh", "python")]
 
 
 def _env() -> dict[str, str]:

@@ -203,12 +203,13 @@ def test_entities_upsert_get_and_links(stub: pb_grpc.TollwayStub) -> None:
 
 
 def test_usage_rpcs(tmp_path: Path) -> None:
-    with serving(write_rules(tmp_path)) as (stub, _, _):
+    with serving(write_rules(tmp_path)) as (stub, server, _):
         for i, (uid, cost) in enumerate((("ann", 0.5), ("ann", 0.25), ("ben", 2.0))):
             stub.Report(pb.UsageReport(
                 request_id=f"u-{i}", user=pb.Entity(id=uid), model="m1" if i else "m2",
                 input_tokens=10, output_tokens=5, cost_usd=cost, duration_seconds=1.0,
             ))
+        assert server.engine.flush_usage()
         detail = stub.GetUsage(pb.GetUsageRequest(user_id="ann"))
         assert detail.usage.user_id == "ann" and not detail.usage.group_id
         assert (detail.usage.request_count, detail.usage.total_tokens) == (2, 30)
@@ -238,6 +239,50 @@ def test_usage_rpcs(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.GetUsage(pb.GetUsageRequest(group_id="nobody"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+        walked, cursor = [], ""
+        while True:
+            page = stub.ListUsage(pb.ListUsageRequest(sort="-total_cost", limit=1, cursor=cursor))
+            walked += [r.user_id for r in page.results]
+            if not page.next_cursor:
+                break
+            cursor = page.next_cursor
+        assert walked == ["ben", "ann"]
+        period = stub.ListUsage(pb.ListUsageRequest(start=detail.usage.first_seen))
+        assert period.count == 2 and period.HasField("period_start")
+        assert period.period_start.seconds % 3600 == 0
+
+        series = stub.GetUsageSeries(pb.UsageSeriesRequest(user_id="ann", metric="tokens"))
+        assert (series.user_id, series.metric, series.step, len(series.points)) == (
+            "ann", "tokens", "1h", 24)
+        assert series.points[-1].value == 30
+        spikes = stub.ListSpikes(pb.ListSpikesRequest(min=1.0))
+        assert [(s.user_id, s.window_amount, s.HasField("ratio")) for s in spikes.results] == [
+            ("ben", 2.0, False)]
+        for call, request, field in (
+            (stub.GetUsageSeries, pb.UsageSeriesRequest(user_id="ann", step="1m"), "step"),
+            (stub.GetUsageSeries, pb.UsageSeriesRequest(), "user_id"),
+            (stub.ListSpikes, pb.ListSpikesRequest(window="90m"), "window"),
+            (stub.ListSpikes, pb.ListSpikesRequest(factor=-1), "factor"),
+            (stub.ListUsage, pb.ListUsageRequest(cursor="x"), "cursor"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (err.value.details() or "").startswith(field)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetUsageSeries(pb.UsageSeriesRequest(group_id="nobody"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_usage_rpcs_without_a_usage_database(tmp_path: Path) -> None:
+    with serving(write_rules(tmp_path), usage_db=None) as (stub, _, _):
+        for call, request in ((stub.GetUsage, pb.GetUsageRequest(user_id="a")),
+                              (stub.ListUsage, pb.ListUsageRequest()),
+                              (stub.ListSpikes, pb.ListSpikesRequest())):
+            with pytest.raises(grpc.RpcError) as err:
+                call(request)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_health_and_reflection(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ DOCUMENTED_METRICS = {
     "tollway_shadow_matches", "tollway_quota_exceeded", "tollway_routes", "tollway_checks",
     "tollway_reports", "tollway_usage_tokens", "tollway_usage_cost_usd", "tollway_store_errors",
     "tollway_store_seconds", "tollway_ruleset_info", "tollway_ruleset_reloads",
-    "tollway_ruleset_rules",
+    "tollway_ruleset_rules", "tollway_usage_backlog", "tollway_usage_dropped",
+    "tollway_usage_spiking",
 }
 
 
@@ -226,3 +227,47 @@ def test_promtool_accepts_the_exposition(stack: Stack) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_usage_pipeline_metrics() -> None:
+    import asyncio
+    import time
+
+    from tollway.policy.ingest import Ingester
+    from tollway.policy.stores.memory import MemoryCounterStore
+    from tollway.policy.usage import UsageEvent
+    from tollway.server.serve import _watch_spikes
+
+    metrics = Metrics()
+    store = MemoryCounterStore(max_backlog=2)
+    engine = Engine.from_text("default allow\nrule all { allow }\n", store=store,
+                              observer=metrics, ingest=False)
+    try:
+        for _ in range(5):
+            assert engine.decide({"model": "m", "user": {"id": "u"}}).allowed
+        now = [0.0]
+        ingester = Ingester(store.events, engine.usage_db, observer=metrics,  # type: ignore[arg-type]
+                            clock=lambda: now[0])
+        assert ingester.step() == 2
+        assert _samples(metrics.exposition().decode())[("tollway_usage_backlog", ())] == 2
+        now[0] = 1.0
+        ingester.step()  # a second later: housekeeping publishes the backlog again
+        s = _samples(metrics.exposition().decode())
+        assert s[("tollway_usage_dropped_total", ())] == 3
+        assert s[("tollway_usage_backlog", ())] == 0
+        assert engine.usage_db is not None
+        engine.usage_db.write([UsageEvent(time=time.time(), request_id="big", user_id="whale",
+                                          cost_usd=40.0)])
+
+        async def one_round() -> None:
+            task = asyncio.create_task(_watch_spikes(engine, metrics))
+            await asyncio.sleep(0.5)
+            task.cancel()
+
+        asyncio.run(one_round())
+        s = _samples(metrics.exposition().decode())
+        assert s[("tollway_usage_spiking", (("kind", "users"), ("metric", "cost")))] == 1
+        assert s[("tollway_usage_spiking", (("kind", "users"), ("metric", "requests")))] == 2
+        assert s[("tollway_usage_spiking", (("kind", "groups"), ("metric", "cost")))] == 0
+    finally:
+        engine.close()

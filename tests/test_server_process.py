@@ -149,6 +149,7 @@ def test_address_in_use_is_one_clean_line_and_exit_1(tmp_path: Path) -> None:
                  "--listen", first.grpc, "--http", "off",
                  "--log-format", fmt],
                 capture_output=True, text=True, timeout=60, env=env,
+                cwd=tmp_path,  # its default usage database is made before the port fails
             )
             assert result.returncode == 1, result.stderr
             lines = result.stderr.splitlines()
@@ -186,16 +187,53 @@ def test_flags_read_the_environment(tmp_path: Path, flag: str) -> None:
     assert result.returncode == 1 and "nope" in result.stderr
 
 
-def test_activity_retention_flags_bound_the_log(tmp_path: Path) -> None:
-    with (
-        tollway_serve(write_rules(tmp_path), "--activity-max-reports", "3") as served,
-        grpc.insecure_channel(served.grpc) as channel,
-    ):
-        stub = pb_grpc.TollwayStub(channel)
-        for i in range(5):
-            stub.Report(pb.UsageReport(request_id=f"a{i}", user=pb.Entity(id="u"), model="m"))
-        with urllib.request.urlopen(f"http://{served.http}/v1/activity", timeout=10) as resp:
+def test_usage_is_durable_in_a_sqlite_file(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'usage.db'}"
+    rules = write_rules(tmp_path)
+    with tollway_serve(rules, "--usage-db", db) as served:
+        assert f"usage_db={db}" in served.log()
+        with grpc.insecure_channel(served.grpc) as channel:
+            stub = pb_grpc.TollwayStub(channel)
+            for i in range(5):
+                stub.Report(pb.UsageReport(request_id=f"a{i}", user=pb.Entity(id="u"),
+                                           model="m", cost_usd=0.5))
+        served.proc.send_signal(signal.SIGTERM)  # the shutdown writes what is waiting
+        assert served.proc.wait(timeout=30) == 0
+    with tollway_serve(rules, "--usage-db", db) as again:  # a restart keeps every report
+        url = f"http://{again.http}/v1/usage/users/u"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            data = json.loads(resp.read())
+        assert (data["request_count"], data["total_cost"]) == (5, 2.5)
+        with urllib.request.urlopen(f"http://{again.http}/v1/activity", timeout=10) as resp:
             lines = resp.read().decode().splitlines()
-        assert [json.loads(line)["request_id"] for line in lines] == ["a4", "a3", "a2"]
-        with urllib.request.urlopen(f"http://{served.http}/v1/usage/users/u", timeout=10) as resp:
-            assert json.loads(resp.read())["request_count"] == 5  # aggregates are kept whole
+        assert [json.loads(line)["request_id"] for line in lines] == [f"a{i}" for i in range(5)][::-1]
+
+
+def _tollway(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    return subprocess.run([sys.executable, "-m", "tollway", *argv], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_db_upgrade_and_a_database_newer_than_this_tollway(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "usage.db"
+    db = f"sqlite:///{path}"
+    first = _tollway("db", "upgrade", "--usage-db", db)
+    assert (first.returncode, first.stdout) == (0, f"{db}: migrated to schema revision 0001\n")
+    again = _tollway("db", "upgrade", "--usage-db", db)
+    assert (again.returncode, again.stdout) == (0, f"{db}: already at schema revision 0001\n")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE tollway_usage_version SET version_num = '0099'")
+    newer = _tollway("db", "upgrade", "--usage-db", db)
+    assert newer.returncode == 1 and "newer tollway" in newer.stderr
+    serve = _tollway("serve", "--rules", str(write_rules(tmp_path)), "--listen", "127.0.0.1:0",
+                     "--http", "off", "--usage-db", db)
+    assert serve.returncode == 1, serve.stderr
+    assert "'0099'" in serve.stderr and "newer tollway" in serve.stderr
+    bad = _tollway("db", "upgrade", "--usage-db", "mysql://x")
+    assert bad.returncode == 2 and "usage_db:" in bad.stderr
+    zero = _tollway("serve", "--rules", str(write_rules(tmp_path)), "--listen", "127.0.0.1:0",
+                    "--http", "off", "--usage-db", "memory", "--usage-retention", "0")
+    assert zero.returncode == 1 and "usage_retention" in zero.stderr

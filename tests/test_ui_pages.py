@@ -24,6 +24,7 @@ from server_harness import HttpPort, LoopThread, http_serving, write_rules
 
 from tollway import Engine
 from tollway.policy.validate import FieldError
+from tollway.server.auth import Authenticator, new_token, token_block
 from tollway.server.http import build_app, start_http
 from tollway.server.http_ops import Readiness
 from tollway.server.metrics import Metrics
@@ -31,7 +32,7 @@ from tollway.server.reload import Reloader
 from tollway.server.ui.chart import HEIGHT, WIDTH, Chart, nice_ceiling
 from tollway.server.ui.period import Period
 from tollway.server.ui.render import usd
-from tollway.server.ui.session import COOKIE, TOKEN_CHECK, Verdict, safe_next
+from tollway.server.ui.session import COOKIE, safe_next
 
 RULES = """
 default allow
@@ -73,6 +74,7 @@ def seed(engine: Engine) -> None:
             n += 1
     engine.report({"request_id": "hostile", "user": {"id": HOSTILE}, "model": "m",
                    "cost_usd": 0.001})
+    assert engine.flush_usage()  # usage is written a moment after the reports
 
 
 @pytest.fixture(scope="module")
@@ -242,21 +244,36 @@ def test_a_group_page_lists_its_members(port: HttpPort) -> None:
     assert members == ["u00", "u03", "u06", "u09"]
 
 
-def test_a_store_that_cannot_answer_is_a_503_page(redis_server: RedisServer) -> None:
+def test_usage_pages_do_not_need_redis_and_a_usage_database_down_is_a_503_page(
+    redis_server: RedisServer,
+) -> None:
     engine = Engine.from_text(RULES, store=redis_server.url)
     seed(engine)
     try:
         with http_serving(engine) as http:
             assert fetch(http.url("/ui/users/u03")).status == 200
-            redis_server.kill()
+            redis_server.kill()  # usage is read from the usage database, never from Redis
+            for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
+                page = fetch(http.url(path))
+                assert page.status == 200, (path, page.text[:300])
+            # a detail page shows the usage, and says what it cannot read without the store
+            detail = fetch(http.url("/ui/users/u03")).text
+            assert 'id="card-requests">4<' in detail
+            assert "quota counters are not shown: the counter store cannot be reached" in detail
+            assert "<table class=\"quotas\">" not in detail
+    finally:
+        engine.close()
+    down = Engine.from_text(RULES, usage_db="postgresql://tollway@127.0.0.1:1/x")
+    try:
+        with http_serving(down) as http:
             for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
                 page = fetch(http.url(path))
                 assert page.status == 503, (path, page.text[:300])
                 assert page.headers["content-type"].startswith("text/html")
-                assert re.search(r'<p class="error" role="alert">[^<]*counter store unreachable', page.text)
-            assert fetch(http.url("/ui/rules")).status == 200  # the rules need no store
+                assert re.search(r'<p class="error" role="alert">[^<]*usage database unavailable', page.text)
+            assert fetch(http.url("/ui/rules")).status == 200  # the rules need no database
     finally:
-        engine.close()
+        down.close()
 
 
 # ------------------------------------------------------------------ the explain box
@@ -356,52 +373,60 @@ def test_the_rules_page_shows_the_ruleset_in_force_and_the_failed_reload(
 # ------------------------------------------------------------------ signing in
 
 
-TOKENS: dict[str, Verdict] = {"tw_admin": "ok", "tw_metrics": "permission_denied"}
+@dataclass(frozen=True)
+class Guarded:
+    """A port that asks for tokens: its base URL and a token of each kind."""
+
+    base: str
+    admin: str
+    metrics: str
 
 
 @pytest.fixture(scope="module")
-def guarded(engine: Engine) -> Iterator[str]:
-    """A port whose dashboard asks for tokens: its base URL."""
-    loop = LoopThread()
-    app = build_app(engine, Metrics(), Readiness(engine))
-    app[TOKEN_CHECK] = lambda token: TOKENS.get(token, "unauthenticated")
-    http = loop.run(start_http("127.0.0.1:0", app))
-    yield f"http://{http.address}"
-    loop.run(http.stop())
-    loop.close()
+def guarded(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    admin, metrics = new_token(), new_token()
+    path = tmp_path_factory.mktemp("auth") / "tokens.toml"
+    path.write_text(token_block("dash", ["admin"], admin) + token_block("prom", ["metrics"], metrics))
+    with http_serving(engine, auth=Authenticator(path)) as http:
+        yield Guarded(f"http://{http.address}", admin, metrics)
 
 
-def test_signing_in_sets_a_strict_session_cookie(guarded: str) -> None:
-    form = fetch(guarded + "/ui/login?next=/ui/groups")
+def test_signing_in_sets_a_strict_session_cookie(guarded: Guarded) -> None:
+    base = guarded.base
+    form = fetch(base + "/ui/login?next=/ui/groups")
     assert 'type="password"' in form.text and 'value="/ui/groups"' in form.text
-    page = form_post(guarded + "/ui/login", {"token": "tw_admin", "next": "/ui/groups"}, guarded)
+    page = form_post(base + "/ui/login", {"token": guarded.admin, "next": "/ui/groups"}, base)
     assert page.status == 303 and page.headers["location"] == "/ui/groups"
     cookie = SimpleCookie(page.headers["set-cookie"])[COOKIE]
-    assert cookie.value == "tw_admin" and cookie["httponly"] and cookie["path"] == "/ui/"
+    assert cookie.value == guarded.admin and cookie["httponly"] and cookie["path"] == "/ui/"
     assert cookie["samesite"] == "Strict" and not cookie["secure"]  # plain HTTP here
-    assert "tw_admin" not in page.headers["location"]
+    assert guarded.admin not in page.headers["location"]
+    signed_in = fetch(base + "/ui/groups", headers={"Cookie": f"{COOKIE}={guarded.admin}"})
+    assert signed_in.status == 200 and "Sign out" in signed_in.text
 
 
 @pytest.mark.parametrize(("token", "says"), [
     ("tw_nobody", "Unknown token."),
-    ("tw_metrics", "it needs the admin role"),
+    ("metrics", "it needs the admin role"),
     ("", "Unknown token."),
     ("tw_\u0000admin", "Unknown token."),
     ("x" * 600, "Unknown token."),
 ])
-def test_a_refused_token_sets_no_cookie(guarded: str, token: str, says: str) -> None:
-    page = form_post(guarded + "/ui/login", {"token": token}, guarded)
+def test_a_refused_token_sets_no_cookie(guarded: Guarded, token: str, says: str) -> None:
+    token = guarded.metrics if token == "metrics" else token
+    page = form_post(guarded.base + "/ui/login", {"token": token}, guarded.base)
     assert page.status == 401 and says in html.unescape(page.text)
     assert "set-cookie" not in page.headers
 
 
-def test_sign_in_and_out_forms_come_from_the_dashboard_only(guarded: str) -> None:
-    evil = form_post(guarded + "/ui/login", {"token": "tw_admin"}, "http://evil.example")
+def test_sign_in_and_out_forms_come_from_the_dashboard_only(guarded: Guarded) -> None:
+    base = guarded.base
+    evil = form_post(base + "/ui/login", {"token": guarded.admin}, "http://evil.example")
     assert evil.status == 403 and "set-cookie" not in evil.headers
-    out = form_post(guarded + "/ui/logout", {}, guarded)
+    out = form_post(base + "/ui/logout", {}, base)
     assert out.status == 303 and out.headers["location"] == "/ui/login"
     assert 'tollway_session=""' in out.headers["set-cookie"]
-    assert form_post(guarded + "/ui/logout", {}, "http://evil.example").status == 403
+    assert form_post(base + "/ui/logout", {}, "http://evil.example").status == 403
 
 
 def test_without_tokens_the_login_form_sends_you_on(port: HttpPort) -> None:

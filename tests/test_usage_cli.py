@@ -11,14 +11,15 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 from server_harness import ServerThread
 
 from tollway import Engine
-from tollway.policy.stores.usage_memory import MemoryUsage
-from tollway.policy.usage import ActivityQuery, UsageEvent, UsageQuery
+from tollway.policy.usage import UsageEvent
+from tollway.policy.usage_query import SpikeQuery, UsageQuery
 from tollway.server import usage_convert
 from tollway.server.cli import main
 from tollway.v1 import tollway_pb2 as pb
@@ -26,37 +27,36 @@ from tollway.v1 import tollway_pb2 as pb
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
-def usage_engine(usage: MemoryUsage) -> Engine:
-    """An engine whose usage calls read ``usage`` (the shape the engine exposes)."""
+def serve(events: list[UsageEvent]) -> Iterator[tuple[Engine, str]]:
+    """A gRPC server over an engine whose usage database holds ``events``."""
     engine = Engine.from_text("default allow\n", store="memory")
-    engine.get_usage = usage.get  # type: ignore[attr-defined]
-    engine.list_usage = lambda query=None, **kw: usage.list(  # type: ignore[attr-defined]
-        UsageQuery.parse(query, **kw)
-    )
-    engine.activity = lambda query=None, **kw: usage.activity(  # type: ignore[attr-defined]
-        ActivityQuery.parse(query, **kw)
-    )
-    return engine
+    assert engine.usage_db is not None
+    engine.usage_db.write(events)
+    server = ServerThread(engine)
+    try:
+        yield engine, server.start()
+    finally:
+        server.stop()
+        engine.close()
 
 
 @pytest.fixture(scope="module")
-def address() -> Iterator[str]:
-    usage = MemoryUsage()
-    for i in range(40):
-        usage.apply(UsageEvent(
+def served() -> Iterator[tuple[Engine, str]]:
+    yield from serve([
+        UsageEvent(
             time=T0 + i, request_id=f"req-{i}", user_id=f"user-{i % 8}",
             group_id="acme" if i % 2 else "initech",
             model="openai/gpt-4.1" if i % 3 else "anthropic/claude-sonnet-4.6",
             input_tokens=1000 * i, output_tokens=100 * i, cost_usd=0.5 * (i % 8),
             duration_seconds=1.25,
-        ))
-    engine = usage_engine(usage)
-    server = ServerThread(engine)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        engine.close()
+        )
+        for i in range(40)
+    ])
+
+
+@pytest.fixture(scope="module")
+def address(served: tuple[Engine, str]) -> str:
+    return served[1]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -110,17 +110,19 @@ def test_sort_search_and_groups(address: str, capsys: pytest.CaptureFixture[str]
     assert (code, out, err) == (0, "", "no users at offset 100 (8 in all)\n")
 
 
-def test_a_time_span_keeps_who_was_seen_in_it(
+def test_a_time_span_lists_what_was_used_in_it(
     address: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # report i is at T0 + i; user-k reports at i = k, k+8, …: in [T0+33, T0+35) users 1 and 2
-    code, out, _ = run(capsys, "--server", address, "--start", "2027-01-15T08:00:33Z",
-                       "--end", "2027-01-15T08:00:35Z", "--sort", "last_seen")
+    # every report is in the hour from T0; spans round out to whole hours
+    code, out, err = run(capsys, "--server", address, "--start", "2027-01-15T08:00:33Z",
+                         "--end", "2027-01-15T08:00:35Z", "--sort", "-total_cost")
     assert code == 0
-    assert [r[1] for r in rows(out)[1:]] == ["user-1", "user-2", "user-3", "user-4", "user-5",
-                                              "user-6", "user-7"]
-    code, out, _ = run(capsys, "--server", address, "--start", "2027-01-15T08:00:39.5Z")
-    assert out == ""
+    assert [r[1] for r in rows(out)[1:]][:2] == ["user-7", "user-6"]
+    assert err.startswith("users 1-8 of 8, sorted by -total_cost, used from "
+                          "2027-01-15T08:00:00Z to 2027-01-15T09:00:00Z")
+    code, out, err = run(capsys, "--server", address, "--start", "2027-01-15T09:00:00Z",
+                         "--end", "2027-01-16")
+    assert (code, out, err) == (0, "", "no users match\n")
 
 
 def test_json_and_csv(address: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,30 +223,70 @@ def test_bad_flags_exit_2_before_any_call(
     assert err.startswith(f"tollway usage: {flag}")
 
 
-def test_convert_round_trips() -> None:
-    usage = MemoryUsage()
-    usage.apply(UsageEvent(time=T0 + 0.25, request_id="r", user_id="u", model="m",
-                           input_tokens=3, cost_usd=0.125, duration_seconds=2))
-    detail = usage.get("user", "u")
+@pytest.fixture(scope="module")
+def spiking() -> Iterator[str]:
+    now = time.time()
+    for _, address in serve([  # 20 USD now where the week before averaged 0.1 per hour
+        UsageEvent(time=now - 2 * 86400, request_id="base", user_id="steady", cost_usd=16.8),
+        UsageEvent(time=now, request_id="now", user_id="steady", cost_usd=20.0),
+        UsageEvent(time=now, request_id="new", user_id="newcomer", cost_usd=3.0),
+    ]):
+        yield address
+
+
+def test_spikes(spiking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--server", spiking, "--spikes")
+    assert code == 0
+    assert rows(out) == [["User", "Last 1h", "Average per 1h", "Ratio"],
+                         ["newcomer", "3.0", "0.0", "new"], ["steady", "20.0", "0.1", "200.0"]]
+    assert err.startswith("2 users spiking on cost in the last 1h (over 5x their average")
+    code, out, _ = run(capsys, "--server", spiking, "--spikes", "--min", "5", "--json")
+    assert [s["user_id"] for s in json.loads(out)] == ["steady"]
+    code, out, _ = run(capsys, "--server", spiking, "--spikes", "--csv", "--metric", "requests")
+    assert [r["user_id"] for r in csv.DictReader(io.StringIO(out))] == ["newcomer", "steady"]
+    code, out, err = run(capsys, "--server", spiking, "--spikes", "--groups")
+    assert (code, out) == (0, "") and err.startswith("no groups spiking")
+    code, _, err = run(capsys, "--server", spiking, "--spikes", "--window", "5m")
+    assert code == 2 and err.startswith("tollway usage: --window")
+    code, _, err = run(capsys, "--server", spiking, "--spikes", "--user", "a")
+    assert code == 2 and "--spikes" in err
+
+
+def test_convert_round_trips(served: tuple[Engine, str]) -> None:
+    engine = served[0]
+    detail = engine.get_usage("user", "user-3")
     assert detail is not None
     assert usage_convert.detail_from_proto(usage_convert.detail_to_proto(detail)) == detail
-    query = UsageQuery.parse(limit=1, search="u", start=T0)
-    page = usage.list(query)
-    msg = usage_convert.page_to_proto(page)
-    assert usage_convert.page_from_proto(msg, query) == page
+    for query in (UsageQuery.parse(limit=1, search="user", start=T0),
+                  UsageQuery.parse(limit=3, sort="last_seen")):
+        page = engine.list_usage(query)
+        msg = usage_convert.page_to_proto(page)
+        assert usage_convert.page_from_proto(msg, query) == page
     request = pb.ListUsageRequest(kind="users", search="u", limit=1)
     request.start.FromSeconds(int(T0))
-    assert usage_convert.list_request(request) == query
+    assert usage_convert.list_request(request) == UsageQuery.parse(limit=1, search="u", start=T0)
     assert usage_convert.list_request(pb.ListUsageRequest()).limit == 25
     with pytest.raises(ValueError, match=r"^limit"):
         usage_convert.list_request(pb.ListUsageRequest(limit=1000))
     with pytest.raises(ValueError, match=r"^user_id"):
-        usage_convert.get_request(pb.GetUsageRequest())
-    assert usage_convert.get_request(pb.GetUsageRequest(group_id="g")) == ("group", "g")
+        usage_convert.subject(pb.GetUsageRequest())
+    assert usage_convert.subject(pb.GetUsageRequest(group_id="g")) == ("group", "g")
+    assert usage_convert.subject(pb.UsageSeriesRequest(user_id="u")) == ("user", "u")
     two = UsageQuery.parse(limit=1)
-    usage.apply(UsageEvent(time=T0, request_id="r2", user_id="v"))
-    first = usage_convert.page_to_proto(usage.list(two))
-    assert (first.next, first.HasField("previous")) == (1, False)
-    second = usage_convert.page_to_proto(usage.list(two.with_offset(1)))
-    assert (second.HasField("next"), second.previous) == (False, 0)
-    assert usage_convert.page_from_proto(second, two.with_offset(1)).previous == 0
+    first = usage_convert.page_to_proto(engine.list_usage(two))
+    assert (first.next, first.HasField("previous"), bool(first.next_cursor)) == (1, False, True)
+    beyond = usage_convert.page_to_proto(engine.list_usage(two.with_offset(50)))
+    assert (beyond.HasField("next"), beyond.previous) == (False, 7)
+    by_cursor = usage_convert.list_request(pb.ListUsageRequest(limit=1, cursor=first.next_cursor))
+    assert by_cursor.cursor is not None
+    assert engine.list_usage(by_cursor).results == engine.list_usage(two.with_offset(1)).results
+    spikes = engine.list_spikes(SpikeQuery.parse(min=0, factor=0, window="1d", baseline="1h"))
+    assert usage_convert.spikes_from_proto(usage_convert.spikes_to_proto(spikes), "user") == spikes
+    series_request = pb.UsageSeriesRequest(user_id="user-1", step="1d", metric="requests")
+    series_request.start.FromSeconds(int(T0 - 86400))
+    series_request.end.FromSeconds(int(T0 + 1))
+    series = engine.usage_series("user", "user-1", usage_convert.series_request(series_request))
+    assert series is not None
+    out = usage_convert.series_to_proto(series)
+    assert (out.user_id, out.step, len(out.points)) == ("user-1", "1d", 2)
+    assert [p.value for p in out.points] == [0, 5]

@@ -17,22 +17,25 @@ from conftest import RedisServer
 from server_harness import HttpPort, http_serving
 
 from tollway import Engine
-from tollway.policy.usage import ActivityQuery, UsageEvent
+from tollway.policy.usage import UsageEvent
+from tollway.policy.usage_query import ActivityQuery
 from tollway.server import usage_http
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
 def fill(engine: Engine) -> None:
-    """Thirty reports' worth of usage, written straight into the engine's store."""
-    usage: Any = engine.store.usage
-    for i in range(30):
-        usage.apply(UsageEvent(
+    """Thirty reports' worth of usage, written straight into the engine's usage database."""
+    assert engine.usage_db is not None
+    engine.usage_db.write([
+        UsageEvent(
             time=T0 + i, request_id=f"r{i}", user_id=f"user{i % 12:02d}",
             group_id="acme" if i % 2 else "initech", model="gpt" if i % 3 else "claude",
             input_tokens=10 * i, output_tokens=i, cost_usd=0.01 * (i % 12),
             duration_seconds=0.5, attributes={"region": "eu"} if i == 29 else {},
-        ))
+        )
+        for i in range(30)
+    ])
 
 
 @pytest.fixture
@@ -186,7 +189,8 @@ def test_detail_and_unknown_id(port: HttpPort) -> None:
 
 
 def test_an_id_with_a_slash_is_percent_encoded(engine: Engine, port: HttpPort) -> None:
-    engine.store.usage.apply(UsageEvent(time=T0, request_id="s1", user_id="team/alice"))
+    assert engine.usage_db is not None
+    engine.usage_db.write([UsageEvent(time=T0, request_id="s1", user_id="team/alice")])
     status, data = get(port, "/v1/usage/users/team%2Falice")
     assert (status, data["user_id"]) == (200, "team/alice")
 
@@ -232,6 +236,7 @@ def test_csv_export_is_safe_to_open_in_a_spreadsheet(tmp_path: Any) -> None:
         for i, text in enumerate(FORMULAS):
             engine.report({"request_id": f"f{i}", "user": {"id": text}, "model": text,
                            "group": {"id": "g"}, "status": "=1", "input_tokens": 7})
+        assert engine.flush_usage()
         with http_serving(engine) as http:
             raw, rows = csv_rows(http)
             got = lines(http)
@@ -246,20 +251,105 @@ def test_csv_export_is_safe_to_open_in_a_spreadsheet(tmp_path: Any) -> None:
     assert {r["user_id"] for r in got} == set(FORMULAS)
 
 
-def test_store_down_is_503_before_any_byte(tmp_path: Any, redis_server: RedisServer) -> None:
+@pytest.mark.redis
+def test_queries_never_touch_redis(tmp_path: Any, redis_server: RedisServer) -> None:
     engine = Engine.from_text("default allow\n", store=redis_server.url, key_prefix="down:")
     try:
+        fill(engine)
         with http_serving(engine) as http:
             redis_server.kill()
-            for path in ("/v1/usage/users", "/v1/usage/groups/g", "/v1/activity",
-                         "/v1/activity?format=csv"):
-                status, ctype, raw = fetch(http.url(path))
-                assert (status, ctype) == (503, "application/json"), path
-                assert_error(json.loads(raw), "unavailable")
+            for path in ("/v1/usage/users", "/v1/usage/groups/acme", "/v1/activity",
+                         "/v1/usage/users/user01/series", "/v1/usage/spikes"):
+                status, _, _ = fetch(http.url(path))
+                assert status == 200, path  # usage is read from the usage database
             status, _, raw = fetch(http.url("/readyz"))
             assert status == 503 and json.loads(raw)["ready"] is False
     finally:
         engine.close()
+
+
+def test_usage_database_down_is_503_before_any_byte() -> None:
+    engine = Engine.from_text("default allow\n", usage_db="postgresql://tollway@127.0.0.1:1/x")
+    try:
+        with http_serving(engine) as http:
+            for path in ("/v1/usage/users", "/v1/usage/groups/g", "/v1/activity",
+                         "/v1/activity?format=csv", "/v1/usage/users/u/series",
+                         "/v1/usage/spikes"):
+                status, ctype, raw = fetch(http.url(path))
+                assert (status, ctype) == (503, "application/json"), path
+                assert assert_error(json.loads(raw), "unavailable") == "usage database unavailable"
+    finally:
+        engine.close()
+
+
+def test_no_usage_database_is_501() -> None:
+    engine = Engine.from_text("default allow\n", usage_db=None)
+    try:
+        with http_serving(engine) as http:
+            for path in ("/v1/usage/users", "/v1/usage/users/u", "/v1/usage/spikes"):
+                status, data = get(http, path)
+                assert status == 501, path
+                assert_error(data, "not_implemented")
+    finally:
+        engine.close()
+
+
+# ------------------------------------------------------------------ cursors, periods, series
+
+
+def test_cursor_paging_links_carry_cursors(port: HttpPort) -> None:
+    status, first = get(port, "/v1/usage/users", limit=5, cursor="")
+    assert status == 200
+    assert first["next"].startswith("http://tollway.local:9464/v1/usage/users?limit=5&cursor=")
+    assert first["previous"] is None and first["period"] is None
+    assert first["next_cursor"] and first["previous_cursor"] is None
+    seen = [r["user_id"] for r in first["results"]]
+    url = first["next"]
+    while url:
+        status, _, raw = fetch(url.replace("tollway.local:9464", port.address))
+        page = json.loads(raw)
+        assert "offset" not in page["previous"]
+        seen += [r["user_id"] for r in page["results"]]
+        url = page["next"]
+    _, everyone = get(port, "/v1/usage/users", limit=100)
+    assert seen == [r["user_id"] for r in everyone["results"]]
+    status, data = get(port, "/v1/usage/users", cursor="garbage")
+    assert status == 400
+    assert_error(data, "invalid_parameter", "cursor")
+
+
+def test_a_period_listing_says_which_hours_it_covers(port: HttpPort) -> None:
+    _, data = get(port, "/v1/usage/users", start="2027-01-15T08:00:10Z",
+                  end="2027-01-15T08:00:20Z")
+    assert data["period"] == {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T09:00:00Z"}
+    assert data["count"] == 12
+    _, later = get(port, "/v1/usage/users", start="2027-01-15T09:00:00Z", end="2027-01-16")
+    assert (later["count"], later["results"]) == (0, [])
+
+
+def test_series_and_spikes(port: HttpPort) -> None:
+    status, data = get(port, "/v1/usage/users/user05/series", start="2027-01-15T06:00:00Z",
+                       end="2027-01-15T09:00:00Z")
+    assert status == 200
+    assert (data["user_id"], data["metric"], data["step"]) == ("user05", "cost", "1h")
+    assert [(p["time"], p["value"]) for p in data["points"]] == [
+        ("2027-01-15T06:00:00Z", 0.0), ("2027-01-15T07:00:00Z", 0.0),
+        ("2027-01-15T08:00:00Z", pytest.approx(0.15))]
+    status, data = get(port, "/v1/usage/group/acme/series", metric="requests", step="1d",
+                       start="2027-01-15", end="2027-01-16")
+    assert (status, [p["value"] for p in data["points"]]) == (200, [15])
+    status, data = get(port, "/v1/usage/groups/nobody/series")
+    assert status == 404
+    status, data = get(port, "/v1/usage/users/user05/series", step="5m")
+    assert status == 400
+    assert_error(data, "invalid_parameter", "step")
+    status, data = get(port, "/v1/usage/spikes", metric="tokens", min=1, baseline="1d")
+    assert status == 200
+    assert (data["kind"], data["window"], data["baseline"]) == ("users", "1h", "24h")
+    assert data["results"] == []  # all of it is long before the window
+    status, data = get(port, "/v1/usage/spikes", window="5m")
+    assert status == 400
+    assert_error(data, "invalid_parameter", "window")
 
 
 class _FailingActivity:

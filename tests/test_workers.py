@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,10 +35,11 @@ def _serve_env() -> dict[str, str]:
 
 
 def _refused(*flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tollway", "serve", "--http", "off", *flags],
-        capture_output=True, text=True, timeout=60, env=_serve_env(),
-    )
+    with tempfile.TemporaryDirectory() as scratch:  # where a default usage database goes
+        return subprocess.run(
+            [sys.executable, "-m", "tollway", "serve", "--http", "off", *flags],
+            capture_output=True, text=True, timeout=60, env=_serve_env(), cwd=scratch,
+        )
 
 
 def test_memory_store_with_several_workers_is_refused_in_one_line() -> None:
@@ -46,6 +48,16 @@ def test_memory_store_with_several_workers_is_refused_in_one_line() -> None:
     assert done.stderr.splitlines() == [
         "tollway serve: --workers 2 needs a shared store (--store redis://…): the memory "
         "store keeps counters in each process"
+    ]
+
+
+def test_a_memory_usage_database_with_several_workers_is_refused(tmp_path: Path) -> None:
+    done = _refused("--workers", "2", "--store", "redis://127.0.0.1:1/0",
+                    "--listen", "127.0.0.1:0", "--usage-db", "memory")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "tollway serve: --workers 2 needs a shared usage database (sqlite:///PATH or "
+        "postgresql://…): a memory one lives in each process"
     ]
 
 

@@ -32,7 +32,6 @@ from .base import (
 
 if TYPE_CHECKING:
     from ..entities import EntityStore
-    from ..usage import Retention
 
 __all__ = [
     "CounterSpec",
@@ -139,25 +138,21 @@ def open_store(
     *,
     key_prefix: str = "tollway:",
     clock: Callable[[], float] | None = None,
-    retention: Retention | None = None,
     options: StoreOptions | None = None,
 ) -> CounterStore:
     """The counter store for ``url``. ``clock`` drives the memory store (Redis uses TIME);
-    ``retention`` bounds the activity log the store keeps; ``options`` its caps, timeout
-    and password."""
+    ``options`` its caps, timeout and password."""
     options = options or StoreOptions()
     address = with_password(parse_store_url(url), options.password)
     if address.kind == "memory":
         from .memory import MemoryCounterStore
 
         if clock is not None:
-            return MemoryCounterStore(clock, retention=retention, options=options)
-        return MemoryCounterStore(retention=retention, options=options)
+            return MemoryCounterStore(clock, options=options)
+        return MemoryCounterStore(options=options)
     from .redis_store import RedisCounterStore
 
-    return RedisCounterStore(
-        address, key_prefix=key_prefix, retention=retention, timeout=options.timeout
-    )
+    return RedisCounterStore(address, key_prefix=key_prefix, timeout=options.timeout)
 
 
 def open_entity_store(

@@ -14,7 +14,8 @@ from typing import Literal, Protocol
 from tollway.dsl.ast import CALENDARS
 
 from ..model import REPORT_OUTCOMES, ReportOutcome
-from ..usage import RequestSeen, UsageEvent, UsageReader
+from ..usage import UsageEvent
+from .events import EventSource
 
 __all__ = [
     "BUCKETS_PER_WINDOW",
@@ -188,8 +189,8 @@ class CounterStore(Protocol):
     timeout: float
 
     @property
-    def usage(self) -> UsageReader:
-        """The per-user and per-group usage that ``record_report`` accumulates."""
+    def events(self) -> EventSource:
+        """Where the usage events this store accepted wait for the ingester."""
         ...
 
     def check_and_consume(
@@ -200,7 +201,7 @@ class CounterStore(Protocol):
         hold_id: str | None = None,
         hold_owner: str = "*",
         now: float | None = None,
-        seen: RequestSeen | None = None,
+        event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> list[CounterState]:
         """Read every counter; if none is exceeded and ``consume`` is set, add every amount.
@@ -210,20 +211,19 @@ class CounterStore(Protocol):
         (``hold_owner``, ``quotas.owner_key``), so that ``record_report`` can later
         replace the reservation by the actual usage. ``now`` overrides the
         store's clock (the memory store's injected clock; Redis uses its own TIME).
-        ``seen``, when given, is counted in the usage aggregates (one request, first and
-        last seen) in the same atomic step, and only if the amounts were added: a denied
-        decision or a read-only call counts nothing. On Redis it rides the same script call.
-        ``deadline`` (``time.monotonic()``; None: ``timeout`` from now) bounds the wait,
-        and a networked store makes sure nothing is written after it. Raises
+        ``event``, when given, is appended to ``events`` in the same atomic step, and
+        only if the amounts were added: a denied decision or a read-only call appends
+        nothing. On Redis it rides the same script call. ``deadline``
+        (``time.monotonic()``; None: ``timeout`` from now) bounds the wait, and a
+        networked store makes sure nothing is written after it. Raises
         ``StoreUnavailable`` (its ``outcome`` says whether anything may have changed).
         """
         ...
 
-    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
-        """Count one admitted request in the usage aggregates, for a decision that has no
-        counters to consume (one round trip on Redis). Raises ``StoreUnavailable``."""
+    def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
+        """Append one usage event on its own (a decision with no counters to consume);
+        one round trip on Redis. Raises ``StoreUnavailable``."""
         ...
-
 
     def record_report(
         self,
@@ -235,7 +235,7 @@ class CounterStore(Protocol):
         owner: str = "*",
         reporter: str = "*",
         now: float | None = None,
-        usage: UsageEvent | None = None,
+        event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> ReportOutcome:
         """Apply a usage report once per ``request_id`` of its ``reporter``.
@@ -246,9 +246,8 @@ class CounterStore(Protocol):
         ``actual - reserved`` in the bucket it was reserved in (never below zero) ->
         "settled". Otherwise each ``fallback`` counter is increased by its ``amount`` ->
         "added". A request_id the same ``reporter`` (``quotas.reporter_key``) already
-        reported -> "duplicate", nothing changes. ``usage``, when given, is added
-        to the usage aggregates in the same atomic step (so it counts exactly once too);
-        it counts a request only when ``usage.counts_request`` (no decision counted it).
+        reported -> "duplicate", nothing changes. ``event``, when given, is appended to
+        ``events`` in the same atomic step (so a duplicate appends nothing).
         ``deadline`` as for ``check_and_consume``. Raises ``StoreUnavailable``: with
         ``outcome`` "unknown" the report may have been applied, and its retry with the same
         request_id settles it (it counts once).

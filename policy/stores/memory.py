@@ -24,10 +24,10 @@ from typing import TypeVar
 from cachetools import TTLCache
 
 from .. import windows
-from ..usage import RequestSeen, Retention, UsageEvent
+from ..usage import UsageEvent
 from ..windows import MAX_UNITS
 from .base import CounterSpec, CounterState, ForeignDecision, ReportOutcome, StoreOptions
-from .usage_memory import MemoryUsage
+from .events import DEFAULT_MAX_BACKLOG, MemoryEventQueue
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
 
@@ -89,12 +89,11 @@ class MemoryCounterStore:
         hold_ttl: float = HOLD_TTL,
         report_ttl: float = REPORT_TTL,
         options: StoreOptions | None = None,
-        retention: Retention | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
         self._clock = clock
         self.options = options or StoreOptions()
-        self.retention = retention or Retention()
-        self.usage = MemoryUsage(self.retention)
+        self.events = MemoryEventQueue(max_backlog)
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
         self._evictions = {"reservations": 0, "report_ids": 0}
@@ -117,7 +116,7 @@ class MemoryCounterStore:
         hold_id: str | None = None,
         hold_owner: str = "*",
         now: float | None = None,
-        seen: RequestSeen | None = None,
+        event: UsageEvent | None = None,
         deadline: float | None = None,  # nothing here waits
     ) -> list[CounterState]:
         t = self._clock() if now is None else now
@@ -148,9 +147,9 @@ class MemoryCounterStore:
                         for (spec, key, amount, _), (field, _, until)
                         in zip(prepared, slots, strict=True)
                     ))
-                if seen is not None:
-                    # under the store's lock: the request counts exactly when it consumed
-                    self.usage.count_request(seen)
+                if event is not None:
+                    # under the store's lock: the event exists exactly when it consumed
+                    self.events.append(event)
         # fields read from this store are bucket indices (or one period) holding amounts > 0
         state = windows.counter_state
         return [
@@ -169,7 +168,7 @@ class MemoryCounterStore:
         owner: str = "*",
         reporter: str = "*",
         now: float | None = None,
-        usage: UsageEvent | None = None,
+        event: UsageEvent | None = None,
         deadline: float | None = None,  # nothing here waits
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
@@ -184,9 +183,9 @@ class MemoryCounterStore:
             if hold is not None and hold[0] != owner:
                 raise ForeignDecision()
             self._reports[marker] = True
-            if usage is not None:
-                # under the store's lock: a report and its usage count once, together
-                self.usage.apply(usage)
+            if event is not None:
+                # under the store's lock: a report and its event count once, together
+                self.events.append(event)
             if hold is not None:
                 assert hold_id is not None
                 self._holds.pop(hold_id, None)
@@ -202,9 +201,9 @@ class MemoryCounterStore:
                 self._add(c.key, field, until, c.amount)
             return "added"
 
-    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
-        # no counters change with it, so the usage's own lock is all it needs
-        self.usage.count_request(seen)
+    def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
+        # no counters change with it, so the queue's own safety is all it needs
+        self.events.append(event)
 
     def entries(self) -> dict[str, int]:
         """What the store holds now, by kind (``tollway_store_entries``)."""

@@ -1,8 +1,9 @@
 """Counters in Redis, shared by every replica: one Lua script call per decision.
 
 Every counter of a decision is read, checked and (all or none) consumed by one
-``EVALSHA`` of ``lua/consume.lua``, which also counts the admitted request in the usage
-aggregates; a report is one call of ``lua/report.lua``. Both take the time from Redis
+``EVALSHA`` of ``lua/consume.lua``, which also appends the admitted decision's usage event
+to the usage stream (``events_redis``); a report is one call of ``lua/report.lua``, which
+appends the report's event unless it is a duplicate. Both take the time from Redis
 ``TIME`` so that replicas with skewed clocks still agree on windows and periods. A Redis
 that lost its script cache costs one ``SCRIPT LOAD``, not an error.
 
@@ -33,7 +34,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .. import windows
-from ..usage import RequestSeen, Retention, UsageEvent
+from ..usage import UsageEvent
 from . import StoreAddress, parse_store_url
 from .base import (
     REPORT_OUTCOMES,
@@ -43,14 +44,16 @@ from .base import (
     ReportOutcome,
     StoreUnavailable,
 )
+from .events import DEFAULT_MAX_BACKLOG
+from .events_redis import DEFAULT_CLAIM_IDLE, RedisEventStream, stream_key
 from .redis_calls import RedisCalls, Script, store_error
-from .usage_redis import USAGE_LUA, RedisUsage, request_args, usage_args
 
 __all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
 
 HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
 REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
 DEFAULT_TIMEOUT = 0.1
+_EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
 
 
 def default_retry() -> Retry:
@@ -112,11 +115,14 @@ def redis_client(
     return redis.Redis.from_url(address.url, max_connections=max_connections, **options)
 
 
+def load_lua(name: str) -> str:
+    """The source of ``lua/<name>.lua``."""
+    return files("tollway.policy.stores").joinpath("lua", f"{name}.lua").read_text()
+
+
 def load_script(name: str, *parts: str) -> str:
     """The source of ``lua/<name>.lua`` with ``lua/common.lua`` and ``parts`` in front."""
-    lua = files("tollway.policy.stores").joinpath("lua")
-    head = [lua.joinpath("common.lua").read_text(), *parts]
-    return "\n".join([*head, lua.joinpath(f"{name}.lua").read_text()])
+    return "\n".join([load_lua("common"), *parts, load_lua(name)])
 
 
 class RedisCounterStore:
@@ -147,8 +153,9 @@ class RedisCounterStore:
         report_ttl: int = REPORT_TTL,
         honour_now: bool = False,
         client: redis.Redis | None = None,
-        retention: Retention | None = None,
         wall: Callable[[], float] = time.time,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        claim_idle: float = DEFAULT_CLAIM_IDLE,
     ) -> None:
         self._client = client or redis_client(
             url,
@@ -163,10 +170,16 @@ class RedisCounterStore:
         self._hold_ttl = str(int(hold_ttl))
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
-        self._consume = Script.of(load_script("consume", USAGE_LUA))
-        self._report = Script.of(load_script("report", USAGE_LUA))
-        self.retention = retention or Retention()
-        self.usage = RedisUsage(self._client, key_prefix=key_prefix, retention=self.retention)
+        events_lua = load_lua("events")
+        self._consume = Script.of(load_script("consume", events_lua))
+        self._report = Script.of(load_script("report", events_lua))
+        self._append = Script.of(events_lua + "\n" + load_lua("append"))
+        self.events = RedisEventStream(
+            redis_client(url, timeout=_EVENTS_TIMEOUT),
+            stream_key(key_prefix),
+            max_backlog=max_backlog,
+            claim_idle=claim_idle,
+        )
 
     # ------------------------------------------------------------------ protocol
 
@@ -178,13 +191,13 @@ class RedisCounterStore:
         hold_id: str | None = None,
         hold_owner: str = "*",
         now: float | None = None,
-        seen: RequestSeen | None = None,
+        event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> list[CounterState]:
         prepared = windows.prepare_counters(self._prefix, counters)
         if not prepared:
-            if consume and seen is not None:
-                self.record_request(seen, deadline=deadline)
+            if consume and event is not None:
+                self.record_event(event, deadline=deadline)
             return []
         deadline = self._deadline(deadline)
         keys = [c.key for c in prepared]
@@ -201,8 +214,8 @@ class RedisCounterStore:
         for spec, _, amount, limit in prepared:
             window = spec.window
             args += (window.code, str(window.bucket), str(limit), str(amount), spec.metric)
-        if consume and seen is not None:
-            args += request_args(self._prefix, seen)  # counted by the script if admitted
+        if consume and event is not None:
+            args += self.events.append_args(event)  # appended by the script if admitted
         calls = self._calls
         sent_at = calls.wall()
         reply = calls.script(self._consume, keys, args, deadline)
@@ -212,10 +225,11 @@ class RedisCounterStore:
             raise StoreUnavailable(
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
             )
+        self._appended(reply[3])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
         state = windows.counter_state
         states = []
-        for (spec, _, amount, limit), raw in zip(prepared, reply[3:], strict=True):
+        for (spec, _, amount, limit), raw in zip(prepared, reply[4:], strict=True):
             # the script sends the counted total and the live buckets the state needs
             # (all of them when the amount does not fit, else the oldest one)
             fields: dict[int | str, int] = {
@@ -234,7 +248,7 @@ class RedisCounterStore:
         owner: str = "*",
         reporter: str = "*",
         now: float | None = None,
-        usage: UsageEvent | None = None,
+        event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
@@ -254,10 +268,12 @@ class RedisCounterStore:
             args += (metric, str(value))
         for c in checked:
             args += (c.spec.window.code, str(c.spec.window.bucket), str(c.amount))
-        if usage is not None:
-            args += usage_args(self._prefix, usage, self.retention)
+        if event is not None:
+            args += self.events.append_args(event)
         reply = self._calls.script(self._report, keys, args, deadline)
-        text = _text(reply[0] if isinstance(reply, list) else reply)
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise StoreUnavailable(f"redis report script answered {reply!r}", outcome="unknown")
+        text = _text(reply[0])
         if text == "late":
             raise StoreUnavailable(
                 "redis: answered past the deadline; nothing was written", outcome="not_applied"
@@ -266,13 +282,15 @@ class RedisCounterStore:
             raise ForeignDecision()
         for known in REPORT_OUTCOMES:
             if text == known:
+                self._appended(reply[1])
                 return known
         raise StoreUnavailable(f"redis report script answered {text!r}", outcome="unknown")
 
-    def record_request(self, seen: RequestSeen, *, deadline: float | None = None) -> None:
-        if deadline is not None and deadline <= time.monotonic():
-            raise StoreUnavailable("redis: no time left for the call", outcome="not_applied")
-        self.usage.count_request(seen)
+    def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
+        status = self._calls.script(
+            self._append, [], self.events.append_args(event), self._deadline(deadline)
+        )
+        self._appended(status)
 
     def ping(self) -> bool:
         """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` (or
@@ -290,8 +308,14 @@ class RedisCounterStore:
 
     def close(self) -> None:
         self._client.close()
+        self.events.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _appended(self, status: Any) -> None:
+        """Count an event the script could not append (the stream was full)."""
+        if int(status) < 0:
+            self.events.count_dropped()
 
     def _deadline(self, deadline: float | None) -> float:
         return time.monotonic() + self.timeout if deadline is None else deadline

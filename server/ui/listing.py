@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from tollway.policy.engine import Engine
-from tollway.policy.usage import DEFAULT_LIMIT, DEFAULT_SORT, UsagePage, UsageRecord
+from tollway.policy.usage import UsageRecord
+from tollway.policy.usage_query import DEFAULT_LIMIT, DEFAULT_SORT, UsagePage
 from tollway.policy.validate import FieldError
 
 from ..http_routes import first_values, offload, query_params

@@ -282,7 +282,7 @@ class GetUsageRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class ListUsageRequest(_message.Message):
-    __slots__ = ("kind", "search", "sort", "limit", "offset", "start", "end")
+    __slots__ = ("kind", "search", "sort", "limit", "offset", "start", "end", "cursor")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     SORT_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +290,7 @@ class ListUsageRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
     kind: str
     search: str
     sort: str
@@ -297,7 +298,8 @@ class ListUsageRequest(_message.Message):
     offset: int
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
-    def __init__(self, kind: _Optional[str] = ..., search: _Optional[str] = ..., sort: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    cursor: str
+    def __init__(self, kind: _Optional[str] = ..., search: _Optional[str] = ..., sort: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cursor: _Optional[str] = ...) -> None: ...
 
 class ModelUsage(_message.Message):
     __slots__ = ("model", "request_count", "total_tokens", "total_cost")
@@ -381,13 +383,101 @@ class UsageDetail(_message.Message):
     def __init__(self, usage: _Optional[_Union[UsageRecord, _Mapping]] = ..., cost_by_model: _Optional[_Mapping[str, float]] = ..., recent_reports: _Optional[_Iterable[_Union[UsageEvent, _Mapping]]] = ...) -> None: ...
 
 class ListUsageResponse(_message.Message):
-    __slots__ = ("results", "count", "next", "previous")
+    __slots__ = ("results", "count", "next", "previous", "next_cursor", "previous_cursor", "period_start", "period_end")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[UsageRecord]
     count: int
     next: int
     previous: int
-    def __init__(self, results: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., count: _Optional[int] = ..., next: _Optional[int] = ..., previous: _Optional[int] = ...) -> None: ...
+    next_cursor: str
+    previous_cursor: str
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    def __init__(self, results: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., count: _Optional[int] = ..., next: _Optional[int] = ..., previous: _Optional[int] = ..., next_cursor: _Optional[str] = ..., previous_cursor: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UsageSeriesRequest(_message.Message):
+    __slots__ = ("user_id", "group_id", "metric", "step", "start", "end")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    group_id: str
+    metric: str
+    step: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., metric: _Optional[str] = ..., step: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SeriesPoint(_message.Message):
+    __slots__ = ("time", "value")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    value: float
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[float] = ...) -> None: ...
+
+class UsageSeries(_message.Message):
+    __slots__ = ("user_id", "group_id", "metric", "step", "start", "end", "points")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    group_id: str
+    metric: str
+    step: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    points: _containers.RepeatedCompositeFieldContainer[SeriesPoint]
+    def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., metric: _Optional[str] = ..., step: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., points: _Optional[_Iterable[_Union[SeriesPoint, _Mapping]]] = ...) -> None: ...
+
+class ListSpikesRequest(_message.Message):
+    __slots__ = ("kind", "metric", "window", "baseline", "factor", "min", "limit")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    metric: str
+    window: str
+    baseline: str
+    factor: float
+    min: float
+    limit: int
+    def __init__(self, kind: _Optional[str] = ..., metric: _Optional[str] = ..., window: _Optional[str] = ..., baseline: _Optional[str] = ..., factor: _Optional[float] = ..., min: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Spike(_message.Message):
+    __slots__ = ("user_id", "group_id", "window_amount", "baseline_average", "ratio")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_AVERAGE_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    group_id: str
+    window_amount: float
+    baseline_average: float
+    ratio: float
+    def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., window_amount: _Optional[float] = ..., baseline_average: _Optional[float] = ..., ratio: _Optional[float] = ...) -> None: ...
+
+class ListSpikesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[Spike]
+    def __init__(self, results: _Optional[_Iterable[_Union[Spike, _Mapping]]] = ...) -> None: ...

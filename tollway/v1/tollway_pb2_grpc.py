@@ -70,6 +70,16 @@ class TollwayStub:
                 request_serializer=tollway_dot_v1_dot_tollway__pb2.ListUsageRequest.SerializeToString,
                 response_deserializer=tollway_dot_v1_dot_tollway__pb2.ListUsageResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSeries = channel.unary_unary(
+                '/tollway.v1.Tollway/GetUsageSeries',
+                request_serializer=tollway_dot_v1_dot_tollway__pb2.UsageSeriesRequest.SerializeToString,
+                response_deserializer=tollway_dot_v1_dot_tollway__pb2.UsageSeries.FromString,
+                _registered_method=True)
+        self.ListSpikes = channel.unary_unary(
+                '/tollway.v1.Tollway/ListSpikes',
+                request_serializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesRequest.SerializeToString,
+                response_deserializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesResponse.FromString,
+                _registered_method=True)
 
 
 class TollwayServicer:
@@ -124,7 +134,23 @@ class TollwayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUsage(self, request, context):
-        """A page of users' or groups' usage aggregates, searchable and sortable.
+        """A page of users' or groups' usage aggregates, searchable and sortable: lifetime
+        totals, or the amounts used within start/end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsageSeries(self, request, context):
+        """One user's or group's usage per hour or per day: the numbers a dashboard plots.
+        NOT_FOUND if nothing was ever recorded for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpikes(self, request, context):
+        """Users or groups whose usage in the last window is far above their usual.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +193,16 @@ def add_TollwayServicer_to_server(servicer, server):
                     servicer.ListUsage,
                     request_deserializer=tollway_dot_v1_dot_tollway__pb2.ListUsageRequest.FromString,
                     response_serializer=tollway_dot_v1_dot_tollway__pb2.ListUsageResponse.SerializeToString,
+            ),
+            'GetUsageSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSeries,
+                    request_deserializer=tollway_dot_v1_dot_tollway__pb2.UsageSeriesRequest.FromString,
+                    response_serializer=tollway_dot_v1_dot_tollway__pb2.UsageSeries.SerializeToString,
+            ),
+            'ListSpikes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpikes,
+                    request_deserializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesRequest.FromString,
+                    response_serializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +395,60 @@ class Tollway:
             '/tollway.v1.Tollway/ListUsage',
             tollway_dot_v1_dot_tollway__pb2.ListUsageRequest.SerializeToString,
             tollway_dot_v1_dot_tollway__pb2.ListUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollway.v1.Tollway/GetUsageSeries',
+            tollway_dot_v1_dot_tollway__pb2.UsageSeriesRequest.SerializeToString,
+            tollway_dot_v1_dot_tollway__pb2.UsageSeries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpikes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollway.v1.Tollway/ListSpikes',
+            tollway_dot_v1_dot_tollway__pb2.ListSpikesRequest.SerializeToString,
+            tollway_dot_v1_dot_tollway__pb2.ListSpikesResponse.FromString,
             options,
             channel_credentials,
             insecure,

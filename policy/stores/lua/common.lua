@@ -124,3 +124,128 @@ local function need_hash(key)
   end
   return nil
 end
+
+-- Sliding counters keep, beside their bucket fields, two fields of their own: 't', the
+-- sum of every bucket field in the hash, and 'lo', the smallest bucket index present
+-- (absent when none is). Reading a window is then one HMGET whatever its number of
+-- buckets; the buckets that left the window since the last read are found between 'lo'
+-- and the window's oldest bucket, taken out of 't' and deleted. A hash without 't' (a
+-- counter written before these fields existed, or one whose sum could not be kept exact)
+-- is summed once from all its fields.
+local RESCAN = 130  -- more bucket indexes than this between 'lo' and now: read it all
+
+-- Sum the bucket fields of `key` from `first` on; the stale ones come back to delete.
+local function sliding_rescan(key, first)
+  local all = redis.call('HGETALL', key)
+  local t, lo, stale = 0, nil, {}
+  for j = 1, #all, 2 do
+    local f = all[j]
+    if f ~= 't' and f ~= 'lo' then
+      local idx = tonumber(f)
+      if idx == nil or idx < first then
+        stale[#stale + 1] = f
+      else
+        t = t + tonumber(all[j + 1])
+        if lo == nil or idx < lo then lo = idx end
+      end
+    end
+  end
+  return t, lo, stale
+end
+
+-- The window's state at (first, current): the units it counts, its oldest bucket (nil
+-- when empty), the stale fields to delete and whether 't'/'lo' must be written back.
+local function sliding_read(key, first, current)
+  local got = redis.call('HMGET', key, 't', 'lo')
+  local t, lo = tonumber(got[1]), tonumber(got[2])
+  if t == nil then
+    if redis.call('EXISTS', key) == 0 then return 0, nil, {}, false end
+    local st, slo, stale = sliding_rescan(key, first)
+    return st, slo, stale, true
+  end
+  if lo == nil or lo >= first then return t, lo, {}, false end
+  if current - lo > RESCAN then
+    local st, slo, stale = sliding_rescan(key, first)
+    return st, slo, stale, true
+  end
+  -- the buckets that left the window since the last read: out of 't'
+  local names = {}
+  for f = lo, first - 1 do names[#names + 1] = int(f) end
+  local values = redis.call('HMGET', key, unpack(names))
+  local gone, stale = 0, {}
+  for j = 1, #names do
+    if values[j] then
+      gone = gone + tonumber(values[j])
+      stale[#stale + 1] = names[j]
+    end
+  end
+  -- the new oldest bucket: probed from the window's start, a few fields at a time
+  local oldest = nil
+  local from = first
+  while oldest == nil and from <= current do
+    local upto = math.min(from + 7, current)
+    names = {}
+    for f = from, upto do names[#names + 1] = int(f) end
+    values = redis.call('HMGET', key, unpack(names))
+    for j = 1, #names do
+      if values[j] then
+        oldest = from + j - 1
+        break
+      end
+    end
+    from = upto + 1
+  end
+  return t - gone, oldest, stale, true
+end
+
+-- Write back what sliding_read found (stale fields out, 't' and 'lo' as they are now).
+local function sliding_store(key, t, lo, stale)
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  if lo == nil then
+    redis.call('HDEL', key, 'lo')
+    redis.call('HSET', key, 't', int(t))
+  else
+    redis.call('HSET', key, 't', int(t), 'lo', int(lo))
+  end
+end
+
+-- Add `amount` (> 0) units to bucket `field` of a window read as (t, lo); the key lives
+-- until `finish`. Past MAX_UNITS the bucket saturates and 't' is dropped (summed again
+-- on the next read).
+local function sliding_add(key, field, amount, t, lo, finish, sec)
+  local value = redis.call('HINCRBY', key, field, int(amount))
+  if value > MAX_UNITS or t + amount > MAX_UNITS then
+    if value > MAX_UNITS then redis.call('HSET', key, field, int(MAX_UNITS)) end
+    redis.call('HDEL', key, 't')
+  elseif lo == nil or tonumber(field) < lo then
+    redis.call('HSET', key, 't', int(t + amount), 'lo', field)
+  else
+    redis.call('HINCRBY', key, 't', int(amount))
+  end
+  if value == amount then
+    redis.call('EXPIRE', key, finish - sec)  -- a new field: live as long as it counts
+  else
+    keep_until(key, finish, sec)  -- never shorter than that, whatever shortened it
+  end
+end
+
+-- Change bucket `field` of a sliding counter by `delta` (a report replacing a
+-- reservation by the actuals), never below zero; 't' and 'lo' follow. A bucket that
+-- empties or saturates, or a counter without 't', drops 't' (summed on the next read).
+local function sliding_adjust(key, field, delta)
+  if delta == 0 then return end
+  local got = redis.call('HMGET', key, 't', 'lo')
+  local value = redis.call('HINCRBY', key, field, int(delta))
+  if value <= 0 or value > MAX_UNITS or not got[1] then
+    if value <= 0 then
+      redis.call('HDEL', key, field)
+    elseif value > MAX_UNITS then
+      redis.call('HSET', key, field, int(MAX_UNITS))
+    end
+    redis.call('HDEL', key, 't')
+    return
+  end
+  redis.call('HINCRBY', key, 't', int(delta))
+  local lo = tonumber(got[2])
+  if lo == nil or tonumber(field) < lo then redis.call('HSET', key, 'lo', field) end
+end

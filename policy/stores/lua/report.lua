@@ -8,16 +8,16 @@
 --             which must be the one the reservation was made for
 -- ARGV[4]     m, then m pairs: metric, actual units
 -- then        3 values per fallback counter: window code, bucket seconds, amount units
--- then        optionally the 14 values of usage_apply (lua/usage.lua): the report's usage
---             aggregates, recorded in this same atomic step, so a duplicate counts once
---             (it counts a request only when no decision did: see usage.lua)
--- Returns 'duplicate', 'settled' (the reservation was replaced by the actuals),
--- 'added' (no live reservation: the fallback amounts were added), 'foreign' (the
--- reservation was made for someone else: nothing was written) or 'late' (Redis's clock
--- was past the deadline in ARGV[1]: nothing was written).
+-- then        optionally the 3 values of event_append (lua/events.lua): the report's usage
+--             event, appended in this same atomic step, so a duplicate appends nothing
+-- Returns {outcome, event}: outcome 'duplicate', 'settled' (the reservation was replaced
+-- by the actuals), 'added' (no live reservation: the fallback amounts were added),
+-- 'foreign' (the reservation was made for someone else: nothing was written) or 'late'
+-- (Redis's clock was past the deadline in ARGV[1]: nothing was written); event 1
+-- appended, -1 dropped (the stream is full), 0 none.
 local sec, _, late = now_parts(ARGV[1])
-if late then return 'late' end  -- past the caller's deadline: nothing written
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
+if late then return {'late', 0} end  -- past the caller's deadline: nothing written
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate', 0} end
 local has_hold = ARGV[3] ~= ''
 local m = tonumber(ARGV[4])
 local actual = {}
@@ -30,7 +30,7 @@ if has_hold then
   local raw = redis.call('GET', KEYS[2])
   if raw then
     local record = cjson.decode(raw)
-    if record.o ~= ARGV[3] then return 'foreign' end
+    if record.o ~= ARGV[3] then return {'foreign', 0} end
     held = record.c
   end
 end
@@ -47,8 +47,9 @@ else
 end
 
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
-local usage_at = 5 + 2 * m + 3 * (#KEYS - first_counter + 1)
-if #ARGV >= usage_at + 13 then usage_apply(ARGV, usage_at) end
+local event_at = 5 + 2 * m + 3 * (#KEYS - first_counter + 1)
+local appended = 0
+if #ARGV >= event_at + 2 then appended = event_append(ARGV, event_at) end
 if held then
   redis.call('DEL', KEYS[2])
   for _, h in ipairs(held) do
@@ -57,11 +58,11 @@ if held then
     -- A metric the report does not mention keeps its reservation; an expired bucket is left.
     if actual[metric] ~= nil and sec < finish then
       local delta = actual[metric] - reserved
-      add(key, field, delta)
+      if tonumber(field) then sliding_adjust(key, field, delta) else add(key, field, delta) end
       if delta > 0 then keep_until(key, finish, sec) end
     end
   end
-  return 'settled'
+  return {'settled', appended}
 end
 
 local base = 4 + 2 * m
@@ -72,13 +73,19 @@ for i = first_counter, #KEYS do
   if amount > 0 then
     local key = KEYS[i]
     local field, first, finish = slot(code, bucket, sec)
-    -- Counters only reports touch are pruned here, once they hold more than a window.
-    if redis.call('HLEN', key) > 64 then
-      local stale = stale_fields(redis.call('HGETALL', key), field, first)
-      if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+    if first then
+      local t, lo, stale, changed = sliding_read(key, first, tonumber(field))
+      if changed then sliding_store(key, t, lo, stale) end
+      sliding_add(key, field, amount, t, lo, finish, sec)
+    else
+      -- Calendar counters only reports touch are pruned here, once they hold many periods.
+      if redis.call('HLEN', key) > 64 then
+        local stale = stale_fields(redis.call('HGETALL', key), field, first)
+        if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+      end
+      add(key, field, amount)
+      keep_until(key, finish, sec)
     end
-    add(key, field, amount)
-    keep_until(key, finish, sec)
   end
 end
-return 'added'
+return {'added', appended}

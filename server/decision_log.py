@@ -47,17 +47,24 @@ class Sink(Protocol):
 
 
 class StreamSink:
-    """Lines to an open text stream (``-``: stdout); never rotated."""
+    """Lines to an open stream (``-``: stdout); never rotated.
+
+    One ``write(2)`` per line: on a pipe a line up to ``PIPE_BUF`` (4 KiB) lands whole,
+    whichever other process (another worker) writes to the same pipe.
+    """
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+        stream.flush()
+        self._fd = stream.fileno()
 
     def write(self, lines: list[str]) -> None:
-        self._stream.write("".join(lines))
-        self._stream.flush()
+        for line in lines:
+            data = memoryview(line.encode("utf-8"))
+            while data:
+                data = data[os.write(self._fd, data):]
 
     def close(self) -> None:
-        self._stream.flush()
+        pass  # the stream is not ours
 
 
 class FileSink:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from server_harness import Served, tollway_serve, write_rules
+from google.protobuf import struct_pb2
+from server_harness import RULES, Served, tollway_serve, write_rules
 
 from tollway.server.auth import new_token, token_block
 from tollway.v1 import tollway_pb2 as pb
@@ -86,8 +87,9 @@ def tls_tokens(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[S
     decide, admin = new_token(), new_token()
     auth = d / "tokens.toml"
     auth.write_text(token_block("gateway", ["decide"], decide) + token_block("ops", ["admin"], admin))
+    rules = write_rules(d, "schema user { tier: string admin }\n" + RULES)
     with tollway_serve(
-        write_rules(d), "--auth", str(auth), "--tls-cert", str(pki.server.cert),
+        rules, "--auth", str(auth), "--tls-cert", str(pki.server.cert),
         "--tls-key", str(pki.server.key), "--log-level", "debug",
     ) as served:
         yield Secured(served, decide, admin, d)
@@ -113,6 +115,35 @@ def test_a_client_that_does_not_trust_the_server_certificate_fails(
 ) -> None:
     with _tls_channel(tls_tokens.served.grpc, pki.other_ca.cert) as channel:
         assert _decide(channel, tls_tokens.decide_token) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_admin_keys_and_report_binding_hold_over_the_wire(tls_tokens: Secured, pki: Pki) -> None:
+    """The gateway's token can decide and report, but not set an admin key, nor settle
+    another user's reservation; the admin's token sets the key."""
+    gateway = _bearer(tls_tokens.decide_token)
+    with _tls_channel(tls_tokens.served.grpc, pki.ca.cert) as channel:
+        stub = pb_grpc.TollwayStub(channel)
+        stub.UpsertEntity(pb.UpsertEntityRequest(kind="user", id="w1", metadata=_meta(tier="free")),
+                          metadata=_bearer(tls_tokens.admin_token), timeout=10)
+        d = stub.Decide(pb.DecideRequest(user=pb.Entity(id="w1", metadata=_meta(tier="pro")),
+                                         model="m"), metadata=gateway, timeout=10)
+        assert list(d.ignored_metadata) == ["user.tier"]
+        assert "per_user" in [q.name for q in d.quotas]  # still free: limited
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Report(pb.UsageReport(request_id="x", decision_id=d.decision_id,
+                                       user=pb.Entity(id="w2"), model="m"),
+                        metadata=gateway, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        ack = stub.Report(pb.UsageReport(request_id="x", decision_id=d.decision_id,
+                                         user=pb.Entity(id="w1"), model="m"),
+                          metadata=gateway, timeout=10)
+        assert ack.outcome == "settled"
+
+
+def _meta(**values: object) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
 
 
 def test_the_http_port_speaks_tls_and_checks_tokens(tls_tokens: Secured, pki: Pki) -> None:

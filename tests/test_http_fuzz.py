@@ -120,7 +120,8 @@ PARAMS = ["search", "sort", "limit", "offset", "start", "end", "kind", "user", "
           "model", "format", "cursor", "id", "period", "next", "step", "metric", "window",
           "baseline", "factor", "min"]
 UI_PATHS = ["/ui/", "/ui/users", "/ui/groups", "/ui/users/{id}", "/ui/groups/{id}",
-            "/ui/rules", "/ui/rules/explain", "/ui/login", "/ui/logout", "/ui/static/{name}"]
+            "/ui/spikes", "/ui/rules", "/ui/rules/explain", "/ui/login", "/ui/logout",
+            "/ui/static/{name}"]
 ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/activity", "/v1/usage/spikes"] + [
     f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
     for tail in ("", "/{id}", "/{id}/series")

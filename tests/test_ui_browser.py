@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,21 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+# "middle" also worked ten days ago: OLD_REQUESTS requests costing OLD_COST each.
+OLD_REQUESTS, OLD_COST = 2, 0.5
+DAYS_AGO = 10
+
+
+class Clock:
+    """The engine's clock: now, or ``behind`` seconds before it while old usage is seeded."""
+
+    def __init__(self) -> None:
+        self.behind = 0.0
+
+    def __call__(self) -> float:
+        return time.time() - self.behind
+
+
 @dataclass
 class Served:
     http: HttpPort
@@ -92,29 +108,38 @@ class Served:
         return self.http.url(path)
 
 
+def _seed(stub: pb_grpc.TollwayStub, rows: list[tuple[str, str, int, float, int]],
+          tag: str) -> None:
+    for user, group, count, cost, tokens in rows:
+        for i in range(count):
+            rid = f"{tag}-{user}-{i}"
+            entity = free_user(user) if user != "heavy" else pb.Entity(id=user)
+            team = pb.Entity(id=group) if group else None
+            d = stub.Decide(pb.DecideRequest(
+                request_id=rid, user=entity, group=team, model="openai/gpt-5"))
+            assert d.allowed
+            stub.Report(pb.UsageReport(
+                request_id=rid, decision_id=d.decision_id, user=pb.Entity(id=user),
+                group=team, model=d.model, input_tokens=tokens - 100, output_tokens=100,
+                cost_usd=cost))
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Served]:
-    """gRPC and HTTP over one engine, usage seeded with Decide and Report over gRPC."""
-    engine = Engine.from_text(RULES)
+    """gRPC and HTTP over one engine, usage seeded with Decide and Report over gRPC:
+    ``middle``'s older usage ten days ago, everything else now."""
+    clock = Clock()
+    engine = Engine.from_text(RULES, clock=clock)
     grpc_server = ServerThread(engine)
     address = grpc_server.start()
     try:
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.TollwayStub(channel)
-            n = 0
-            for user, group, count, cost, tokens in USERS:
-                for _ in range(count):
-                    n += 1
-                    entity = free_user(user) if user != "heavy" else pb.Entity(id=user)
-                    team = pb.Entity(id=group) if group else None
-                    d = stub.Decide(pb.DecideRequest(
-                        request_id=f"r{n}", user=entity, group=team, model="openai/gpt-5"))
-                    assert d.allowed
-                    stub.Report(pb.UsageReport(
-                        request_id=f"r{n}", decision_id=d.decision_id, user=pb.Entity(id=user),
-                        group=team, model=d.model, input_tokens=tokens - 100,
-                        output_tokens=100, cost_usd=cost))
-        assert engine.flush_usage()  # usage is written a moment after the reports
+            clock.behind = DAYS_AGO * 86400.0
+            _seed(stub, [("middle", "initech", OLD_REQUESTS, OLD_COST, 1000)], "old")
+            clock.behind = 0.0
+            _seed(stub, USERS, "now")
+        assert engine.flush_usage()
         with http_serving(engine, loop=grpc_server) as http:
             yield Served(http, engine)
     finally:
@@ -189,16 +214,82 @@ def test_a_detail_page_shows_the_right_totals(
     page.wait_for_url("**/ui/users/middle**")
     page.screenshot(path=str(shots / "detail.png"), full_page=True)
     _, _, count, cost, tokens = USERS[2]
-    assert page.locator("#card-requests").inner_text() == str(count)
-    assert page.locator("#card-tokens").inner_text() == f"{count * tokens:,}"
-    assert page.locator("#card-cost").inner_text() == usd(count * cost) == "$1.00"
-    assert page.locator("table.reports tbody tr").count() == count
+    requests = count + OLD_REQUESTS
+    assert page.locator("#card-requests").inner_text() == str(requests)
+    assert page.locator("#card-tokens").inner_text() == f"{count * tokens + OLD_REQUESTS * 1000:,}"
+    assert page.locator("#card-cost").inner_text() == usd(count * cost + OLD_REQUESTS * OLD_COST)
+    assert page.locator("table.reports tbody tr").count() == requests
+    # the chart, over the listing's period (all time): one group of marks per day
+    chart = page.locator("#usage-chart")
+    first_seen = time.time() - DAYS_AGO * 86400
+    series = server.engine.usage_series("user", "middle", {
+        "metric": "cost", "step": "1d", "start": first_seen - 60, "end": time.time()})
+    assert series is not None and len(series.points) == DAYS_AGO + 1
+    assert chart.locator("g.point").count() == len(series.points)
+    assert int(chart.get_attribute("data-points")) == len(series.points)
+    assert page.locator("#period-totals strong").first.inner_text() == usd(
+        count * cost + OLD_REQUESTS * OLD_COST)
+    # the last 7 days, hour by hour: only the recent usage
+    page.get_by_label("Show").select_option("7d")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**period=7d**")
+    hours = page.locator("#usage-chart g.point").count()
+    assert 7 * 24 <= hours <= 7 * 24 + 1
+    assert page.locator("#period-totals strong").first.inner_text() == usd(count * cost)
+    page.screenshot(path=str(shots / "detail-7d.png"), full_page=True)
     quotas = page.locator("table.quotas tbody th").all_inner_texts()
     assert quotas == ["free_hourly", "team_cost"]
     page.get_by_role("link", name="initech").first.click()
     page.wait_for_url("**/ui/groups/initech**")
     assert sorted(page.locator("ul.links a").all_inner_texts()) == ["middle", "quiet"]
     page.screenshot(path=str(shots / "group.png"), full_page=True)
+
+
+def test_the_period_picker_changes_the_amounts(server: Served, page: Any) -> None:
+    page.goto(server.url("/ui/users?sort=-total_cost"))
+    row = page.locator("#usage-table tbody tr", has=page.get_by_role("link", name="middle"))
+    _, _, count, cost, _ = USERS[2]
+    lifetime = count * cost + OLD_REQUESTS * OLD_COST
+    assert row.locator("td").nth(2).inner_text() == usd(lifetime)
+    assert row.locator("td").nth(0).inner_text() == str(count + OLD_REQUESTS)
+    page.get_by_label("Show").select_option("1d")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**period=1d**")
+    assert row.locator("td").nth(2).inner_text() == usd(count * cost)
+    assert row.locator("td").nth(0).inner_text() == str(count)
+    assert "amounts within" in page.locator("#summary").inner_text()
+    # a custom period around the old work shows only it, and only who worked then
+    start = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - (DAYS_AGO + 1) * 86400))
+    end = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - (DAYS_AGO - 1) * 86400))
+    page.get_by_label("Show").select_option("custom")
+    page.get_by_label("from", exact=True).fill(start)
+    page.get_by_label("to", exact=True).fill(end)
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**period=custom**")
+    assert _ids(page) == ["middle"]
+    assert row.locator("td").nth(2).inner_text() == usd(OLD_REQUESTS * OLD_COST)
+
+
+def test_the_spikes_page_lists_a_spiking_user(
+    server: Served, page: Any, shots: Path
+) -> None:
+    page.goto(server.url("/ui/users"))
+    page.get_by_role("link", name="Spikes").click()
+    page.wait_for_url("**/ui/spikes")
+    page.screenshot(path=str(shots / "spikes.png"), full_page=True)
+    table = page.locator("#spikes-table")
+    # heavy spent $7.50 this hour and nothing before: over the $1 minimum, a new spender
+    heavy = table.locator("tbody tr", has=page.get_by_role("link", name="heavy"))
+    assert heavy.locator("td").nth(0).inner_text() == usd(3 * 2.5)
+    assert heavy.locator("td").nth(2).inner_text() == "new"
+    assert "quiet" not in table.inner_text()  # $0.05: under the minimum
+    heavy.get_by_role("link", name="heavy").click()
+    page.wait_for_url("**/ui/users/heavy**")
+    page.go_back()
+    page.get_by_label("Minimum").fill("100")
+    page.get_by_role("button", name="Look").click()
+    page.wait_for_url("**min=100**")
+    assert "Nobody is spiking." in table.inner_text()
 
 
 def test_the_explain_box_shows_the_routed_model_of_a_free_user(
@@ -264,8 +355,9 @@ def test_signing_in_and_out_in_the_browser(
             context.close()
 
 
-PAGES = [("users", "/ui/users"), ("groups", "/ui/groups"), ("detail", "/ui/users/heavy"),
-         ("group", "/ui/groups/acme"), ("rules", "/ui/rules"), ("login", "/ui/login")]
+PAGES = [("users", "/ui/users"), ("groups", "/ui/groups"), ("detail", "/ui/users/middle"),
+         ("group", "/ui/groups/acme"), ("spikes", "/ui/spikes"), ("rules", "/ui/rules"),
+         ("login", "/ui/login")]
 
 
 def test_no_page_has_serious_accessibility_violations(server: Served, browser: Any) -> None:

@@ -256,6 +256,11 @@ def test_usage_pages_do_not_need_redis_and_a_usage_database_down_is_a_503_page(
             for path in ("/ui/users", "/ui/users/u03", "/ui/groups/acme"):
                 page = fetch(http.url(path))
                 assert page.status == 200, (path, page.text[:300])
+            # a detail page shows the usage, and says what it cannot read without the store
+            detail = fetch(http.url("/ui/users/u03")).text
+            assert 'id="card-requests">4<' in detail
+            assert "quota counters are not shown: the counter store cannot be reached" in detail
+            assert "<table class=\"quotas\">" not in detail
     finally:
         engine.close()
     down = Engine.from_text(RULES, usage_db="postgresql://tollway@127.0.0.1:1/x")

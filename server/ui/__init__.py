@@ -1,9 +1,9 @@
 """The dashboard: HTML pages of usage and policy on the HTTP port, under ``/ui/``.
 
 Pages (docs/dashboard.md): Users and Groups (``/ui/users``, ``/ui/groups``), a user's or
-group's detail (``/ui/users/{id}``, ``/ui/groups/{id}``), Rules (``/ui/rules``, with
-the explain box posting to ``/ui/rules/explain``), and the sign-in form
-(``/ui/login``). They are Jinja2 templates rendered on the server over the one
+group's detail (``/ui/users/{id}``, ``/ui/groups/{id}``), Spikes (``/ui/spikes``), Rules
+(``/ui/rules``, with the explain box posting to ``/ui/rules/explain``), and the sign-in
+form (``/ui/login``). They are Jinja2 templates rendered on the server over the one
 ``Engine`` (called off the event loop like every route) and one stylesheet; no script,
 no build step, nothing fetched from elsewhere. The pages only read; they need the
 ``admin`` role, except the sign-in form and the stylesheet (``server/roles.py``).
@@ -32,6 +32,7 @@ from .session import (
     sign_in,
     sign_out,
 )
+from .spikes import spikes_page
 
 __all__ = ["install", "STATIC_TYPES"]
 
@@ -124,5 +125,6 @@ def install(app: web.Application, engine: Engine) -> None:
         add_route(app, "GET", f"/ui/{segment}", page(engine, listing_page(engine, segment)))
         add_route(app, "GET", f"/ui/{segment}/{{id}}",
                   page(engine, detail_page(engine, segment)))
+    add_route(app, "GET", "/ui/spikes", page(engine, spikes_page(engine)))
     add_route(app, "GET", "/ui/rules", page(engine, rules_page(engine)))
     add_route(app, "POST", "/ui/rules/explain", page(engine, explain_page(engine)))

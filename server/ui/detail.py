@@ -1,5 +1,9 @@
-"""A user's or group's page: totals, cost by model, recent reports, metadata and
-memberships, and the quotas that apply to it now.
+"""A user's or group's page: totals, a chart of cost and requests over the chosen
+period, cost by model, recent reports, metadata and memberships, and the quotas that
+apply to it now.
+
+The chart reads the engine's ``usage_series`` for cost and for requests over the same
+steps: hourly for a period of up to 7 days, daily beyond.
 
 The quotas come from the engine's ``explain`` of a typical request of the entity (its
 latest report's model, group and attributes; else its busiest model): nothing is
@@ -26,14 +30,19 @@ from tollway.policy.usage import UsageDetail
 
 from ..http_errors import HttpError
 from ..http_routes import first_values, offload, query_params
+from .chart import Chart
 from .pages import KINDS, layout
 from .period import CHOICES, Period
 from .render import entity_path, html_response
 
-__all__ = ["MAX_LINKS", "ModelShare", "typical_request", "detail_page"]
+__all__ = ["MAX_LINKS", "HOURLY_UP_TO", "ModelShare", "typical_request", "usage_chart",
+           "detail_page"]
 
 # Memberships shown on the page (a group may have very many members).
 MAX_LINKS = 100
+# The longest period charted hour by hour; longer ones are charted by day.
+HOURLY_UP_TO = 7 * 86400
+STEP_SECONDS = {"1h": 3600, "1d": 86400}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,26 @@ def _shares(usage: UsageDetail | None) -> list[ModelShare]:
     ]
 
 
+def usage_chart(
+    engine: Engine, kind: str, ident: str, period: Period, first_seen: float, now: float
+) -> Chart | None:
+    """Cost and requests per step over ``period`` (from ``first_seen`` when it is open)."""
+    start, end = period.span(first_seen, now)
+    step = "1h" if end - start <= HOURLY_UP_TO else "1d"
+    span = {"step": step, "start": start, "end": end}
+    cost = engine.usage_series(kind, ident, {**span, "metric": "cost"})
+    requests = engine.usage_series(kind, ident, {**span, "metric": "requests"})
+    if cost is None or requests is None:
+        return None
+    return Chart.of(
+        [p.time for p in cost.points],
+        [p.value for p in cost.points],
+        [p.value for p in requests.points],
+        step=step,
+        step_seconds=STEP_SECONDS[step],
+    )
+
+
 def _explain(engine: Engine, request: Mapping[str, Any] | None) -> Explanation | None:
     return None if request is None else engine.explain(request)
 
@@ -105,6 +134,11 @@ def detail_page(engine: Engine, segment: str) -> Any:
             raise HttpError(404, f"tollway has not seen {kind} {ident!r}")
         typical = None if unreadable else typical_request(kind, ident, usage)
         explained = await offload(request, _explain, engine, typical)
+        chart = None
+        if usage is not None:
+            chart = await offload(
+                request, usage_chart, engine, kind, ident, period, usage.usage.first_seen, now
+            )
         links = entity.links if entity is not None else ()
         context = {
             "page": layout(request, engine, f"{kind.capitalize()} {ident}", segment),
@@ -124,6 +158,7 @@ def detail_page(engine: Engine, segment: str) -> Any:
             "unreadable": unreadable,
             "period": period,
             "choices": CHOICES,
+            "chart": chart,
         }
         return html_response("detail.html", context)
 

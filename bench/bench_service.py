@@ -13,6 +13,8 @@ grpc      (a) Decide over gRPC, memory store, the gateway example rules (server 
               ``--inflight`` calls outstanding and sends pre-serialized requests.
           (b2) the same empty RPC with its decoding guarded as every tollway method is
               (registered on ``GuardedServer``); b2/b is what the guard costs (1.00: free).
+          (a2) (a) with ``--auth``, a bearer token on every call; a2/a is what checking
+              a token costs a Decide (1.00: free).
 redis     all in this process, sequential, on one private redis-server:
           (e) ``Engine.decide`` with 3 quotas (1m, 1h, 1d) per user, as it ships (usage
               events appended, the engine's ingester thread writing its usage database);
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -311,9 +314,10 @@ class GrpcLoad:
     """Channels to one server, kept open across rounds."""
 
     def __init__(self, address: str, method: str, requests: list[bytes], inflight: int,
-                 channels: int = 1) -> None:
+                 channels: int = 1, token: str | None = None) -> None:
         self.requests = requests
         self.inflight = inflight
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
 
         async def open_channels() -> list[grpc.aio.Channel]:
             # a channel of its own each (no shared subchannel): one connection each
@@ -322,7 +326,8 @@ class GrpcLoad:
 
         self.channels = _loop().run_until_complete(open_channels())
         # bytes in, bytes out: no client-side parsing
-        self.calls = [c.unary_unary(method) for c in self.channels]
+        self.calls = [functools.partial(c.unary_unary(method), metadata=metadata)
+                      for c in self.channels]
         self(0.5)  # warm-up: connections, caches
 
     def __call__(self, seconds: float) -> tuple[float, list[float]]:
@@ -522,25 +527,44 @@ def limits_runner(port: int) -> tuple[Callable[[float], tuple[float, list[float]
 # ------------------------------------------------------------------ groups
 
 
+def _token_file(directory: Path) -> tuple[Path, str]:
+    """A token file as a deployment has one: the gateway's token among a few others."""
+    from tollway.server.auth import new_token, token_block
+
+    token = new_token()
+    path = directory / "tokens.toml"
+    path.write_text("".join(token_block(f"other-{i}", ["admin"], new_token()) for i in range(4))
+                    + token_block("gateway", ["decide"], token))
+    return path, token
+
+
 def grpc_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
     requests = _decide_requests(2000, MODELS)
-    with (
-        tollway_server(Path(args.rules)) as decide_at,
-        echo_server() as echo_at,
-        echo_server(guarded=True) as guarded_at,
-    ):
-        a = GrpcLoad(decide_at, "/tollway.v1.Tollway/Decide", requests, args.inflight)
-        b = GrpcLoad(echo_at, "/bench.Echo/Ping", [b""], args.inflight)
-        b2 = GrpcLoad(guarded_at, "/bench.Echo/Ping", [b""], args.inflight)
-        got = alternate({"a": a, "b": b, "b2": b2}, args.rounds, args.seconds)
-        for load in (a, b, b2):
-            load.close()
+    with tempfile.TemporaryDirectory() as d:
+        tokens, token = _token_file(Path(d))
+        with (
+            tollway_server(Path(args.rules)) as decide_at,
+            tollway_server(Path(args.rules), "memory", "--auth", str(tokens)) as guarded_decide,
+            echo_server() as echo_at,
+            echo_server(guarded=True) as guarded_at,
+        ):
+            a = GrpcLoad(decide_at, "/tollway.v1.Tollway/Decide", requests, args.inflight)
+            a2 = GrpcLoad(guarded_decide, "/tollway.v1.Tollway/Decide", requests, args.inflight,
+                          token=token)
+            b = GrpcLoad(echo_at, "/bench.Echo/Ping", [b""], args.inflight)
+            b2 = GrpcLoad(guarded_at, "/bench.Echo/Ping", [b""], args.inflight)
+            got = alternate({"a": a, "a2": a2, "b": b, "b2": b2}, args.rounds, args.seconds)
+            for load in (a, a2, b, b2):
+                load.close()
     ra = _row("(a) Decide, memory store, gateway.rules", got["a"])
+    ra2 = _row("(a2) the same with --auth and a token", got["a2"])
     rb = _row("(b) empty unary RPC, same grpc.aio options", got["b"])
     rb2 = _row("(b2) the same, its decoding guarded", got["b2"])
-    rows += [ra, rb, rb2]
+    rows += [ra, ra2, rb, rb2]
     notes.append(f"a/b = {ra.calls_per_s / rb.calls_per_s:.2f} (target >= 0.7); client in this "
                  f"process, {args.inflight} calls in flight")
+    notes.append(f"a2/a = {ra2.calls_per_s / ra.calls_per_s:.2f} (what checking a token costs "
+                 "a Decide; 1.00 is free)")
     notes.append(f"b2/b = {rb2.calls_per_s / rb.calls_per_s:.2f} (what guarding the decoding "
                  "costs an empty call; 1.00 is free)")
 

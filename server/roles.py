@@ -42,7 +42,7 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "/tollway.v1.Tollway/ListUsage": "admin",
     "/tollway.v1.Tollway/GetUsageSeries": "admin",
     "/tollway.v1.Tollway/ListSpikes": "admin",
-    # Envoy decides through these on the gateway's behalf (docs/gateways.md)
+    # Envoy decides through these on the gateway's behalf (docs/envoy.md)
     "/envoy.service.auth.v3.Authorization/Check": "decide",
     "/envoy.service.ext_proc.v3.ExternalProcessor/Process": "decide",
     "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit": "decide",

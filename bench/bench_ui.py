@@ -3,8 +3,9 @@
     python bench/bench_ui.py [--users 100000] [--groups 100] [--rounds 30]
 
 The server is the real HTTP port (as ``tollway serve`` runs it) over an in-memory engine
-whose usage holds ``--users`` users in ``--groups`` groups, recorded through
-``Engine.report``; the rules are examples/gateway.rules. Each page is fetched
+(memory counter store, the in-memory SQLite usage database) whose usage holds
+``--users`` users in ``--groups`` groups, recorded through ``Engine.report`` in the last
+minutes (so every user is in every period); the rules are examples/gateway.rules. Each page is fetched
 ``--rounds`` times, one request at a time (so nothing queues), and the time the server
 spent on it is read from the page's ``Server-Timing`` header. The peer is the JSON API
 route that reads the same data (``/v1/usage/…``, its time measured by the client, which
@@ -119,7 +120,8 @@ def main() -> None:
     address, seeded = start_server(args.users, args.groups)
     members = -(-args.users // args.groups)
     print()
-    print(f"Dashboard pages, memory store, {args.users:,} users in {args.groups} groups "
+    print(f"Dashboard pages, memory counter store and in-memory SQLite usage database, "
+          f"{args.users:,} users in {args.groups} groups "
           f"(seeded in {seeded:.1f} s), {args.rounds} requests per page, one at a time")
     print()
     print(f"| {'page':<42} | {'server p50':>10} | {'server p95':>10} | {'server max':>10} "

@@ -639,7 +639,9 @@ class Engine:
         amounts = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 0.0)
         # the report names the model that served, which is what per-model counters track
         specs, _ = counters_for(verdict.quotas, ruleset.quotas, ctx, rep.model, amounts)
-        return [s for s in specs if s.amount > 0]
+        # every counter, those without an amount too: a report settling a reservation
+        # declares the counters it touches (their keys are the decision's)
+        return specs
 
 
 # The version and variant bits of a random (version 4) UUID, as ``uuid.uuid4`` sets them.

@@ -243,6 +243,7 @@ def test_every_sort_field_both_ways_ties_by_id(db: UsageDatabase, span: str) -> 
                 assert getattr(rec, sort_field) == pytest.approx(expected[rec.id][sort_field])
             searched = listing(db, sort=sort, limit=100, search="u", **SPANS[span])
             assert ids(searched) == [i for i in order if "u" in i], sort
+            assert searched.count == len(searched.results)
 
 
 def test_default_sort_is_cost_descending(db: UsageDatabase) -> None:

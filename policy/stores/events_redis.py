@@ -92,8 +92,9 @@ class RedisEventStream:
     # ------------------------------------------------------------------ appending side
 
     def append_args(self, event: UsageEvent) -> list[str]:
-        """The ARGV values of ``event_append`` (``lua/events.lua``) for ``event``."""
-        return [self.key, str(self.max_backlog), event.to_json()]
+        """The ARGV values of ``event_append`` (``lua/events.lua``) for ``event``; the
+        stream itself, ``key``, goes last in the script's KEYS."""
+        return [str(self.max_backlog), event.to_json()]
 
     def count_dropped(self) -> None:
         with self._lock:

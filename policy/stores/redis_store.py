@@ -19,6 +19,7 @@ before a command is sent on it.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -173,6 +174,7 @@ class RedisCounterStore:
         events_lua = load_lua("events")
         self._consume = Script.of(load_script("consume", events_lua))
         self._report = Script.of(load_script("report", events_lua))
+        self._settle = Script.of(load_script("settle"))
         self._append = Script.of(events_lua + "\n" + load_lua("append"))
         self.events = RedisEventStream(
             redis_client(url, timeout=_EVENTS_TIMEOUT),
@@ -215,6 +217,7 @@ class RedisCounterStore:
             window = spec.window
             args += (window.code, str(window.bucket), str(limit), str(amount), spec.metric)
         if consume and event is not None:
+            keys.append(self.events.key)
             args += self.events.append_args(event)  # appended by the script if admitted
         calls = self._calls
         sent_at = calls.wall()
@@ -269,10 +272,13 @@ class RedisCounterStore:
         for c in checked:
             args += (c.spec.window.code, str(c.spec.window.bucket), str(c.amount))
         if event is not None:
+            keys.append(self.events.key)
             args += self.events.append_args(event)
         reply = self._calls.script(self._report, keys, args, deadline)
-        if not isinstance(reply, list) or len(reply) != 2:
+        if not isinstance(reply, list) or len(reply) not in (2, 3):
             raise StoreUnavailable(f"redis report script answered {reply!r}", outcome="unknown")
+        if len(reply) == 3:  # reserved counters the report did not declare: settled now
+            self._settle_parts(json.loads(_text(reply[2])), now, deadline)
         text = _text(reply[0])
         if text == "late":
             raise StoreUnavailable(
@@ -286,9 +292,26 @@ class RedisCounterStore:
                 return known
         raise StoreUnavailable(f"redis report script answered {text!r}", outcome="unknown")
 
+    def _settle_parts(self, parts: list[list[Any]], now: float | None, deadline: float) -> None:
+        """Settle the parts of a reservation whose counters the report script could not
+        touch (they were not among its keys: the rules changed since the decision, say),
+        in a second call that declares them. The report is recorded already: if this call
+        fails, those parts stay reserved until their buckets leave the window."""
+        keys = [str(key) for key, _, _, _ in parts]
+        args = [self._clock_arg(now, deadline)]
+        for _, field, delta, finish in parts:
+            args += (str(field), str(delta), str(finish))
+        reply = self._calls.script(self._settle, keys, args, deadline)
+        if _text(reply) == "late":
+            raise StoreUnavailable(
+                "redis: answered past the deadline; part of a settled reservation stays "
+                "reserved", outcome="unknown",
+            )
+
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         status = self._calls.script(
-            self._append, [], self.events.append_args(event), self._deadline(deadline)
+            self._append, [self.events.key], self.events.append_args(event),
+            self._deadline(deadline),
         )
         self._appended(status)
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     FromClause,
     Select,
     and_,
+    distinct,
     false,
     func,
     literal,
@@ -207,33 +208,45 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _source(kind: EntityKind, pieces: Sequence[Piece], search: str) -> tuple[FromClause, bool]:
-    """The rows to list, one per entity: the rollup rows of one period as they are, or the
-    covered periods summed. Returns the relation and whether it is one period."""
+def _where(kind: EntityKind, pieces: Sequence[Piece], search: str) -> list[ColumnElement[bool]]:
+    """The rollup rows a listing reads: the entity kind, the id search, the periods."""
     t = periods_table
-    one = _one_period(pieces)
     conditions: list[ColumnElement[bool]] = [t.c.entity_kind == kind]
     if search:
         pattern = f"%{_escape_like(fold(search))}%"
         conditions.append(folded(t.c.entity_id).like(pattern, escape="\\"))
+    one = _one_period(pieces)
     if one is not None:
-        columns = [t.c.entity_id, *(t.c[name] for name in AMOUNTS)]
         conditions += [t.c.span == one.span, t.c.period == one.first]
+    else:
+        conditions.append(_in_pieces(t, pieces))
+    return conditions
+
+
+def _source(kind: EntityKind, pieces: Sequence[Piece], search: str) -> tuple[FromClause, bool]:
+    """The rows to list, one per entity: the rollup rows of one period as they are, or the
+    covered periods summed. Returns the relation and whether it is one period."""
+    t = periods_table
+    conditions = _where(kind, pieces, search)
+    if _one_period(pieces) is not None:
+        columns = [t.c.entity_id, *(t.c[name] for name in AMOUNTS)]
         return select(*columns).where(*conditions).subquery("listed"), True
     summed = [
         *(clamped_sum(t.c[name]).label(name) for name in SUMMED),
         func.min(t.c.first_seen_us).label("first_seen_us"),
         func.max(t.c.last_seen_us).label("last_seen_us"),
     ]
-    conditions.append(_in_pieces(t, pieces))
     query = select(t.c.entity_id, *summed).where(*conditions).group_by(t.c.entity_id)
     return query.subquery("listed"), False
 
 
 def _count(
-    connection: Connection, kind: EntityKind, pieces: Sequence[Piece], source: FromClause,
-    one: bool, search: str,
+    connection: Connection, kind: EntityKind, pieces: Sequence[Piece], one: bool, search: str
 ) -> int:
+    """How many entities the listing holds: kept per period, else the distinct ids of the
+    rows it reads (never the summed rows: summing every entity only to count them costs
+    as much again as the page itself)."""
+    t = periods_table
     if one and not search:
         p = pieces[0]
         c = period_counts.c
@@ -241,7 +254,10 @@ def _count(
             select(c.entities).where(c.entity_kind == kind, c.span == p.span, c.period == p.first)
         ).scalar()
         return int(found or 0)
-    return int(connection.execute(select(func.count()).select_from(source)).scalar() or 0)
+    counted = func.count() if one else func.count(distinct(t.c.entity_id))
+    return int(connection.execute(
+        select(counted).where(*_where(kind, pieces, search))
+    ).scalar() or 0)
 
 
 def list_usage(connection: Connection, query: UsageQuery, now: float) -> UsagePage:
@@ -249,7 +265,7 @@ def list_usage(connection: Connection, query: UsageQuery, now: float) -> UsagePa
     span = period_of(query, now)
     pieces: tuple[Piece, ...] = ALL_TIME if span is None else cover(*span)
     source, one = _source(kind, pieces, query.search)
-    count = _count(connection, kind, pieces, source, one, query.search)
+    count = _count(connection, kind, pieces, one, query.search)
     column = source.c[SORT_COLUMNS[query.sort_field]]
     ident = source.c.entity_id
     position = tuple_(column, ident)

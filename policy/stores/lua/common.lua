@@ -249,3 +249,11 @@ local function sliding_adjust(key, field, delta)
   local lo = tonumber(got[2])
   if lo == nil or tonumber(field) < lo then redis.call('HSET', key, 'lo', field) end
 end
+
+-- Replace one reserved amount by the actual one: `delta` units into `field` of `key`
+-- while the bucket still counts (`sec` < `finish`).
+local function settle_part(key, field, delta, finish, sec)
+  if sec >= finish then return end
+  if tonumber(field) then sliding_adjust(key, field, delta) else add(key, field, delta) end
+  if delta > 0 then keep_until(key, finish, sec) end
+end

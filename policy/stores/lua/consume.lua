@@ -2,13 +2,14 @@
 -- KEYS[1..n]  counter hashes {prefix}q:{quota}:{key} (fields: bucket index or period
 --             label; a sliding window's hash also holds 't' and 'lo', see common.lua)
 -- KEYS[n+1]   reservation record {prefix}h:{hold_id}, only when ARGV[3] ~= '0'
+-- KEYS[last]  the usage event stream, only when the event's values end ARGV
 -- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     '1' to consume, '0' to only read (explain, dry runs)
 -- ARGV[3]     reservation TTL in seconds, '0' for no reservation
 -- ARGV[4]     whom the reservation is for (owner key u=…, g=…/u=…): a report must match it
 -- ARGV[5..]   5 values per counter: window code, bucket seconds, limit units,
 --             amount units, metric
--- then        optionally the 3 values of event_append (lua/events.lua, prepended): the
+-- then        optionally the 2 values of event_append (lua/events.lua, prepended): the
 --             decision's usage event, appended only when admitted and consumed
 -- Returns {sec, usec, admitted (1/0; -1: too late, nothing read or written), event (1
 -- appended, -1 dropped: the stream is full, 0 none), per counter {used, idx, units, idx,
@@ -21,8 +22,9 @@ local sec, usec, late = now_parts(ARGV[1])
 if late then return {sec, usec, -1, 0} end  -- past the caller's deadline: nothing written
 local consume = ARGV[2] == '1'
 local hold_ttl = tonumber(ARGV[3])
-local n = #KEYS
-if hold_ttl > 0 then n = n - 1 end
+-- ARGV holds 4 values, 5 per counter, then 2 when there is an event
+local has_event = (#ARGV - 4) % 5 == 2
+local n = (#ARGV - 4 - (has_event and 2 or 0)) / 5
 
 -- Reads first: a WRONGTYPE error stops the script before anything was written.
 local tonumber = tonumber
@@ -96,8 +98,7 @@ if consume then
   if admitted == 1 and hold_ttl > 0 then
     redis.call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held}), 'EX', hold_ttl)
   end
-  local event_at = 5 + 5 * n
-  if admitted == 1 and #ARGV >= event_at + 2 then appended = event_append(ARGV, event_at) end
+  if admitted == 1 and has_event then appended = event_append(KEYS[#KEYS], ARGV, 5 + 5 * n) end
 end
 
 return {sec, usec, admitted, appended, unpack(states)}

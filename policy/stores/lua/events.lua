@@ -2,12 +2,13 @@
 -- the counter scripts, so that an event is appended in the same atomic step as the
 -- counter change it records.
 --
--- event_append(args, i) reads 3 values args[i] .. args[i+2] (built by
--- RedisEventStream.append_args): the stream key, the most entries it may hold, the event
--- as JSON. Returns 1 when appended, -1 when the stream is full (nothing appended: the
--- caller counts the event as dropped).
-local function event_append(a, i)
-  if redis.call('XLEN', a[i]) >= tonumber(a[i + 1]) then return -1 end
-  redis.call('XADD', a[i], '*', 'e', a[i + 2])
+-- event_append(key, a, i) appends to the stream `key` (declared in the calling script's
+-- KEYS, as every key a script touches) and reads 2 values a[i], a[i+1] (built by
+-- RedisEventStream.append_args): the most entries the stream may hold, the event as JSON.
+-- Returns 1 when appended, -1 when the stream is full (nothing appended: the caller
+-- counts the event as dropped).
+local function event_append(key, a, i)
+  if redis.call('XLEN', key) >= tonumber(a[i]) then return -1 end
+  redis.call('XADD', key, '*', 'e', a[i + 1])
   return 1
 end

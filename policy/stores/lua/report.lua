@@ -2,15 +2,17 @@
 -- KEYS[1]     report marker {prefix}r:{reporter}:{request_id}
 -- KEYS[2]     reservation record {prefix}h:{hold_id}, only when ARGV[3] ~= ''
 -- KEYS[..]    fallback counter hashes, after those
+-- KEYS[last]  the usage event stream, only when the event's values end ARGV
 -- ARGV[1]     the clock: '', 'D<deadline µs>' or a unix second (now_parts, common.lua)
 -- ARGV[2]     marker TTL in seconds (how long a request_id is remembered)
 -- ARGV[3]     '' without a reservation record; else the owner key the report names,
 --             which must be the one the reservation was made for
 -- ARGV[4]     m, then m pairs: metric, actual units
 -- then        3 values per fallback counter: window code, bucket seconds, amount units
--- then        optionally the 3 values of event_append (lua/events.lua): the report's usage
+-- then        optionally the 2 values of event_append (lua/events.lua): the report's usage
 --             event, appended in this same atomic step, so a duplicate appends nothing
--- Returns {outcome, event}: outcome 'duplicate', 'settled' (the reservation was replaced
+-- Returns {outcome, event[, parts]}: parts, when present, is JSON of the reserved counters
+-- this call did not declare, [[key, field, delta, finish], ...], for settle.lua; outcome 'duplicate', 'settled' (the reservation was replaced
 -- by the actuals), 'added' (no live reservation: the fallback amounts were added),
 -- 'foreign' (the reservation was made for someone else: nothing was written) or 'late'
 -- (Redis's clock was past the deadline in ARGV[1]: nothing was written); event 1
@@ -23,6 +25,9 @@ local m = tonumber(ARGV[4])
 local actual = {}
 for j = 1, m do actual[ARGV[3 + 2 * j]] = tonumber(ARGV[4 + 2 * j]) end
 local first_counter = has_hold and 3 or 2
+-- ARGV holds 4 values, 2 per metric, 3 per fallback counter, then 2 when there is an event
+local has_event = (#ARGV - 4 - 2 * m) % 3 == 2
+local last_counter = #KEYS - (has_event and 1 or 0)
 
 -- Reads first (the record and the type of every key to write), then writes.
 local held = nil
@@ -34,39 +39,51 @@ if has_hold then
     held = record.c
   end
 end
+-- A held counter this call did not declare is not touched here: it comes back to the
+-- caller, which settles it with its key declared (settle.lua).
+local declared = {}
+for i = first_counter, last_counter do declared[KEYS[i]] = true end
 if held then
   for _, h in ipairs(held) do
-    local err = need_hash(h[1])
-    if err then return err end
+    if declared[h[1]] then
+      local err = need_hash(h[1])
+      if err then return err end
+    end
   end
 else
-  for i = first_counter, #KEYS do
+  for i = first_counter, last_counter do
     local err = need_hash(KEYS[i])
     if err then return err end
   end
 end
 
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
-local event_at = 5 + 2 * m + 3 * (#KEYS - first_counter + 1)
 local appended = 0
-if #ARGV >= event_at + 2 then appended = event_append(ARGV, event_at) end
+if has_event then
+  appended = event_append(KEYS[#KEYS], ARGV, 5 + 2 * m + 3 * (last_counter - first_counter + 1))
+end
 if held then
   redis.call('DEL', KEYS[2])
+  local elsewhere = {}
   for _, h in ipairs(held) do
     local key, field, metric = h[1], h[2], h[3]
     local reserved, finish = tonumber(h[4]), tonumber(h[5])
     -- A metric the report does not mention keeps its reservation; an expired bucket is left.
     if actual[metric] ~= nil and sec < finish then
       local delta = actual[metric] - reserved
-      if tonumber(field) then sliding_adjust(key, field, delta) else add(key, field, delta) end
-      if delta > 0 then keep_until(key, finish, sec) end
+      if not declared[key] then
+        elsewhere[#elsewhere + 1] = {key, field, int(delta), int(finish)}
+      else
+        settle_part(key, field, delta, finish, sec)
+      end
     end
   end
+  if #elsewhere > 0 then return {'settled', appended, cjson.encode(elsewhere)} end
   return {'settled', appended}
 end
 
 local base = 4 + 2 * m
-for i = first_counter, #KEYS do
+for i = first_counter, last_counter do
   local code, bucket = ARGV[base + 1], tonumber(ARGV[base + 2])
   local amount = tonumber(ARGV[base + 3])
   base = base + 3

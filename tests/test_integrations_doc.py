@@ -72,6 +72,8 @@ def test_the_fastapi_middleware(served: tuple[str, Engine]) -> None:
     assert suspended.json()["error"]["message"] == "account suspended"
     assert suspended.json()["error"]["type"] == "permission_error"
     assert unreadable.status_code == 400 and unreadable.json()["error"]["param"] == "metadata.tollway"
+    # usage is written off the request path: wait for the reports the gateway sent
+    assert engine.flush_usage(timeout=10.0)
     detail = engine.get_usage("user", "fa1")
     assert detail is not None and detail.usage.input_tokens == 9
     assert detail.recent_reports[0].request_id == "fa-req-1"

@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
 
 from . import StoreAddress
 from .base import StoreUnavailable
@@ -74,6 +76,9 @@ class ClusterCalls:
                         username=address.username,
                         password=address.password,
                         require_full_coverage=False,
+                        # its own commands (ping, the usage streams' reads) try a second
+                        # node at once after a moved slot or a dead one, never more
+                        retry=Retry(NoBackoff(), 1),
                         **self._options,
                     )
                 except (RedisError, RedisClusterException, OSError) as exc:

@@ -33,6 +33,18 @@ class ShardedEventStream:
         self._next = 0  # where the next read starts, so that no stream waits behind others
         self._maintained = 0
         self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._coming = 0  # events accepted, being appended by the store's pool
+
+    def expect_one(self) -> None:
+        """An event was accepted and will be appended in a moment (``arrived`` then):
+        it counts in the backlog meanwhile, so that a flush waits for it."""
+        with self._lock:
+            self._coming += 1
+
+    def arrived(self) -> None:
+        with self._lock:
+            self._coming -= 1
 
     def read(self, count: int, wait: float) -> list[Delivery]:
         out: list[Delivery] = []
@@ -69,7 +81,7 @@ class ShardedEventStream:
             self.streams[index].ack(own)
 
     def backlog(self) -> int:
-        return sum(s.backlog() for s in self.streams)
+        return self._coming + sum(s.backlog() for s in self.streams)
 
     def dropped(self) -> int:
         return sum(s.dropped() for s in self.streams)

@@ -14,7 +14,8 @@ A decision whose counters fall in several shards is made in two steps:
    consumes its counters if they all fit there, keeping a reservation record
    (``{prefix}{<tag>}h:{decision_id}``: which bucket got how much);
 2. if every shard admitted, the decision is admitted and its usage event is appended
-   to the stream of its first shard (the *commit*, one more call); otherwise each shard
+   to the stream of its first shard (the *commit*: one more call, made in the store's
+   pool while the decision goes back to the caller); otherwise each shard
    that consumed, or whose answer never came, runs ``lua/release.lua``, which takes the
    reserved amounts back out of the buckets they went into (the *rollback*).
 
@@ -204,7 +205,8 @@ class RedisClusterCounterStore:
         elif failed:
             raise failed[0]
         if consume and admitted and event is not None:
-            self._commit_event(shards[0], event)
+            self.events.expect_one()
+            self._pool.submit(self._commit_event, shards[0], event)
         out: list[CounterState] = []
         index = {shard: 0 for shard in shards}
         for spec in counters:
@@ -279,7 +281,7 @@ class RedisClusterCounterStore:
         return {}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=True)  # the events being committed are appended first
         self.events.close()
         self._calls.close()
         self._events_calls.close()
@@ -332,14 +334,17 @@ class RedisClusterCounterStore:
         return ok
 
     def _commit_event(self, shard: int, event: UsageEvent) -> None:
-        """Append an admitted decision's event (a fresh budget); counted as dropped
-        when its shard cannot take it: the decision stands."""
+        """Append an admitted decision's event, in the pool while the decision goes back
+        to its caller (a budget of its own); counted as dropped when its shard cannot take
+        it: the decision stands."""
         store = self._shards[shard]
         try:
             store.record_event(event, deadline=time.monotonic() + self.timeout)
         except StoreUnavailable as exc:
             store.events.count_dropped()
             log.warning("redis cluster: a decision's usage event was lost: %s", exc)
+        finally:
+            self.events.arrived()
 
 
 def _by_shard(counters: Sequence[CounterSpec]) -> dict[int, list[CounterSpec]]:

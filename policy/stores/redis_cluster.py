@@ -40,9 +40,11 @@ import redis
 from redis.cluster import RedisCluster
 
 from .. import windows
-from ..usage import UsageEvent
+from ..usage import LedgerEntry, UsageEvent
 from . import StoreAddress
 from .base import (
+    BalanceSpec,
+    BalanceState,
     CounterSpec,
     CounterState,
     ForeignDecision,
@@ -227,6 +229,7 @@ class RedisClusterCounterStore:
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,
+        balances: Sequence[BalanceSpec] = (),
     ) -> ReportOutcome:
         for m, v in actual.items():
             windows.amount_units(v, m, f"actual {m}")
@@ -262,6 +265,39 @@ class RedisClusterCounterStore:
         if all(o == "duplicate" for o in outcomes):
             return "duplicate"
         return "settled" if "settled" in outcomes else "added"
+
+    # ------------------------------------------------------------------ balances
+
+    def check_and_spend(
+        self,
+        counters: Sequence[CounterSpec],
+        balances: Sequence[BalanceSpec],
+        *,
+        consume: bool,
+        hold_id: str | None = None,
+        hold_owner: str = "*",
+        now: float | None = None,
+        event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> tuple[list[CounterState], list[BalanceState]]:
+        if balances:
+            raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        return self.check_and_consume(
+            counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
+            event=event, deadline=deadline,
+        ), []
+
+    def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
+        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+
+    def credit(
+        self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+
+    def balance(self, balance: str, key: str) -> tuple[int, int]:
+        raise StoreUnavailable("redis: balances are not kept in Redis yet")
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         self._shards[shard_of(event.request_id or "")].record_event(event, deadline=deadline)

@@ -257,6 +257,7 @@ class RedisEntityStore:
             return {"entity_cache": len(self._meta), "link_cache": len(self._links)}
 
     def close(self) -> None:
+        self._calls.close()
         self._client.close()
 
     # ------------------------------------------------------------------ internals

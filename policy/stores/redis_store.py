@@ -330,6 +330,7 @@ class RedisCounterStore:
         return {}  # reservations and request_ids are keys with a TTL: no cap to evict at
 
     def close(self) -> None:
+        self._calls.close()
         self._client.close()
         self.events.close()
 

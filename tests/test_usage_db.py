@@ -215,18 +215,25 @@ def _population(db: UsageDatabase, base: float = T0) -> dict[str, dict[str, floa
     return expected
 
 
-# lifetime; one calendar month (an index); a span of hours and days (summed rollups)
+# lifetime; one calendar month (an index); a span of hours and days (summed rollups); a
+# span of hours with usage in one of them only (read as that hour)
 SPANS: dict[str, dict[str, Any]] = {
     "lifetime": {},
     "month": {"start": "2027-01-01", "end": "2027-02-01"},
     "summed": {"start": T0 - 2 * H, "end": T0 + 3 * D},
+    "narrowed": {"start": T0 - 2 * H, "end": T0 + D},
 }
+LATE = T0 + D + 8 * H  # the next day: in the summed span's day rollup, not in "narrowed"
 
 
 @pytest.mark.parametrize("span", SPANS)
 def test_every_sort_field_both_ways_ties_by_id(db: UsageDatabase, span: str) -> None:
     expected = _population(db)
     db.write([ev("outside", t=T0 + 40 * D, cost=99.0)])  # in no listed period but lifetime
+    db.write([ev("late", t=LATE, inp=30, cost=0.75)])
+    if span != "narrowed":
+        expected["late"] = {"first_seen": LATE, "last_seen": LATE, "request_count": 1,
+                            "total_cost": 0.75, "total_tokens": 30}
     if span == "lifetime":
         expected["outside"] = {"first_seen": T0 + 40 * D, "last_seen": T0 + 40 * D,
                                "request_count": 1, "total_cost": 99.0, "total_tokens": 0}
@@ -240,7 +247,8 @@ def test_every_sort_field_both_ways_ties_by_id(db: UsageDatabase, span: str) -> 
             assert ids(page) == order, sort
             assert page.count == len(order)
             for rec in page.results:
-                assert getattr(rec, sort_field) == pytest.approx(expected[rec.id][sort_field])
+                for field, value in expected[rec.id].items():
+                    assert getattr(rec, field) == pytest.approx(value), (rec.id, field)
             searched = listing(db, sort=sort, limit=100, search="u", **SPANS[span])
             assert ids(searched) == [i for i in order if "u" in i], sort
             assert searched.count == len(searched.results)

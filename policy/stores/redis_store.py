@@ -35,10 +35,12 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .. import windows
-from ..usage import UsageEvent
+from ..usage import LedgerEntry, UsageEvent
 from . import StoreAddress, parse_store_url
 from .base import (
     REPORT_OUTCOMES,
+    BalanceSpec,
+    BalanceState,
     CounterSpec,
     CounterState,
     ForeignDecision,
@@ -256,6 +258,7 @@ class RedisCounterStore:
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,
+        balances: Sequence[BalanceSpec] = (),
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters(self._prefix, fallback)
@@ -310,6 +313,39 @@ class RedisCounterStore:
                 "redis: answered past the deadline; part of a settled reservation stays "
                 "reserved", outcome="unknown",
             )
+
+    # ------------------------------------------------------------------ balances
+
+    def check_and_spend(
+        self,
+        counters: Sequence[CounterSpec],
+        balances: Sequence[BalanceSpec],
+        *,
+        consume: bool,
+        hold_id: str | None = None,
+        hold_owner: str = "*",
+        now: float | None = None,
+        event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> tuple[list[CounterState], list[BalanceState]]:
+        if balances:
+            raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        return self.check_and_consume(
+            counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
+            event=event, deadline=deadline,
+        ), []
+
+    def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
+        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+
+    def credit(
+        self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+
+    def balance(self, balance: str, key: str) -> tuple[int, int]:
+        raise StoreUnavailable("redis: balances are not kept in Redis yet")
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         status = self._calls.script(

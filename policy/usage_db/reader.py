@@ -48,7 +48,14 @@ from ..usage import (
 )
 from ..usage_query import ActivityQuery, Cursor, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
 from .periods import HOUR, Piece, ceil_hour, cover, floor_hour, next_period
-from .schema import AMOUNTS, SORT_COLUMNS, SUMMED, events, folded, model_periods, period_counts
+from .schema import (
+    AMOUNTS,
+    SORT_COLUMNS,
+    events,
+    folded,
+    model_periods,
+    period_counts,
+)
 from .schema import periods as periods_table
 
 __all__ = ["get_detail", "list_usage", "series", "spikes", "activity", "period_of"]
@@ -208,13 +215,22 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _where(kind: EntityKind, pieces: Sequence[Piece], search: str) -> list[ColumnElement[bool]]:
+def _folded(column: ColumnElement[str], dialect: str) -> ColumnElement[str]:
+    """``column`` as ``search`` compares it: folded; as it is on SQLite, whose ``LIKE``
+    already ignores ASCII case (tollway never sets ``case_sensitive_like``), so the
+    matches are the same without a ``lower()`` per row (half a search's time)."""
+    return column if dialect == "sqlite" else folded(column)
+
+
+def _where(
+    kind: EntityKind, pieces: Sequence[Piece], search: str, dialect: str
+) -> list[ColumnElement[bool]]:
     """The rollup rows a listing reads: the entity kind, the id search, the periods."""
     t = periods_table
     conditions: list[ColumnElement[bool]] = [t.c.entity_kind == kind]
     if search:
         pattern = f"%{_escape_like(fold(search))}%"
-        conditions.append(folded(t.c.entity_id).like(pattern, escape="\\"))
+        conditions.append(_folded(t.c.entity_id, dialect).like(pattern, escape="\\"))
     one = _one_period(pieces)
     if one is not None:
         conditions += [t.c.span == one.span, t.c.period == one.first]
@@ -223,21 +239,67 @@ def _where(kind: EntityKind, pieces: Sequence[Piece], search: str) -> list[Colum
     return conditions
 
 
-def _source(kind: EntityKind, pieces: Sequence[Piece], search: str) -> tuple[FromClause, bool]:
+def _live(connection: Connection, kind: EntityKind, pieces: Sequence[Piece]) -> tuple[Piece, ...]:
+    """``pieces`` narrowed to the periods that hold usage of ``kind`` (read from the
+    per-period counts, a few rows): a span whose usage lies in one period is listed
+    along that period's index instead of being summed."""
+    if _one_period(pieces) is not None:
+        return tuple(pieces)
+    c = period_counts.c
+    rows = connection.execute(
+        select(c.span, func.min(c.period), func.max(c.period))
+        .where(c.entity_kind == kind, c.entities > 0, _in_pieces(period_counts, pieces))
+        .group_by(c.span)
+    ).all()
+    found = {span: (low, high) for span, low, high in rows}
+    live = []
+    for p in pieces:
+        low, high = found.get(p.span, (p.stop, p.first))
+        low, high = max(low, p.first), min(high, p.stop - 1)
+        if low <= high:
+            live.append(Piece(p.span, low, next_period(p.span, high)))
+    return tuple(live)
+
+
+def _source(
+    kind: EntityKind, pieces: Sequence[Piece], search: str, dialect: str, sort_column: str
+) -> tuple[FromClause, bool]:
     """The rows to list, one per entity: the rollup rows of one period as they are, or the
-    covered periods summed. Returns the relation and whether it is one period."""
+    covered periods summed. Returns the relation and whether it is one period. Summed,
+    the relation holds the sort column only (``_amounts`` sums the rest for a page's
+    entities: summing every column of every entity took twice as long)."""
     t = periods_table
-    conditions = _where(kind, pieces, search)
+    conditions = _where(kind, pieces, search, dialect)
     if _one_period(pieces) is not None:
         columns = [t.c.entity_id, *(t.c[name] for name in AMOUNTS)]
         return select(*columns).where(*conditions).subquery("listed"), True
-    summed = [
-        *(clamped_sum(t.c[name]).label(name) for name in SUMMED),
-        func.min(t.c.first_seen_us).label("first_seen_us"),
-        func.max(t.c.last_seen_us).label("last_seen_us"),
-    ]
-    query = select(t.c.entity_id, *summed).where(*conditions).group_by(t.c.entity_id)
+    query = select(t.c.entity_id, _summed(sort_column)).where(*conditions).group_by(t.c.entity_id)
     return query.subquery("listed"), False
+
+
+def _summed(name: str) -> ColumnElement[int]:
+    """Rollup column ``name`` over several periods."""
+    t = periods_table
+    if name == "first_seen_us":
+        return func.min(t.c[name]).label(name)
+    if name == "last_seen_us":
+        return func.max(t.c[name]).label(name)
+    return clamped_sum(t.c[name]).label(name)
+
+
+def _amounts(
+    connection: Connection, kind: EntityKind, ids: Sequence[str], pieces: Sequence[Piece]
+) -> dict[str, Any]:
+    """Per entity of ``ids``, its amounts summed over ``pieces``."""
+    if not ids:
+        return {}
+    t = periods_table
+    rows = connection.execute(
+        select(t.c.entity_id, *(_summed(name) for name in AMOUNTS))
+        .where(t.c.entity_kind == kind, t.c.entity_id.in_(list(ids)), _in_pieces(t, pieces))
+        .group_by(t.c.entity_id)
+    )
+    return {row.entity_id: row for row in rows}
 
 
 def _count(
@@ -256,17 +318,18 @@ def _count(
         return int(found or 0)
     counted = func.count() if one else func.count(distinct(t.c.entity_id))
     return int(connection.execute(
-        select(counted).where(*_where(kind, pieces, search))
+        select(counted).where(*_where(kind, pieces, search, connection.dialect.name))
     ).scalar() or 0)
 
 
 def list_usage(connection: Connection, query: UsageQuery, now: float) -> UsagePage:
     kind = query.entity_kind
     span = period_of(query, now)
-    pieces: tuple[Piece, ...] = ALL_TIME if span is None else cover(*span)
-    source, one = _source(kind, pieces, query.search)
+    pieces = ALL_TIME if span is None else _live(connection, kind, cover(*span))
+    sort_column = SORT_COLUMNS[query.sort_field]
+    source, one = _source(kind, pieces, query.search, connection.dialect.name, sort_column)
     count = _count(connection, kind, pieces, one, query.search)
-    column = source.c[SORT_COLUMNS[query.sort_field]]
+    column = source.c[sort_column]
     ident = source.c.entity_id
     position = tuple_(column, ident)
 
@@ -301,8 +364,6 @@ def list_usage(connection: Connection, query: UsageQuery, now: float) -> UsagePa
         else:
             more_before, more_after = not cursor.inclusive or bool(rows), extra
 
-    sort_column = SORT_COLUMNS[query.sort_field]
-
     def at(row: Any, before: bool, inclusive: bool = False) -> str:
         return Cursor(query.sort, getattr(row, sort_column), row.entity_id, before,
                       inclusive).encode()
@@ -316,8 +377,10 @@ def list_usage(connection: Connection, query: UsageQuery, now: float) -> UsagePa
         else:
             last = connection.execute(ordered(True).limit(1)).first()
             previous_cursor = at(last, True, inclusive=True)
-    models = _models(connection, kind, [r.entity_id for r in rows], pieces)
-    results = tuple(_record(kind, r.entity_id, r, models[r.entity_id]) for r in rows)
+    ids = [r.entity_id for r in rows]
+    models = _models(connection, kind, ids, pieces)
+    amounts = {r.entity_id: r for r in rows} if one else _amounts(connection, kind, ids, pieces)
+    results = tuple(_record(kind, i, amounts[i], models[i]) for i in ids)
     next_offset, previous_offset = (
         UsagePage.offsets(query, count) if cursor is None else (None, None)
     )

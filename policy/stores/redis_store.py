@@ -257,13 +257,16 @@ class RedisCounterStore:
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
         state = windows.counter_state
         states = []
-        for (spec, _, amount, limit), raw in zip(prepared, reply[4:], strict=True):
+        at = 4
+        for spec, _, amount, limit in prepared:
             # the script sends the counted total and the live buckets the state needs
             # (all of them when the amount does not fit, else the oldest one)
-            fields: dict[int | str, int] = {
-                int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
-            }
-            states.append(state(spec, t, fields, amount, limit, used=int(raw[0]), clean=True))
+            used, live = reply[at], reply[at + 1]
+            fields = {reply[j]: reply[j + 1] for j in range(at + 2, at + 2 + 2 * live, 2)}
+            at += 2 + 2 * live
+            states.append(state(spec, t, fields, amount, limit, used=used, clean=True))
+        if at != len(reply):
+            raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
         return states
 
     def record_report(
@@ -412,6 +415,8 @@ class RedisCounterStore:
         return {}  # reservations and request_ids are keys with a TTL: no cap to evict at
 
     def close(self) -> None:
+        if isinstance(self._calls, RedisCalls):
+            self._calls.close()  # its idle connections back to the pool, closed just after
         if self._client is not None:
             self._client.close()
         self.events.close()

@@ -22,9 +22,13 @@ local sec, usec, late = now_parts(ARGV[1])
 if late then return {sec, usec, -1, 0} end  -- past the caller's deadline: nothing written
 local consume = ARGV[2] == '1'
 local hold_ttl = tonumber(ARGV[3])
+-- the spending variant (balances.lua): ARGV end with 6 values per balance, the hold id
+-- and the number of balances; KEYS with the balances and {prefix}bl before the stream
+local nb = spending and tonumber(ARGV[#ARGV]) or 0
+local tail = spending and 6 * nb + 2 or 0
 -- ARGV holds 4 values, 5 per counter, then 2 when there is an event
-local has_event = (#ARGV - 4) % 5 == 2
-local n = (#ARGV - 4 - (has_event and 2 or 0)) / 5
+local has_event = (#ARGV - tail - 4) % 5 == 2
+local n = (#ARGV - tail - 4 - (has_event and 2 or 0)) / 5
 
 -- Reads first: a WRONGTYPE error stops the script before anything was written.
 local tonumber = tonumber
@@ -54,6 +58,7 @@ for i = 1, n do
     state = {used}
   end
   local fits = (amount == 0 and used < limit) or (amount > 0 and used + amount <= limit)
+  plan.fits, plan.limit, plan.used = fits, limit, used
   if not fits then
     admitted = 0
     if first then
@@ -72,6 +77,12 @@ for i = 1, n do
   end
   plans[i] = plan
   states[i] = state
+end
+
+local spends, kbase = {}, n + (hold_ttl > 0 and 1 or 0)
+if spending and nb > 0 then
+  if redis.call('EXISTS', KEYS[kbase + nb + 1]) == 0 then return {sec, usec, -2, 0} end
+  admitted, spends = spend_check(plans, n, nb, ARGV, #ARGV - tail, kbase, sec)
 end
 
 if consume then
@@ -95,10 +106,15 @@ if consume then
     end
     held[i] = {KEYS[i], p.field, p.metric, int(p.amount), int(p.finish)}
   end
+  local parts = nil
+  if spending and nb > 0 then
+    parts = spend_write(spends, admitted, ARGV[#ARGV - 1], sec + hold_ttl)
+  end
   if admitted == 1 and hold_ttl > 0 then
-    redis.call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held}), 'EX', hold_ttl)
+    redis.call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held, b = parts}), 'EX', hold_ttl)
   end
   if admitted == 1 and has_event then appended = event_append(KEYS[#KEYS], ARGV, 5 + 5 * n) end
 end
 
+if spending and nb > 0 then return spend_states(spends, {sec, usec, admitted, appended, unpack(states)}) end
 return {sec, usec, admitted, appended, unpack(states)}

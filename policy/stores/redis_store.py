@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -53,7 +53,12 @@ from .events_redis import DEFAULT_CLAIM_IDLE, RedisEventStream, stream_key
 from .redis_calls import RedisCalls, Script, store_error
 from .spending import PreparedBalance, balance_state, chained_state, prepare_balances
 
-__all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
+if TYPE_CHECKING:
+    from .cluster_calls import SlotCalls
+
+__all__ = [
+    "RedisCounterStore", "connection_options", "default_retry", "load_script", "redis_client",
+]
 
 HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
 CREDIT_TTL = 30 * 86400  # seconds a credit's idempotency key is kept (the ledger keeps it too)
@@ -62,7 +67,7 @@ _SPENDING = "local spending = true"
 _NOT_SPENDING = "local spending = false"
 REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
 DEFAULT_TIMEOUT = 0.1
-_EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
+EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
 
 
 def default_retry() -> Retry:
@@ -84,6 +89,19 @@ _NO_HANDSHAKE: dict[str, Any] = (
 )
 
 
+def connection_options(timeout: float, connect_timeout: float | None = None) -> dict[str, Any]:
+    """The keywords of every connection to Redis: short socket timeouts, no PING on the
+    hot path, RESP2 (the replies ``RedisCalls`` reads raw: flat lists whatever the
+    server's version), no handshake."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
+        "health_check_interval": 0,
+        "protocol": 2,
+        **_NO_HANDSHAKE,
+    }
+
+
 def redis_client(
     address: StoreAddress | str,
     *,
@@ -99,14 +117,8 @@ def redis_client(
     """
     if isinstance(address, str):
         address = parse_store_url(address)
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
-        "retry": retry if retry is not None else default_retry(),
-        "health_check_interval": 0,  # no PING on the hot path
-        "protocol": 2,  # the replies RedisCalls reads raw: flat lists whatever the version
-        **_NO_HANDSHAKE,
-    }
+    options = connection_options(timeout, connect_timeout)
+    options["retry"] = retry if retry is not None else default_retry()
     if address.kind == "sentinel":
         sentinels = Sentinel(
             list(address.nodes),
@@ -139,6 +151,10 @@ class RedisCounterStore:
     ``StoreAddress`` of a ``redis://``, ``rediss://``, ``unix://`` or
     ``redis+sentinel://`` URL).
 
+    ``calls`` and ``events``, when given, replace the client's calls and the usage
+    stream (the cluster store gives each of its shards a store of its own this way:
+    ``redis_cluster``); ``url`` and ``client`` are then not used.
+
     ``honour_now``: pass ``now=`` through to the scripts instead of using Redis TIME. For
     tests only (they cannot move Redis's clock); a deployment must leave it off so that
     replicas agree on one clock. ``wall``: this host's unix time, against which the
@@ -165,16 +181,22 @@ class RedisCounterStore:
         wall: Callable[[], float] = time.time,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         claim_idle: float = DEFAULT_CLAIM_IDLE,
+        calls: RedisCalls | SlotCalls | None = None,
+        events: RedisEventStream | None = None,
     ) -> None:
-        self._client = client or redis_client(
-            url,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            retry=retry,
-            max_connections=max_connections,
-        )
+        self._client = client
+        self._calls: RedisCalls | SlotCalls
+        if calls is None:
+            self._client = client or redis_client(
+                url,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                retry=retry,
+                max_connections=max_connections,
+            )
+            calls = RedisCalls(self._client, wall=wall)
         self.timeout = timeout
-        self._calls = RedisCalls(self._client, wall=wall)
+        self._calls = calls
         self._prefix = key_prefix
         self._hold_ttl = str(int(hold_ttl))
         self._report_ttl = str(int(report_ttl))
@@ -192,8 +214,9 @@ class RedisCounterStore:
         self._balance_load = Script.of(load_lua("balance_load"))
         self._credit = Script.of(events_lua + "\n" + load_lua("credit"))
         self._balance_read = Script.of(load_script("balance_read", balances_lua))
-        self.events = RedisEventStream(
-            redis_client(url, timeout=_EVENTS_TIMEOUT),
+        self._release = Script.of(load_script("release"))
+        self.events = events or RedisEventStream(
+            redis_client(url, timeout=EVENTS_TIMEOUT),
             stream_key(key_prefix),
             max_backlog=max_backlog,
             claim_idle=claim_idle,
@@ -463,9 +486,32 @@ class RedisCounterStore:
         )
         self._appended(status)
 
+    def release(
+        self,
+        hold_id: str,
+        counters: Sequence[CounterSpec],
+        *,
+        now: float | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        """Take back what the decision ``hold_id`` reserved in ``counters``
+        (``lua/release.lua``): the cluster store's rollback of a decision another shard
+        refused. False when nothing was reserved; raises ``StoreUnavailable``."""
+        deadline = self._deadline(deadline)
+        keys = [windows.hold_key(self._prefix, hold_id)]
+        keys += [windows.counter_key(self._prefix, c.quota, c.key) for c in counters]
+        reply = self._calls.script(self._release, keys, [self._clock_arg(now, deadline)],
+                                   deadline)
+        if _text(reply) == "late":
+            raise StoreUnavailable(
+                "redis: answered past the deadline; nothing was released", outcome="not_applied"
+            )
+        return int(reply) == 1
+
     def ping(self) -> bool:
         """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` (or
         ``StoreRejected`` for refused credentials) when not."""
+        assert self._client is not None, "a shard's store is pinged through its cluster"
         try:
             return bool(self._client.ping())
         except (RedisError, OSError) as exc:
@@ -478,7 +524,8 @@ class RedisCounterStore:
         return {}  # reservations and request_ids are keys with a TTL: no cap to evict at
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
         self.events.close()
 
     # ------------------------------------------------------------------ internals

@@ -275,6 +275,7 @@ class RedisEntityStore:
 
     def close(self) -> None:
         if self._client is not None:
+            self._calls.close()  # its idle connections back to the pool, closed just after
             self._client.close()
         if self._cluster is not None:
             self._cluster.close()

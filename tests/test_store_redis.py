@@ -272,6 +272,22 @@ def test_a_dead_redis_raises_store_unavailable_and_recovery_needs_no_restart(
     store.close()
 
 
+def test_connections_the_server_closed_while_idle_are_replaced_before_sending(
+    store: RedisCounterStore, client: redis.Redis
+) -> None:
+    """Redis closing every client connection (a restart, CLIENT KILL, its idle timeout)
+    costs no decision: each idle connection is checked before a command goes out on it,
+    so the next calls open new ones instead of failing."""
+    assert not store.check_and_consume([req(10)], consume=True)[0].exceeded
+    store.record_report("r0", None, {"requests": 1}, [req(10)])
+    for round_ in range(3):
+        killed = client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1, round_  # the store's idle connection was among them
+        assert not store.check_and_consume([req(10)], consume=True)[0].exceeded
+        assert store.record_report(f"r{round_ + 1}", None, {"requests": 1}, [req(10)]) == "added"
+    assert store.check_and_consume([req(10)], consume=False)[0].used == 8
+
+
 @pytest.mark.timeout(20)
 def test_a_stalled_redis_times_out_into_store_unavailable(redis_server: RedisServer) -> None:
     store = RedisCounterStore(redis_server.url, key_prefix="t:", timeout=0.1)

@@ -269,15 +269,9 @@ class RedisCounterStore:
             )
         self._appended(reply[3])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
-        state = windows.counter_state
-        states = []
-        for (spec, _, amount, limit), raw in zip(prepared, reply[4:], strict=True):
-            # the script sends the counted total and the live buckets the state needs
-            # (all of them when the amount does not fit, else the oldest one)
-            fields: dict[int | str, int] = {
-                int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
-            }
-            states.append(state(spec, t, fields, amount, limit, used=int(raw[0]), clean=True))
+        states, at = _counter_states(prepared, reply, t)
+        if at != len(reply):
+            raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
         return states
 
     def record_report(
@@ -421,18 +415,17 @@ class RedisCounterStore:
             raise BalancesUnloaded("redis: the balances are not loaded")
         self._appended(reply[3])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
-        n = len(prepared)
-        states = [
-            self._counter_state(c, t, raw) for c, raw in zip(prepared, reply[4:4 + n], strict=True)
-        ]
-        balance_replies = reply[4 + n:]
-        for b, raw in zip(spends, balance_replies, strict=True):
+        states, at = _counter_states(prepared, reply, t)
+        if at + 4 * len(spends) != len(reply):
+            raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
+        raws = [reply[at + 4 * j:at + 4 * j + 4] for j in range(len(spends))]
+        for b, raw in zip(spends, raws, strict=True):
             if b.after >= 0:
                 states[b.after] = chained_state(states[b.after], int(raw[3]) == 0)
         taken = consume and admitted == 1
         return states, [
             balance_state(b, (int(raw[0]), int(raw[1])), int(raw[2]), taken, int(raw[3]) == 0)
-            for b, raw in zip(spends, balance_replies, strict=True)
+            for b, raw in zip(spends, raws, strict=True)
         ]
 
     def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
@@ -471,13 +464,6 @@ class RedisCounterStore:
         if int(reply[0]) == 0:
             raise BalancesUnloaded("redis: the balances are not loaded")
         return int(reply[1]), int(reply[2])
-
-    def _counter_state(self, c: windows.Checked, t: float, raw: Any) -> CounterState:
-        fields: dict[int | str, int] = {
-            int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
-        }
-        return windows.counter_state(c.spec, t, fields, c.amount, c.limit, used=int(raw[0]),
-                                     clean=True)
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         status = self._calls.script(
@@ -524,6 +510,8 @@ class RedisCounterStore:
         return {}  # reservations and request_ids are keys with a TTL: no cap to evict at
 
     def close(self) -> None:
+        if isinstance(self._calls, RedisCalls):
+            self._calls.close()  # its idle connections back to the pool, closed just after
         if self._client is not None:
             self._client.close()
         self.events.close()
@@ -554,3 +542,20 @@ def _balance_args(b: PreparedBalance) -> tuple[str, ...]:
     spec = b.spec
     return (str(b.amount), str(b.after + 1), str(b.ratio), spec.balance, spec.key, spec.metric)
 
+
+
+def _counter_states(
+    prepared: Sequence[windows.Checked], reply: Any, t: float
+) -> tuple[list[CounterState], int]:
+    """The counters' states from a consume script's flat reply, and where they end."""
+    state = windows.counter_state
+    states = []
+    at = 4
+    for spec, _, amount, limit in prepared:
+        # the script sends the counted total and the live buckets the state needs
+        # (all of them when the amount does not fit, else the oldest one)
+        used, live = reply[at], reply[at + 1]
+        fields = {reply[j]: reply[j + 1] for j in range(at + 2, at + 2 + 2 * live, 2)}
+        at += 2 + 2 * live
+        states.append(state(spec, t, fields, amount, limit, used=used, clean=True))
+    return states, at

@@ -111,11 +111,15 @@ local function spend_write(spends, admitted, hold_id, finish)
   return parts
 end
 
--- The reply values of each balance: bal, reserved, what it reserved, fits (1/0).
+-- The reply's 4 values of each balance, after the counters': bal, reserved, what it
+-- reserved, fits (1/0).
 local function spend_states(spends, reply)
   for j = 1, #spends do
     local s = spends[j]
-    reply[#reply + 1] = {int(s.bal), int(s.reserved), int(s.need), s.fits and 1 or 0}
+    reply[#reply + 1] = s.bal
+    reply[#reply + 1] = s.reserved
+    reply[#reply + 1] = s.need
+    reply[#reply + 1] = s.fits and 1 or 0
   end
   return reply
 end

@@ -283,23 +283,23 @@ class RedisClusterCounterStore:
         deadline: float | None = None,
     ) -> tuple[list[CounterState], list[BalanceState]]:
         if balances:
-            raise StoreUnavailable("redis: balances are not kept in Redis yet")
+            raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
         return self.check_and_consume(
             counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
             event=event, deadline=deadline,
         ), []
 
     def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
 
     def credit(
         self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> bool:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
 
     def balance(self, balance: str, key: str) -> tuple[int, int]:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         self._shards[shard_of(event.request_id or "")].record_event(event, deadline=deadline)

@@ -38,8 +38,9 @@ from .base import (
 )
 from .events import DEFAULT_MAX_BACKLOG, MemoryEventQueue
 from .spending import (
-    PreparedBalance,
+    balance_state,
     chain_split,
+    chained_state,
     fits_balance,
     prepare_balances,
     settle_split,
@@ -254,10 +255,10 @@ class MemoryCounterStore:
         ]
         for i, chain in enumerate(chained):
             if chain:
-                states[i] = _chained_state(states[i], refused[i])
+                states[i] = chained_state(states[i], refused[i])
         taken = consume and admitted
         return states, [
-            _balance_state(b, before, need, taken, no)
+            balance_state(b, before, need, taken, no)
             for b, before, need, no in zip(spends, seen, needs, balance_refused, strict=True)
         ]
 
@@ -505,26 +506,3 @@ class MemoryCounterStore:
         for k in dead:
             del self._counters[k]
 
-
-def _chained_state(state: CounterState, refused: bool) -> CounterState:
-    """A quota's state when a balance takes what it has no room for: exceeded only when
-    the two together could not cover the amount."""
-    if refused == state.exceeded:
-        return state
-    return CounterState(
-        state.used, state.limit, refused, state.retry_after if refused else 0.0,
-        state.resets_at,
-    )
-
-
-def _balance_state(
-    b: PreparedBalance, before: tuple[int, int], need: int, taken: bool, refused: bool
-) -> BalanceState:
-    balance, reserved = before
-    scale = windows.balance_scale(b.spec.metric)
-    return BalanceState(
-        (balance - reserved) / scale,
-        reserved / scale,
-        need / scale if taken else 0.0,
-        refused,
-    )

@@ -99,7 +99,9 @@ class RedisClusterCounterStore:
     """A ``CounterStore`` on a Redis Cluster (a ``redis+cluster://`` URL's address).
 
     The keywords are those of ``RedisCounterStore``. ``parallel``: how many shard calls
-    of one decision may be under way at once beyond the caller's own thread.
+    may be under way at once beyond their callers' own threads (as many as the servers'
+    engine threads, so that every decision in flight can have its other shards' calls
+    under way).
     """
 
     name = "redis"
@@ -118,7 +120,7 @@ class RedisClusterCounterStore:
         wall: Callable[[], float] = time.time,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         claim_idle: float = DEFAULT_CLAIM_IDLE,
-        parallel: int = 8,
+        parallel: int = 32,
     ) -> None:
         self._prefix = check_prefix(key_prefix)
         self.timeout = timeout
@@ -281,23 +283,23 @@ class RedisClusterCounterStore:
         deadline: float | None = None,
     ) -> tuple[list[CounterState], list[BalanceState]]:
         if balances:
-            raise StoreUnavailable("redis: balances are not kept in Redis yet")
+            raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
         return self.check_and_consume(
             counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
             event=event, deadline=deadline,
         ), []
 
     def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
 
     def credit(
         self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> bool:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
 
     def balance(self, balance: str, key: str) -> tuple[int, int]:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        raise StoreUnavailable("redis cluster: balances need one Redis (or Sentinel) store")
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         self._shards[shard_of(event.request_id or "")].record_event(event, deadline=deadline)

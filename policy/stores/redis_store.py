@@ -41,6 +41,7 @@ from .base import (
     REPORT_OUTCOMES,
     BalanceSpec,
     BalanceState,
+    BalancesUnloaded,
     CounterSpec,
     CounterState,
     ForeignDecision,
@@ -50,6 +51,7 @@ from .base import (
 from .events import DEFAULT_MAX_BACKLOG
 from .events_redis import DEFAULT_CLAIM_IDLE, RedisEventStream, stream_key
 from .redis_calls import RedisCalls, Script, store_error
+from .spending import PreparedBalance, balance_state, chained_state, prepare_balances
 
 if TYPE_CHECKING:
     from .cluster_calls import SlotCalls
@@ -59,6 +61,10 @@ __all__ = [
 ]
 
 HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
+CREDIT_TTL = 30 * 86400  # seconds a credit's idempotency key is kept (the ledger keeps it too)
+# which variant of consume.lua and report.lua: with balances (balances.lua) or without
+_SPENDING = "local spending = true"
+_NOT_SPENDING = "local spending = false"
 REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
 DEFAULT_TIMEOUT = 0.1
 EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
@@ -196,10 +202,18 @@ class RedisCounterStore:
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
         events_lua = load_lua("events")
-        self._consume = Script.of(load_script("consume", events_lua))
-        self._report = Script.of(load_script("report", events_lua))
+        self._consume = Script.of(load_script("consume", events_lua, _NOT_SPENDING))
+        self._report = Script.of(load_script("report", events_lua, _NOT_SPENDING))
         self._settle = Script.of(load_script("settle"))
         self._append = Script.of(events_lua + "\n" + load_lua("append"))
+        balances_lua = load_lua("balances")
+        self._spend = Script.of(load_script("consume", events_lua, balances_lua, _SPENDING))
+        self._report_spending = Script.of(
+            load_script("report", events_lua, balances_lua, _SPENDING)
+        )
+        self._balance_load = Script.of(load_lua("balance_load"))
+        self._credit = Script.of(events_lua + "\n" + load_lua("credit"))
+        self._balance_read = Script.of(load_script("balance_read", balances_lua))
         self._release = Script.of(load_script("release"))
         self.events = events or RedisEventStream(
             redis_client(url, timeout=EVENTS_TIMEOUT),
@@ -255,16 +269,7 @@ class RedisCounterStore:
             )
         self._appended(reply[3])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
-        state = windows.counter_state
-        states = []
-        at = 4
-        for spec, _, amount, limit in prepared:
-            # the script sends the counted total and the live buckets the state needs
-            # (all of them when the amount does not fit, else the oldest one)
-            used, live = reply[at], reply[at + 1]
-            fields = {reply[j]: reply[j + 1] for j in range(at + 2, at + 2 + 2 * live, 2)}
-            at += 2 + 2 * live
-            states.append(state(spec, t, fields, amount, limit, used=used, clean=True))
+        states, at = _counter_states(prepared, reply, t)
         if at != len(reply):
             raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
         return states
@@ -285,6 +290,11 @@ class RedisCounterStore:
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters(self._prefix, fallback)
+        spends = prepare_balances(self._prefix, balances, checked)
+        if spends:  # what each metric is in balance units
+            units |= {
+                f"{m}#b": windows.balance_units(v, m, f"actual {m}") for m, v in actual.items()
+            }
         deadline = self._deadline(deadline)
         keys = [windows.report_key(self._prefix, reporter, request_id)]
         if hold_id is not None:
@@ -300,10 +310,20 @@ class RedisCounterStore:
             args += (metric, str(value))
         for c in checked:
             args += (c.spec.window.code, str(c.spec.window.bucket), str(c.amount))
+        script = self._report
+        if spends:
+            script = self._report_spending
+            keys += [b.key for b in spends]
+            keys.append(windows.balances_marker_key(self._prefix))
         if event is not None:
             keys.append(self.events.key)
             args += self.events.append_args(event)
-        reply = self._calls.script(self._report, keys, args, deadline)
+        if spends:
+            for b in spends:
+                args += _balance_args(b)
+            ref = windows.report_key("", reporter, request_id)
+            args += (hold_id or "", ref, str(len(spends)))
+        reply = self._calls.script(script, keys, args, deadline)
         if not isinstance(reply, list) or len(reply) not in (2, 3):
             raise StoreUnavailable(f"redis report script answered {reply!r}", outcome="unknown")
         if len(reply) == 3:  # reserved counters the report did not declare: settled now
@@ -315,6 +335,8 @@ class RedisCounterStore:
             )
         if text == "foreign":
             raise ForeignDecision()
+        if text == "unloaded":
+            raise BalancesUnloaded("redis: the balances are not loaded")
         for known in REPORT_OUTCOMES:
             if text == known:
                 self._appended(reply[1])
@@ -351,24 +373,97 @@ class RedisCounterStore:
         event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> tuple[list[CounterState], list[BalanceState]]:
-        if balances:
-            raise StoreUnavailable("redis: balances are not kept in Redis yet")
-        return self.check_and_consume(
-            counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
-            event=event, deadline=deadline,
-        ), []
+        if not balances:
+            return self.check_and_consume(
+                counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
+                event=event, deadline=deadline,
+            ), []
+        prepared = windows.prepare_counters(self._prefix, counters)
+        spends = prepare_balances(self._prefix, balances, prepared)
+        deadline = self._deadline(deadline)
+        hold = consume and hold_id is not None
+        keys = [c.key for c in prepared]
+        if hold:
+            assert hold_id is not None
+            keys.append(windows.hold_key(self._prefix, hold_id))
+        keys += [b.key for b in spends]
+        keys.append(windows.balances_marker_key(self._prefix))
+        args: list[str] = [
+            self._clock_arg(now, deadline),
+            "1" if consume else "0",
+            self._hold_ttl if hold else "0",
+            hold_owner,
+        ]
+        for spec, _, amount, limit in prepared:
+            window = spec.window
+            args += (window.code, str(window.bucket), str(limit), str(amount), spec.metric)
+        if consume and event is not None:
+            keys.append(self.events.key)
+            args += self.events.append_args(event)
+        for b in spends:
+            args += _balance_args(b)
+        args += (hold_id if hold and hold_id is not None else "", str(len(spends)))
+        calls = self._calls
+        reply = calls.script(self._spend, keys, args, deadline)
+        sec, usec = int(reply[0]), int(reply[1])
+        admitted = int(reply[2])
+        if admitted == -1:
+            raise StoreUnavailable(
+                "redis: answered past the deadline; nothing was written", outcome="not_applied"
+            )
+        if admitted == -2:
+            raise BalancesUnloaded("redis: the balances are not loaded")
+        self._appended(reply[3])
+        t = now if now is not None and self._honour_now else sec + usec / 1_000_000
+        states, at = _counter_states(prepared, reply, t)
+        if at + 4 * len(spends) != len(reply):
+            raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
+        raws = [reply[at + 4 * j:at + 4 * j + 4] for j in range(len(spends))]
+        for b, raw in zip(spends, raws, strict=True):
+            if b.after >= 0:
+                states[b.after] = chained_state(states[b.after], int(raw[3]) == 0)
+        taken = consume and admitted == 1
+        return states, [
+            balance_state(b, (int(raw[0]), int(raw[1])), int(raw[2]), taken, int(raw[3]) == 0)
+            for b, raw in zip(spends, raws, strict=True)
+        ]
 
     def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        keys = [windows.balances_marker_key(self._prefix)]
+        args: list[str] = []
+        for (name, key), units in totals.items():
+            keys.append(windows.balance_key(self._prefix, name, key))
+            args.append(str(units))
+        reply = self._calls.script(self._balance_load, keys, args, self._deadline(None))
+        return int(reply) == 1
 
     def credit(
         self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> bool:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        keys = [
+            windows.balance_key(self._prefix, entry.balance, entry.key),
+            f"{self._prefix}c:{entry.balance}:{entry.key}:{entry.ref}",
+            windows.balances_marker_key(self._prefix),
+        ]
+        args = [str(entry.amount), str(CREDIT_TTL)]
+        if event is not None:
+            keys.append(self.events.key)
+            args += self.events.append_args(event)
+        reply = int(self._calls.script(self._credit, keys, args, self._deadline(deadline)))
+        if reply < 0:
+            raise BalancesUnloaded("redis: the balances are not loaded")
+        return reply == 1
 
     def balance(self, balance: str, key: str) -> tuple[int, int]:
-        raise StoreUnavailable("redis: balances are not kept in Redis yet")
+        keys = [
+            windows.balance_key(self._prefix, balance, key),
+            windows.balances_marker_key(self._prefix),
+        ]
+        reply = self._calls.script(self._balance_read, keys, [], self._deadline(None))
+        if int(reply[0]) == 0:
+            raise BalancesUnloaded("redis: the balances are not loaded")
+        return int(reply[1]), int(reply[2])
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         status = self._calls.script(
@@ -440,3 +535,27 @@ class RedisCounterStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _balance_args(b: PreparedBalance) -> tuple[str, ...]:
+    """The 6 values of one balance in the spending scripts (``balance_args``)."""
+    spec = b.spec
+    return (str(b.amount), str(b.after + 1), str(b.ratio), spec.balance, spec.key, spec.metric)
+
+
+
+def _counter_states(
+    prepared: Sequence[windows.Checked], reply: Any, t: float
+) -> tuple[list[CounterState], int]:
+    """The counters' states from a consume script's flat reply, and where they end."""
+    state = windows.counter_state
+    states = []
+    at = 4
+    for spec, _, amount, limit in prepared:
+        # the script sends the counted total and the live buckets the state needs
+        # (all of them when the amount does not fit, else the oldest one)
+        used, live = reply[at], reply[at + 1]
+        fields = {reply[j]: reply[j + 1] for j in range(at + 2, at + 2 + 2 * live, 2)}
+        at += 2 + 2 * live
+        states.append(state(spec, t, fields, amount, limit, used=used, clean=True))
+    return states, at

@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..windows import Checked, balance_key, balance_scale, balance_units, metric_scale
-from .base import BalanceSpec
+from .base import BalanceSpec, BalanceState, CounterState
 
-__all__ = ["PreparedBalance", "prepare_balances", "chain_split", "settle_split", "fits_balance"]
+__all__ = [
+    "PreparedBalance", "prepare_balances", "chain_split", "settle_split", "fits_balance",
+    "chained_state", "balance_state",
+]
 
 
 class PreparedBalance(NamedTuple):
@@ -85,3 +88,28 @@ def settle_split(actual: int, quota_held: int, balance_held: int, ratio: int) ->
         share = actual
     quota_units = -(-share // ratio)  # rounded up, as counter amounts are
     return quota_units, actual - share
+
+
+def chained_state(state: CounterState, refused: bool) -> CounterState:
+    """A quota's state when a balance takes what it has no room for: exceeded only when
+    the two together could not cover the amount."""
+    if refused == state.exceeded:
+        return state
+    return CounterState(
+        state.used, state.limit, refused, state.retry_after if refused else 0.0,
+        state.resets_at,
+    )
+
+
+def balance_state(
+    b: PreparedBalance, before: tuple[int, int], need: int, taken: bool, refused: bool
+) -> BalanceState:
+    """A balance as one decision saw it, from the units a store read."""
+    balance, reserved = before
+    scale = balance_scale(b.spec.metric)
+    return BalanceState(
+        (balance - reserved) / scale,
+        reserved / scale,
+        need / scale if taken else 0.0,
+        refused,
+    )

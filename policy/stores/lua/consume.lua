@@ -18,9 +18,13 @@ local sec, usec, late = now_parts(ARGV[1])
 if late then return {sec, usec, -1, 0} end  -- past the caller's deadline: nothing written
 local consume = ARGV[2] == '1'
 local hold_ttl = tonumber(ARGV[3])
+-- the spending variant (balances.lua): ARGV end with 6 values per balance, the hold id
+-- and the number of balances; KEYS with the balances and {prefix}bl before the stream
+local nb = spending and tonumber(ARGV[#ARGV]) or 0
+local tail = spending and 6 * nb + 2 or 0
 -- ARGV holds 4 values, 5 per counter, then 2 when there is an event
-local has_event = (#ARGV - 4) % 5 == 2
-local n = (#ARGV - 4 - (has_event and 2 or 0)) / 5
+local has_event = (#ARGV - tail - 4) % 5 == 2
+local n = (#ARGV - tail - 4 - (has_event and 2 or 0)) / 5
 
 -- Reads first: a WRONGTYPE error stops the script before anything was written.
 local call, tonumber, floor = redis.call, tonumber, math.floor
@@ -68,11 +72,19 @@ for i = 1, n do
     end
     plan.stale, plan.used = stale, used
   end
-  if not ((amount == 0 and used < limit) or (amount > 0 and used + amount <= limit)) then
+  local fits = (amount == 0 and used < limit) or (amount > 0 and used + amount <= limit)
+  plan.fits, plan.limit = fits, limit
+  if not fits then
     admitted = 0
     plan.exceeded = true
   end
   plans[i] = plan
+end
+
+local spends, kbase = {}, n + (hold_ttl > 0 and 1 or 0)
+if spending and nb > 0 then
+  if call('EXISTS', KEYS[kbase + nb + 1]) == 0 then return {sec, usec, -2, 0} end
+  admitted, spends = spend_check(plans, n, nb, ARGV, #ARGV - tail, kbase, sec)
 end
 
 -- The reply: per counter its counted total, then how many live buckets follow and the
@@ -103,7 +115,7 @@ for i = 1, n do
     reply[#reply + 1] = 0
   end
 end
-if admitted == 0 then reply[3] = 0 end
+reply[3] = admitted
 
 if consume then
   local held = {}
@@ -146,10 +158,15 @@ if consume then
     end
     held[i] = {key, p.field, p.metric, int(p.amount), int(p.finish)}
   end
+  local parts = nil
+  if spending and nb > 0 then
+    parts = spend_write(spends, admitted, ARGV[#ARGV - 1], sec + hold_ttl)
+  end
   if admitted == 1 and hold_ttl > 0 then
-    call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held}), 'EX', hold_ttl)
+    call('SET', KEYS[n + 1], cjson.encode({o = ARGV[4], c = held, b = parts}), 'EX', hold_ttl)
   end
   if admitted == 1 and has_event then appended = event_append(KEYS[#KEYS], ARGV, 5 + 5 * n) end
 end
 reply[4] = appended
+if spending and nb > 0 then spend_states(spends, reply) end
 return reply

@@ -144,7 +144,9 @@ class ClusterCalls:
     def close(self) -> None:
         with self._lock:
             cluster, self._cluster = self._cluster, None
-            self._nodes.clear()
+            nodes, self._nodes = self._nodes, {}
+        for calls in nodes.values():
+            calls.close()
         if cluster is not None:
             cluster.close()
 

@@ -99,7 +99,9 @@ class RedisClusterCounterStore:
     """A ``CounterStore`` on a Redis Cluster (a ``redis+cluster://`` URL's address).
 
     The keywords are those of ``RedisCounterStore``. ``parallel``: how many shard calls
-    of one decision may be under way at once beyond the caller's own thread.
+    may be under way at once beyond their callers' own threads (as many as the servers'
+    engine threads, so that every decision in flight can have its other shards' calls
+    under way).
     """
 
     name = "redis"
@@ -118,7 +120,7 @@ class RedisClusterCounterStore:
         wall: Callable[[], float] = time.time,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         claim_idle: float = DEFAULT_CLAIM_IDLE,
-        parallel: int = 8,
+        parallel: int = 32,
     ) -> None:
         self._prefix = check_prefix(key_prefix)
         self.timeout = timeout

@@ -200,9 +200,12 @@ class RedisCalls:
         except _Late:
             link.drop()  # a reply may still come: this connection is out of step
             raise StoreUnavailable("redis: no answer in time", outcome="unknown") from None
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, hiredis.ProtocolError) as exc:
             link.drop()
             raise store_error(exc, "unknown" if sent else "not_applied") from exc
+        except BaseException:  # an argument hiredis cannot pack, an interrupt: not reused
+            link.drop()
+            raise
         self._idle.append(link)
         return replies
 

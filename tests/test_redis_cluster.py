@@ -20,7 +20,7 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis_processes import RedisClusterNodes
-from server_harness import tollway_serve
+from server_harness import eventually, tollway_serve
 
 from tollway.policy import windows
 from tollway.policy.stores import StoreUnavailable, open_store, parse_store_url
@@ -295,6 +295,15 @@ def test_a_master_killed_under_load_then_exact_again_after_the_promotion(
         # the promoted replica serves the victim's shard again
         resumed = [r for t, u, r in seen if u == victim_uid and t > promoted_at]
         assert pb.STORE_UNAVAILABLE not in resumed[-5:], resumed[-10:]
+        # the usage of the user whose shards stayed up was recorded meanwhile, exactly:
+        # its events were read while the dead master's streams were skipped
+        admitted = sum(1 for _, u, r in seen if u == calm_uid and r == pb.ALLOWED)
+
+        def calm_usage() -> int:
+            got = stubs[0].GetUsage(pb.GetUsageRequest(user_id=calm_uid), timeout=10)
+            return int(got.usage.request_count)
+
+        assert eventually(calm_usage, admitted, timeout=30) == admitted
         # exact again: a user of the promoted master's shard and a fresh group
         ports = _ports(cluster)
         fresh = next(u for u in _ids(cluster, "after", 60, "fresh")

@@ -2,17 +2,23 @@
 
 A script appends an event to the stream of the shard whose counters it changes
 (``{prefix}{<tag>}usage:events``, ``cluster_tags``): a stream is one key, and a script
-may touch one slot only. ``ShardedEventStream`` reads the ``SHARDS`` streams in turn
-(each through its ``RedisEventStream``, with the same consumer group), so the ingester
-sees one ``EventSource``. A stream whose master is down is skipped until it is back:
-the others are still read. Housekeeping (taking over what a dead reader left, trimming)
-visits a few streams per call, every stream within ``SHARDS / MAINTAIN_PER_CALL`` calls.
+may touch one slot only. ``ShardedEventStream`` reads the ``SHARDS`` streams at once
+(one ``XREADGROUP`` each, sent in one pipeline: a round trip per master; each stream's
+group and bookkeeping are its ``RedisEventStream``'s), so the ingester sees one
+``EventSource``. While a master is down the pipeline fails as a whole, and the streams
+are read one by one instead, skipping those of the missing master until it is back.
+Housekeeping (taking over what a dead reader left, trimming) visits a few streams per
+call, every stream within ``SHARDS / MAINTAIN_PER_CALL`` calls.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import RedisClusterException
 
 from .base import StoreUnavailable
 from .events import Delivery
@@ -26,10 +32,13 @@ MAINTAIN_PER_CALL = 8
 class ShardedEventStream:
     """The ``EventSource`` over the streams of every shard (``streams[i]``: shard ``i``)."""
 
-    def __init__(self, streams: Sequence[RedisEventStream]) -> None:
+    def __init__(self, streams: Sequence[RedisEventStream], client: Any) -> None:
+        """``client``: the redis-py cluster client the streams read through (its
+        pipeline sends every stream's read at once, one round trip per master)."""
         if not streams:
             raise ValueError("streams: at least one")
         self.streams = list(streams)
+        self._client = client
         self._next = 0  # where the next read starts, so that no stream waits behind others
         self._maintained = 0
         self._wake = threading.Event()
@@ -50,19 +59,36 @@ class ShardedEventStream:
         out: list[Delivery] = []
         failed: StoreUnavailable | None = None
         n = len(self.streams)
-        start = self._next
-        for step in range(n):
-            i = (start + step) % n
+        start, self._next = self._next, (self._next + 1) % n
+        order = [(start + step) % n for step in range(n)]
+        reading = []
+        for i in order:  # first what was taken over from dead readers (no round trip)
             try:
-                got = self.streams[i].read(count - len(out), 0)
+                taken = self.streams[i].taken_over(count - len(out))
             except StoreUnavailable as exc:
                 failed = failed or exc
                 continue
-            out += [Delivery(f"{i}/{d.token}", d.event) for d in got]
-            if len(out) >= count:
-                self._next = (i + 1) % n
-                return out
-        self._next = (start + 1) % n
+            out += [Delivery(f"{i}/{d.token}", d.event) for d in taken]
+            reading.append(i)
+        if len(out) < count and reading:
+            # every stream's read at once: one round trip per master
+            try:
+                pipe = self._client.pipeline()
+                for i in reading:
+                    pipe.xreadgroup(*self.streams[i].read_command(count))
+                replies = pipe.execute(raise_on_error=False)
+            except (redis.RedisError, RedisClusterException, OSError, StoreUnavailable):
+                replies = None  # a master is down: stream by stream, skipping its streams
+            for k, i in enumerate(reading):
+                try:
+                    if replies is None:
+                        got = self.streams[i].read(count, 0)
+                    else:
+                        got = self.streams[i].delivered(replies[k])
+                except StoreUnavailable as exc:
+                    failed = failed or exc
+                    continue
+                out += [Delivery(f"{i}/{d.token}", d.event) for d in got]
         if out:
             return out
         if failed is not None:

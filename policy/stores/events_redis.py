@@ -144,10 +144,28 @@ class RedisEventStream:
             out.append(Delivery(entry_id, event))
         return out
 
-    def read(self, count: int, wait: float) -> list[Delivery]:
+    def taken_over(self, count: int) -> list[Delivery]:
+        """Up to ``count`` of the entries taken over from another reader (``maintain``),
+        which ``read`` hands out before reading the stream; the group is made first."""
         self._ensure_group()
-        if self._claimed:
-            taken, self._claimed = self._claimed[:count], self._claimed[count:]
+        taken, self._claimed = self._claimed[:count], self._claimed[count:]
+        return taken
+
+    def read_command(self, count: int) -> tuple[Any, ...]:
+        """The arguments of redis-py's ``xreadgroup`` for a read that does not wait (the
+        cluster's reader sends those of every stream at once)."""
+        return (GROUP, self.consumer, {self.key: ">"}, count)
+
+    def delivered(self, reply: Any) -> list[Delivery]:
+        """The deliveries of an ``xreadgroup`` reply (or error) for ``read_command``."""
+        if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
+            self._group_ready = False  # the stream (and its group) is gone: Redis restarted
+        if isinstance(reply, BaseException):
+            raise StoreUnavailable(f"redis: {reply}")
+        return self._deliveries(reply[0][1]) if reply else []
+
+    def read(self, count: int, wait: float) -> list[Delivery]:
+        if taken := self.taken_over(count):
             return taken
         try:
             reply: Any = self._redis.xreadgroup(

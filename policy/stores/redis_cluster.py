@@ -135,7 +135,7 @@ class RedisClusterCounterStore:
             )
             for tag in TAGS
         ]
-        self.events = ShardedEventStream(streams)
+        self.events = ShardedEventStream(streams, reader)
         self._shards = [
             RedisCounterStore(
                 address, key_prefix=tagged_prefix(key_prefix, tag), timeout=timeout,

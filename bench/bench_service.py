@@ -741,10 +741,12 @@ def balance_runner(
     """(q1)/(qb): ``Engine.decide`` then ``Engine.report`` for 500 groups; only the
     decisions are timed (the rate is decisions per second spent deciding)."""
     from tollway import Engine
+    from tollway.policy.stores import StoreOptions
 
     engine = Engine.from_text(
         BALANCE_RULES[which], store=f"redis://127.0.0.1:{port}/3", key_prefix=f"bench-{which}:",
         usage_db=f"sqlite:///{directory / (which + '.db')}",
+        store_options=StoreOptions(timeout=2.0),  # a shared machine: no refusal by a stall
     )
     if which == "qb":
         for g in range(USERS):

@@ -1,6 +1,6 @@
 """Service benchmark: tollway beside its peers and its ceilings, as ratios from one run.
 
-    python bench/bench_service.py [--seconds 6] [--inflight 64] [--only grpc,redis,workers]
+    python bench/bench_service.py [--seconds 6] [--inflight 64] [--only grpc,redis,workers,cluster]
 
 Three groups of rows; within a group the rows are measured in alternating rounds (one
 round of each, then again, ``--rounds`` times) and each row shows its median round, so
@@ -28,6 +28,11 @@ redis     all in this process, sequential, on one private redis-server:
           (INFO commandstats) and Redis's own time per script call.
 workers   Decide over gRPC on Redis with ``--workers 1`` and ``--workers 2``, the client
           in its own process (8 channels, so that the kernel spreads connections).
+cluster   one Redis beside a Redis Cluster of 3 masters and 3 replicas (all on this
+          machine), ``Engine.decide`` in this process, sequential: (s1)/(k1) 3 quotas per
+          user, one script call on either; (s2)/(k2) 2 quotas per user and 1 per group,
+          whose shards differ on the cluster: two script calls at once, then the usage
+          event's commit. Then (sg)/(kg): Decide over gRPC, the (k2) rules, ``--inflight``.
 
 Absolute figures drift with the machine's load; compare the ratios.
 """
@@ -71,6 +76,13 @@ quota per_minute limits requests to 1_000_000 per 1m for each user
 quota per_hour   limits requests to 1_000_000 per 1h for each user
 quota tokens     limits tokens to 1_000_000_000 per 1d for each user
 rule everyone { enforce per_minute, per_hour, tokens }
+"""
+CLUSTER_RULES = """
+default allow
+quota per_minute limits requests to 1_000_000 per 1m for each user
+quota tokens     limits tokens to 1_000_000_000 per 1d for each user
+quota team       limits requests to 1_000_000_000 per 1h for each group
+rule everyone { enforce per_minute, tokens, team }
 """
 USERS = 500
 MODELS = ("openai/gpt-5", "openai/gpt-4.1", "anthropic/claude-sonnet-4.6", "azure-eu/gpt-4.1")
@@ -632,6 +644,72 @@ def workers_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -
                  "shared by the client, the workers and Redis")
 
 
+def cluster_engine_runner(
+    store: str, rules: Path, prefix: str, group: bool
+) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """``Engine.decide`` on ``store``, sequential, users with (or without) a group."""
+    from tollway import Engine
+
+    engine = Engine.from_path(rules, store=store, key_prefix=prefix)
+    reqs: list[dict[str, object]] = [
+        {"user": {"id": f"user-{u}"}, "model": "m", "estimate": {"output_tokens": 500},
+         **({"group": {"id": f"team-{u % 50}"}} if group else {})}
+        for u in range(USERS)
+    ]
+    for r in reqs:
+        engine.decide(r)
+    return sequential(lambda i: engine.decide(reqs[i % USERS])), engine.close
+
+
+def cluster_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
+    if shutil.which("redis-cli") is None:
+        raise FileNotFoundError("redis-cli")
+    from tests.redis_processes import RedisClusterNodes
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise FileNotFoundError("redis-server")
+    with redis_server() as port, tempfile.TemporaryDirectory() as d, ExitStack() as stack:
+        cluster = RedisClusterNodes(exe, Path(d))
+        stack.callback(cluster.stop)
+        one_rules, two_rules = Path(d) / "user.rules", Path(d) / "team.rules"
+        one_rules.write_text(REDIS_RULES)
+        two_rules.write_text(CLUSTER_RULES)
+        single = f"redis://127.0.0.1:{port}/0"
+        runners = {}
+        for key, store, rules, group in (
+            ("s1", single, one_rules, False), ("k1", cluster.url, one_rules, False),
+            ("s2", single, two_rules, True), ("k2", cluster.url, two_rules, True),
+        ):
+            run, close = cluster_engine_runner(store, rules, f"bench-{key}:", group)
+            stack.callback(close)
+            runners[key] = run
+        got = alternate(runners, args.rounds, args.seconds)
+        s1 = _row("(s1) Engine.decide, one Redis, 3 user quotas", got["s1"], "1 script call")
+        k1 = _row("(k1) the same on a Redis Cluster", got["k1"], "1 shard: 1 script call")
+        s2 = _row("(s2) Engine.decide, one Redis, user+group", got["s2"], "1 script call")
+        k2 = _row("(k2) the same on a Redis Cluster", got["k2"],
+                  "2 shards at once + event commit")
+        rows += [s1, k1, s2, k2]
+        notes.append(f"k1/s1 = {k1.calls_per_s / s1.calls_per_s:.2f}; "
+                     f"k2/s2 = {k2.calls_per_s / s2.calls_per_s:.2f} (in-process, sequential)")
+        requests = _decide_requests(2000, MODELS)
+        grpc_runners = {}
+        for key, store in (("sg", single), ("kg", cluster.url)):
+            address = stack.enter_context(tollway_server(
+                two_rules, store, "--key-prefix", f"bench-{key}:"))
+            load = GrpcLoad(address, "/tollway.v1.Tollway/Decide", requests, args.inflight)
+            stack.callback(load.close)
+            grpc_runners[key] = load
+        got = alternate(grpc_runners, args.rounds, args.seconds)
+        sg = _row("(sg) Decide over gRPC, one Redis", got["sg"], "user+group rules")
+        kg = _row("(kg) Decide over gRPC, Redis Cluster", got["kg"], "user+group rules")
+        rows += [sg, kg]
+        notes.append(f"kg/sg = {kg.calls_per_s / sg.calls_per_s:.2f} over gRPC, "
+                     f"{args.inflight} in flight, on {os.cpu_count()} CPUs shared by the "
+                     "server, the client, one Redis and 6 cluster nodes")
+
+
 def _print(rows: list[Row], notes: list[str]) -> None:
     print()
     print(f"{'row':<48} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}  note")
@@ -643,7 +721,8 @@ def _print(rows: list[Row], notes: list[str]) -> None:
         print(n)
 
 
-GROUPS = {"grpc": grpc_group, "redis": redis_group, "workers": workers_group}
+GROUPS = {"grpc": grpc_group, "redis": redis_group, "workers": workers_group,
+          "cluster": cluster_group}
 
 
 def main() -> int:
@@ -652,7 +731,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per row")
     ap.add_argument("--rounds", type=int, default=6, help="alternating rounds per group")
     ap.add_argument("--inflight", type=int, default=64, help="gRPC calls in flight")
-    ap.add_argument("--only", default=",".join(GROUPS), help="groups to run: grpc,redis,workers")
+    ap.add_argument("--only", default=",".join(GROUPS), help="groups to run: grpc,redis,workers,cluster")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     ap.add_argument("--echo-guarded", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)

@@ -34,6 +34,7 @@ __all__ = [
     "REASONS",
     "Scope",
     "Quota",
+    "Balance",
     "Price",
     "METRICS",
     "SCOPE_SUBJECTS",
@@ -257,6 +258,21 @@ class Quota:
     pos: Pos = NOWHERE
 
 
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """``balance NAME of METRIC for each SCOPE [warn below N]``: a prepaid amount per scope
+    key that credits raise and admitted requests spend down; it never resets.
+
+    ``warn_below`` is the amount under which the balance counts as low (None: never).
+    """
+
+    name: str
+    metric: TypingLiteral["requests", "tokens", "input_tokens", "output_tokens", "cost"]
+    scope: Scope
+    warn_below: int | float | None = None
+    pos: Pos = NOWHERE
+
+
 # --------------------------------------------------------------------- prices
 
 
@@ -295,10 +311,20 @@ class Allow:
 
 @dataclass(frozen=True, slots=True)
 class Enforce:
+    """``enforce a, b then c``: ``names`` are the first name of each item; ``then[i]``
+    holds the names written after ``then`` in item i (empty for a plain quota or
+    balance; the checker allows at most one, a balance after a quota)."""
+
     names: tuple[str, ...]
     pos: Pos = NOWHERE
     # position of each name, for "unknown quota" diagnostics
     name_pos: tuple[Pos, ...] = ()
+    then: tuple[tuple[str, ...], ...] = ()
+    then_pos: tuple[tuple[Pos, ...], ...] = ()
+
+    def chain(self, i: int) -> tuple[str, ...]:
+        """The names after ``then`` in item ``i`` (empty when none)."""
+        return self.then[i] if i < len(self.then) else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +490,7 @@ class RuleFile:
     source: str = field(default="", repr=False, compare=False)
     comments: tuple[Comment, ...] = field(default=(), repr=False, compare=False)
     prices: tuple[Price, ...] = ()
+    balances: tuple[Balance, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

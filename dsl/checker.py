@@ -14,6 +14,7 @@ from .ast import (
     CALENDARS,
     And,
     Annotate,
+    Balance,
     Check,
     Default,
     Deny,
@@ -44,7 +45,7 @@ __all__ = ["check"]
 
 # the fields of a DecideRequest a test request may set
 REQUEST_FIELDS = ("request_id", "user", "group", "model", "attributes", "estimate", "dry_run")
-_Named = TypeVar("_Named", Quota, Rule, TestCase)
+_Named = TypeVar("_Named", Quota, Balance, Rule, TestCase)
 _PRICE_PARTS = ("input", "output", "cached_input")
 
 
@@ -67,6 +68,16 @@ def check(
     types = Types(schemas, report)
     declared = [q for rf in ast.files for q in rf.quotas]
     quotas = _unique(declared, "quota", report)
+    balances = _unique([b for rf in ast.files for b in rf.balances], "balance", report)
+    for name, balance in balances.items():
+        if name in quotas:
+            report.error(
+                balance.pos,
+                f"balance '{name}' has the name of the quota at {quotas[name].pos}: "
+                "quotas and balances share one set of names",
+            )
+        if balance.warn_below is not None and balance.warn_below < 0:
+            report.error(balance.pos, f"balance '{name}': warn below cannot be negative")
     rules = [r for rf in ast.files for r in rf.rules]
     _unique(rules, "rule", report)
     _unique([t for rf in ast.files for t in rf.tests], "test", report)
@@ -76,7 +87,7 @@ def check(
     enforced: set[str] = set()
     inline: list[str] = []
     for rule in rules:
-        _check_rule(rule, quotas, types, report, enforced, inline, unparsed)
+        _check_rule(rule, quotas, balances, types, report, enforced, inline, unparsed)
     # rules too deep to compare (an error is reported for them) stay out of the comparison
     shallow = [r for r in rules if r.condition is None or not _too_deep(r.condition)]
     for rule, other in shadowed_rules(shallow):
@@ -91,6 +102,9 @@ def check(
     for name, quota in quotas.items():
         if name not in enforced:
             report.warn(quota.pos, f"quota '{name}' is declared but no rule enforces it")
+    for name, balance in balances.items():
+        if name not in enforced:
+            report.warn(balance.pos, f"balance '{name}' is declared but no rule enforces it")
     warn_untrusted(schemas.values(), rules, declared, report)
     known_quotas = [*quotas, *inline]
     rule_names = [r.name for r in rules]
@@ -291,9 +305,63 @@ def _check_condition(expr: Expr, what: str, pos: Pos, types: Types, report: Repo
         report.warn(pos, f"{what}: {reason}")
 
 
+def _check_enforce(
+    action: Enforce,
+    quotas: dict[str, Quota],
+    balances: dict[str, Balance],
+    report: Reporter,
+    enforced: set[str],
+    unparsed: frozenset[str],
+) -> None:
+    """Every name known; ``Q then B`` a quota then a balance of the same metric, one step."""
+    known = [*quotas, *balances]
+    for i, name in enumerate(action.names):
+        enforced.add(name)
+        pos = action.name_pos[i] if i < len(action.name_pos) else action.pos
+        if name not in quotas and name not in balances and name not in unparsed:
+            what = "quota or balance" if balances else "quota"
+            report.error(pos, f"unknown {what} '{name}'" + did_you_mean(name, known))
+        chain = action.chain(i)
+        if not chain:
+            continue
+        then_pos = action.then_pos[i] if i < len(action.then_pos) else (pos,) * len(chain)
+        enforced.update(chain)
+        if len(chain) > 1:
+            report.error(
+                then_pos[1],
+                f"'{name} then {' then '.join(chain)}' is a chain of {len(chain)} steps: "
+                "a quota may be followed by one balance only",
+            )
+            continue
+        after = chain[0]
+        if name in balances:
+            report.error(
+                pos,
+                f"'{name}' is a balance: only a quota comes before 'then' "
+                f"(enforce QUOTA then {after})",
+            )
+        if after in quotas:
+            report.error(
+                then_pos[0],
+                f"'{after}' is a quota: 'then' names a balance, spent once '{name}' is used up",
+            )
+        elif after not in balances:
+            if after not in unparsed:
+                report.error(
+                    then_pos[0], f"unknown balance '{after}'" + did_you_mean(after, balances)
+                )
+        elif name in quotas and quotas[name].metric != balances[after].metric:
+            report.error(
+                then_pos[0],
+                f"'{name} then {after}': quota '{name}' counts {quotas[name].metric} but "
+                f"balance '{after}' holds {balances[after].metric}; they must match",
+            )
+
+
 def _check_rule(
     rule: Rule,
     quotas: dict[str, Quota],
+    balances: dict[str, Balance],
     types: Types,
     report: Reporter,
     enforced: set[str],
@@ -307,11 +375,7 @@ def _check_rule(
         report.warn(rule.pos, f"rule '{rule.name}' has no actions: matching it changes nothing")
     for action in rule.actions:
         if isinstance(action, Enforce):
-            for i, name in enumerate(action.names):
-                enforced.add(name)
-                if name not in quotas and name not in unparsed:
-                    pos = action.name_pos[i] if i < len(action.name_pos) else action.pos
-                    report.error(pos, f"unknown quota '{name}'" + did_you_mean(name, quotas))
+            _check_enforce(action, quotas, balances, report, enforced, unparsed)
         elif isinstance(action, InlineLimit):
             inline.append(action.quota.name)
             _check_quota(action.quota, types, report)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .ast import Default, Quota, Rule, RuleFile, Schema, TestCase, Value
+from .ast import Balance, Default, Quota, Rule, RuleFile, Schema, TestCase, Value
 from .diagnostics import Diagnostic
 
 if TYPE_CHECKING:  # prices.py reads values.py, which reads EvalContext from here
@@ -70,6 +70,8 @@ class CompiledRule:
     checks: tuple[str, ...]
     routes: tuple[CompiledRoute, ...]
     annotations: tuple[tuple[str, str], ...]
+    # the balances it spends: (balance, quota spent first or "" for a balance alone)
+    balances: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -143,6 +145,8 @@ class CompiledRuleset:
     files: tuple[RuleFile, ...] = ()
     # "user"/"group" -> the top-level metadata keys only UpsertEntity sets (``admin`` in a schema)
     admin_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # the ``balance`` declarations by name
+    balances: Mapping[str, Balance] = field(default_factory=dict)
 
     def match(self, ctx: EvalContext) -> list[CompiledRule]:
         """Matching rules (shadow included) in priority order, through the index."""

@@ -18,6 +18,7 @@ from .ast import (
     Allow,
     And,
     Annotate,
+    Balance,
     Check,
     Compare,
     Default,
@@ -166,6 +167,7 @@ class _Unit:
     default: Default = field(default_factory=lambda: Default("allow"))
     schemas: tuple[Schema, ...] = ()
     quotas: dict[str, Quota] = field(default_factory=dict)
+    balances: dict[str, Balance] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     tests: tuple[TestCase, ...] = ()
     tests_of: list[Predicate] = field(default_factory=list)
@@ -195,6 +197,8 @@ def _collect(unit: _Unit) -> None:
     for f in files:
         for quota in f.quotas:
             unit.quotas[quota.name] = quota
+        for balance in f.balances:
+            unit.balances[balance.name] = balance
     for f in files:
         for rule in f.rules:
             unit.rules.append(rule)
@@ -229,6 +233,7 @@ def _actions(unit: _Unit) -> None:
         checks: list[str] = []
         routes: list[CompiledRoute] = []
         notes: list[tuple[str, str]] = []
+        spends: list[tuple[str, str]] = []
         for action in rule.actions:
             if isinstance(action, Deny):
                 if deny is None:
@@ -236,7 +241,13 @@ def _actions(unit: _Unit) -> None:
             elif isinstance(action, Allow):
                 allow = True
             elif isinstance(action, Enforce):
-                quotas.extend(action.names)
+                for i, name in enumerate(action.names):
+                    chain = action.chain(i)
+                    if name in unit.balances:
+                        spends.append((name, ""))
+                    else:
+                        quotas.append(name)
+                        spends.extend((after, name) for after in chain)
             elif isinstance(action, InlineLimit):
                 quotas.append(action.quota.name)
             elif isinstance(action, Check):
@@ -250,6 +261,7 @@ def _actions(unit: _Unit) -> None:
         unit.compiled.append(CompiledRule(
             rule=rule, test=test, deny=deny, allow=allow, quotas=tuple(quotas),
             checks=tuple(checks), routes=tuple(routes), annotations=tuple(notes),
+            balances=tuple(spends),
         ))
 
 
@@ -294,4 +306,5 @@ def compile_ruleset(ast: RulesetAst, warnings: Sequence[Diagnostic] = ()) -> Com
         prices=unit.prices,
         files=unit.ast.files,
         admin_keys=MappingProxyType(dict(admin_keys(unit.schemas))),
+        balances=MappingProxyType(dict(unit.balances)),
     )

@@ -16,6 +16,7 @@ from typing import TypeVar
 from .ast import (
     Action,
     Allow,
+    Balance,
     Check,
     Comment,
     Default,
@@ -39,7 +40,7 @@ __all__ = ["format_file"]
 
 INDENT = "    "
 _WIDTH = 100
-_KIND_ORDER = {Default: 0, Schema: 1, Quota: 2, Price: 3, Rule: 4, TestCase: 5}
+_KIND_ORDER = {Default: 0, Schema: 1, Quota: 2, Balance: 3, Price: 4, Rule: 5, TestCase: 6}
 _BARE_NAME_KINDS = ("reason", "quotas", "rules", "exceeded")
 _NOT_BARE = ("request", "expect")
 
@@ -52,8 +53,8 @@ class _Line:
     closer: bool = False
 
 
-Decl = Default | Schema | Quota | Price | Rule | TestCase
-_Aligned = TypeVar("_Aligned", Quota, Price)
+Decl = Default | Schema | Quota | Balance | Price | Rule | TestCase
+_Aligned = TypeVar("_Aligned", Quota, Balance, Price)
 
 
 def format_file(rf: RuleFile) -> str:
@@ -69,7 +70,9 @@ def format_file(rf: RuleFile) -> str:
 
 
 def _decls(rf: RuleFile) -> list[Decl]:
-    decls: list[Decl] = [*rf.schemas, *rf.quotas, *rf.prices, *rf.rules, *rf.tests]
+    decls: list[Decl] = [
+        *rf.schemas, *rf.quotas, *rf.balances, *rf.prices, *rf.rules, *rf.tests
+    ]
     if rf.default is not None:
         decls.insert(0, rf.default)
     keyed = [(d.pos.line, _KIND_ORDER[type(d)], i, d) for i, d in enumerate(decls)]
@@ -104,12 +107,22 @@ def _decl_lines(decl: Decl, decls: list[Decl], index: int) -> list[_Line]:
     if isinstance(decl, Quota):
         width = _run_width(decls, index, Quota, lambda q: q.name)
         return [_Line(0, f"quota {decl.name.ljust(width)} limits {_limit_body(decl)}", anchor)]
+    if isinstance(decl, Balance):
+        width = _run_width(decls, index, Balance, lambda b: b.name)
+        return [_Line(0, _balance_text(decl, width), anchor)]
     if isinstance(decl, Price):
         width = _run_width(decls, index, Price, lambda p: quote(p.pattern))
         return [_Line(0, _price_text(decl, width), anchor)]
     if isinstance(decl, Rule):
         return _rule_lines(decl)
     return _test_lines(decl)
+
+
+def _balance_text(b: Balance, width: int) -> str:
+    text = f"balance {b.name.ljust(width)} of {b.metric} {scope_text(b.scope)}"
+    if b.warn_below is not None:
+        text += f" warn below {number_text(b.warn_below)}"
+    return text
 
 
 def _price_text(p: Price, width: int) -> str:
@@ -177,7 +190,10 @@ def _action_text(action: Action) -> str:
     if isinstance(action, Allow):
         return "allow"
     if isinstance(action, Enforce):
-        return "enforce " + ", ".join(action.names)
+        items = [
+            " then ".join((name, *action.chain(i))) for i, name in enumerate(action.names)
+        ]
+        return "enforce " + ", ".join(items)
     if isinstance(action, InlineLimit):
         return f"limit {_limit_body(action.quota)}"
     if isinstance(action, Check):

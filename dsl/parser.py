@@ -28,13 +28,13 @@ from .grammar import lark_parser
 from .scan import Chunk, scan
 from .source import read_rule_file, rule_files, text_problem
 from .syntax_errors import DECLARATIONS, describe
-from .transform import Decl, ToAst
+from .transform import Decl, ToAst, balance_as_metric, unknown_metric
 
 __all__ = ["parse_text", "parse_path", "read_ruleset", "read_text", "Parsed"]
 
 _EMPTY = f"expected {DECLARATIONS}"
 # the name a declaration gives itself: ``rule NAME``, ``quota NAME``, ``test "NAME"``, …
-_DECL_NAME = re.compile(r'\s*(?:rule|quota|test|price)\s+("(?:[^"\\\n]|\\.)*"|[A-Za-z_][\w-]*)')
+_DECL_NAME = re.compile(r'\s*(?:rule|quota|balance|test|price)\s+("(?:[^"\\\n]|\\.)*"|[A-Za-z_][\w-]*)')
 _STATEMENT = re.compile(r"[ \t]*(when|deny|allow|enforce|limit|check|route|annotate|expect)\b")
 _STRINGS = re.compile(r'"(?:[^"\\\n]|\\[^\n])*"?|#.*')
 _MAX_RETRIES = 50
@@ -152,7 +152,15 @@ def _parse(
         elif (named := _DECL_NAME.match(text, chunk.start, chunk.end)) is not None:
             unparsed.add(_unquote(named[1]))
     rule_file = _assemble(decls, file, text, scanned.comments, errors, diag)
-    return rule_file, errors, frozenset(unparsed)
+    return rule_file, _balances_as_metrics(errors, rule_file), frozenset(unparsed)
+
+
+def _balances_as_metrics(errors: list[Diagnostic], rf: ast.RuleFile) -> list[Diagnostic]:
+    """An unknown metric that is the name of a balance of the file: say so."""
+    if not rf.balances:
+        return errors
+    plain = {unknown_metric(b.name): balance_as_metric(b.name) for b in rf.balances}
+    return [replace(d, message=plain[d.message]) if d.message in plain else d for d in errors]
 
 
 def _unquote(name: str) -> str:
@@ -244,6 +252,7 @@ def _assemble(
     schemas: list[ast.Schema] = []
     quotas: list[ast.Quota] = []
     prices: list[ast.Price] = []
+    balances: list[ast.Balance] = []
     rules: list[ast.Rule] = []
     tests: list[ast.TestCase] = []
     for decl in decls:
@@ -265,6 +274,8 @@ def _assemble(
             quotas.append(decl)
         elif isinstance(decl, ast.Price):
             prices.append(decl)
+        elif isinstance(decl, ast.Balance):
+            balances.append(decl)
         elif isinstance(decl, ast.Rule):
             rules.append(replace(decl, order=len(rules)))
         else:
@@ -279,4 +290,5 @@ def _assemble(
         text,
         comments,
         prices=tuple(prices),
+        balances=tuple(balances),
     )

@@ -16,7 +16,7 @@ from .ast import Comment
 __all__ = ["MAX_DEPTH", "Chunk", "Scan", "scan", "previous_tokens"]
 
 MAX_DEPTH = 64
-TOP_KEYWORDS = frozenset({"rule", "quota", "price", "schema", "default", "test"})
+TOP_KEYWORDS = frozenset({"rule", "quota", "balance", "price", "schema", "default", "test"})
 
 _TOKEN = re.compile(
     r'(?P<str>"(?:[^"\\\n]|\\[^\n])*"?)'

@@ -27,8 +27,8 @@ NAMED_TERMINALS = {
     "$END": "end of file",
 }
 _ACTIONS = ("deny", "allow", "enforce", "limit", "check", "route", "annotate")
-_TOP = ("rule", "quota", "price", "schema", "default", "test")
-DECLARATIONS = "a rule, quota, price, schema, default or test"
+_TOP = ("rule", "quota", "balance", "price", "schema", "default", "test")
+DECLARATIONS = "a rule, quota, balance, price, schema, default or test"
 _COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
 _KEYWORDS = frozenset(
     {
@@ -74,7 +74,10 @@ _AFTER: dict[tuple[str, str], str] = {
     ("per", "DURATION"): _DURATION,
     ("for", "each"): "expected 'each' or 'everyone' after 'for'",
     ("each", "user"): "expected a scope after 'for each': user, group or user in group",
-    ("enforce", "NAME"): "expected a quota name after 'enforce'",
+    ("enforce", "NAME"): "expected a quota or balance name after 'enforce'",
+    ("then", "NAME"): "expected a balance name after 'then', like enforce plan then credits",
+    ("balance", "NAME"): "expected a balance name after 'balance'",
+    ("below", "NUMBER"): "expected an amount after 'warn below', like warn below 10",
     ("check", "STRING"): 'expected a check name in quotes after check, like check "pii-scan"',
     ("route", "STRING"): 'expected a model in quotes after route, like route "openai/gpt-4.1"',
     ("annotate", "STRING"): 'expected "key" = "value" after annotate',

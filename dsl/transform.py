@@ -16,9 +16,9 @@ from lark.tree import Meta
 from . import ast
 from .spelling import did_you_mean, parse_number, unquote
 
-__all__ = ["ToAst", "Decl"]
+__all__ = ["ToAst", "Decl", "unknown_metric", "balance_as_metric"]
 
-Decl = ast.Default | ast.Schema | ast.Quota | ast.Price | ast.Rule | ast.TestCase
+Decl = ast.Default | ast.Schema | ast.Quota | ast.Balance | ast.Price | ast.Rule | ast.TestCase
 
 _ROOTS = ("user", "group", "request")
 _TYPES = ("string", "number", "bool", "any", "list")
@@ -82,6 +82,22 @@ class _InlineSpec:
     scope: ast.Scope
     on_store_error: str
     pos: ast.Pos
+
+
+def unknown_metric(name: str) -> str:
+    """The error for a metric that is none of ``ast.METRICS``."""
+    return (
+        f"unknown metric '{name}': expected {', '.join(ast.METRICS)}"
+        + did_you_mean(name, ast.METRICS)
+    )
+
+
+def balance_as_metric(name: str) -> str:
+    """The error for a balance named where a quota's metric goes."""
+    return (
+        f"balance '{name}' cannot be used in a limits … to expression: a balance is "
+        f"spent by enforce, after a quota (enforce QUOTA then {name})"
+    )
 
 
 @v_args(meta=True)
@@ -167,11 +183,7 @@ class ToAst(Transformer[Token, list[Decl]]):
     def _metric(self, tok: Token) -> str:
         name = str(tok)
         if name not in ast.METRICS:
-            self._error(
-                self._tpos(tok),
-                f"unknown metric '{name}': expected {', '.join(ast.METRICS)}"
-                + did_you_mean(name, ast.METRICS),
-            )
+            self._error(self._tpos(tok), unknown_metric(name))
             return "requests"
         return name
 
@@ -186,6 +198,15 @@ class ToAst(Transformer[Token, list[Decl]]):
             store or "allow",
             self._pos(meta),
         )
+
+    def balance(self, meta: Meta, children: list[Any]) -> ast.Balance:
+        name, metric, scope, warn = children
+        return ast.Balance(
+            str(name), cast(Any, self._metric(metric)), scope, warn, self._pos(meta)
+        )
+
+    def warn_below(self, meta: Meta, children: list[Any]) -> int | float:
+        return self._number(children[0])
 
     def inline_limit(self, meta: Meta, children: list[Any]) -> _InlineSpec:
         metric, limit, window, scope, store = children
@@ -332,8 +353,18 @@ class ToAst(Transformer[Token, list[Decl]]):
         return ast.Allow(self._pos(meta))
 
     def enforce(self, meta: Meta, children: list[Any]) -> ast.Enforce:
-        names = tuple(str(c) for c in children)
-        return ast.Enforce(names, self._pos(meta), tuple(self._tpos(c) for c in children))
+        items: list[list[Token]] = children
+        chained = any(len(item) > 1 for item in items)
+        return ast.Enforce(
+            tuple(str(item[0]) for item in items),
+            self._pos(meta),
+            tuple(self._tpos(item[0]) for item in items),
+            tuple(tuple(str(t) for t in item[1:]) for item in items) if chained else (),
+            tuple(tuple(self._tpos(t) for t in item[1:]) for item in items) if chained else (),
+        )
+
+    def enforced(self, meta: Meta, children: list[Any]) -> list[Token]:
+        return list(children)
 
     def check(self, meta: Meta, children: list[Any]) -> ast.Check:
         return ast.Check(tuple(self._string(c) for c in children), self._pos(meta))

@@ -19,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from tollway import dsl
-from tollway.dsl.ast import Quota, Value
+from tollway.dsl.ast import Balance, Quota, Value
 from tollway.dsl.compiled import CompiledRule, CompiledRuleset, EvalContext
+from tollway.dsl.spelling import did_you_mean
 
 from .entities import EntityKind, EntityStore, EntityView, merge_metadata
 from .evaluation import Verdict, combine, combine_shadow
 from .ingest import Ingester
 from .model import (
+    BalanceView,
     DecideRequest,
     Decision,
     EntityRef,
     Explanation,
+    LedgerLine,
     QuotaStatus,
     ReportAck,
     ShadowOutcome,
@@ -37,9 +40,20 @@ from .model import (
 )
 from .observer import NullObserver, Observer
 from .pricing import token_cost
-from .quotas import Unresolved, counters_for, metric_amounts, owner_key, reporter_key
+from .quotas import (
+    Unresolved,
+    balances_for,
+    counters_for,
+    metric_amounts,
+    owner_key,
+    reporter_key,
+    subject_key,
+)
 from .stores import open_entity_store, open_store
 from .stores.base import (
+    BalanceSpec,
+    BalanceState,
+    BalancesUnloaded,
     CounterSpec,
     CounterState,
     CounterStore,
@@ -48,11 +62,27 @@ from .stores.base import (
     StoreRejected,
     StoreUnavailable,
 )
-from .usage import Spike, UsageDetail, UsageEvent, UsageSeries, UsageUnavailable
+from .usage import (
+    LEDGER_KIND,
+    LedgerEntry,
+    Spike,
+    UsageDetail,
+    UsageEvent,
+    UsageSeries,
+    UsageUnavailable,
+)
 from .usage_db import DEFAULT_MAX_MODELS, DEFAULT_RETENTION_DAYS, UsageDatabase
 from .usage_query import ActivityQuery, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
-from .validate import need_groups, need_hits, need_id, need_kind
-from .windows import enforced_limit
+from .validate import (
+    MAX_REASON_BYTES,
+    need_credit,
+    need_groups,
+    need_hits,
+    need_id,
+    need_kind,
+    need_text,
+)
+from .windows import balance_scale, enforced_limit
 
 __all__ = ["Engine"]
 
@@ -393,6 +423,10 @@ class Engine:
         specs, unresolved = counters_for(
             verdict.quotas, ruleset.quotas, ev.ctx, verdict.model, amounts
         )
+        spends = (
+            balances_for(verdict.balances, ruleset.balances, specs, ev.ctx, verdict.model, amounts)
+            if verdict.balances else []
+        )
         if unresolved:
             return Decision(
                 allowed=False,
@@ -406,11 +440,15 @@ class Engine:
         # usage counts the request where it is admitted (a report with this decision_id
         # then adds only amounts); explain and dry runs count nothing
         event = self._decision_event(request, verdict.model, decision_id) if consume else None
-        if not specs:
+        if not specs and not spends:
             if event is not None:
                 self._record_event(event, deadline)
             return Decision(allowed=True, reason="ALLOWED", decision_id=decision_id, **base), ()
         owner = owner_key(ev.ctx.user_id, ev.ctx.group_id)
+        if spends:
+            return self._spend(
+                ev, specs, spends, base, decision_id, consume, event, owner, deadline
+            )
         try:
             states: list[CounterState] = self._store_call(
                 "consume" if consume else "peek",
@@ -442,6 +480,101 @@ class Engine:
                 decision_id=decision_id,
                 **base,
             ), exceeded
+        return Decision(
+            allowed=True, reason="ALLOWED", quotas=statuses, decision_id=decision_id, **base
+        ), ()
+
+    def _spend(
+        self,
+        ev: _Evaluated,
+        specs: list[CounterSpec],
+        spends: list[BalanceSpec],
+        base: dict[str, Any],
+        decision_id: str,
+        consume: bool,
+        event: UsageEvent | None,
+        owner: str,
+        deadline: float | None,
+    ) -> tuple[Decision, tuple[str, ...]]:
+        """The quota step of a decision that spends from balances: counters and balances
+        in one store call. A balance never fails open: when the store cannot answer, the
+        decision is refused (STORE_UNAVAILABLE)."""
+        ruleset = ev.ruleset
+
+        def call() -> tuple[list[CounterState], list[BalanceState]]:
+            return self._store.check_and_spend(
+                specs,
+                spends,
+                consume=consume,
+                hold_id=decision_id if consume else None,
+                event=event,
+                hold_owner=owner,
+                deadline=deadline,
+            )
+
+        try:
+            try:
+                states, balance_states = self._store_call(
+                    "consume" if consume else "peek", call
+                )
+            except BalancesUnloaded:
+                self.load_balances()
+                states, balance_states = self._store_call(
+                    "consume" if consume else "peek", call
+                )
+        except StoreRejected:
+            raise
+        except (StoreUnavailable, UsageUnavailable, BalancesUnloaded) as exc:
+            self._log_store_error(exc)
+            down = _store_down(specs, ruleset.quotas, base, decision_id)
+            return dataclasses.replace(
+                down,
+                allowed=False,
+                reason="STORE_UNAVAILABLE",
+                message=f"{STORE_UNREACHABLE}; balances are not spent blindly",
+            ), ()
+        pairs = list(zip(specs, states, strict=True))
+        balance_pairs = list(zip(spends, balance_states, strict=True))
+        exceeded = tuple(
+            [s.quota for s, st in pairs if st.exceeded]
+            + [b.balance for b, st in balance_pairs if st.exceeded]
+        )
+        taken = consume and not exceeded
+        quotas = ruleset.quotas
+        # a chained quota took the amount less what its balance took
+        spilled = {b.after: st.taken for b, st in balance_pairs if b.after}
+        statuses = tuple(
+            [
+                _status(
+                    dataclasses.replace(s, amount=s.amount - spilled[s.quota])
+                    if s.quota in spilled else s,
+                    st, taken, quotas[s.quota].scope.name,
+                )
+                for s, st in pairs
+            ]
+            + [
+                _balance_status(b, st, ruleset.balances[b.balance].scope.name)
+                for b, st in balance_pairs
+            ]
+        )
+        if exceeded:
+            return Decision(
+                allowed=False,
+                reason="QUOTA_EXCEEDED",
+                quotas=statuses,
+                message=_exceeded_message(statuses),
+                decision_id=decision_id,
+                **base,
+            ), exceeded
+        levels = _low_balances(balance_pairs, ruleset)
+        for name, key, low in levels:
+            if taken:
+                self._observer.balance_level(name, key, low)
+        low_names = [name for name, _, low in levels if low]
+        if low_names:
+            notes = dict(base["annotations"])
+            notes.setdefault("balance_low", low_names[0])
+            base = {**base, "annotations": notes}
         return Decision(
             allowed=True, reason="ALLOWED", quotas=statuses, decision_id=decision_id, **base
         ), ()
@@ -565,12 +698,12 @@ class Engine:
         actual = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 1.0)
         event = UsageEvent.from_report(rep, self._clock()) if self._usage is not None else None
         # used only when no live reservation matches (no decision_id, or it expired)
-        fallback = self._report_counters(ruleset, ctx, rep)
+        fallback, spends = self._report_counters(ruleset, ctx, rep)
         user_id = rep.user.id if rep.user is not None else None
         group_id = rep.group.id if rep.group is not None else None
-        outcome: ReportOutcome = self._store_call(
-            "report",
-            lambda: self._store.record_report(
+
+        def call() -> ReportOutcome:
+            return self._store.record_report(
                 rep.request_id,
                 rep.decision_id or None,
                 actual,
@@ -579,8 +712,14 @@ class Engine:
                 owner=owner_key(user_id, group_id),
                 reporter=reporter_key(user_id, group_id),
                 deadline=deadline,
-            ),
-        )
+                balances=spends,
+            )
+
+        try:
+            outcome: ReportOutcome = self._store_call("report", call)
+        except BalancesUnloaded:
+            self.load_balances()
+            outcome = self._store_call("report", call)
         self._observer.report(rep, outcome)
         return ReportAck(
             request_id=rep.request_id, outcome=outcome, duplicate=outcome == "duplicate"
@@ -633,15 +772,117 @@ class Engine:
 
     def _report_counters(
         self, ruleset: CompiledRuleset, ctx: EvalContext, rep: UsageReport
-    ) -> list[CounterSpec]:
+    ) -> tuple[list[CounterSpec], list[BalanceSpec]]:
         enforced: list[CompiledRule] = [r for r in ruleset.match(ctx) if not r.shadow]
         verdict = combine(enforced, ruleset.default, ctx, rep.model)
         amounts = metric_amounts(rep.input_tokens, rep.output_tokens, rep.cost_usd, 0.0)
         # the report names the model that served, which is what per-model counters track
         specs, _ = counters_for(verdict.quotas, ruleset.quotas, ctx, rep.model, amounts)
+        spends = (
+            balances_for(verdict.balances, ruleset.balances, specs, ctx, rep.model, amounts)
+            if verdict.balances else []
+        )
         # every counter, those without an amount too: a report settling a reservation
         # declares the counters it touches (their keys are the decision's)
-        return specs
+        return specs, spends
+
+    # --------------------------------------------------------------- balances
+
+    def load_balances(self) -> bool:
+        """Load every balance into the counter store from the ledger, unless the store
+        holds them already; True when this call loaded them. The events already
+        accepted are written to the ledger first, so that none is left out. Raises
+        ``UsageUnavailable`` when the ledger cannot be read (nothing spends meanwhile)."""
+        totals: dict[tuple[str, str], int] = {}
+        if self._usage is not None:
+            self.flush_usage(self._store.timeout * 10 or 1.0)
+            totals = self._usage.balance_totals()
+        loaded: bool = self._store_call("balances", lambda: self._store.load_balances(totals))
+        if loaded:
+            log.info("balances loaded from the ledger: %d", len(totals))
+        return loaded
+
+    def _balance_of(self, kind: str, id: str, name: str) -> tuple[Balance, str]:
+        """A balance counted for each ``kind`` and the scope key of ``id`` in it."""
+        entity = need_kind(kind)
+        ident = need_id(id, "id")
+        balance = self._ruleset.balances.get(name)
+        if balance is None:
+            raise ValueError(
+                f"balance: no balance named {name!r} in the rules"
+                + did_you_mean(name, list(self._ruleset.balances))
+            )
+        if balance.scope.subject != entity or balance.scope.per_model:
+            raise ValueError(
+                f"balance: {name!r} is counted {_scope_words(balance)}, not for each {entity}"
+            )
+        key = subject_key(entity, ident if entity == "user" else None,
+                          ident if entity == "group" else None)
+        assert key is not None
+        return balance, key
+
+    def _with_balances(self, call: Callable[[], Any]) -> Any:
+        try:
+            return self._store_call("balances", call)
+        except BalancesUnloaded:
+            self.load_balances()
+            return self._store_call("balances", call)
+
+    def credit(
+        self, kind: str, id: str, balance: str, amount: float, *, reason: str = "",
+        idempotency_key: str,
+    ) -> tuple[bool, BalanceView]:
+        """Top up (``amount`` > 0) or correct (< 0) one user's or group's balance, once
+        per ``idempotency_key``; returns whether it applied, and the balance after it.
+        The credit is a ledger entry written through the usage events."""
+        decl, key = self._balance_of(kind, id, balance)
+        ref = need_id(idempotency_key, "idempotency_key")
+        reason = need_text(reason, "reason", MAX_REASON_BYTES)
+        units = need_credit(amount, decl.metric)
+        entry = LedgerEntry(decl.name, key, units, "credit", reason, ref)
+        applied = False
+        if self._usage is None or not self._usage.has_credit(decl.name, key, ref):
+            event = (
+                UsageEvent(time=self._clock(), kind=LEDGER_KIND, status="", ledger=(entry,))
+                if self._usage is not None else None
+            )
+            applied = bool(self._with_balances(
+                lambda: self._store.credit(entry, decl.metric, event=event)
+            ))
+        view = self._balance_view(decl, key, ledger=False)
+        if decl.warn_below is not None:
+            self._observer.balance_level(decl.name, key, view.available < decl.warn_below)
+        return applied, view
+
+    def get_balance(self, kind: str, id: str) -> list[BalanceView]:
+        """Every balance of the rules counted for each ``kind`` (user or group), for
+        ``id``: available, reserved and the latest ledger entries."""
+        entity = need_kind(kind)
+        ident = need_id(id, "id")
+        out = []
+        for name in sorted(self._ruleset.balances):
+            decl = self._ruleset.balances[name]
+            if decl.scope.subject == entity and not decl.scope.per_model:
+                _, key = self._balance_of(entity, ident, name)
+                out.append(self._balance_view(decl, key, ledger=True))
+        return out
+
+    def _balance_view(self, decl: Balance, key: str, *, ledger: bool) -> BalanceView:
+        units, reserved = self._with_balances(lambda: self._store.balance(decl.name, key))
+        scale = balance_scale(decl.metric)
+        entries: list[tuple[float, LedgerEntry]] = []
+        if ledger and self._usage is not None:
+            entries = self._usage.ledger_entries(decl.name, key)
+        available = (units - reserved) / scale
+        return BalanceView(
+            name=decl.name,
+            metric=decl.metric,
+            key=key,
+            available=available,
+            reserved=reserved / scale,
+            ledger=tuple(LedgerLine.of(t, e, scale) for t, e in entries),
+            low=decl.warn_below is not None and available < decl.warn_below,
+        )
 
 
 # The version and variant bits of a random (version 4) UUID, as ``uuid.uuid4`` sets them.
@@ -705,6 +946,43 @@ def _status(spec: CounterSpec, state: CounterState, taken: bool, scope: str) -> 
     )
 
 
+def _scope_words(balance: Balance) -> str:
+    scope = balance.scope
+    words = "for everyone" if scope.subject == "everyone" else (
+        "for each " + scope.subject.replace("_", " ")
+    )
+    return words + (" and model" if scope.per_model else "")
+
+
+def _balance_status(spec: BalanceSpec, state: BalanceState, scope: str) -> QuotaStatus:
+    """A balance as a decision saw it: ``used`` what it reserved, ``remaining`` what is
+    left to spend after it."""
+    left = state.available - state.taken
+    return QuotaStatus(
+        spec.balance,
+        spec.metric,
+        scope,
+        spec.key,
+        0.0,
+        state.taken,
+        left if left > 0.0 else 0.0,
+        state.exceeded,
+        kind="balance",
+    )
+
+
+def _low_balances(
+    pairs: list[tuple[BalanceSpec, BalanceState]], ruleset: CompiledRuleset
+) -> list[tuple[str, str, bool]]:
+    """(balance, key, low) of each balance with a ``warn below`` amount."""
+    out = []
+    for spec, state in pairs:
+        threshold = ruleset.balances[spec.balance].warn_below
+        if threshold is not None:
+            out.append((spec.balance, spec.key, state.available - state.taken < threshold))
+    return out
+
+
 def _unresolved_status(u: Unresolved) -> QuotaStatus:
     return QuotaStatus(
         name=u.quota.name,
@@ -725,7 +1003,9 @@ def _unresolved_message(unresolved: list[Unresolved]) -> str:
 
 def _exceeded_message(statuses: tuple[QuotaStatus, ...]) -> str:
     parts = [
-        f"{s.name} ({_fmt_number(s.used)}/{_fmt_number(s.limit)} {s.metric}, "
+        f"balance {s.name} ({_fmt_number(s.remaining)} {s.metric} left)"
+        if s.kind == "balance"
+        else f"{s.name} ({_fmt_number(s.used)}/{_fmt_number(s.limit)} {s.metric}, "
         f"retry in {s.retry_after:.0f}s)"
         for s in statuses
         if s.exceeded

@@ -26,9 +26,12 @@ from redis.exceptions import ResponseError
 from tollway.dsl.ast import Value
 
 from .entities import EntityKind, EntityView, merge_metadata
-from .stores import StoreAddress
+from .stores import StoreAddress, parse_store_url
 from .stores.base import StoreUnavailable
+from .stores.cluster_calls import ClusterCalls, SlotCalls
+from .stores.cluster_tags import check_prefix, tag_of, tagged_prefix
 from .stores.redis_calls import RedisCalls
+from .stores.redis_cluster import cluster_calls
 from .stores.redis_store import DEFAULT_TIMEOUT, redis_client
 
 __all__ = ["MemoryEntityStore", "RedisEntityStore", "CACHE_TTL", "LINK_TTL"]
@@ -154,6 +157,11 @@ class RedisEntityStore:
     Every call waits for Redis until its deadline at most (``RedisCalls``); a metadata
     write or a link that timed out may still land later, which is harmless: both only
     ever record what a request said.
+
+    On a Redis Cluster (a ``redis+cluster://`` address) an entity's two keys carry the
+    hash tag of ``{kind}:{id}`` (``{prefix}{<tag>}e:…``, ``{prefix}{<tag>}m:…``,
+    ``cluster_tags``), so reading both is one call to one master; a link adds the user's
+    and the group's set in two calls, each to its own master.
     """
 
     blocking = True
@@ -170,8 +178,15 @@ class RedisEntityStore:
         client: redis.Redis | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._client = client or redis_client(url, timeout=timeout)
-        self._calls = RedisCalls(self._client)
+        address = parse_store_url(url) if isinstance(url, str) else url
+        self._cluster: ClusterCalls | None = None
+        self._client: redis.Redis | None = None
+        if address.kind == "cluster":
+            check_prefix(key_prefix)
+            self._cluster = cluster_calls(address, timeout=timeout)
+        else:
+            self._client = client or redis_client(address, timeout=timeout)
+            self._calls = RedisCalls(self._client)
         self.timeout = timeout
         self._prefix = key_prefix
         timer = clock or time.monotonic
@@ -209,13 +224,15 @@ class RedisEntityStore:
         with self._lock:
             if (user_id, group_id) in self._links:
                 return
-        self._transaction(
-            [
-                ("SADD", self._links_key("user", user_id), _raw(group_id)),
-                ("SADD", self._links_key("group", group_id), _raw(user_id)),
-            ],
-            deadline,
-        )
+        adds = [
+            ("SADD", self._links_key("user", user_id), _raw(group_id)),
+            ("SADD", self._links_key("group", group_id), _raw(user_id)),
+        ]
+        if self._cluster is None:
+            self._transaction(adds, deadline)
+        else:  # two slots: each set on its own (adding twice is harmless)
+            for add in adds:
+                self._run([add], deadline)
         with self._lock:
             self._links[(user_id, group_id)] = True
 
@@ -257,15 +274,24 @@ class RedisEntityStore:
             return {"entity_cache": len(self._meta), "link_cache": len(self._links)}
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._calls.close()  # its idle connections back to the pool, closed just after
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
     # ------------------------------------------------------------------ internals
 
+    def _prefix_of(self, kind: str, id: str) -> str:
+        if self._cluster is None:
+            return self._prefix
+        return tagged_prefix(self._prefix, tag_of(f"{kind}:{id}"))
+
     def _key(self, kind: str, id: str) -> str:
-        return f"{self._prefix}e:{kind}:{_encode_id(id)}"
+        return f"{self._prefix_of(kind, id)}e:{kind}:{_encode_id(id)}"
 
     def _links_key(self, kind: str, id: str) -> str:
-        return f"{self._prefix}m:{kind}:{_encode_id(id)}"
+        return f"{self._prefix_of(kind, id)}m:{kind}:{_encode_id(id)}"
 
     def _write(
         self,
@@ -299,7 +325,12 @@ class RedisEntityStore:
         """Every reply, by ``deadline`` (the store's timeout from now when None)."""
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        replies = self._calls.run(commands, deadline)
+        calls: RedisCalls | SlotCalls
+        if self._cluster is not None:  # every key of the commands is in one slot
+            calls = self._cluster.at(next(str(c[1]) for c in commands if len(c) > 1))
+        else:
+            calls = self._calls
+        replies = calls.run(commands, deadline)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise StoreUnavailable(f"redis: {reply}", outcome="unknown")

@@ -34,6 +34,24 @@ class Verdict:
     routed: bool
     checks: tuple[str, ...]
     annotations: dict[str, str]
+    # (balance, quota spent first or ""), each balance and each such quota once
+    balances: tuple[tuple[str, str], ...] = ()
+
+
+def _spends(rules: Sequence[CompiledRule]) -> tuple[tuple[str, str], ...]:
+    """The matched rules' balances, highest priority first: a balance is spent once, and
+    a quota's overflow goes to one balance (the first rule's)."""
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
+    for rule in rules:
+        for balance, after in rule.balances:
+            if balance in seen or (after and after in seen):
+                continue
+            seen.add(balance)
+            if after:
+                seen.add(after)
+            out.append((balance, after))
+    return tuple(out)
 
 
 def _route(rules: Sequence[CompiledRule], ctx: EvalContext, requested: str) -> tuple[str, bool]:
@@ -74,6 +92,7 @@ def combine(
         routed=routed,
         checks=_union([r.checks for r in rules]),
         annotations=annotations,
+        balances=_spends(rules) if any(r.balances for r in rules) else (),
     )
 
 

@@ -4,7 +4,12 @@ embedding gateway).
 
 Each cycle reads a batch, writes it in one transaction and only then acknowledges it,
 so an event is either stored or still waiting: a crash between the two writes the batch
-again later, and the database stores each event once. While the database is down the
+again later, and the database stores each event once. While traffic is light the
+ingester writes as soon as events arrive; once a batch holds ``linger_from`` events or
+more, it waits ``linger`` seconds before reading the next one, so that batches grow with
+the traffic: a batch writes each rollup row it touches once, however many of its events
+fall on that row, so a batch of thousands costs a fraction per event of a batch of
+hundreds. ``flush`` and ``stop`` cut the wait short. While the database is down the
 ingester keeps its batch and retries with backoff (0.1 s doubling to 5 s); events keep
 waiting in the store (bounded), and decisions are unaffected. About once a second it
 publishes the backlog and the drops (``Observer.usage_status``) and lets the source do
@@ -44,8 +49,10 @@ class Ingester:
         database: UsageDatabase,
         *,
         observer: Observer | None = None,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
         wait: float = 0.2,
+        linger: float = 1.0,
+        linger_from: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
@@ -53,6 +60,9 @@ class Ingester:
         self._observer = observer or NullObserver()
         self.batch_size = batch_size
         self.wait = wait
+        self.linger = linger
+        self.linger_from = linger_from
+        self._read = 0  # events in the batch the last cycle read
         self._clock = clock
         self._batch: list[Delivery] = []
         self._stop = threading.Event()
@@ -93,6 +103,9 @@ class Ingester:
             except Exception:  # never let the thread die: log, back off, go on
                 log.exception("usage ingester: unexpected error")
                 self._pause(1.0)
+                continue
+            if self.linger_from <= self._read < self.batch_size and not self._stop.is_set():
+                self._pause(self.linger)  # busy, and nothing left over: let the next batch fill
         self._publish()
 
     def _drained(self) -> bool:
@@ -121,6 +134,7 @@ class Ingester:
         if now >= self._next_purge:
             self._next_purge = now + _PURGE_EVERY
             self._purge()
+        self._read = 0
         if not self._batch:
             try:
                 wait = 0.0 if self._stop.is_set() else self.wait
@@ -130,6 +144,7 @@ class Ingester:
                 return 0
             if not self._batch:
                 return 0
+            self._read = len(self._batch)
         return self._write()
 
     def _write(self) -> int:
@@ -156,6 +171,7 @@ class Ingester:
         return stored
 
     def _failed(self, exc: Exception) -> None:
+        self._read = 0  # the backoff is the wait
         text = str(exc)
         if not self._failing:
             log.warning("usage ingester: %s; events wait and are retried", text)
@@ -206,6 +222,8 @@ class Ingester:
         while time.monotonic() < deadline:
             if self._thread is None:
                 self.step()
+            else:
+                self._wake.set()  # a lingering ingester reads at once
             try:
                 if not self._batch and self.source.backlog() == 0:
                     return True

@@ -41,6 +41,8 @@ __all__ = [
     "ReportOutcome",
     "REPORT_OUTCOMES",
     "Explanation",
+    "LedgerLine",
+    "BalanceView",
 ]
 
 _ENTITY_FIELDS = frozenset({"id", "metadata"})
@@ -217,6 +219,9 @@ class QuotaStatus:
     exceeded: bool
     retry_after: float = 0.0
     resets_at: float | None = None
+    # "quota", or "balance": then ``used`` is what this decision reserved from it,
+    # ``remaining`` what is left to spend, ``limit`` 0
+    kind: str = "quota"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,3 +278,33 @@ class Explanation:
     trace: tuple[RuleTrace, ...] = ()
     candidates: int = 0  # how many rules the index selected
     total_rules: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    """One ledger entry of a balance as ``GetBalance`` shows it: ``amount`` in the
+    balance's metric (USD for cost), positive for a top-up."""
+
+    time: float
+    kind: str
+    amount: float
+    reason: str = ""
+    ref: str = ""
+
+    @classmethod
+    def of(cls, time: float, entry: Any, scale: int) -> LedgerLine:
+        """From a ``usage.LedgerEntry`` whose amount is in balance units."""
+        return cls(time, entry.kind, entry.amount / scale, entry.reason, entry.ref)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    """One balance of one user or group (the proto's ``BalanceStatus``)."""
+
+    name: str
+    metric: str
+    key: str
+    available: float
+    reserved: float
+    ledger: tuple[LedgerLine, ...] = ()
+    low: bool = False

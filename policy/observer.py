@@ -45,6 +45,11 @@ class Observer(Protocol):
         """After every ``decide``, with the request and the metadata the rules saw (audit)."""
         ...
 
+    def balance_level(self, balance: str, key: str, low: bool) -> None:
+        """A balance's level as last seen (a decision spent from it, a credit changed it):
+        whether the entity ``key`` is under the balance's ``warn below`` amount."""
+        ...
+
 
 class NullObserver:
     def decision(
@@ -68,6 +73,9 @@ class NullObserver:
         pass
 
     def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
+        pass
+
+    def balance_level(self, balance: str, key: str, low: bool) -> None:
         pass
 
 
@@ -106,3 +114,7 @@ class Fanout:
     def usage_dropped(self, events: int) -> None:
         for o in self._all:
             o.usage_dropped(events)
+
+    def balance_level(self, balance: str, key: str, low: bool) -> None:
+        for o in self._all:
+            o.balance_level(balance, key, low)

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
-from tollway.dsl.ast import Limit, Quota, Scope
+from tollway.dsl.ast import Balance, Limit, Quota, Scope
 from tollway.dsl.compiled import EvalContext
 from tollway.dsl.values import resolve
 
-from .stores.base import CounterSpec
+from .stores.base import BalanceSpec, CounterSpec
 from .windows import window_of
 
 __all__ = [
     "subject_key", "scope_key", "owner_key", "reporter_key", "resolve_limit", "metric_amounts",
-    "Unresolved", "counters_for",
+    "Unresolved", "counters_for", "balances_for",
 ]
 
 
@@ -150,3 +150,28 @@ def counters_for(
             )
         )
     return specs, unresolved
+
+
+def balances_for(
+    spends: tuple[tuple[str, str], ...],
+    balances: Mapping[str, Balance],
+    counters: list[CounterSpec],
+    ctx: EvalContext,
+    model: str,
+    amounts: Mapping[str, float],
+) -> list[BalanceSpec]:
+    """The balances a request spends from ((balance, quota first or "") pairs): those
+    whose scope applies to it. A chained quota that does not apply leaves its balance
+    to pay alone."""
+    specs: list[BalanceSpec] = []
+    counted = {c.quota for c in counters}
+    user_id, group_id = ctx.user_id, ctx.group_id
+    for name, after in spends:
+        balance = balances[name]
+        key = scope_key(balance.scope, user_id, group_id, model)
+        if key is None:
+            continue
+        specs.append(BalanceSpec(
+            name, balance.metric, key, amounts[balance.metric], after if after in counted else ""
+        ))
+    return specs

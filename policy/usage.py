@@ -36,6 +36,8 @@ __all__ = [
     "RECENT_REPORTS",
     "UsageUnavailable",
     "UsageEvent",
+    "LedgerEntry",
+    "LEDGER_KIND",
     "ModelUsage",
     "UsageRecord",
     "UsageDetail",
@@ -111,6 +113,47 @@ def format_time(t: float) -> str:
     return dt.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
+# ------------------------------------------------------------------ ledger
+
+LedgerKind = Literal["credit", "spend"]
+LEDGER_KIND = "ledger"  # the kind of an event that carries ledger entries only (a credit)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One change of a balance: a credit (a top-up, or a correction when negative) or
+    what a request spent from it (negative). ``key`` is the balance's scope key
+    (``g=acme``), ``amount`` in balance units (nano-USD for cost), ``ref`` what makes
+    it unique: a credit's idempotency key, or the decision (or request) that spent.
+    """
+
+    balance: str
+    key: str
+    amount: int
+    kind: LedgerKind = "spend"
+    reason: str = ""
+    ref: str = ""
+
+    @classmethod
+    def spend(cls, balance: str, key: str, units: int, ref: str) -> LedgerEntry:
+        return cls(balance, key, -units, "spend", "", ref)
+
+    def as_list(self) -> list[Any]:
+        # the amount as text: JSON readers (Lua's cjson among them) lose digits past 2**53
+        return [self.balance, self.key, str(self.amount), self.kind, self.reason, self.ref]
+
+    @classmethod
+    def from_list(cls, data: Any) -> LedgerEntry:
+        if not isinstance(data, list) or len(data) != 6 or not all(
+            isinstance(v, str) for v in data
+        ):
+            raise ValueError("ledger entry: expected 6 strings")
+        balance, key, amount, kind, reason, ref = data
+        if kind not in ("credit", "spend"):
+            raise ValueError(f"ledger entry: unknown kind {kind!r}")
+        return cls(balance, key, int(amount), kind, reason, ref)
+
+
 # ------------------------------------------------------------------ events
 
 _EVENT_FIELDS = (
@@ -145,6 +188,8 @@ class UsageEvent:
     attributes: Mapping[str, str] = field(default_factory=dict)
     kind: str = "report"
     counts_request: bool = True
+    # balance changes that rode this event (kind ``ledger``: a credit alone)
+    ledger: tuple[LedgerEntry, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -190,9 +235,12 @@ class UsageEvent:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-shaped, ``time`` as unix seconds (the form the event travels in)."""
-        return {name: getattr(self, name) for name in _EVENT_FIELDS} | {
+        out = {name: getattr(self, name) for name in _EVENT_FIELDS} | {
             "attributes": dict(self.attributes)
         }
+        if self.ledger:
+            out["ledger"] = [e.as_list() for e in self.ledger]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped for readers: ``time`` as ISO 8601 UTC, ``total_tokens`` added."""
@@ -208,8 +256,13 @@ class UsageEvent:
     def from_json(cls, text: str | bytes) -> UsageEvent:
         """Decode ``to_json``'s output; raises ``ValueError`` for anything else."""
         data = json.loads(text)
+        ledger = data.pop("ledger", None) if isinstance(data, dict) else None
         if not isinstance(data, dict) or set(data) != set(_EVENT_FIELDS):
             raise ValueError("usage event: unexpected fields")
+        if ledger is not None:
+            if not isinstance(ledger, list):
+                raise ValueError("usage event: ledger must be a list")
+            data["ledger"] = tuple(LedgerEntry.from_list(e) for e in ledger)
         event = cls(**data)
         _check_event(event)
         return event

@@ -60,6 +60,9 @@ __all__ = [
     "need_metadata",
     "need_attributes",
     "need_whole",
+    "need_credit",
+    "MAX_REASON_BYTES",
+    "MAX_CREDIT",
     "need_number",
     "need_time",
 ]
@@ -86,6 +89,8 @@ MAX_GROUPS = 100  # groups one UpsertEntity may link a user to
 
 MAX_TOKENS = 1_000_000_000  # per field of one request or report: 1000x today's largest contexts
 MAX_COST_USD = 10_000.0  # one request or report
+MAX_CREDIT = 1_000_000_000.0  # one credit, in the balance's metric (USD for cost)
+MAX_REASON_BYTES = 1024
 MAX_DURATION_SECONDS = 7 * 86_400.0  # one model call (batch jobs finish within a day)
 
 
@@ -438,3 +443,16 @@ def need_time(value: Any, field: str) -> float | None:
 
 
 _YEAR_10000 = 253_402_300_800.0  # times are written as ISO 8601, which ends at 9999
+
+
+def need_credit(value: Any, metric: str) -> int:
+    """A credit's amount in balance units (nano-USD for ``cost``): a number other than 0,
+    within ``±MAX_CREDIT``, rounded to the nearest unit."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FieldError("amount", f"must be a number, got {value!r}")
+    if not math.isfinite(value) or not -MAX_CREDIT <= value <= MAX_CREDIT:
+        raise FieldError("amount", f"must be within ±{MAX_CREDIT:.0f}, got {value!r}")
+    units = round(value * (1_000_000_000 if metric == "cost" else 1))
+    if units == 0:
+        raise FieldError("amount", "must not be 0")
+    return units

@@ -62,6 +62,10 @@ __all__ = [
     "counter_key",
     "hold_key",
     "report_key",
+    "balance_key",
+    "balances_marker_key",
+    "balance_scale",
+    "balance_units",
     "counter_state",
     "Checked",
     "prepare_counters",
@@ -258,6 +262,35 @@ def hold_key(prefix: str, hold_id: str) -> str:
 def report_key(prefix: str, reporter: str, request_id: str) -> str:
     """The marker that makes a report count once, per reporter (``quotas.reporter_key``)."""
     return f"{prefix}r:{reporter}:{request_id}"
+
+
+def balance_key(prefix: str, balance: str, key: str) -> str:
+    """``{prefix}b:{balance}:{key}``: one hash per balance and scope key."""
+    return f"{prefix}b:{balance}:{key}"
+
+
+def balances_marker_key(prefix: str) -> str:
+    """Present while the store holds the balances loaded from the ledger."""
+    return f"{prefix}bl"
+
+
+# Balances are kept in finer units than counters: cost in nano-USD, as the ledger.
+_BALANCE_SCALES = {"cost": 1_000_000_000}
+
+
+def balance_scale(metric: str) -> int:
+    """Units per metric unit in a balance: 1e9 for ``cost`` (nano-USD), 1 for counts."""
+    return _BALANCE_SCALES.get(metric, 1)
+
+
+def balance_units(amount: float, metric: str, what: str = "amount") -> int:
+    """A balance amount (>= 0) in integer units, rounded up (never spends too little)."""
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"{what}: must be a finite number >= 0, got {amount!r}")
+    scaled = amount * balance_scale(metric) - _EPSILON
+    if scaled > MAX_UNITS:
+        raise ValueError(f"{what}: {amount!r} is too large for a {metric} balance")
+    return max(0, math.ceil(scaled))
 
 
 # ------------------------------------------------------------------------ states

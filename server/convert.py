@@ -202,6 +202,7 @@ def quota_to_proto(q: QuotaStatus, out: pb.QuotaStatus | None = None) -> pb.Quot
     out.used = q.used
     out.remaining = q.remaining
     out.exceeded = q.exceeded
+    out.kind = q.kind
     _set_duration(out.retry_after, q.retry_after)
     if q.resets_at is not None:
         set_timestamp(out.resets_at, q.resets_at)
@@ -347,6 +348,7 @@ def quota_from_proto(msg: pb.QuotaStatus) -> QuotaStatus:
         msg.exceeded,
         wait.seconds + wait.nanos / 1e9 if wait.seconds or wait.nanos else 0.0,
         seconds_of(msg.resets_at) if msg.HasField("resets_at") else None,
+        msg.kind or "quota",
     )
 
 

@@ -213,6 +213,13 @@ class Metrics:
             "computed every minute.",
             ["kind", "metric"], registry=r, multiprocess_mode="livemax",  # the same in each
         )
+        self.balance_low = Gauge(
+            "tollway_balance_low",
+            "Users or groups whose balance is under its 'warn below' amount, as last seen "
+            "by this process (a decision that spent from it, a credit).",
+            ["balance"], registry=r, multiprocess_mode="livemax",
+        )
+        self._low: dict[str, set[str]] = {}
         for result in ("success", "error"):
             self.ruleset_reloads.labels(result)
         for code in ("unauthenticated", "permission_denied"):
@@ -286,6 +293,18 @@ class Metrics:
 
     def decided(self, request: DecideRequest, decision: Decision, context: EvalContext) -> None:
         pass  # counted in ``decision``; the decision log takes this hook
+
+    def balance_level(self, balance: str, key: str, low: bool) -> None:
+        # the label is a balance name from the rules: bounded
+        with self._lock:
+            keys = self._low.setdefault(balance, set())
+            before = len(keys)
+            if low:
+                keys.add(key)
+            else:
+                keys.discard(key)
+            if len(keys) != before or before == 0:
+                self.balance_low.labels(balance).set(len(keys))
 
     def decision_log_line_dropped(self) -> None:
         self.decision_log_dropped.inc()

@@ -186,8 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "store", Text(metavar="URL", allow_empty=False), "memory", "TOLLWAY_STORE",
-        "counter store: memory, or redis://HOST:PORT/DB or "
-        "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] shared by replicas", (SERVE,),
+        "counter store: memory, or redis://HOST:PORT/DB, "
+        "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or "
+        "redis+cluster://HOST:PORT[,HOST:PORT…][/PREFIX] shared by replicas", (SERVE,),
     ),
     Setting(
         "key-prefix", Text(metavar="PREFIX"), "tollway:", "TOLLWAY_KEY_PREFIX",

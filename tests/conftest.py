@@ -47,7 +47,10 @@ Fixtures
     Runs the test twice: on ``"memory"``, and on Redis (marked ``redis``). A ``Backend``
     has ``.name``, ``.store`` (``"memory"`` or the Redis URL, what ``Engine(store=…)``
     takes) and ``.prefix()`` (a fresh key prefix on each call). Tests build their store,
-    engine or server from it, so the memory/Redis choice is made here once.
+    engine or server from it, so the memory/Redis choice is made here once. A module
+    that also runs on the test Redis Cluster declares its own ``backend`` fixture with
+    ``params=WITH_CLUSTER`` returning ``backend_of(request)``: the third run has the
+    name ``"cluster"`` and a ``redis+cluster://`` store.
 
 Every test that uses a Redis fixture (directly or through another fixture) carries the
 ``redis`` marker, so ``pytest -m "not redis"`` runs exactly the tests that need no Redis.
@@ -241,13 +244,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> object:
             pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
         pytest.skip(reason)
     return make_pki(tmp_path_factory.mktemp("pki"))
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest) -> Backend:
+BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+WITH_CLUSTER = [*BACKENDS, pytest.param("cluster", marks=pytest.mark.redis)]
+
+
+def backend_of(request: pytest.FixtureRequest) -> Backend:
+    """The ``Backend`` a ``backend`` fixture's parameter names."""
     if request.param == "memory":
         return Backend("memory", "memory")
+    if request.param == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        return Backend("cluster", cluster.url, f"tollway-test:{uuid.uuid4().hex[:12]}:")
     return Backend(
         "redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return backend_of(request)
 
 
 def _redis_cli_or_skip() -> None:

@@ -162,6 +162,8 @@ class RedisClusterNodes:
                 "--cluster-config-file", f"nodes-{i}.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 "--cluster-replica-validity-factor", "0",
+                # the other masters keep serving while one is down (as operations.md advises)
+                "--cluster-require-full-coverage", "no",
                 "--repl-diskless-sync-delay", "0",  # replicas sync at once, not after 5 s
             ))
             for i in range(masters * 2)

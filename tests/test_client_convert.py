@@ -97,6 +97,7 @@ QUOTA_FIELDS = dict(
     limit=money, used=money, remaining=money, exceeded=st.booleans(),
     retry_after=seconds,
     resets_at=st.none() | seconds.map(lambda s: 1.7e9 + s),
+    kind=st.sampled_from(["quota", "balance"]),
 )
 quota = st.builds(QuotaStatus, **QUOTA_FIELDS)
 SHADOW_FIELDS = dict(

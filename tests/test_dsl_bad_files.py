@@ -32,16 +32,16 @@ def text_refusal(text: str) -> list[str]:
 def test_empty_file(tmp_path: Path) -> None:
     f = tmp_path / "empty.rules"
     f.write_bytes(b"")
-    assert refusal(f) == "file is empty: expected a rule, quota, price, schema, default or test"
+    assert refusal(f) == "file is empty: expected a rule, quota, balance, price, schema, default or test"
     assert text_refusal("  \n\t\n") == [
-        "file is empty: expected a rule, quota, price, schema, default or test"
+        "file is empty: expected a rule, quota, balance, price, schema, default or test"
     ]
 
 
 def test_only_comments(tmp_path: Path) -> None:
     f = tmp_path / "comments.rules"
     f.write_text("# nothing here yet\n   # still nothing\n")
-    assert refusal(f) == "file has only comments: expected a rule, quota, price, schema, default or test"
+    assert refusal(f) == "file has only comments: expected a rule, quota, balance, price, schema, default or test"
 
 
 def test_invalid_utf8(tmp_path: Path) -> None:

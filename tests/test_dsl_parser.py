@@ -349,8 +349,8 @@ CASES = [
     ("quota q limits requests to per 1h for each user", 1, 28, "expected a limit"),
     ("quota q limits requests to 1 per 1h for user", 1, 41, "expected 'each' or 'everyone'"),
     ("quota q limits requests to 1 per 1h for each usr", 1, 46, "expected a scope after"),
-    ("rule r {\n  enforce\n}", 3, 1, "expected a quota name after 'enforce'"),
-    ('rule r {\n  enforce\n  deny "x"\n}', 3, 3, "expected a quota name after 'enforce'"),
+    ("rule r {\n  enforce\n}", 3, 1, "expected a quota or balance name after 'enforce'"),
+    ('rule r {\n  enforce\n  deny "x"\n}', 3, 3, "expected a quota or balance name after 'enforce'"),
     ('rule r { deny "oops }', 1, 15, "unterminated string: missing closing quote"),
     (
         "rule r {\n  when user.x == 1\n",
@@ -372,7 +372,7 @@ CASES = [
     ("rule r priority 1.5 { }", 1, 17, "priority must be a whole number"),
     ("rule { }", 1, 6, "expected a rule name after 'rule'"),
     ("}", 1, 1, "no block is open here"),
-    ("hello", 1, 1, "expected a rule, quota, price, schema, default or test"),
+    ("hello", 1, 1, "expected a rule, quota, balance, price, schema, default or test"),
     ("default permit", 1, 9, "expected allow or deny"),
     ("schema user { tier: strin }", 1, 21, "unknown type 'strin'"),
     ("schema user { tier: list }", 1, 21, "'list' needs an element type"),
@@ -436,7 +436,7 @@ def test_the_rendered_error_shows_the_line_and_a_caret() -> None:
         parse_text("rule r {\n    enforce\n}\n", "x.rules")
     rendered = info.value.render()
     assert rendered.splitlines() == [
-        "x.rules:3:1: error: expected a quota name after 'enforce', found '}'",
+        "x.rules:3:1: error: expected a quota or balance name after 'enforce', found '}'",
         "    }",
         "    ^",
     ]

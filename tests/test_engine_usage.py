@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from backends import Backend
-from conftest import ROOMY
+from conftest import ROOMY, WITH_CLUSTER, backend_of
 
 from tollway import Engine
 from tollway.policy.usage_query import SORT_FIELDS
@@ -49,6 +49,11 @@ rule banned {
 """
 
 Make = Callable[[str], list[Engine]]
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return backend_of(request)
 
 
 @pytest.fixture

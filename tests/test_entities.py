@@ -7,12 +7,18 @@ from collections.abc import Iterator
 import pytest
 import redis
 from backends import Backend
+from conftest import WITH_CLUSTER, backend_of
 
 from tests.conftest import RedisServer
 from tollway.policy.engine import Engine
 from tollway.policy.entities import EntityStore
 from tollway.policy.entity_stores import MemoryEntityStore, RedisEntityStore
 from tollway.policy.stores import StoreUnavailable, open_entity_store
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return backend_of(request)
 
 
 @pytest.fixture

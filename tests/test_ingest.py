@@ -139,6 +139,50 @@ def test_events_wait_while_the_database_is_down(postgres_cluster: Any) -> None:
         reset_postgres(postgres_cluster.url)
 
 
+def test_busy_traffic_lingers_into_bigger_batches_and_a_flush_cuts_the_wait_short() -> None:
+    """A batch of ``linger_from`` events or more makes the ingester wait before the next
+    read (here a minute, so a bigger batch could only come from that wait); a batch
+    smaller than that is written at once; ``flush`` does not wait for the linger."""
+    store = MemoryCounterStore()
+    e = Engine.from_text(RULES, store=store, ingest=False)
+    ingester = Ingester(store.events, e.usage_db, linger=60.0, linger_from=5)  # type: ignore[arg-type]
+    written: list[int] = []
+    write = ingester.database.write
+
+    def recording(batch: Any) -> int:
+        written.append(len(batch))
+        return write(batch)
+
+    ingester.database.write = recording  # type: ignore[method-assign]
+    try:
+        for i in range(2):  # light traffic: written as it comes, no linger
+            report(e, f"light{i}")
+        ingester.start()
+        deadline = time.monotonic() + 10
+        while sum(written) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i in range(3):
+            report(e, f"light-again{i}")
+        while sum(written) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(written) == 5 and max(written) < 5  # no batch reached linger_from
+        for i in range(6):  # busy: one batch of six, then the ingester lingers
+            report(e, f"busy{i}")
+        while sum(written) < 11 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert written[-1] == 6
+        for i in range(4):
+            report(e, f"during{i}")
+        time.sleep(0.3)
+        assert sum(written) == 11  # these wait for the linger (or a flush)
+        assert ingester.flush(timeout=10)
+        assert written[-1] == 4 and sum(written) == 15
+        assert total_cost(e) == pytest.approx(15 * 0.25)
+    finally:
+        ingester.stop()
+        e.close()
+
+
 # ------------------------------------------------------------------ Redis stream
 
 

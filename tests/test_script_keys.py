@@ -129,3 +129,33 @@ def test_a_reservation_the_report_does_not_declare_is_settled_by_a_second_call(
     assert {"moved:q:tokens:u=bob", "moved:q:per_minute:u=bob"} in [d for d, _ in scripts]
     for declared, touched in scripts:
         assert touched <= declared, f"undeclared: {sorted(touched - declared)}"
+
+
+def test_balance_scripts_touch_only_declared_keys(
+    monitored: tuple[str, list[dict[str, object]]],
+) -> None:
+    url, seen = monitored
+    rules = RULES.replace("rule everyone { enforce per_minute, tokens, team }", (
+        "balance credits of cost for each group\n"
+        "balance wallet of tokens for each user\n"
+        "rule everyone { enforce per_minute, tokens, team then credits, wallet }"))
+    engine = Engine.from_text(rules, store=url, key_prefix="bal:",
+                              store_options=StoreOptions(timeout=5.0))
+    try:
+        user, group = {"id": "alice"}, {"id": "acme"}
+        engine.credit("group", "acme", "credits", 5, idempotency_key="k")
+        engine.credit("user", "alice", "wallet", 500, idempotency_key="k")
+        d = engine.decide({"user": user, "group": group, "model": "m",
+                           "estimate": {"output_tokens": 50, "cost_usd": 54}})
+        assert d.allowed, d.message  # 50 from the plan, 4 from the credits
+        engine.report({"request_id": "r1", "decision_id": d.decision_id, "user": user,
+                       "group": group, "model": "m", "output_tokens": 40, "cost_usd": 55})
+        engine.report({"request_id": "r2", "user": user, "model": "m", "output_tokens": 7})
+        assert [b.available for b in engine.get_balance("group", "acme")] == [0]
+        time.sleep(0.3)
+    finally:
+        engine.close()
+    scripts = [(declared, touched) for declared, touched in _scripts(seen) if touched]
+    assert len(scripts) >= 6  # loading, two credits, the decision, two reports, reads
+    for declared, touched in scripts:
+        assert touched <= declared, f"undeclared: {sorted(touched - declared)}"

@@ -221,9 +221,9 @@ def test_db_upgrade_and_a_database_newer_than_this_tollway(tmp_path: Path) -> No
     path = tmp_path / "usage.db"
     db = f"sqlite:///{path}"
     first = _tollway("db", "upgrade", "--usage-db", db)
-    assert (first.returncode, first.stdout) == (0, f"{db}: migrated to schema revision 0001\n")
+    assert (first.returncode, first.stdout) == (0, f"{db}: migrated to schema revision 0002\n")
     again = _tollway("db", "upgrade", "--usage-db", db)
-    assert (again.returncode, again.stdout) == (0, f"{db}: already at schema revision 0001\n")
+    assert (again.returncode, again.stdout) == (0, f"{db}: already at schema revision 0002\n")
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE tollway_usage_version SET version_num = '0099'")
     newer = _tollway("db", "upgrade", "--usage-db", db)

@@ -1,4 +1,5 @@
-"""One behaviour, two stores: every expectation here runs against memory and Redis.
+"""One behaviour, three stores: every expectation here runs against memory, Redis and a
+Redis Cluster.
 
 Time is moved with ``now=`` (the Redis store is built with ``honour_now=True``, its
 test-only switch), so windows and periods are exercised without sleeping.
@@ -12,10 +13,13 @@ from datetime import UTC, datetime
 
 import pytest
 from backends import Backend
+from conftest import WITH_CLUSTER, backend_of
 
 from tollway.policy import windows
+from tollway.policy.stores import parse_store_url
 from tollway.policy.stores.base import CounterSpec, CounterStore
 from tollway.policy.stores.memory import MemoryCounterStore
+from tollway.policy.stores.redis_cluster import RedisClusterCounterStore
 from tollway.policy.stores.redis_store import RedisCounterStore
 from tollway.policy.windows import MAX_UNITS
 
@@ -25,14 +29,35 @@ MONTH = windows.calendar("month")
 T0 = 1_800_000_000.25  # 2027-01-15T08:00:00.25Z
 
 
+# On a Redis Cluster a report settles the reservations it finds in the shards of its
+# counters (``redis_cluster``): the tests of a report that names none do not apply there.
+NAMES_NO_COUNTERS = "a cluster report reaches only the shards of the counters it names"
+
+
+def settles_without_counters(backend: Backend) -> None:
+    if backend.name == "cluster":
+        pytest.skip(NAMES_NO_COUNTERS)
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return backend_of(request)
+
+
 @pytest.fixture
 def store(backend: Backend) -> Iterator[CounterStore]:
-    s: CounterStore = (
-        MemoryCounterStore(clock=lambda: T0) if backend.name == "memory"
-        else RedisCounterStore(
+    s: CounterStore
+    if backend.name == "memory":
+        s = MemoryCounterStore(clock=lambda: T0)
+    elif backend.name == "cluster":
+        s = RedisClusterCounterStore(
+            parse_store_url(backend.store), key_prefix=backend.prefix(), honour_now=True,
+            timeout=2.0,
+        )
+    else:
+        s = RedisCounterStore(
             backend.store, key_prefix=backend.prefix(), honour_now=True, timeout=2.0
         )
-    )
     yield s
     s.close()
 
@@ -141,7 +166,8 @@ def test_a_reservation_settles_only_once(store: CounterStore) -> None:
     assert used(store, spec, T0 + 4) == 0.05
 
 
-def test_settling_never_goes_below_zero(store: CounterStore) -> None:
+def test_settling_never_goes_below_zero(store: CounterStore, backend: Backend) -> None:
+    settles_without_counters(backend)
     spec = cost(1.0, 0.01)
     assert admitted(store, [spec], T0, hold_id="d1")
     assert store.record_report("r1", "d1", {"cost": 0}, [], now=T0 + 1) == "settled"
@@ -151,7 +177,8 @@ def test_settling_never_goes_below_zero(store: CounterStore) -> None:
     assert used(store, spec, T0 + 5) == 0  # not -0.01 carried over
 
 
-def test_a_metric_the_report_omits_keeps_its_reservation(store: CounterStore) -> None:
+def test_a_metric_the_report_omits_keeps_its_reservation(store: CounterStore, backend: Backend) -> None:
+    settles_without_counters(backend)
     specs = [req(100), cost(1.0, 0.01)]
     assert admitted(store, specs, T0, hold_id="d1")
     assert store.record_report("r1", "d1", {"cost": 0.002}, [], now=T0 + 1) == "settled"
@@ -170,7 +197,8 @@ def test_a_refused_decision_reserves_nothing(store: CounterStore) -> None:
     assert store.record_report("r1", "d-refused", {"requests": 1}, [req(1)], now=T0 + 2) == "added"
 
 
-def test_settling_into_a_bucket_that_left_the_window_changes_nothing(store: CounterStore) -> None:
+def test_settling_into_a_bucket_that_left_the_window_changes_nothing(store: CounterStore, backend: Backend) -> None:
+    settles_without_counters(backend)
     spec = req(10, window=MINUTE)
     assert admitted(store, [spec], T0, hold_id="d1")
     later = T0 + 120
@@ -223,9 +251,12 @@ def tok(amount: float) -> CounterSpec:
 # ------------------------------------------------ reports bound to their decision
 
 
-def test_a_report_must_name_the_owner_of_the_reservation(store: CounterStore) -> None:
+def test_a_report_must_name_the_owner_of_the_reservation(
+    store: CounterStore, backend: Backend
+) -> None:
     from tollway.policy.stores.base import ForeignDecision
 
+    settles_without_counters(backend)
     assert admitted(store, [req(10, amount=1)], T0, hold_id="d1", hold_owner="g=acme/u=a")
     for owner in ("u=a", "g=acme/u=b", "g=other/u=a", "*"):
         with pytest.raises(ForeignDecision, match="another user or group"):

@@ -4,6 +4,7 @@ decision, Redis TIME, exactness under concurrency, faults and recovery."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -270,6 +271,39 @@ def test_a_dead_redis_raises_store_unavailable_and_recovery_needs_no_restart(
     assert store.record_report("r1", None, {"requests": 1}, [req(10)]) == "added"
     assert store.check_and_consume([req(10)], consume=False)[0].used == 2
     store.close()
+
+
+def test_connections_the_server_closed_while_idle_are_replaced_before_sending(
+    store: RedisCounterStore, client: redis.Redis
+) -> None:
+    """Redis closing every client connection (a restart, CLIENT KILL, its idle timeout)
+    costs no decision: each idle connection is checked before a command goes out on it,
+    so the next calls open new ones instead of failing."""
+    assert not store.check_and_consume([req(10)], consume=True)[0].exceeded
+    store.record_report("r0", None, {"requests": 1}, [req(10)])
+    for round_ in range(3):
+        killed = client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1, round_  # the store's idle connection was among them
+        assert not store.check_and_consume([req(10)], consume=True)[0].exceeded
+        assert store.record_report(f"r{round_ + 1}", None, {"requests": 1}, [req(10)]) == "added"
+    assert store.check_and_consume([req(10)], consume=False)[0].used == 8
+
+
+def test_a_command_that_cannot_be_packed_fails_without_using_up_the_pool(redis_url: str) -> None:
+    from tollway.policy.stores.redis_calls import RedisCalls
+    from tollway.policy.stores.redis_store import redis_client
+
+    client = redis_client(redis_url, timeout=2, max_connections=2)
+    calls = RedisCalls(client)
+    try:
+        for _ in range(5):  # more failures than the pool has connections
+            with pytest.raises(TypeError):
+                calls.one(("SET", "never", object()), time.monotonic() + 2)
+        assert calls.one(("PING",), time.monotonic() + 2) == b"PONG"
+        assert client.get("never") is None
+    finally:
+        calls.close()
+        client.close()
 
 
 @pytest.mark.timeout(20)

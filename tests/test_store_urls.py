@@ -30,6 +30,24 @@ from tollway.policy.stores import StoreAddress, parse_store_url
                 (("10.0.0.5", 26379),), "my master", 0, "app", "s@cret",
             ),
         ),
+        (
+            "redis+cluster://n1:7000,n2,[::1]:7001",
+            StoreAddress(
+                "cluster", "redis+cluster://n1:7000,n2,[::1]:7001",
+                (("n1", 7000), ("n2", 6379), ("::1", 7001)),
+            ),
+        ),
+        (
+            "redis+cluster://:pw@n1:7000/team%20a:",
+            StoreAddress(
+                "cluster", "redis+cluster://:pw@n1:7000/team%20a:", (("n1", 7000),),
+                password="pw", prefix="team a:",
+            ),
+        ),
+        (
+            "redis+cluster://n1:7000/",
+            StoreAddress("cluster", "redis+cluster://n1:7000/", (("n1", 7000),)),
+        ),
     ],
 )
 def test_every_form_is_read(url: str, address: StoreAddress) -> None:
@@ -51,6 +69,10 @@ def test_every_form_is_read(url: str, address: StoreAddress) -> None:
         ("redis+sentinel://h:0/svc", "is not a port"),
         ("redis+sentinel://h:70000/svc", "is not a port"),
         ("redis+sentinel://:1/svc", "host is missing"),
+        ("redis+cluster://", "at least one node"),
+        ("redis+cluster:///prefix", "at least one node"),
+        ("redis+cluster://h:port", "is not a port"),
+        ("redis+cluster://h:1,:2", "host is missing"),
     ],
 )
 def test_a_bad_url_is_refused_naming_its_problem(url: str, problem: str) -> None:
@@ -67,4 +89,15 @@ def test_any_sentinel_url_is_read_or_refused_with_a_value_error(url: str) -> Non
         assert str(exc).startswith("store: ")
     else:
         assert address.kind == "sentinel" and address.nodes and address.service
+        assert all(0 < port < 65536 for _, port in address.nodes)
+
+
+@given(st.text(max_size=60).map(lambda s: "redis+cluster://" + s))
+def test_any_cluster_url_is_read_or_refused_with_a_value_error(url: str) -> None:
+    try:
+        address = parse_store_url(url)
+    except ValueError as exc:
+        assert str(exc).startswith("store: ")
+    else:
+        assert address.kind == "cluster" and address.nodes
         assert all(0 < port < 65536 for _, port in address.nodes)

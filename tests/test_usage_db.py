@@ -603,6 +603,7 @@ def test_migrations_build_exactly_the_declared_schema(db: UsageDatabase) -> None
 
 def test_a_database_migrated_by_a_newer_tollway_is_refused(usage_url: str, clock: Clock) -> None:
     from tollway.policy.usage_db import SchemaTooNew
+    from tollway.policy.usage_db.migrate import head
     from tollway.policy.usage_db.schema import VERSION_TABLE
 
     db = UsageDatabase(usage_url, clock=clock)
@@ -615,7 +616,7 @@ def test_a_database_migrated_by_a_newer_tollway_is_refused(usage_url: str, clock
             UsageDatabase(usage_url).prepare()
     finally:
         with db.engine.begin() as connection:
-            connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0001'"))
+            connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '{head()}'"))
         db.close()
 
 

@@ -10,6 +10,10 @@ is given. The URL forms:
 - ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]``: the master
   that Redis Sentinel names ``SERVICE``, found through any of the sentinels listed
   (port 26379 when left out); the password is the master's.
+- ``redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…][/PREFIX]``: a Redis Cluster,
+  found through any of the nodes listed (port 6379 when left out); ``PREFIX``, when
+  given, is the key prefix (in place of the one the caller passes). Keys are hash-tagged
+  (``cluster_tags``), so a prefix may not hold ``{`` or ``}``.
 """
 
 from __future__ import annotations
@@ -51,10 +55,13 @@ __all__ = [
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _SENTINEL = "redis+sentinel://"
+_CLUSTER = "redis+cluster://"
 _SENTINEL_PORT = 26379
+_REDIS_PORT = 6379
 _FORMS = (
-    "'memory', a redis://, rediss:// or unix:// URL, or "
-    "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]"
+    "'memory', a redis://, rediss:// or unix:// URL, "
+    "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or "
+    "redis+cluster://HOST:PORT[,HOST:PORT…][/PREFIX]"
 )
 
 
@@ -62,19 +69,22 @@ _FORMS = (
 class StoreAddress:
     """Where a store lives, read from its URL by ``parse_store_url``.
 
-    ``kind``: ``memory``, ``redis`` (one server: ``url`` is redis-py's URL) or
+    ``kind``: ``memory``, ``redis`` (one server: ``url`` is redis-py's URL),
     ``sentinel`` (``nodes`` are the sentinels, ``service`` the master's name, ``db`` its
-    database). ``username``/``password`` are the master's credentials (a plain Redis URL
-    keeps those it has in ``url``; ``password`` is then one given apart, ``with_password``).
+    database) or ``cluster`` (``nodes`` are where to find the cluster, ``prefix`` the key
+    prefix the URL names, None when it names none). ``username``/``password`` are the
+    credentials of the master(s) (a plain Redis URL keeps those it has in ``url``;
+    ``password`` is then one given apart, ``with_password``).
     """
 
-    kind: Literal["memory", "redis", "sentinel"]
+    kind: Literal["memory", "redis", "sentinel", "cluster"]
     url: str
     nodes: tuple[tuple[str, int], ...] = ()
     service: str = ""
     db: int = 0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    prefix: str | None = None
 
 
 def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
@@ -98,21 +108,13 @@ def parse_store_url(url: str) -> StoreAddress:
     naming the URL and its problem otherwise."""
     if url == "memory":
         return StoreAddress("memory", url)
-    if not isinstance(url, str) or not url.startswith((*_REDIS_SCHEMES, _SENTINEL)):
+    if not isinstance(url, str) or not url.startswith((*_REDIS_SCHEMES, _SENTINEL, _CLUSTER)):
         raise ValueError(f"store: {url!r} is not a store; use {_FORMS}")
+    if url.startswith(_CLUSTER):
+        return _cluster_address(url)
     if not url.startswith(_SENTINEL):
         return StoreAddress("redis", url)
-    rest = url.removeprefix(_SENTINEL)
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    nodes = tuple(_host_port(h, _SENTINEL_PORT, url) for h in hosts.split(",") if h)
-    if not nodes:
-        raise ValueError(f"store: {url!r}: list at least one sentinel as HOST:PORT")
+    nodes, path, username, password = _nodes_and_path(url, _SENTINEL, _SENTINEL_PORT, "sentinel")
     parts = [unquote(p) for p in path.split("/")] if path else []
     if not parts or not parts[0] or len(parts) > 2:
         raise ValueError(f"store: {url!r}: expected …/SERVICE or …/SERVICE/DB after the sentinels")
@@ -122,12 +124,37 @@ def parse_store_url(url: str) -> StoreAddress:
     return StoreAddress("sentinel", url, nodes, parts[0], int(db), username, password)
 
 
+def _nodes_and_path(
+    url: str, scheme: str, default_port: int, what: str
+) -> tuple[tuple[tuple[str, int], ...], str, str | None, str | None]:
+    """The hosts of a ``scheme[USER:PASSWORD@]HOST:PORT[,…][/PATH]`` URL, its path and
+    its credentials."""
+    netloc, _, path = url.removeprefix(scheme).partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(_host_port(h, default_port, url) for h in hosts.split(",") if h)
+    if not nodes:
+        raise ValueError(f"store: {url!r}: list at least one {what} as HOST:PORT")
+    return nodes, path, username, password
+
+
+def _cluster_address(url: str) -> StoreAddress:
+    nodes, path, username, password = _nodes_and_path(url, _CLUSTER, _REDIS_PORT, "node")
+    prefix = unquote(path) if path else None
+    return StoreAddress("cluster", url, nodes, username=username, password=password,
+                        prefix=prefix)
+
+
 def with_password(address: StoreAddress, password: str | None) -> StoreAddress:
     """``address`` with a password kept out of its URL (``StoreOptions.password``: out of
     ``ps`` and logs); ValueError when the URL has one too."""
     if password is None or address.kind == "memory":
         return address
-    in_url = address.password if address.kind == "sentinel" else urlsplit(address.url).password
+    in_url = address.password if address.kind != "redis" else urlsplit(address.url).password
     if in_url is not None:
         raise ValueError("store: the URL has a password and one was given apart; give it once")
     return replace(address, password=password)
@@ -150,6 +177,12 @@ def open_store(
         if clock is not None:
             return MemoryCounterStore(clock, options=options)
         return MemoryCounterStore(options=options)
+    if address.kind == "cluster":
+        from .redis_cluster import RedisClusterCounterStore
+
+        return RedisClusterCounterStore(
+            address, key_prefix=address.prefix or key_prefix, timeout=options.timeout
+        )
     from .redis_store import RedisCounterStore
 
     return RedisCounterStore(address, key_prefix=key_prefix, timeout=options.timeout)
@@ -169,4 +202,6 @@ def open_entity_store(
     address = with_password(parse_store_url(url), options.password)
     if address.kind == "memory":
         return MemoryEntityStore()
-    return RedisEntityStore(address, key_prefix=key_prefix, clock=clock, timeout=options.timeout)
+    return RedisEntityStore(
+        address, key_prefix=address.prefix or key_prefix, clock=clock, timeout=options.timeout
+    )

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 from tollway.dsl.ast import CALENDARS
 
 from ..model import REPORT_OUTCOMES, ReportOutcome
-from ..usage import UsageEvent
+from ..usage import LedgerEntry, UsageEvent
 from .events import EventSource
 
 __all__ = [
@@ -23,6 +23,9 @@ __all__ = [
     "CounterWindow",
     "CounterSpec",
     "CounterState",
+    "BalanceSpec",
+    "BalanceState",
+    "BalancesUnloaded",
     "ReportOutcome",
     "REPORT_OUTCOMES",
     "StoreOptions",
@@ -145,6 +148,46 @@ class CounterState:
     resets_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class BalanceSpec:
+    """One balance a decision spends from.
+
+    ``key`` is the scope key (as for counters). ``amount`` is what the decision needs
+    in the balance's metric. ``after`` names the quota spent first (``enforce Q then
+    B``): its counter must be among the decision's counters; the quota then takes what
+    room it has and the balance the rest, and the quota alone never refuses. Empty:
+    the balance alone pays.
+    """
+
+    balance: str
+    metric: str
+    key: str
+    amount: float
+    after: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceState:
+    """A balance as seen by one decision (in the metric's unit: USD for ``cost``).
+
+    ``available`` is what may still be spent *before* this decision (credits less
+    settled spending less open reservations), ``reserved`` the open reservations before
+    it, ``taken`` what this decision reserved from it (0 when refused or only read),
+    and ``exceeded`` that the decision could not be covered (by the balance, or by its
+    quota and the balance together).
+    """
+
+    available: float
+    reserved: float
+    taken: float
+    exceeded: bool
+
+
+class BalancesUnloaded(Exception):
+    """The store holds no balances: it started empty, or lost them (Redis restarted
+    without persistence). They must be loaded from the ledger before anything spends."""
+
+
 StoreOutcome = Literal["not_applied", "unknown"]
 
 
@@ -220,6 +263,44 @@ class CounterStore(Protocol):
         """
         ...
 
+    def check_and_spend(
+        self,
+        counters: Sequence[CounterSpec],
+        balances: Sequence[BalanceSpec],
+        *,
+        consume: bool,
+        hold_id: str | None = None,
+        hold_owner: str = "*",
+        now: float | None = None,
+        event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> tuple[list[CounterState], list[BalanceState]]:
+        """``check_and_consume`` with balances, in the same atomic step: a balance after a
+        quota (``BalanceSpec.after``) takes what the quota has no room for, a balance
+        alone the whole amount; the decision is admitted only when every counter and
+        balance covers its part. The reservation (``hold_id``) holds the balances' parts
+        until ``record_report`` settles them. Raises ``BalancesUnloaded`` when the store
+        does not hold the balances (``load_balances`` first), ``StoreUnavailable``."""
+        ...
+
+    def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
+        """Set every balance ((balance, scope key) -> units, from the ledger) and mark them
+        loaded, unless they are loaded already (False then: nothing changed)."""
+        ...
+
+    def credit(
+        self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        """Add ``entry.amount`` units to the balance it names, once per ``entry.ref``
+        (False when seen already); ``event`` (carrying the entry) is appended in the same
+        step. Raises ``BalancesUnloaded``, ``StoreUnavailable``."""
+        ...
+
+    def balance(self, balance: str, key: str) -> tuple[int, int]:
+        """``(balance, reserved)`` of one balance in units. Raises ``BalancesUnloaded``."""
+        ...
+
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         """Append one usage event on its own (a decision with no counters to consume);
         one round trip on Redis. Raises ``StoreUnavailable``."""
@@ -237,8 +318,14 @@ class CounterStore(Protocol):
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,
+        balances: Sequence[BalanceSpec] = (),
     ) -> ReportOutcome:
         """Apply a usage report once per ``request_id`` of its ``reporter``.
+
+        A settled reservation replaces its balance parts by their share of the actuals
+        (``stores.spending.settle_split``); without one, each ``balances`` spec not after
+        a quota is charged its ``amount``. What balances were charged rides ``event``
+        (``UsageEvent.ledger``).
 
         ``actual`` maps metric -> amount actually used. If ``hold_id`` names a live
         reservation, it must have been made for ``owner`` (else ``ForeignDecision`` is

@@ -18,16 +18,33 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cachetools import TTLCache
 
 from .. import windows
-from ..usage import UsageEvent
+from ..usage import LedgerEntry, UsageEvent
 from ..windows import MAX_UNITS
-from .base import CounterSpec, CounterState, ForeignDecision, ReportOutcome, StoreOptions
+from .base import (
+    BalanceSpec,
+    BalanceState,
+    BalancesUnloaded,
+    CounterSpec,
+    CounterState,
+    ForeignDecision,
+    ReportOutcome,
+    StoreOptions,
+)
 from .events import DEFAULT_MAX_BACKLOG, MemoryEventQueue
+from .spending import (
+    balance_state,
+    chain_split,
+    chained_state,
+    fits_balance,
+    prepare_balances,
+    settle_split,
+)
 
 __all__ = ["MemoryCounterStore", "HOLD_TTL", "REPORT_TTL"]
 
@@ -43,6 +60,15 @@ _SWEEP_EVERY = 60.0
 
 
 @dataclass(slots=True)
+class _Balance:
+    """One balance: credits less settled spending, and the reservations open on it
+    (hold_id -> (units, until when it holds)); both in balance units."""
+
+    balance: int
+    holds: dict[str, tuple[int, float]]
+
+
+@dataclass(slots=True)
 class _Counter:
     fields: dict[int | str, int]
     until: int  # unix second after which nothing stored here counts
@@ -52,8 +78,12 @@ class _Counter:
 # A plain tuple of strings and ints: the cyclic GC stops tracking such tuples, and up to
 # ``max_holds`` of them wait for their reports, so full collections need not walk them.
 _Held = tuple[str, int | str, str, int, int]
-# A reservation: whom the decision was for (``quotas.owner_key``), and what it holds.
-_Hold = tuple[str, tuple[_Held, ...]]
+# A reserved balance amount: (balance key, units, position of its quota in the held
+# counters or -1, balance units per quota unit, balance name, scope key, metric).
+_HeldBalance = tuple[str, int, int, int, str, str, str]
+# A reservation: whom the decision was for (``quotas.owner_key``), what it holds, and
+# what it holds of balances.
+_Hold = tuple[str, tuple[_Held, ...], tuple[_HeldBalance, ...]]
 
 
 class _Capped(TTLCache[K, V]):
@@ -96,6 +126,12 @@ class MemoryCounterStore:
         self.events = MemoryEventQueue(max_backlog)
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
+        self._balances: dict[str, _Balance] = {}
+        self._balances_loaded = False
+        self._credits: _Capped[str, bool] = _Capped(
+            self.options.max_report_ids, report_ttl, clock, self._forget
+        )
+        self._hold_ttl = hold_ttl
         self._evictions = {"reservations": 0, "report_ids": 0}
         # Both caches expire on the store's clock so that tests moving time see it.
         self._holds: _Capped[str, _Hold] = _Capped(
@@ -119,43 +155,111 @@ class MemoryCounterStore:
         event: UsageEvent | None = None,
         deadline: float | None = None,  # nothing here waits
     ) -> list[CounterState]:
+        return self.check_and_spend(
+            counters, (), consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
+            event=event,
+        )[0]
+
+    def check_and_spend(
+        self,
+        counters: Sequence[CounterSpec],
+        balances: Sequence[BalanceSpec],
+        *,
+        consume: bool,
+        hold_id: str | None = None,
+        hold_owner: str = "*",
+        now: float | None = None,
+        event: UsageEvent | None = None,
+        deadline: float | None = None,  # nothing here waits
+    ) -> tuple[list[CounterState], list[BalanceState]]:
         t = self._clock() if now is None else now
         prepared = windows.prepare_counters("", counters)
+        spends = prepare_balances("", balances, prepared)
         slot = windows.slot
         slots = [slot(c.spec.window, t) for c in prepared]
         read_fields: list[dict[int | str, int]] = []
         totals: list[int] = []
+        amounts = [c.amount for c in prepared]
+        chained = [False] * len(prepared)
+        refused = [False] * len(prepared)
+        seen: list[tuple[int, int]] = []  # per balance: (balance, reserved) before
+        needs: list[int] = []
+        balance_refused: list[bool] = []
         with self._lock:
+            if spends and not self._balances_loaded:
+                raise BalancesUnloaded("balances are not loaded")
             if t >= self._next_sweep:
                 self._maybe_sweep(t)
             read = self._read
             admitted = True
-            for (_, key, amount, limit), (field, first, _) in zip(prepared, slots, strict=True):
+            for i, ((_, key, amount, limit), (field, first, _)) in enumerate(
+                zip(prepared, slots, strict=True)
+            ):
                 fields = read(key, field, first, consume)
                 read_fields.append(fields)
                 used = sum(fields.values())
                 totals.append(used)
                 if (used >= limit) if amount == 0 else (used + amount > limit):
-                    admitted = False
+                    refused[i] = True
+            for b in spends:
+                balance, reserved = self._balance_now(b.key, t)
+                seen.append((balance, reserved))
+                available = balance - reserved
+                covered = False
+                need = b.amount
+                if b.after >= 0:
+                    i = b.after
+                    chained[i] = True
+                    room = max(0, prepared[i].limit - totals[i])
+                    take, need = chain_split(prepared[i].amount, room, b.amount, b.ratio)
+                    amounts[i] = take
+                    covered = prepared[i].amount > 0 or totals[i] < prepared[i].limit
+                ok = fits_balance(need, available, covered)
+                if b.after >= 0:
+                    refused[b.after] = not ok
+                needs.append(need)
+                balance_refused.append(not ok)
+            admitted = not any(refused) and not any(balance_refused)
             if consume and admitted:
                 add = self._add
-                for (_, key, amount, _), (field, _, until) in zip(prepared, slots, strict=True):
+                for (_, key, _, _), amount, (field, _, until) in zip(
+                    prepared, amounts, slots, strict=True
+                ):
                     add(key, field, until, amount)
-                if hold_id is not None and prepared:
+                for b, need in zip(spends, needs, strict=True):
+                    if not need:
+                        continue
+                    entry = self._balances.setdefault(b.key, _Balance(0, {}))
+                    if hold_id is None:
+                        entry.balance -= need  # nothing will settle it: spent now
+                    else:
+                        entry.holds[hold_id] = (need, t + self._hold_ttl)
+                if hold_id is not None and (prepared or spends):
                     self._holds[hold_id] = (hold_owner, tuple(
                         (key, field, spec.metric, amount, until)
-                        for (spec, key, amount, _), (field, _, until)
-                        in zip(prepared, slots, strict=True)
+                        for (spec, key, _, _), amount, (field, _, until)
+                        in zip(prepared, amounts, slots, strict=True)
+                    ), tuple(
+                        (b.key, need, b.after, b.ratio, b.spec.balance, b.spec.key, b.spec.metric)
+                        for b, need in zip(spends, needs, strict=True)
                     ))
                 if event is not None:
                     # under the store's lock: the event exists exactly when it consumed
                     self.events.append(event)
         # fields read from this store are bucket indices (or one period) holding amounts > 0
         state = windows.counter_state
-        return [
+        states = [
             state(spec, t, fields, amount, limit, used=used, clean=True)
             for (spec, _, amount, limit), fields, used
             in zip(prepared, read_fields, totals, strict=True)
+        ]
+        for i, chain in enumerate(chained):
+            if chain:
+                states[i] = chained_state(states[i], refused[i])
+        taken = consume and admitted
+        return states, [
+            balance_state(b, before, need, taken, no)
+            for b, before, need, no in zip(spends, seen, needs, balance_refused, strict=True)
         ]
 
     def record_report(
@@ -170,10 +274,12 @@ class MemoryCounterStore:
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,  # nothing here waits
+        balances: Sequence[BalanceSpec] = (),
     ) -> ReportOutcome:
         t = self._clock() if now is None else now
         actual_units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters("", fallback)
+        spends = [b for b in prepare_balances("", balances, checked) if b.after < 0]
         sec = math.floor(t)
         marker = windows.report_key("", reporter, request_id)
         with self._lock:
@@ -182,24 +288,118 @@ class MemoryCounterStore:
             hold = self._holds.get(hold_id) if hold_id is not None else None
             if hold is not None and hold[0] != owner:
                 raise ForeignDecision()
+            if hold is None and spends and not self._balances_loaded:
+                raise BalancesUnloaded("balances are not loaded")
             self._reports[marker] = True
-            if event is not None:
-                # under the store's lock: a report and its event count once, together
-                self.events.append(event)
+            ledger: list[LedgerEntry] = []
             if hold is not None:
                 assert hold_id is not None
                 self._holds.pop(hold_id, None)
-                for key, field, metric, units, until in hold[1]:
+                shares = self._settle_balances(hold_id, hold[1], hold[2], actual, ledger)
+                for i, (key, field, metric, units, until) in enumerate(hold[1]):
                     # A metric the report does not mention keeps its reservation.
                     if metric in actual_units and sec < until:
-                        self._add(key, field, until, actual_units[metric] - units)
+                        used = shares.get(i, actual_units[metric])
+                        self._add(key, field, until, used - units)
+                self._append(event, ledger)
                 return "settled"
             for c in checked:
                 field, first, until = windows.slot(c.spec.window, t)
                 # counters only reports touch are pruned here
                 self._read(c.key, field, first, True)
                 self._add(c.key, field, until, c.amount)
+            for b in spends:
+                entry = self._balances.setdefault(b.key, _Balance(0, {}))
+                entry.balance -= b.amount
+                ledger.append(LedgerEntry.spend(b.spec.balance, b.spec.key, b.amount, marker))
+            self._append(event, ledger)
             return "added"
+
+    # ------------------------------------------------------------------ balances
+
+    @property
+    def balances_loaded(self) -> bool:
+        return self._balances_loaded
+
+    def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
+        """Set every balance from the ledger's totals ((balance, scope key) -> units) and
+        mark them loaded; False (nothing changed) when they were loaded already."""
+        with self._lock:
+            if self._balances_loaded:
+                return False
+            self._balances = {
+                windows.balance_key("", name, key): _Balance(units, {})
+                for (name, key), units in totals.items()
+            }
+            self._balances_loaded = True
+            return True
+
+    def credit(
+        self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        """Add ``entry.amount`` units to a balance, once per ``entry.ref``; its event (the
+        ledger entry) is appended in the same step. False for a ref seen already."""
+        key = windows.balance_key("", entry.balance, entry.key)
+        marker = f"{entry.balance}:{entry.key}:{entry.ref}"
+        with self._lock:
+            if not self._balances_loaded:
+                raise BalancesUnloaded("balances are not loaded")
+            if marker in self._credits:
+                return False
+            self._credits[marker] = True
+            self._balances.setdefault(key, _Balance(0, {})).balance += entry.amount
+            if event is not None:
+                self.events.append(event)
+            return True
+
+    def balance(self, balance: str, key: str) -> tuple[int, int]:
+        """``(balance, reserved)`` of one balance now, in balance units."""
+        with self._lock:
+            if not self._balances_loaded:
+                raise BalancesUnloaded("balances are not loaded")
+            return self._balance_now(windows.balance_key("", balance, key), self._clock())
+
+    def _balance_now(self, key: str, t: float) -> tuple[int, int]:
+        """``(balance, reserved)``, reservations past their time dropped."""
+        entry = self._balances.get(key)
+        if entry is None:
+            return 0, 0
+        holds = entry.holds
+        if holds:
+            for hold_id in [h for h, (_, until) in holds.items() if until <= t]:
+                del holds[hold_id]
+        return entry.balance, sum(units for units, _ in holds.values())
+
+    def _settle_balances(
+        self,
+        hold_id: str,
+        held: tuple[_Held, ...],
+        balances: tuple[_HeldBalance, ...],
+        actual: Mapping[str, float],
+        ledger: list[LedgerEntry],
+    ) -> dict[int, int]:
+        """Replace the balance reservations of a hold by their share of the actuals;
+        returns the units each chained quota keeps (by position in ``held``)."""
+        shares: dict[int, int] = {}
+        for key, units, after, ratio, name, scope, metric in balances:
+            entry = self._balances.setdefault(key, _Balance(0, {}))
+            entry.holds.pop(hold_id, None)
+            amount = windows.balance_units(actual.get(metric, 0.0), metric, f"actual {metric}")
+            if after >= 0:
+                quota_units, paid = settle_split(amount, held[after][3], units, ratio)
+                shares[after] = quota_units
+            else:
+                paid = amount
+            if paid:
+                entry.balance -= paid
+                ledger.append(LedgerEntry.spend(name, scope, paid, hold_id))
+        return shares
+
+    def _append(self, event: UsageEvent | None, ledger: list[LedgerEntry]) -> None:
+        if event is None:
+            return
+        self.events.append(replace(event, ledger=tuple(ledger)) if ledger else event)
 
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         # no counters change with it, so the queue's own safety is all it needs
@@ -220,6 +420,8 @@ class MemoryCounterStore:
     def close(self) -> None:
         with self._lock:
             self._counters.clear()
+            self._balances.clear()
+            self._balances_loaded = False
             # emptied by dropping them, not one by one (that would count as evictions)
             self._holds = _Capped(
                 self.options.max_reservations, self._holds.ttl, self._clock, self._release
@@ -238,6 +440,10 @@ class MemoryCounterStore:
         for key, field, _, units, until in hold[1]:
             if sec < until:
                 self._add(key, field, until, -units)
+        for held in hold[2]:
+            entry = self._balances.get(held[0])
+            if entry is not None:
+                entry.holds.pop(hold_id, None)
 
     def _forget(self, request_id: str, _: bool) -> None:
         self._evictions["report_ids"] += 1
@@ -299,3 +505,4 @@ class MemoryCounterStore:
         dead = [k for k, c in self._counters.items() if c.until <= t]
         for k in dead:
             del self._counters[k]
+

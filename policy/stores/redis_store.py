@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -35,10 +35,13 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .. import windows
-from ..usage import UsageEvent
+from ..usage import LedgerEntry, UsageEvent
 from . import StoreAddress, parse_store_url
 from .base import (
     REPORT_OUTCOMES,
+    BalanceSpec,
+    BalanceState,
+    BalancesUnloaded,
     CounterSpec,
     CounterState,
     ForeignDecision,
@@ -48,13 +51,23 @@ from .base import (
 from .events import DEFAULT_MAX_BACKLOG
 from .events_redis import DEFAULT_CLAIM_IDLE, RedisEventStream, stream_key
 from .redis_calls import RedisCalls, Script, store_error
+from .spending import PreparedBalance, balance_state, chained_state, prepare_balances
 
-__all__ = ["RedisCounterStore", "default_retry", "load_script", "redis_client"]
+if TYPE_CHECKING:
+    from .cluster_calls import SlotCalls
+
+__all__ = [
+    "RedisCounterStore", "connection_options", "default_retry", "load_script", "redis_client",
+]
 
 HOLD_TTL = 3600  # seconds a reservation waits for its report (as in the memory store)
+CREDIT_TTL = 30 * 86400  # seconds a credit's idempotency key is kept (the ledger keeps it too)
+# which variant of consume.lua and report.lua: with balances (balances.lua) or without
+_SPENDING = "local spending = true"
+_NOT_SPENDING = "local spending = false"
 REPORT_TTL = 86400  # seconds a request_id is remembered for idempotency
 DEFAULT_TIMEOUT = 0.1
-_EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
+EVENTS_TIMEOUT = 5.0  # the ingester's connection: reads block on the server up to a second
 
 
 def default_retry() -> Retry:
@@ -76,6 +89,19 @@ _NO_HANDSHAKE: dict[str, Any] = (
 )
 
 
+def connection_options(timeout: float, connect_timeout: float | None = None) -> dict[str, Any]:
+    """The keywords of every connection to Redis: short socket timeouts, no PING on the
+    hot path, RESP2 (the replies ``RedisCalls`` reads raw: flat lists whatever the
+    server's version), no handshake."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
+        "health_check_interval": 0,
+        "protocol": 2,
+        **_NO_HANDSHAKE,
+    }
+
+
 def redis_client(
     address: StoreAddress | str,
     *,
@@ -91,14 +117,8 @@ def redis_client(
     """
     if isinstance(address, str):
         address = parse_store_url(address)
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": connect_timeout if connect_timeout is not None else timeout,
-        "retry": retry if retry is not None else default_retry(),
-        "health_check_interval": 0,  # no PING on the hot path
-        "protocol": 2,  # the replies RedisCalls reads raw: flat lists whatever the version
-        **_NO_HANDSHAKE,
-    }
+    options = connection_options(timeout, connect_timeout)
+    options["retry"] = retry if retry is not None else default_retry()
     if address.kind == "sentinel":
         sentinels = Sentinel(
             list(address.nodes),
@@ -131,6 +151,10 @@ class RedisCounterStore:
     ``StoreAddress`` of a ``redis://``, ``rediss://``, ``unix://`` or
     ``redis+sentinel://`` URL).
 
+    ``calls`` and ``events``, when given, replace the client's calls and the usage
+    stream (the cluster store gives each of its shards a store of its own this way:
+    ``redis_cluster``); ``url`` and ``client`` are then not used.
+
     ``honour_now``: pass ``now=`` through to the scripts instead of using Redis TIME. For
     tests only (they cannot move Redis's clock); a deployment must leave it off so that
     replicas agree on one clock. ``wall``: this host's unix time, against which the
@@ -157,27 +181,42 @@ class RedisCounterStore:
         wall: Callable[[], float] = time.time,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         claim_idle: float = DEFAULT_CLAIM_IDLE,
+        calls: RedisCalls | SlotCalls | None = None,
+        events: RedisEventStream | None = None,
     ) -> None:
-        self._client = client or redis_client(
-            url,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            retry=retry,
-            max_connections=max_connections,
-        )
+        self._client = client
+        self._calls: RedisCalls | SlotCalls
+        if calls is None:
+            self._client = client or redis_client(
+                url,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                retry=retry,
+                max_connections=max_connections,
+            )
+            calls = RedisCalls(self._client, wall=wall)
         self.timeout = timeout
-        self._calls = RedisCalls(self._client, wall=wall)
+        self._calls = calls
         self._prefix = key_prefix
         self._hold_ttl = str(int(hold_ttl))
         self._report_ttl = str(int(report_ttl))
         self._honour_now = honour_now
         events_lua = load_lua("events")
-        self._consume = Script.of(load_script("consume", events_lua))
-        self._report = Script.of(load_script("report", events_lua))
+        self._consume = Script.of(load_script("consume", events_lua, _NOT_SPENDING))
+        self._report = Script.of(load_script("report", events_lua, _NOT_SPENDING))
         self._settle = Script.of(load_script("settle"))
         self._append = Script.of(events_lua + "\n" + load_lua("append"))
-        self.events = RedisEventStream(
-            redis_client(url, timeout=_EVENTS_TIMEOUT),
+        balances_lua = load_lua("balances")
+        self._spend = Script.of(load_script("consume", events_lua, balances_lua, _SPENDING))
+        self._report_spending = Script.of(
+            load_script("report", events_lua, balances_lua, _SPENDING)
+        )
+        self._balance_load = Script.of(load_lua("balance_load"))
+        self._credit = Script.of(events_lua + "\n" + load_lua("credit"))
+        self._balance_read = Script.of(load_script("balance_read", balances_lua))
+        self._release = Script.of(load_script("release"))
+        self.events = events or RedisEventStream(
+            redis_client(url, timeout=EVENTS_TIMEOUT),
             stream_key(key_prefix),
             max_backlog=max_backlog,
             claim_idle=claim_idle,
@@ -230,15 +269,9 @@ class RedisCounterStore:
             )
         self._appended(reply[3])
         t = now if now is not None and self._honour_now else sec + usec / 1_000_000
-        state = windows.counter_state
-        states = []
-        for (spec, _, amount, limit), raw in zip(prepared, reply[4:], strict=True):
-            # the script sends the counted total and the live buckets the state needs
-            # (all of them when the amount does not fit, else the oldest one)
-            fields: dict[int | str, int] = {
-                int(raw[i]): int(raw[i + 1]) for i in range(1, len(raw), 2)
-            }
-            states.append(state(spec, t, fields, amount, limit, used=int(raw[0]), clean=True))
+        states, at = _counter_states(prepared, reply, t)
+        if at != len(reply):
+            raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
         return states
 
     def record_report(
@@ -253,9 +286,15 @@ class RedisCounterStore:
         now: float | None = None,
         event: UsageEvent | None = None,
         deadline: float | None = None,
+        balances: Sequence[BalanceSpec] = (),
     ) -> ReportOutcome:
         units = {m: windows.amount_units(v, m, f"actual {m}") for m, v in actual.items()}
         checked = windows.prepare_counters(self._prefix, fallback)
+        spends = prepare_balances(self._prefix, balances, checked)
+        if spends:  # what each metric is in balance units
+            units |= {
+                f"{m}#b": windows.balance_units(v, m, f"actual {m}") for m, v in actual.items()
+            }
         deadline = self._deadline(deadline)
         keys = [windows.report_key(self._prefix, reporter, request_id)]
         if hold_id is not None:
@@ -271,10 +310,20 @@ class RedisCounterStore:
             args += (metric, str(value))
         for c in checked:
             args += (c.spec.window.code, str(c.spec.window.bucket), str(c.amount))
+        script = self._report
+        if spends:
+            script = self._report_spending
+            keys += [b.key for b in spends]
+            keys.append(windows.balances_marker_key(self._prefix))
         if event is not None:
             keys.append(self.events.key)
             args += self.events.append_args(event)
-        reply = self._calls.script(self._report, keys, args, deadline)
+        if spends:
+            for b in spends:
+                args += _balance_args(b)
+            ref = windows.report_key("", reporter, request_id)
+            args += (hold_id or "", ref, str(len(spends)))
+        reply = self._calls.script(script, keys, args, deadline)
         if not isinstance(reply, list) or len(reply) not in (2, 3):
             raise StoreUnavailable(f"redis report script answered {reply!r}", outcome="unknown")
         if len(reply) == 3:  # reserved counters the report did not declare: settled now
@@ -286,6 +335,8 @@ class RedisCounterStore:
             )
         if text == "foreign":
             raise ForeignDecision()
+        if text == "unloaded":
+            raise BalancesUnloaded("redis: the balances are not loaded")
         for known in REPORT_OUTCOMES:
             if text == known:
                 self._appended(reply[1])
@@ -308,6 +359,112 @@ class RedisCounterStore:
                 "reserved", outcome="unknown",
             )
 
+    # ------------------------------------------------------------------ balances
+
+    def check_and_spend(
+        self,
+        counters: Sequence[CounterSpec],
+        balances: Sequence[BalanceSpec],
+        *,
+        consume: bool,
+        hold_id: str | None = None,
+        hold_owner: str = "*",
+        now: float | None = None,
+        event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> tuple[list[CounterState], list[BalanceState]]:
+        if not balances:
+            return self.check_and_consume(
+                counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
+                event=event, deadline=deadline,
+            ), []
+        prepared = windows.prepare_counters(self._prefix, counters)
+        spends = prepare_balances(self._prefix, balances, prepared)
+        deadline = self._deadline(deadline)
+        hold = consume and hold_id is not None
+        keys = [c.key for c in prepared]
+        if hold:
+            assert hold_id is not None
+            keys.append(windows.hold_key(self._prefix, hold_id))
+        keys += [b.key for b in spends]
+        keys.append(windows.balances_marker_key(self._prefix))
+        args: list[str] = [
+            self._clock_arg(now, deadline),
+            "1" if consume else "0",
+            self._hold_ttl if hold else "0",
+            hold_owner,
+        ]
+        for spec, _, amount, limit in prepared:
+            window = spec.window
+            args += (window.code, str(window.bucket), str(limit), str(amount), spec.metric)
+        if consume and event is not None:
+            keys.append(self.events.key)
+            args += self.events.append_args(event)
+        for b in spends:
+            args += _balance_args(b)
+        args += (hold_id if hold and hold_id is not None else "", str(len(spends)))
+        calls = self._calls
+        reply = calls.script(self._spend, keys, args, deadline)
+        sec, usec = int(reply[0]), int(reply[1])
+        admitted = int(reply[2])
+        if admitted == -1:
+            raise StoreUnavailable(
+                "redis: answered past the deadline; nothing was written", outcome="not_applied"
+            )
+        if admitted == -2:
+            raise BalancesUnloaded("redis: the balances are not loaded")
+        self._appended(reply[3])
+        t = now if now is not None and self._honour_now else sec + usec / 1_000_000
+        states, at = _counter_states(prepared, reply, t)
+        if at + 4 * len(spends) != len(reply):
+            raise StoreUnavailable(f"redis consume script answered {reply!r}", outcome="unknown")
+        raws = [reply[at + 4 * j:at + 4 * j + 4] for j in range(len(spends))]
+        for b, raw in zip(spends, raws, strict=True):
+            if b.after >= 0:
+                states[b.after] = chained_state(states[b.after], int(raw[3]) == 0)
+        taken = consume and admitted == 1
+        return states, [
+            balance_state(b, (int(raw[0]), int(raw[1])), int(raw[2]), taken, int(raw[3]) == 0)
+            for b, raw in zip(spends, raws, strict=True)
+        ]
+
+    def load_balances(self, totals: Mapping[tuple[str, str], int]) -> bool:
+        keys = [windows.balances_marker_key(self._prefix)]
+        args: list[str] = []
+        for (name, key), units in totals.items():
+            keys.append(windows.balance_key(self._prefix, name, key))
+            args.append(str(units))
+        reply = self._calls.script(self._balance_load, keys, args, self._deadline(None))
+        return int(reply) == 1
+
+    def credit(
+        self, entry: LedgerEntry, metric: str, *, event: UsageEvent | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        keys = [
+            windows.balance_key(self._prefix, entry.balance, entry.key),
+            f"{self._prefix}c:{entry.balance}:{entry.key}:{entry.ref}",
+            windows.balances_marker_key(self._prefix),
+        ]
+        args = [str(entry.amount), str(CREDIT_TTL)]
+        if event is not None:
+            keys.append(self.events.key)
+            args += self.events.append_args(event)
+        reply = int(self._calls.script(self._credit, keys, args, self._deadline(deadline)))
+        if reply < 0:
+            raise BalancesUnloaded("redis: the balances are not loaded")
+        return reply == 1
+
+    def balance(self, balance: str, key: str) -> tuple[int, int]:
+        keys = [
+            windows.balance_key(self._prefix, balance, key),
+            windows.balances_marker_key(self._prefix),
+        ]
+        reply = self._calls.script(self._balance_read, keys, [], self._deadline(None))
+        if int(reply[0]) == 0:
+            raise BalancesUnloaded("redis: the balances are not loaded")
+        return int(reply[1]), int(reply[2])
+
     def record_event(self, event: UsageEvent, *, deadline: float | None = None) -> None:
         status = self._calls.script(
             self._append, [self.events.key], self.events.append_args(event),
@@ -315,9 +472,32 @@ class RedisCounterStore:
         )
         self._appended(status)
 
+    def release(
+        self,
+        hold_id: str,
+        counters: Sequence[CounterSpec],
+        *,
+        now: float | None = None,
+        deadline: float | None = None,
+    ) -> bool:
+        """Take back what the decision ``hold_id`` reserved in ``counters``
+        (``lua/release.lua``): the cluster store's rollback of a decision another shard
+        refused. False when nothing was reserved; raises ``StoreUnavailable``."""
+        deadline = self._deadline(deadline)
+        keys = [windows.hold_key(self._prefix, hold_id)]
+        keys += [windows.counter_key(self._prefix, c.quota, c.key) for c in counters]
+        reply = self._calls.script(self._release, keys, [self._clock_arg(now, deadline)],
+                                   deadline)
+        if _text(reply) == "late":
+            raise StoreUnavailable(
+                "redis: answered past the deadline; nothing was released", outcome="not_applied"
+            )
+        return int(reply) == 1
+
     def ping(self) -> bool:
         """Whether Redis answers now (``/readyz``); raises ``StoreUnavailable`` (or
         ``StoreRejected`` for refused credentials) when not."""
+        assert self._client is not None, "a shard's store is pinged through its cluster"
         try:
             return bool(self._client.ping())
         except (RedisError, OSError) as exc:
@@ -330,7 +510,10 @@ class RedisCounterStore:
         return {}  # reservations and request_ids are keys with a TTL: no cap to evict at
 
     def close(self) -> None:
-        self._client.close()
+        if isinstance(self._calls, RedisCalls):
+            self._calls.close()  # its idle connections back to the pool, closed just after
+        if self._client is not None:
+            self._client.close()
         self.events.close()
 
     # ------------------------------------------------------------------ internals
@@ -352,3 +535,27 @@ class RedisCounterStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _balance_args(b: PreparedBalance) -> tuple[str, ...]:
+    """The 6 values of one balance in the spending scripts (``balance_args``)."""
+    spec = b.spec
+    return (str(b.amount), str(b.after + 1), str(b.ratio), spec.balance, spec.key, spec.metric)
+
+
+
+def _counter_states(
+    prepared: Sequence[windows.Checked], reply: Any, t: float
+) -> tuple[list[CounterState], int]:
+    """The counters' states from a consume script's flat reply, and where they end."""
+    state = windows.counter_state
+    states = []
+    at = 4
+    for spec, _, amount, limit in prepared:
+        # the script sends the counted total and the live buckets the state needs
+        # (all of them when the amount does not fit, else the oldest one)
+        used, live = reply[at], reply[at + 1]
+        fields = {reply[j]: reply[j + 1] for j in range(at + 2, at + 2 + 2 * live, 2)}
+        at += 2 + 2 * live
+        states.append(state(spec, t, fields, amount, limit, used=used, clean=True))
+    return states, at

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from ..usage import (
     RECENT_REPORTS,
+    LedgerEntry,
     Spike,
     UsageDetail,
     UsageEvent,
@@ -28,7 +29,7 @@ from ..usage import (
 )
 from ..usage_query import ActivityQuery, SeriesQuery, SpikeQuery, UsagePage, UsageQuery
 from ..validate import need_id, need_kind
-from . import migrate, reader
+from . import ledger, migrate, reader
 from .database import DEFAULT_URL, Backend, backend_of, create_sql_engine, redact_url
 from .migrate import SchemaTooNew
 from .rollups import DEFAULT_MAX_MODELS, OTHER_MODEL, UsageRollups
@@ -127,7 +128,10 @@ class UsageDatabase:
         others were already stored: nothing of theirs is added again)."""
         self.prepare()
         with self._guard(), self._connection() as connection, connection.begin():
-            return self._writer.write(connection, batch)
+            stored = self._writer.write(connection, batch)
+            if any(e.ledger for e in batch):
+                ledger.write_entries(connection, batch)
+            return stored
 
     def purge(self, now: float | None = None) -> int:
         """Delete events older than the retention, in batches (rollups stay); returns
@@ -179,6 +183,24 @@ class UsageDatabase:
     def spikes(self, query: SpikeQuery) -> list[Spike]:
         now = self._clock()
         return self._read(lambda c: reader.spikes(c, query, now))  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ balances
+
+    def balance_totals(self) -> dict[tuple[str, str], int]:
+        """(balance, scope key) -> the sum of its ledger entries, in balance units."""
+        return self._read(ledger.totals)  # type: ignore[return-value]
+
+    def ledger_entries(
+        self, balance: str, key: str, limit: int = RECENT_REPORTS
+    ) -> list[tuple[float, LedgerEntry]]:
+        """The newest ``limit`` ledger entries of one balance (time, entry), newest first."""
+        found = self._read(lambda c: ledger.latest(c, balance, key, limit))
+        return found  # type: ignore[return-value]
+
+    def has_credit(self, balance: str, key: str, ref: str) -> bool:
+        """Whether a credit with idempotency key ``ref`` is in the ledger."""
+        found = self._read(lambda c: ledger.has_ref(c, balance, key, "credit", ref))
+        return bool(found)
 
     def activity(self, query: ActivityQuery) -> Iterator[UsageEvent]:
         """Matching reports, newest first, streamed; the connection is held until the

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
-from ..usage import UsageEvent, clamp_units, cost_units, time_units
+from ..usage import LEDGER_KIND, UsageEvent, clamp_units, cost_units, time_units
 from .schema import events
 
 __all__ = [
@@ -150,8 +150,9 @@ class EventWriter:
         """Insert ``batch`` in the caller's transaction; returns how many were new."""
         if not batch:
             return 0
-        rows = [event_row(e) for e in batch]
-        inserted = self._insert(connection, rows)
+        # a credit travels as an event of kind "ledger": a ledger entry, no usage
+        rows = [event_row(e) for e in batch if e.kind != LEDGER_KIND]
+        inserted = self._insert(connection, rows) if rows else []
         for handler in self.handlers:
             handler.apply(connection, inserted)
         return len(inserted)

@@ -73,7 +73,7 @@ class DecideRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., user: _Optional[_Union[Entity, _Mapping]] = ..., group: _Optional[_Union[Entity, _Mapping]] = ..., model: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class QuotaStatus(_message.Message):
-    __slots__ = ("name", "metric", "scope", "key", "limit", "used", "remaining", "exceeded", "retry_after", "resets_at")
+    __slots__ = ("name", "metric", "scope", "key", "limit", "used", "remaining", "exceeded", "retry_after", "resets_at", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class QuotaStatus(_message.Message):
     EXCEEDED_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     RESETS_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     metric: str
     scope: str
@@ -94,7 +95,8 @@ class QuotaStatus(_message.Message):
     exceeded: bool
     retry_after: _duration_pb2.Duration
     resets_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., metric: _Optional[str] = ..., scope: _Optional[str] = ..., key: _Optional[str] = ..., limit: _Optional[float] = ..., used: _Optional[float] = ..., remaining: _Optional[float] = ..., exceeded: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resets_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., metric: _Optional[str] = ..., scope: _Optional[str] = ..., key: _Optional[str] = ..., limit: _Optional[float] = ..., used: _Optional[float] = ..., remaining: _Optional[float] = ..., exceeded: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resets_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ShadowOutcome(_message.Message):
     __slots__ = ("matched_rules", "denied", "message", "model", "routed", "checks")

@@ -7,8 +7,9 @@
 -- RedisEventStream.append_args): the most entries the stream may hold, the event as JSON.
 -- Returns 1 when appended, -1 when the stream is full (nothing appended: the caller
 -- counts the event as dropped).
-local function event_append(key, a, i)
+-- `text`, when given, replaces the event's JSON (the event with ledger entries added).
+local function event_append(key, a, i, text)
   if redis.call('XLEN', key) >= tonumber(a[i]) then return -1 end
-  redis.call('XADD', key, '*', 'e', a[i + 1])
+  redis.call('XADD', key, '*', 'e', text or a[i + 1])
   return 1
 end

@@ -25,18 +25,30 @@ local m = tonumber(ARGV[4])
 local actual = {}
 for j = 1, m do actual[ARGV[3 + 2 * j]] = tonumber(ARGV[4 + 2 * j]) end
 local first_counter = has_hold and 3 or 2
+-- the spending variant (balances.lua): ARGV end with 6 values per fallback balance, the
+-- hold id, the ledger ref of a report without reservation and the number of balances;
+-- KEYS with the balances and {prefix}bl before the stream
+local nb = spending and tonumber(ARGV[#ARGV]) or 0
+local tail = spending and 6 * nb + 3 or 0
 -- ARGV holds 4 values, 2 per metric, 3 per fallback counter, then 2 when there is an event
-local has_event = (#ARGV - 4 - 2 * m) % 3 == 2
-local last_counter = #KEYS - (has_event and 1 or 0)
+local has_event = (#ARGV - tail - 4 - 2 * m) % 3 == 2
+local last_counter = #KEYS - (has_event and 1 or 0) - (spending and nb + 1 or 0)
 
 -- Reads first (the record and the type of every key to write), then writes.
-local held = nil
+local held, parts = nil, nil
 if has_hold then
   local raw = redis.call('GET', KEYS[2])
   if raw then
     local record = cjson.decode(raw)
     if record.o ~= ARGV[3] then return {'foreign', 0} end
-    held = record.c
+    held, parts = record.c, record.b
+  end
+end
+local bdeclared = {}
+if spending then
+  for j = 1, nb do bdeclared[KEYS[last_counter + j]] = true end
+  if not held and nb > 0 and redis.call('EXISTS', KEYS[last_counter + nb + 1]) == 0 then
+    return {'unloaded', 0}
   end
 end
 -- A held counter this call did not declare is not touched here: it comes back to the
@@ -58,19 +70,34 @@ else
 end
 
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
+-- balances first: what they were charged rides the report's event
+local ledger, shares = {}, {}
+if spending and held and parts then
+  shares = settle_balances(parts, held, actual, bdeclared, ARGV[#ARGV - 2], ledger)
+elseif spending and not held then
+  local base = #ARGV - tail
+  for j = 1, nb do
+    local amount, after, _, name, scope = balance_args(ARGV, base, j)
+    if after == 0 and amount > 0 then
+      redis.call('HINCRBY', KEYS[last_counter + j], 'bal', int(-amount))
+      ledger[#ledger + 1] = {name, scope, int(-amount), 'spend', '', ARGV[#ARGV - 1]}
+    end
+  end
+end
 local appended = 0
 if has_event then
-  appended = event_append(KEYS[#KEYS], ARGV, 5 + 2 * m + 3 * (last_counter - first_counter + 1))
+  local at = 5 + 2 * m + 3 * (last_counter - first_counter + 1)
+  appended = event_append(KEYS[#KEYS], ARGV, at, spending and with_ledger(ARGV[at + 1], ledger) or nil)
 end
 if held then
   redis.call('DEL', KEYS[2])
   local elsewhere = {}
-  for _, h in ipairs(held) do
+  for idx, h in ipairs(held) do
     local key, field, metric = h[1], h[2], h[3]
     local reserved, finish = tonumber(h[4]), tonumber(h[5])
     -- A metric the report does not mention keeps its reservation; an expired bucket is left.
     if actual[metric] ~= nil and sec < finish then
-      local delta = actual[metric] - reserved
+      local delta = (shares[idx] or actual[metric]) - reserved
       if not declared[key] then
         elsewhere[#elsewhere + 1] = {key, field, int(delta), int(finish)}
       else

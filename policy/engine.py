@@ -91,6 +91,8 @@ log = logging.getLogger("tollway.policy")
 # What callers read when the store is down; the store's own words (host, port, driver)
 # go to the log only.
 STORE_UNREACHABLE = "counter store unreachable"
+# how long a credit waits for its ledger entry to be written before it is answered
+CREDIT_FLUSH = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -849,6 +851,9 @@ class Engine:
             applied = bool(self._with_balances(
                 lambda: self._store.credit(entry, decl.metric, event=event)
             ))
+            if applied and event is not None:
+                # answered once in the ledger: a store that loses it then rebuilds it
+                self.flush_usage(CREDIT_FLUSH)
         view = self._balance_view(decl, key, ledger=False)
         if decl.warn_below is not None:
             self._observer.balance_level(decl.name, key, view.available < decl.warn_below)

@@ -308,3 +308,20 @@ class BalanceView:
     reserved: float
     ledger: tuple[LedgerLine, ...] = ()
     low: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped (``GET /v1/balances/…``): times as ISO 8601 UTC."""
+        from .usage import format_time  # usage reads this module
+
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "available": self.available,
+            "reserved": self.reserved,
+            "low": self.low,
+            "ledger": [
+                {"time": format_time(x.time), "kind": x.kind, "amount": x.amount,
+                 "reason": x.reason, "ref": x.ref}
+                for x in self.ledger
+            ],
+        }

@@ -20,6 +20,7 @@ from tollway.dsl.ast import Value
 from tollway.dsl.compiled import RuleTrace, TestTrace
 from tollway.policy.entities import EntityKind, EntityView
 from tollway.policy.model import (
+    BalanceView,
     DecideRequest,
     Decision,
     EntityRef,
@@ -206,6 +207,16 @@ def quota_to_proto(q: QuotaStatus, out: pb.QuotaStatus | None = None) -> pb.Quot
     _set_duration(out.retry_after, q.retry_after)
     if q.resets_at is not None:
         set_timestamp(out.resets_at, q.resets_at)
+    return out
+
+
+def balance_to_proto(b: BalanceView, out: pb.BalanceStatus | None = None) -> pb.BalanceStatus:
+    out = pb.BalanceStatus() if out is None else out
+    out.name, out.metric = b.name, b.metric
+    out.available, out.reserved, out.low = b.available, b.reserved, b.low
+    for line in b.ledger:
+        entry = out.ledger.add(kind=line.kind, amount=line.amount, reason=line.reason, ref=line.ref)
+        set_timestamp(entry.time, line.time)
     return out
 
 

@@ -20,6 +20,7 @@ import grpc
 from tollway.policy.engine import STORE_UNREACHABLE, Engine
 from tollway.policy.stores.base import StoreUnavailable
 from tollway.policy.usage import UsageUnavailable
+from tollway.policy.validate import need_kind
 from tollway.v1 import tollway_pb2 as pb
 from tollway.v1 import tollway_pb2_grpc as pb_grpc
 
@@ -200,3 +201,23 @@ class TollwayService(pb_grpc.TollwayServicer):
         query = usage_convert.spikes_request(request)
         spikes = await self.queries(self._engine.list_spikes, query)
         return usage_convert.spikes_to_proto(spikes)
+
+    @rpc
+    async def Credit(
+        self, request: pb.CreditRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreditAck:
+        applied, view = await self.queries(
+            self._engine.credit, request.kind, request.id, request.balance, request.amount,
+            reason=request.reason, idempotency_key=request.idempotency_key,
+        )
+        return pb.CreditAck(applied=applied, balance=convert.balance_to_proto(view))
+
+    @rpc
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BalanceInfo:
+        views = await self.queries(self._engine.get_balance, request.kind, request.id)
+        out = pb.BalanceInfo(kind=need_kind(request.kind), id=request.id)
+        for view in views:
+            convert.balance_to_proto(view, out.balances.add())
+        return out

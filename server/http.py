@@ -55,7 +55,9 @@ __all__ = [
 log = logging.getLogger("tollway.server.http")
 
 # Modules that add routes; each defines ``install(app: web.Application, engine) -> None``.
-ROUTE_MODULES: tuple[str, ...] = ("tollway.server.usage_http", "tollway.server.ui")
+ROUTE_MODULES: tuple[str, ...] = (
+    "tollway.server.usage_http", "tollway.server.balances_http", "tollway.server.ui",
+)
 
 SERVER_HEADER = "tollway"
 

@@ -42,6 +42,8 @@ GRPC_ACCESS: Final[Mapping[str, Access]] = {
     "/tollway.v1.Tollway/ListUsage": "admin",
     "/tollway.v1.Tollway/GetUsageSeries": "admin",
     "/tollway.v1.Tollway/ListSpikes": "admin",
+    "/tollway.v1.Tollway/Credit": "admin",
+    "/tollway.v1.Tollway/GetBalance": "admin",
     # Envoy decides through these on the gateway's behalf (docs/envoy.md)
     "/envoy.service.auth.v3.Authorization/Check": "decide",
     "/envoy.service.ext_proc.v3.ExternalProcessor/Process": "decide",
@@ -69,6 +71,8 @@ HTTP_ACCESS: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/v1/usage/group/{id}/series"): "admin",
     ("GET", "/v1/usage/spikes"): "admin",
     ("GET", "/v1/activity"): "admin",
+    ("GET", "/v1/balances/{kind}/{id}"): "admin",
+    ("POST", "/v1/balances/{kind}/{id}/{balance}"): "admin",
     # the dashboard (docs/dashboard.md): its pages need admin, signing in needs nothing
     ("GET", "/ui/"): "admin",
     ("GET", "/ui/users"): "admin",

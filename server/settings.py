@@ -101,6 +101,7 @@ SERVE, CHECK, TEST, EXPLAIN, FMT, USAGE, DB = (
     "serve", "check", "test", "explain", "fmt", "usage", "db"
 )
 TOKEN = "token"
+BALANCE = "balance"
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -154,6 +155,14 @@ COMMANDS: tuple[Command, ...] = (
         "[[token]] block for the --auth file, which holds only the token's sha256, goes to "
         "standard output (append it to the file), the token itself to standard error, "
         "shown once and stored nowhere. Roles: decide, admin, metrics.",
+    ),
+    Command(
+        BALANCE, "tollway.server.balance_cli", "top up or show balances on a running server",
+        "'tollway balance credit --group ID --balance NAME --amount X' tops up (or, with a "
+        "negative amount, corrects) a balance of a running server over gRPC (Credit); "
+        "'tollway balance show --group ID' prints the group's balances with their latest "
+        "ledger entries (GetBalance). Exit 0 done, 1 the server refused or could not "
+        "answer, 2 bad flags.",
     ),
 )
 
@@ -434,6 +443,42 @@ SETTINGS: tuple[Setting, ...] = (
         "action", Choice(("upgrade",)), None, None,
         "upgrade: migrate the usage database to this version's schema", (DB,),
         positional=True,
+    ),
+    # ----------------------------------------------------------------- balance
+    Setting(
+        "action", Choice(("credit", "show")), None, None, "what to do: credit or show",
+        (BALANCE,), positional=True, required=True,
+    ),
+    Setting(
+        "server", Text(metavar="ADDR", allow_empty=False), "127.0.0.1:50051", "TOLLWAY_SERVER",
+        "gRPC address of the tollway server: HOST:PORT or unix:PATH", (BALANCE,),
+    ),
+    Setting(
+        "user", Text(metavar="ID", allow_empty=False), None, None, "the user whose balances",
+        (BALANCE,), conflicts=("group",),
+    ),
+    Setting(
+        "group", Text(metavar="ID", allow_empty=False), None, None,
+        "the group whose balances", (BALANCE,),
+    ),
+    Setting(
+        "balance", Text(metavar="NAME", allow_empty=False), None, None,
+        "credit: the balance's name in the rules", (BALANCE,),
+    ),
+    Setting(
+        "amount", Number(), None, None,
+        "credit: how much, in the balance's metric (USD for cost); negative corrects",
+        (BALANCE,),
+    ),
+    Setting(
+        "reason", Text(metavar="TEXT"), "", None, "credit: why, kept in the ledger", (BALANCE,),
+    ),
+    Setting(
+        "idempotency-key", Text(metavar="KEY", allow_empty=False), None, None,
+        "credit: the same key twice applies once (default: a fresh one, printed)", (BALANCE,),
+    ),
+    Setting(
+        "json", Flag(), False, None, "print JSON: the HTTP balance API's shapes", (BALANCE,),
     ),
     # ------------------------------------------------------------------- token
     Setting(

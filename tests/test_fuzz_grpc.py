@@ -40,6 +40,8 @@ quota spend limits cost to user.budget or 1_000 per 1d for each user and model
 quota share limits tokens to 50% of group.credits or 10_000 per 1d for each user in group
 rule everyone { enforce calls, spend, share }
 rule routed { when request.model == "small" route "big" }
+balance wallet of cost for each user
+rule payer { when user.id == "payer" enforce wallet }
 """
 
 DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
@@ -66,6 +68,8 @@ def state(engine: Engine) -> Any:
     usage = [engine.list_usage(kind=k, limit=100) for k in ("users", "groups")]
     return copy.deepcopy((
         {k: dict(c.fields) for k, c in store._counters.items()},  # type: ignore[attr-defined]
+        {k: (b.balance, dict(b.holds))
+         for k, b in store._balances.items()},  # type: ignore[attr-defined]
         engine.store_entries(),
         entities._meta, entities._links,  # type: ignore[attr-defined]
         [[r.to_dict() for r in page.results] for page in usage],
@@ -270,6 +274,12 @@ CALLS: list[tuple[str, st.SearchStrategy[Any]]] = [
     ("ListUsage", list_requests()),
     ("GetUsageSeries", series_requests()),
     ("ListSpikes", spike_requests()),
+    ("Credit", st.builds(
+        pb.CreditRequest, kind=kinds, id=texts,
+        balance=st.one_of(texts, st.just("wallet")),
+        amount=numbers.map(float), reason=texts, idempotency_key=texts,
+    )),
+    ("GetBalance", st.builds(pb.GetBalanceRequest, kind=kinds, id=texts)),
 ]
 
 

@@ -125,7 +125,7 @@ UI_PATHS = ["/ui/", "/ui/users", "/ui/groups", "/ui/users/{id}", "/ui/groups/{id
 ROUTE_PATHS = ["/metrics", "/healthz", "/readyz", "/v1/activity", "/v1/usage/spikes"] + [
     f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
     for tail in ("", "/{id}", "/{id}/series")
-] + UI_PATHS
+] + ["/v1/balances/{kind}/{id}", "/v1/balances/{kind}/{id}/{balance}"] + UI_PATHS
 
 values = st.one_of(
     st.text(max_size=40),
@@ -152,6 +152,10 @@ def targets(draw: st.DrawFn) -> tuple[str, str]:
     path = draw(st.sampled_from(ROUTE_PATHS))
     if "{id}" in path:
         path = path.replace("{id}", draw(encoded(st.text(min_size=0, max_size=30))) or "x")
+    if "{kind}" in path:
+        path = path.replace("{kind}", draw(st.sampled_from(["user", "groups", "team", "%00"])))
+    if "{balance}" in path:
+        path = path.replace("{balance}", draw(encoded(st.text(min_size=0, max_size=12))) or "b")
     if "{name}" in path:
         path = path.replace("{name}", draw(st.sampled_from(["tollway.css", "x.js", "..%2F"])))
     if draw(st.integers(0, 9)) == 0:

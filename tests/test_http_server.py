@@ -270,11 +270,11 @@ def test_every_route_is_in_the_table(port: HttpPort) -> None:
     assert v1 == {"/v1/activity", "/v1/usage/spikes"} | {
         f"/v1/usage/{kind}{tail}" for kind in ("user", "users", "group", "groups")
         for tail in ("", "/{id}", "/{id}/series")
-    }
+    } | {"/v1/balances/{kind}/{id}", "/v1/balances/{kind}/{id}/{balance}"}
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{id}", "u1")
+    return path.replace("{id}", "u1").replace("{kind}", "group").replace("{balance}", "b")
 
 
 def test_every_error_from_every_route_is_json(port: HttpPort) -> None:

@@ -197,7 +197,8 @@ def _access(served: Served, method: str, path: str, token: str | None) -> str:
     """What access control made of the request: ``unauthenticated`` (401),
     ``permission_denied`` (403), ``sign-in`` (a dashboard page sending the browser to its
     sign-in form), or ``served`` (whatever the route itself answered)."""
-    concrete = path.replace("{id}", "u1").replace("{name}", "tollway.css")
+    concrete = (path.replace("{id}", "u1").replace("{name}", "tollway.css")
+                .replace("{kind}", "group").replace("{balance}", "credits"))
     request = urllib.request.Request(f"http://{served.http}{concrete}", method=method,
                                      data=b"" if method == "POST" else None)
     if token is not None:

@@ -483,3 +483,75 @@ class ListSpikesResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[Spike]
     def __init__(self, results: _Optional[_Iterable[_Union[Spike, _Mapping]]] = ...) -> None: ...
+
+class CreditRequest(_message.Message):
+    __slots__ = ("kind", "id", "balance", "amount", "reason", "idempotency_key")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    balance: str
+    amount: float
+    reason: str
+    idempotency_key: str
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., balance: _Optional[str] = ..., amount: _Optional[float] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class CreditAck(_message.Message):
+    __slots__ = ("applied", "balance")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    balance: BalanceStatus
+    def __init__(self, applied: _Optional[bool] = ..., balance: _Optional[_Union[BalanceStatus, _Mapping]] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("kind", "id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("time", "kind", "amount", "reason", "ref")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    kind: str
+    amount: float
+    reason: str
+    ref: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., amount: _Optional[float] = ..., reason: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
+
+class BalanceStatus(_message.Message):
+    __slots__ = ("name", "metric", "available", "reserved", "ledger", "low")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    metric: str
+    available: float
+    reserved: float
+    ledger: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    low: bool
+    def __init__(self, name: _Optional[str] = ..., metric: _Optional[str] = ..., available: _Optional[float] = ..., reserved: _Optional[float] = ..., ledger: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., low: _Optional[bool] = ...) -> None: ...
+
+class BalanceInfo(_message.Message):
+    __slots__ = ("kind", "id", "balances")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    balances: _containers.RepeatedCompositeFieldContainer[BalanceStatus]
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., balances: _Optional[_Iterable[_Union[BalanceStatus, _Mapping]]] = ...) -> None: ...

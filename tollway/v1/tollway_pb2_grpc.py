@@ -80,6 +80,16 @@ class TollwayStub:
                 request_serializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesRequest.SerializeToString,
                 response_deserializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesResponse.FromString,
                 _registered_method=True)
+        self.Credit = channel.unary_unary(
+                '/tollway.v1.Tollway/Credit',
+                request_serializer=tollway_dot_v1_dot_tollway__pb2.CreditRequest.SerializeToString,
+                response_deserializer=tollway_dot_v1_dot_tollway__pb2.CreditAck.FromString,
+                _registered_method=True)
+        self.GetBalance = channel.unary_unary(
+                '/tollway.v1.Tollway/GetBalance',
+                request_serializer=tollway_dot_v1_dot_tollway__pb2.GetBalanceRequest.SerializeToString,
+                response_deserializer=tollway_dot_v1_dot_tollway__pb2.BalanceInfo.FromString,
+                _registered_method=True)
 
 
 class TollwayServicer:
@@ -156,6 +166,21 @@ class TollwayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Credit(self, request, context):
+        """Admin: top up (or correct) a user's or group's balance. Idempotent per
+        idempotency_key: the same key again changes nothing and answers applied = false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBalance(self, request, context):
+        """Admin: a user's or group's balances, each with its latest ledger entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TollwayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +228,16 @@ def add_TollwayServicer_to_server(servicer, server):
                     servicer.ListSpikes,
                     request_deserializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesRequest.FromString,
                     response_serializer=tollway_dot_v1_dot_tollway__pb2.ListSpikesResponse.SerializeToString,
+            ),
+            'Credit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Credit,
+                    request_deserializer=tollway_dot_v1_dot_tollway__pb2.CreditRequest.FromString,
+                    response_serializer=tollway_dot_v1_dot_tollway__pb2.CreditAck.SerializeToString,
+            ),
+            'GetBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalance,
+                    request_deserializer=tollway_dot_v1_dot_tollway__pb2.GetBalanceRequest.FromString,
+                    response_serializer=tollway_dot_v1_dot_tollway__pb2.BalanceInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +484,60 @@ class Tollway:
             '/tollway.v1.Tollway/ListSpikes',
             tollway_dot_v1_dot_tollway__pb2.ListSpikesRequest.SerializeToString,
             tollway_dot_v1_dot_tollway__pb2.ListSpikesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Credit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollway.v1.Tollway/Credit',
+            tollway_dot_v1_dot_tollway__pb2.CreditRequest.SerializeToString,
+            tollway_dot_v1_dot_tollway__pb2.CreditAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollway.v1.Tollway/GetBalance',
+            tollway_dot_v1_dot_tollway__pb2.GetBalanceRequest.SerializeToString,
+            tollway_dot_v1_dot_tollway__pb2.BalanceInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -323,3 +323,34 @@ def test_redis_errors_are_not_swallowed_into_results(
         client.delete(key)
         client.close()
 
+
+
+def test_a_stalled_shard_leaves_nothing_reserved_in_the_others(
+    redis_cluster_factory: Callable[[], RedisClusterNodes],
+) -> None:
+    cluster = redis_cluster_factory()
+    address = parse_store_url(cluster.url)
+    store = RedisClusterCounterStore(address, key_prefix="st:", timeout=5.0)
+    # the stalled decision and its release wait 0.15 s each: the master is resumed well
+    # within the cluster's node timeout (1 s), so no replica takes over
+    tight = RedisClusterCounterStore(address, key_prefix="st:", timeout=0.15)
+    try:
+        (uid,) = _ids(cluster, "grp", 1, "stall")
+        user, group = _spec("per_user", f"u={uid}", 10), _spec("per_group", "g=grp", 10)
+        assert not any(s.exceeded for s in store.check_and_consume([user, group],
+                                                                  consume=True))
+        tight.check_and_consume([user, group], consume=False)  # connected to every master
+        stalled = cluster.master_for(f"{{{tag_of('u=' + uid)}}}")
+        stalled.pause()
+        try:
+            with pytest.raises(StoreUnavailable):
+                tight.check_and_consume([user, group], consume=True, hold_id="s1")
+        finally:
+            stalled.resume()
+        # the group's shard answered and consumed: its reservation was released; the
+        # user's shard ran the reserve late, past its deadline, and wrote nothing
+        peek = store.check_and_consume([user, group], consume=False)
+        assert [s.used for s in peek] == [1, 1]
+    finally:
+        store.close()
+        tight.close()

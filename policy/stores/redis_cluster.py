@@ -159,14 +159,14 @@ class RedisClusterCounterStore:
         event: UsageEvent | None = None,
         deadline: float | None = None,
     ) -> list[CounterState]:
-        windows.prepare_counters(self._prefix, counters)  # all valid before any shard runs
         parts = _by_shard(counters)
-        if len(parts) <= 1:
+        if len(parts) <= 1:  # the shard's store checks the input
             shard = next(iter(parts), shard_of(hold_owner))
             return self._shards[shard].check_and_consume(
                 counters, consume=consume, hold_id=hold_id, hold_owner=hold_owner, now=now,
                 event=event, deadline=deadline,
             )
+        windows.prepare_counters(self._prefix, counters)  # all valid before any shard runs
         deadline = self._deadline(deadline)
         if consume and hold_id is None:  # the record a rollback reads
             hold_id = "x" + uuid.uuid4().hex
@@ -233,16 +233,16 @@ class RedisClusterCounterStore:
         deadline: float | None = None,
         balances: Sequence[BalanceSpec] = (),
     ) -> ReportOutcome:
-        for m, v in actual.items():
-            windows.amount_units(v, m, f"actual {m}")
-        windows.prepare_counters(self._prefix, fallback)
         parts = _by_shard(fallback)
-        if len(parts) <= 1:
+        if len(parts) <= 1:  # the shard's store checks the input
             shard = next(iter(parts), shard_of(owner))
             return self._shards[shard].record_report(
                 request_id, hold_id, actual, fallback, owner=owner, reporter=reporter,
                 now=now, event=event, deadline=deadline,
             )
+        for m, v in actual.items():  # all valid before any shard runs
+            windows.amount_units(v, m, f"actual {m}")
+        windows.prepare_counters(self._prefix, fallback)
         deadline = self._deadline(deadline)
         shards = list(parts)
         results = self._each(
@@ -386,10 +386,12 @@ class RedisClusterCounterStore:
 
 
 def _by_shard(counters: Sequence[CounterSpec]) -> dict[int, list[CounterSpec]]:
-    """The counters of each shard, in the order of their first counter."""
+    """The counters of each shard, in the order of their first counter (anything but a
+    ``CounterSpec`` in shard 0, where it is refused before anything runs)."""
     parts: dict[int, list[CounterSpec]] = {}
     for spec in counters:
-        parts.setdefault(shard_of(spec.key), []).append(spec)
+        shard = shard_of(spec.key) if isinstance(spec, CounterSpec) else 0
+        parts.setdefault(shard, []).append(spec)
     return parts
 
 

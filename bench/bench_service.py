@@ -1,6 +1,6 @@
 """Service benchmark: tollway beside its peers and its ceilings, as ratios from one run.
 
-    python bench/bench_service.py [--seconds 6] [--inflight 64] [--only grpc,redis,workers,cluster]
+    python bench/bench_service.py [--seconds 6] [--inflight 64] [--only grpc,redis,workers,cluster,balances]
 
 Three groups of rows; within a group the rows are measured in alternating rounds (one
 round of each, then again, ``--rounds`` times) and each row shows its median round, so
@@ -33,6 +33,12 @@ cluster   one Redis beside a Redis Cluster of 3 masters and 3 replicas (all on t
           user, one script call on either; (s2)/(k2) 2 quotas per user and 1 per group,
           whose shards differ on the cluster: two script calls at once, then the usage
           event's commit. Then (sg)/(kg): Decide over gRPC, the (k2) rules, ``--inflight``.
+
+balances  ``Engine.decide`` on one private redis-server, in this process, sequential, as it
+          ships (usage on), each decision reported at once (its report is not timed):
+          (q1) one quota of cost per group; (qb) the same quota ``then`` a balance, the
+          quota used up so that the balance pays (its reservation in the same script
+          call). qb/q1 in time per Decide: target <= 1.2.
 
 Absolute figures drift with the machine's load; compare the ratios.
 """
@@ -721,8 +727,76 @@ def _print(rows: list[Row], notes: list[str]) -> None:
         print(n)
 
 
+BALANCE_RULES = {
+    "q1": "quota plan limits cost to 1_000_000 per 1d for each group\nrule paid { enforce plan }\n",
+    "qb": "quota plan limits cost to 0.000001 per 1d for each group\n"
+          "balance credits of cost for each group\n"
+          "rule paid { enforce plan then credits }\n",
+}
+
+
+def balance_runner(
+    port: int, which: str, directory: Path
+) -> tuple[Callable[[float], tuple[float, list[float]]], Callable[[], None]]:
+    """(q1)/(qb): ``Engine.decide`` then ``Engine.report`` for 500 groups; only the
+    decisions are timed (the rate is decisions per second spent deciding)."""
+    from tollway import Engine
+    from tollway.policy.stores import StoreOptions
+
+    engine = Engine.from_text(
+        BALANCE_RULES[which], store=f"redis://127.0.0.1:{port}/3", key_prefix=f"bench-{which}:",
+        usage_db=f"sqlite:///{directory / (which + '.db')}",
+        store_options=StoreOptions(timeout=2.0),  # a shared machine: no refusal by a stall
+    )
+    if which == "qb":
+        for g in range(USERS):
+            engine.credit("group", f"group-{g}", "credits", 1_000_000, idempotency_key="bench")
+    state = {"i": 0}
+
+    def once(i: int) -> float:
+        body = {"request_id": f"r{i}", "user": {"id": f"user-{i % USERS}"},
+                "group": {"id": f"group-{i % USERS}"}, "model": "m",
+                "estimate": {"cost_usd": 0.01}}
+        t = time.perf_counter()
+        d = engine.decide(body)
+        took = time.perf_counter() - t
+        assert d.allowed, d.message
+        engine.report({**{k: body[k] for k in ("request_id", "user", "group", "model")},
+                       "decision_id": d.decision_id, "cost_usd": 0.008})
+        return took
+
+    for _ in range(USERS):  # warm the caches, fill the quota of (qb)
+        once(state["i"])
+        state["i"] += 1
+
+    def run(seconds: float) -> tuple[float, list[float]]:
+        lat: list[float] = []
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            lat.append(once(state["i"]))
+            state["i"] += 1
+        return sum(lat), lat
+
+    return run, engine.close
+
+
+def balances_group(args: argparse.Namespace, rows: list[Row], notes: list[str]) -> None:
+    with redis_server() as port, tempfile.TemporaryDirectory() as d, ExitStack() as stack:
+        runners = {}
+        for key in ("q1", "qb"):
+            run, close = balance_runner(port, key, Path(d))
+            stack.callback(close)
+            runners[key] = run
+        got = alternate(runners, args.rounds, args.seconds)
+        q1 = _row("(q1) Engine.decide, Redis, 1 quota", got["q1"], "in-process, usage on")
+        qb = _row("(qb) the same quota then a balance", got["qb"], "the balance pays")
+        rows += [q1, qb]
+        notes.append(f"qb/q1 in time per Decide = {q1.calls_per_s / qb.calls_per_s:.2f} "
+                     "(target <= 1.2)")
+
+
 GROUPS = {"grpc": grpc_group, "redis": redis_group, "workers": workers_group,
-          "cluster": cluster_group}
+          "cluster": cluster_group, "balances": balances_group}
 
 
 def main() -> int:
@@ -731,7 +805,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per row")
     ap.add_argument("--rounds", type=int, default=6, help="alternating rounds per group")
     ap.add_argument("--inflight", type=int, default=64, help="gRPC calls in flight")
-    ap.add_argument("--only", default=",".join(GROUPS), help="groups to run: grpc,redis,workers,cluster")
+    ap.add_argument("--only", default=",".join(GROUPS), help="groups to run: grpc,redis,workers,cluster,balances")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     ap.add_argument("--echo-guarded", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)

@@ -32,7 +32,7 @@ DOCUMENTED_METRICS = {
     "tollway_reports", "tollway_usage_tokens", "tollway_usage_cost_usd", "tollway_store_errors",
     "tollway_store_seconds", "tollway_ruleset_info", "tollway_ruleset_reloads",
     "tollway_ruleset_rules", "tollway_usage_backlog", "tollway_usage_dropped",
-    "tollway_usage_spiking",
+    "tollway_usage_spiking", "tollway_balance_low",
 }
 
 
@@ -269,5 +269,40 @@ def test_usage_pipeline_metrics() -> None:
         assert s[("tollway_usage_spiking", (("kind", "users"), ("metric", "cost")))] == 1
         assert s[("tollway_usage_spiking", (("kind", "users"), ("metric", "requests")))] == 2
         assert s[("tollway_usage_spiking", (("kind", "groups"), ("metric", "cost")))] == 0
+    finally:
+        engine.close()
+
+
+def test_balance_low_counts_the_entities_under_warn_below() -> None:
+    metrics = Metrics()
+    engine = Engine.from_text(
+        "balance credits of cost for each group warn below 1\n"
+        "balance plain of cost for each user\n"
+        "rule all { enforce credits, plain }\n", observer=metrics)
+    try:
+        def low() -> float:
+            return _samples(metrics.exposition().decode())[
+                ("tollway_balance_low", (("balance", "credits"),))]
+
+        for g in ("a", "b", "c"):
+            engine.credit("group", g, "credits", 1.5, idempotency_key="k")
+        engine.credit("user", "u", "plain", 100, idempotency_key="k")
+        assert low() == 0
+
+        def spend(group: str) -> dict[str, str]:
+            d = engine.decide({"user": "u", "group": group, "model": "m",
+                               "estimate": {"cost_usd": 0.4}})
+            assert d.allowed
+            return d.annotations
+
+        assert "balance_low" not in spend("a")  # 1.1 left
+        assert spend("a") == {"balance_low": "credits"}  # 0.7 left
+        assert spend("b") == {}
+        assert spend("b") == {"balance_low": "credits"}
+        assert low() == 2
+        engine.credit("group", "a", "credits", 5, idempotency_key="top-up")
+        assert low() == 1  # the credit lifted a out of it
+        assert ("tollway_balance_low", (("balance", "plain"),)) not in _samples(
+            metrics.exposition().decode())  # no warn below: not counted
     finally:
         engine.close()

@@ -618,3 +618,15 @@ def test_a_database_migrated_by_a_newer_tollway_is_refused(usage_url: str, clock
         with db.engine.begin() as connection:
             connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '{head()}'"))
         db.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_plans_every_statement_with_its_values(postgres_url: str) -> None:
+    # a generic plan of a prepared statement cannot use the partial and trigram indexes
+    database = UsageDatabase(postgres_url)
+    try:
+        with database.engine.connect() as connection:
+            mode = connection.exec_driver_sql("SHOW plan_cache_mode").scalar()
+        assert mode == "force_custom_plan"
+    finally:
+        database.close()

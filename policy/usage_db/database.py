@@ -55,7 +55,7 @@ def create_sql_engine(
     """
     parsed = _parse(url)
     if parsed.drivername.startswith("postgresql"):
-        return create_engine(
+        engine = create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=pool_size,
@@ -63,6 +63,8 @@ def create_sql_engine(
             pool_timeout=10,
             connect_args={"connect_timeout": 3, "application_name": "tollway"},
         )
+        _custom_plans(engine)
+        return engine
     if parsed.database is None:  # memory: one connection, one database, for every thread
         raw = connection or sqlite3.connect(":memory:", check_same_thread=False)
         engine = create_engine(parsed, poolclass=StaticPool, creator=lambda: raw)
@@ -70,6 +72,20 @@ def create_sql_engine(
         engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
     _sqlite_transactions(engine, in_memory=parsed.database is None)
     return engine
+
+
+def _custom_plans(engine: Engine) -> None:
+    """Plan every PostgreSQL statement with its values. psycopg prepares a statement run
+    five times, and PostgreSQL then may switch to a generic plan, which cannot use a
+    partial index (``span = $1`` proves no ``WHERE span = 'a'``) nor tell that a search
+    pattern suits the trigram index: a repeated search went from 40 ms to 900 ms."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_connection.autocommit = autocommit
 
 
 def _sqlite_transactions(engine: Engine, *, in_memory: bool) -> None:

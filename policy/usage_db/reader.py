@@ -24,6 +24,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -55,6 +56,7 @@ from .schema import (
     folded,
     model_periods,
     period_counts,
+    sort_index,
 )
 from .schema import periods as periods_table
 
@@ -262,19 +264,41 @@ def _live(connection: Connection, kind: EntityKind, pieces: Sequence[Piece]) -> 
 
 
 def _source(
-    kind: EntityKind, pieces: Sequence[Piece], search: str, dialect: str, sort_column: str
+    kind: EntityKind, pieces: Sequence[Piece], search: str, dialect: str, sort_field: str
 ) -> tuple[FromClause, bool]:
     """The rows to list, one per entity: the rollup rows of one period as they are, or the
     covered periods summed. Returns the relation and whether it is one period. Summed,
     the relation holds the sort column only (``_amounts`` sums the rest for a page's
-    entities: summing every column of every entity took twice as long)."""
+    entities: summing every column of every entity took twice as long).
+
+    SQLite is told to read one period along its sort index (``_indexed``)."""
     t = periods_table
     conditions = _where(kind, pieces, search, dialect)
-    if _one_period(pieces) is not None:
+    one = _one_period(pieces)
+    if one is not None:
+        index = sort_index(one.span, sort_field)
+        if dialect == "sqlite" and index is not None and not search:
+            return _indexed(kind, one, index), True
         columns = [t.c.entity_id, *(t.c[name] for name in AMOUNTS)]
         return select(*columns).where(*conditions).subquery("listed"), True
+    sort_column = SORT_COLUMNS[sort_field]
     query = select(t.c.entity_id, _summed(sort_column)).where(*conditions).group_by(t.c.entity_id)
     return query.subquery("listed"), False
+
+
+def _indexed(kind: EntityKind, piece: Piece, index: str) -> FromClause:
+    """The rollup rows of one period, read along ``index`` on SQLite (``INDEXED BY``,
+    which SQLAlchemy cannot say): once ``ANALYZE`` has run, SQLite's planner prefers the
+    primary key and a sort of every row (0.1 ms became 50 ms at 100,000 users). The span
+    is written into the statement: a partial index is usable only when its ``WHERE``
+    visibly holds."""
+    t = periods_table
+    names = ["entity_id", *AMOUNTS]
+    rows = text(
+        f"SELECT {', '.join(names)} FROM {t.name} INDEXED BY {index} "
+        f"WHERE entity_kind = :kind AND span = '{piece.span}' AND period = :period"
+    ).bindparams(kind=kind, period=piece.first)
+    return rows.columns(*(t.c[name] for name in names)).subquery("listed")
 
 
 def _summed(name: str) -> ColumnElement[int]:
@@ -327,7 +351,7 @@ def list_usage(connection: Connection, query: UsageQuery, now: float) -> UsagePa
     span = period_of(query, now)
     pieces = ALL_TIME if span is None else _live(connection, kind, cover(*span))
     sort_column = SORT_COLUMNS[query.sort_field]
-    source, one = _source(kind, pieces, query.search, connection.dialect.name, sort_column)
+    source, one = _source(kind, pieces, query.search, connection.dialect.name, query.sort_field)
     count = _count(connection, kind, pieces, one, query.search)
     column = source.c[sort_column]
     ident = source.c.entity_id

@@ -45,6 +45,7 @@ __all__ = [
     "SORT_COLUMNS",
     "VERSION_TABLE",
     "folded",
+    "sort_index",
 ]
 
 VERSION_TABLE = "tollway_usage_version"
@@ -136,10 +137,19 @@ Index(
     periods.c.period,
 )
 # A listing of all time or of one calendar month is read in index order.
-for _span, _label in (("a", "all"), ("m", "month")):
+_SORTED_SPANS = {"a": "all", "m": "month"}
+
+
+def sort_index(span: str, field: str) -> str | None:
+    """The index that orders the rollup rows of ``span`` by sort ``field``, if any."""
+    label = _SORTED_SPANS.get(span)
+    return None if label is None else f"ix_usage_periods_{label}_{field}"
+
+
+for _span in _SORTED_SPANS:
     for _field, _column in SORT_COLUMNS.items():
         Index(
-            f"ix_usage_periods_{_label}_{_field}",
+            sort_index(_span, _field),
             periods.c.entity_kind,
             periods.c.period,
             periods.c[_column],

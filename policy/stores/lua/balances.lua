@@ -74,7 +74,10 @@ local function spend_check(plans, n, nb, a, base, kbase, sec)
       covered = p.amount > 0 or p.used < p.limit
     end
     local fits = fits_balance(need, bal - reserved, covered)
-    if after > 0 then plans[after].fits = fits end
+    if after > 0 then
+      -- the quota refuses only with its balance: its buckets come back only then
+      plans[after].fits, plans[after].exceeded = fits, not fits
+    end
     spends[j] = {key = key, need = need, fits = fits, bal = bal, reserved = reserved,
                  stale = stale, after = after, ratio = ratio, name = name, scope = scope,
                  metric = metric}

@@ -216,9 +216,13 @@ def test_entries_a_dead_reader_held_are_taken_over_and_counted_once(
     held = dead.read(6, 0.1)
     assert len(held) == 6
     db.write([d.event for d in held[:3] if d.event])  # it wrote half, then died: no ack
-    alive = Ingester(_reader(redis_url, redis_prefix, "alive"), db)
-    assert alive.step() == 4  # the four nobody had read
-    time.sleep(0.1)  # the dead reader's entries idle past claim_idle
+    # the dead reader's entries are not idle for an hour yet: the first step reads only
+    # the four nobody had read, however slow the machine
+    reader = _reader(redis_url, redis_prefix, "alive", claim_idle=3600.0)
+    alive = Ingester(reader, db)
+    assert alive.step() == 4
+    reader.claim_idle = 0.05
+    time.sleep(0.1)  # now they are idle past claim_idle
     assert alive.flush(timeout=10)
     detail = db.detail("user", "u")
     assert detail is not None

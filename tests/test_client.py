@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,7 +71,8 @@ def _comparable(d: Decision) -> Decision:
     """What two engines with the same rules must agree on: not the random decision id,
     nor the instant a sliding window frees (it moves with the clock)."""
     quotas = tuple(dataclasses.replace(q, resets_at=None, retry_after=0.0) for q in d.quotas)
-    return dataclasses.replace(d, decision_id="", quotas=quotas)
+    message = re.sub(r"retry in \d+s", "retry in Ns", d.message)
+    return dataclasses.replace(d, decision_id="", quotas=quotas, message=message)
 
 
 # ------------------------------------------------------------------ answers

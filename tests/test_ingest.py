@@ -192,7 +192,8 @@ def redis_pair(
 ) -> Iterator[tuple[Engine, RedisCounterStore, UsageDatabase]]:
     """An engine that appends to the stream (no ingester of its own), its store, and a
     usage database for the readers a test builds."""
-    store = RedisCounterStore(redis_url, key_prefix=redis_prefix, claim_idle=0.05)
+    # a deadline for a loaded machine: the first call also loads the scripts
+    store = RedisCounterStore(redis_url, key_prefix=redis_prefix, claim_idle=0.05, timeout=5.0)
     db = UsageDatabase(f"sqlite:///{tmp_path / 'usage.db'}")
     e = Engine.from_text(RULES, store=store, usage_db=db, ingest=False)
     yield e, store, db
